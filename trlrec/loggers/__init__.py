@@ -1,0 +1,1 @@
+"""Experiment loggers: CSV, TensorBoard, Weights & Biases and in-memory."""

@@ -1,0 +1,1 @@
+"""The memory-mapped trajectory store: TrajectoryWriter and TrajectoryReader."""

@@ -1,0 +1,1 @@
+"""TorchRL transforms that record: TensorDictRecorder, VideoRecorder, PixelRenderTransform."""
