@@ -22,6 +22,7 @@ __all__ = [
     "UnsafeNameError",
     "VideoError",
     "MissingDependencyError",
+    "EncoderError",
 ]
 
 
@@ -75,3 +76,7 @@ class VideoError(TrlrecError, ValueError):
 
 class MissingDependencyError(TrlrecError, ImportError):
     """An optional dependency is not installed; the message says what to install."""
+
+
+class EncoderError(TrlrecError, OSError):
+    """The video encoder (ffmpeg) failed or could not start; the message holds its output."""
