@@ -1,0 +1,53 @@
+"""The dtypes a store can hold, by name (never parsed with eval)."""
+
+from __future__ import annotations
+
+import torch
+
+from trlrec.errors import UnsupportedDataError
+
+__all__ = ["DTYPES", "dtype_name", "dtype_from_name", "bits_view"]
+
+DTYPES: dict[str, torch.dtype] = {
+    "bool": torch.bool,
+    "uint8": torch.uint8,
+    "int8": torch.int8,
+    "int16": torch.int16,
+    "int32": torch.int32,
+    "int64": torch.int64,
+    "uint16": torch.uint16,
+    "uint32": torch.uint32,
+    "uint64": torch.uint64,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "complex64": torch.complex64,
+    "complex128": torch.complex128,
+}
+_NAMES = {v: k for k, v in DTYPES.items()}
+# Same-size integer types: comparing bit patterns makes NaN == NaN and -0.0 != 0.0.
+_BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def dtype_name(dtype: torch.dtype, key: str = "") -> str:
+    """The store's name of ``dtype``; refuses dtypes it cannot store."""
+    try:
+        return _NAMES[dtype]
+    except KeyError:
+        raise UnsupportedDataError(
+            f"key {key!r} has dtype {dtype}, which trlrec cannot store; supported: "
+            f"{', '.join(DTYPES)}. Convert it or leave the key out with in_keys"
+        ) from None
+
+
+def dtype_from_name(name: object) -> torch.dtype | None:
+    """The dtype called ``name``, or None when unknown."""
+    return DTYPES.get(name) if isinstance(name, str) else None
+
+
+def bits_view(t: torch.Tensor) -> torch.Tensor:
+    """View ``t`` as integers of the same width, for bit-exact comparisons."""
+    if t.is_complex():
+        t = torch.view_as_real(t)
+    return t.view(_BITS[t.element_size()])

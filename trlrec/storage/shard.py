@@ -1,0 +1,176 @@
+"""A shard: one writer's directory, its lock, episode index and commit record.
+
+Commit protocol: rows are written to the chunks, then the new episode records and
+metadata lines are appended, then ``COMMIT`` is replaced atomically. Everything a
+reader uses is bounded by the counts in ``COMMIT``, so a torn tail is never seen.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import struct
+from pathlib import Path
+from typing import Any
+
+from trlrec.errors import CorruptStoreError, ShardLockedError, StoreWriteError
+from trlrec.storage.jsonio import dumps, fsync_dir, read_json, write_json_atomic
+from trlrec.storage.layout import (
+    COMMIT_FILE,
+    EPISODE_FIELDS,
+    EPISODE_META_FILE,
+    EPISODE_RECORD_BYTES,
+    EPISODES_FILE,
+    FORMAT_VERSION,
+    LOCK_FILE,
+)
+from trlrec.storage.stream import Episode
+
+__all__ = ["ShardFiles", "read_commit"]
+
+_RECORD = struct.Struct("<" + "q" * len(EPISODE_FIELDS))
+
+
+def _nonneg_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**62
+
+
+def read_commit(path: Path) -> dict[str, Any]:
+    """Read and check a shard's COMMIT record."""
+    data = read_json(path)
+
+    def bad(what: str) -> CorruptStoreError:
+        return CorruptStoreError(f"{str(path)!r}: {what}; the commit record is damaged")
+
+    if data.get("version") != FORMAT_VERSION:
+        raise bad(f"version {data.get('version')!r}, expected {FORMAT_VERSION}")
+    for name in ("seq", "episodes", "episode_meta_bytes", "chunk_rows"):
+        if not _nonneg_int(data.get(name)):
+            raise bad(f"{name!r} is {data.get(name)!r}, expected a non-negative int")
+    if data["chunk_rows"] < 1:
+        raise bad("'chunk_rows' must be at least 1")
+    streams = data.get("streams")
+    if not isinstance(streams, list):
+        raise bad("'streams' is not a list")
+    for s in streams:
+        if not (isinstance(s, list) and len(s) == 5):
+            raise bad(f"stream entry {s!r} is not [next_row, transitions, start, steps, first]")
+        if not all(_nonneg_int(v) for v in s[:2]) or not all(
+            v == -1 or _nonneg_int(v) for v in s[2:]
+        ):
+            raise bad(f"stream entry {s!r} holds a value that is not a count")
+        if s[2] >= 0 and s[2] + s[3] >= s[0]:
+            raise bad(f"stream entry {s!r}: the open episode ends past the stream's rows")
+    metas = data.get("open_meta", {})
+    if not isinstance(metas, dict):
+        raise bad("'open_meta' is not an object")
+    return data
+
+
+class ShardFiles:
+    """The files of a shard that a writer appends to, under an exclusive lock."""
+
+    def __init__(self, directory: Path, *, durable: bool):
+        self.directory = directory
+        self.durable = durable
+        self._lock_fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            raise ShardLockedError(
+                f"shard {str(directory)!r} is held by another writer; give this writer another "
+                "shard (shard=None picks a new one) or close the other writer first"
+            ) from None
+        self.seq = 0
+        self.num_episodes = 0
+        self.meta_bytes = 0
+        self._pending: list[bytes] = []
+        self._pending_meta: list[bytes] = []
+
+    def resume(self, commit: dict[str, Any]) -> None:
+        """Continue after ``commit``: drop any uncommitted tail of the index files."""
+        self.seq = commit["seq"]
+        self.num_episodes = commit["episodes"]
+        self.meta_bytes = commit["episode_meta_bytes"]
+        for name, size in (
+            (EPISODES_FILE, self.num_episodes * EPISODE_RECORD_BYTES),
+            (EPISODE_META_FILE, self.meta_bytes),
+        ):
+            path = self.directory / name
+            if path.exists():
+                if path.stat().st_size < size:
+                    raise CorruptStoreError(
+                        f"{str(path)!r} is {path.stat().st_size} bytes, shorter than the "
+                        f"{size} its commit record counts; the shard is damaged"
+                    )
+                os.truncate(path, size)
+
+    def add_episode(self, ep: Episode) -> None:
+        """Queue a finished episode for the next commit."""
+        offset, length = -1, 0
+        if ep.meta is not None:
+            line = dumps(ep.meta, "episode metadata").encode()
+            offset = self.meta_bytes + sum(len(x) for x in self._pending_meta)
+            length = len(line)
+            self._pending_meta.append(line + b"\n")
+        self._pending.append(
+            _RECORD.pack(
+                ep.stream,
+                ep.start_row,
+                ep.num_steps,
+                ep.flags,
+                ep.first_transition,
+                offset,
+                length,
+                0,
+            )
+        )
+
+    def _append(self, name: str, parts: list[bytes]) -> int:
+        data = b"".join(parts)
+        if data:
+            with open(self.directory / name, "ab") as f:
+                f.write(data)
+                if self.durable:
+                    f.flush()
+                    os.fsync(f.fileno())
+        return len(data)
+
+    def commit(self, streams: list[list[int]], open_meta: dict[str, Any], chunk_rows: int) -> None:
+        """Append queued episodes, then atomically replace COMMIT."""
+        try:
+            self.meta_bytes += self._append(EPISODE_META_FILE, self._pending_meta)
+            self._append(EPISODES_FILE, self._pending)
+        except OSError as err:
+            raise StoreWriteError(
+                err.errno, f"could not append to the index of {str(self.directory)!r}: {err}"
+            ) from err
+        self.num_episodes += len(self._pending)
+        self._pending.clear()
+        self._pending_meta.clear()
+        self.seq += 1
+        record = {
+            "version": FORMAT_VERSION,
+            "seq": self.seq,
+            "episodes": self.num_episodes,
+            "episode_meta_bytes": self.meta_bytes,
+            "chunk_rows": chunk_rows,
+            "streams": streams,
+            "open_meta": open_meta,
+        }
+        write_json_atomic(self.directory / COMMIT_FILE, record, durable=self.durable)
+
+    def release(self) -> None:
+        """Release the lock."""
+        if self._lock_fd >= 0:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+            if self.durable:
+                fsync_dir(self.directory)
+
+
+def unpack_records(data: bytes) -> list[tuple[int, ...]]:
+    """Decode episode records (used by the reader and tests)."""
+    return [r for r in _RECORD.iter_unpack(data)]

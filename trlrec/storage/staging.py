@@ -1,0 +1,66 @@
+"""The staging buffer: a few preallocated steps in RAM, filled with one fused copy per step."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from trlrec.storage.schema import Entry, Schema
+
+__all__ = ["Stager"]
+
+
+class Stager:
+    """Holds up to ``capacity`` steps of a ``[*batch]`` recording, root and ``"next"`` leaves.
+
+    Buffers are ``[capacity, *batch, *shape]``; the per-step destination views are
+    built once, so staging a step is a single ``torch._foreach_copy_``.
+    """
+
+    def __init__(self, schema: Schema, capacity: int, pin_memory: bool = False):
+        self.capacity = capacity
+        self.batch_shape = torch.Size(schema.batch_shape)
+        self.num_streams = schema.num_streams
+        self.root_entries: list[Entry] = [e for e in schema.entries if e.role != "next"]
+        self.next_entries: list[Entry] = [e for e in schema.entries if e.role != "root"]
+        self.entries = self.root_entries + self.next_entries
+        self.buffers = [
+            torch.empty(
+                (capacity, *self.batch_shape, *e.shape), dtype=e.dtype, pin_memory=pin_memory
+            )
+            for e in self.entries
+        ]
+        self._rows = [[b[i] for b in self.buffers] for i in range(capacity)]
+        self.force_new = torch.zeros(capacity, self.num_streams, dtype=torch.bool)
+        self.metas: dict[int, list[Any]] = {}
+        self.count = 0
+
+    @property
+    def full(self) -> bool:
+        """Whether no step fits any more."""
+        return self.count >= self.capacity
+
+    def put(self, leaves: list[torch.Tensor], force_new: torch.Tensor | None, metas: Any) -> None:
+        """Stage one step's leaves (in ``entries`` order)."""
+        i = self.count
+        torch._foreach_copy_(self._rows[i], leaves, non_blocking=True)
+        if force_new is not None:
+            self.force_new[i] = force_new
+        if metas is not None:
+            self.metas[i] = metas
+        self.count = i + 1
+
+    def columns(self) -> list[torch.Tensor]:
+        """The staged leaves as ``[n, N, *shape]`` tensors (N streams), time-major."""
+        n = self.count
+        return [
+            b[:n].view(n, self.num_streams, *e.shape)
+            for b, e in zip(self.buffers, self.entries, strict=True)
+        ]
+
+    def clear(self) -> None:
+        """Forget the staged steps (after they were written)."""
+        self.count = 0
+        self.force_new.zero_()
+        self.metas.clear()

@@ -1,0 +1,144 @@
+"""One episode stream (one sub-environment): turns blocks of transitions into rows.
+
+A block of ``n`` transitions becomes state rows (one per timestep, the T + 1 layout)
+and transition columns, computed with a few vectorised tensor operations per key.
+A transition continues the open episode when no done flag ended it, no reset was
+signalled, and its root state equals, bit for bit, the previous ``"next"`` state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from trlrec.storage.chunks import ChunkSeries
+from trlrec.storage.dtypes import bits_view
+from trlrec.storage.layout import FLAG_CUT, FLAG_DONE
+from trlrec.storage.schema import Key, Schema
+
+__all__ = ["Block", "Episode", "StreamWriter"]
+
+
+@dataclass
+class Episode:
+    """An episode of a stream: rows ``[start_row, start_row + num_steps]``."""
+
+    stream: int
+    start_row: int
+    first_transition: int
+    num_steps: int = 0
+    flags: int = 0
+    meta: dict[str, Any] | None = None
+
+
+@dataclass
+class Block:
+    """``n`` consecutive transitions of one stream, each column ``[n, ...]``."""
+
+    state_root: dict[Key, torch.Tensor]
+    state_next: dict[Key, torch.Tensor]
+    root: dict[Key, torch.Tensor]
+    next: dict[Key, torch.Tensor]
+    done: torch.Tensor  # [n] bool
+    force_new: torch.Tensor  # [n] bool
+    metas: dict[int, dict[str, Any]] = field(default_factory=dict)  # transition -> episode meta
+
+    def __len__(self) -> int:
+        return self.done.shape[0]
+
+
+def _rows_equal(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-row bit equality of two ``[n, ...]`` tensors."""
+    eq = bits_view(a) == bits_view(b)
+    return eq.reshape(eq.shape[0], -1).all(1)
+
+
+class StreamWriter:
+    """Writes the rows and tracks the episodes of one stream."""
+
+    def __init__(self, index: int, chunks: ChunkSeries, schema: Schema, next_row: int = 0):
+        self.index = index
+        self.chunks = chunks
+        self.schema = schema
+        self.next_row = next_row
+        self.transitions = 0
+        self.open: Episode | None = None
+        self._last_state: dict[Key, torch.Tensor] | None = None
+
+    def write_block(self, block: Block) -> list[Episode]:
+        """Write a block of transitions; return the episodes it closed."""
+        n = len(block)
+        if n == 0:
+            return []
+        cont = ~block.force_new.clone()
+        cont[1:] &= ~block.done[:-1]
+        for key, root in block.state_root.items():
+            if n > 1:
+                cont[1:] &= _rows_equal(root[1:], block.state_next[key][:-1])
+            if self._last_state is not None:
+                cont[0] &= _rows_equal(root[:1], self._last_state[key]).all()
+        if self.open is None or self._last_state is None:
+            cont[0] = False
+        new = ~cont
+        end = torch.cumsum(1 + new.long(), 0) - 1  # block row of each transition's next state
+        m = int(end[-1]) + 1
+        new_at = new.nonzero().squeeze(1)
+        columns: dict[Key, torch.Tensor] = {}
+        for key, nxt in block.state_next.items():
+            rows = nxt.new_empty((m, *nxt.shape[1:]))
+            rows[end] = nxt
+            rows[end[new_at] - 1] = block.state_root[key][new_at]
+            columns[key] = rows
+        tpos = end - 1  # block row of each transition (-1: the row before the block)
+        carried = not bool(new[0])
+        for key, value in (
+            *block.root.items(),
+            *(((("next", *k), v) for k, v in block.next.items())),
+        ):
+            rows = value.new_zeros((m, *value.shape[1:]))
+            if carried:
+                rows[tpos[1:]] = value[1:]
+                self.chunks.write(self.next_row - 1, {key: value[:1]})
+            else:
+                rows[tpos] = value
+            columns[key] = rows
+        self.chunks.write(self.next_row, columns)
+        closed = self._episodes(block, new, end)
+        self._last_state = {k: v[-1:].clone() for k, v in block.state_next.items()}
+        self.transitions += n
+        self.next_row += m
+        return closed
+
+    def _episodes(self, block: Block, new: torch.Tensor, end: torch.Tensor) -> list[Episode]:
+        closed: list[Episode] = []
+        ep, base, t0 = self.open, self.next_row, self.transitions
+        events = sorted(
+            set(new.nonzero().squeeze(1).tolist())
+            | set(block.done.nonzero().squeeze(1).tolist())
+            | set(block.metas)
+        )
+        for i in events:
+            if new[i]:
+                if ep is not None:
+                    ep.num_steps, ep.flags = t0 + i - ep.first_transition, FLAG_CUT
+                    closed.append(ep)
+                ep = Episode(self.index, base + int(end[i]) - 1, t0 + i)
+            if i in block.metas and ep is not None:
+                ep.meta = block.metas[i]
+            if block.done[i] and ep is not None:
+                ep.num_steps, ep.flags = t0 + i + 1 - ep.first_transition, FLAG_DONE
+                closed.append(ep)
+                ep = None
+        if ep is not None:
+            ep.num_steps = t0 + len(block) - ep.first_transition
+        self.open = ep
+        return closed
+
+    def cut(self) -> Episode | None:
+        """End the open episode without a done flag (the recording stops or resets)."""
+        ep, self.open = self.open, None
+        if ep is not None:
+            ep.flags = FLAG_CUT
+        return ep

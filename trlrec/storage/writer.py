@@ -1,0 +1,514 @@
+"""TrajectoryWriter: append rollout transitions to a memory-mapped, crash-safe store."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import torch
+from tensordict import TensorDictBase
+
+from trlrec.errors import ClosedError, SchemaError
+from trlrec.storage.chunks import ChunkSeries
+from trlrec.storage.dataset import check_metadata, create_dataset, new_shard_dir
+from trlrec.storage.jsonio import read_json, write_json_atomic
+from trlrec.storage.layout import (
+    COMMIT_FILE,
+    FLAG_CUT,
+    FORMAT_VERSION,
+    SCHEMA_FILE,
+    SHARD_FILE,
+    STREAMS_DIR,
+)
+from trlrec.storage.schema import Entry, Key, Schema
+from trlrec.storage.shard import ShardFiles, read_commit
+from trlrec.storage.staging import Stager
+from trlrec.storage.stream import Block, Episode, StreamWriter
+
+__all__ = ["TrajectoryWriter"]
+
+_CHUNK_BYTES = 128 * 2**20
+_STAGE_BYTES = 4 * 2**20
+
+
+def _key_str(key: Key) -> str:
+    return str(key[0] if len(key) == 1 else key)
+
+
+class TrajectoryWriter:
+    """Writes transitions of TorchRL rollouts to a store directory.
+
+    A transition is a rollout row: root keys (observation, action, done flags...)
+    and a ``"next"`` sub-tensordict. Steps are staged in a small preallocated
+    buffer and written to memory-mapped chunks as slices; data becomes durable
+    against a crash at each commit (episode ends, every ``commit_every_steps``
+    transitions and ``commit_every_seconds``, ``flush()`` and ``close()``).
+
+    Args:
+        path: the store directory; created if missing. An existing store is
+            appended to (a new shard), never overwritten.
+        metadata: JSON-serialisable dict stored once with the recording.
+        shard: name of the shard to write. ``None`` creates a new shard; the
+            name of an existing shard continues it after its last commit.
+        chunk_rows: rows per chunk (default: about 128 MiB of data, at most 65536).
+        stage_steps: steps staged in RAM between writes (default: up to 64, ~4 MiB).
+        commit_every_steps: commit after this many transitions.
+        commit_every_seconds: commit when this much time passed since the last one.
+        commit_on_done: commit at the step where an episode ends.
+        durable: fsync data, index and commit record at each commit (survives
+            power loss, not only a killed process).
+        episode_key: a root key whose change starts a new episode (collectors'
+            trajectory ids), used when present.
+
+    Examples:
+        >>> import tempfile, torch
+        >>> from tensordict import TensorDict
+        >>> from trlrec import TrajectoryWriter, TrajectoryReader
+        >>> path = tempfile.mkdtemp() + "/run"
+        >>> with TrajectoryWriter(path, metadata={"agent": "random"}) as w:
+        ...     for t in range(3):
+        ...         w.append(TensorDict({
+        ...             "observation": torch.tensor([float(t)]),
+        ...             "action": torch.tensor([1]),
+        ...             "next": {"observation": torch.tensor([t + 1.0]),
+        ...                      "reward": torch.tensor([1.0]),
+        ...                      "done": torch.tensor([t == 2])},
+        ...         }, batch_size=[]))
+        >>> r = TrajectoryReader(path)
+        >>> r.num_steps, r.num_episodes, r.metadata
+        (3, 1, {'agent': 'random'})
+        >>> r.episodes[0]["next", "observation"].flatten().tolist()
+        [1.0, 2.0, 3.0]
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        metadata: dict[str, Any] | None = None,
+        shard: str | None = None,
+        chunk_rows: int | None = None,
+        stage_steps: int | None = None,
+        commit_every_steps: int = 1024,
+        commit_every_seconds: float = 5.0,
+        commit_on_done: bool = True,
+        durable: bool = False,
+        episode_key: Key | str | None = ("collector", "traj_ids"),
+    ):
+        for name, value in (
+            ("chunk_rows", chunk_rows),
+            ("stage_steps", stage_steps),
+            ("commit_every_steps", commit_every_steps),
+        ):
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if not commit_every_seconds > 0:
+            raise ValueError(f"commit_every_seconds must be > 0, got {commit_every_seconds!r}")
+        self.path = Path(path)
+        self.metadata = check_metadata(metadata)
+        self._chunk_rows = chunk_rows
+        self._stage_steps = stage_steps
+        self._commit_steps = commit_every_steps
+        self._commit_seconds = float(commit_every_seconds)
+        self._commit_on_done = commit_on_done
+        self._durable = durable
+        self._episode_key = (episode_key,) if isinstance(episode_key, str) else episode_key
+        create_dataset(self.path, self.metadata)
+        self.shard_path = new_shard_dir(self.path, shard)
+        self._files = ShardFiles(self.shard_path, durable=durable)
+        self.schema: Schema | None = None
+        self._streams: list[StreamWriter] = []
+        self._stager: Stager | None = None
+        self._pending_force: torch.Tensor | None = None
+        self._since_commit = 0
+        self._last_commit = time.monotonic()
+        self._last_ids: torch.Tensor | None = None
+        self._closed = False
+        self.num_steps = 0
+        try:
+            self._open_shard()
+        except BaseException:
+            self._files.release()
+            raise
+
+    # ----------------------------------------------------------------- set-up
+    def _open_shard(self) -> None:
+        write_json_atomic(
+            self.shard_path / SHARD_FILE,
+            {"version": FORMAT_VERSION, "metadata": self.metadata, "pid": os.getpid()},
+            durable=self._durable,
+        )
+        commit_path = self.shard_path / COMMIT_FILE
+        if not commit_path.exists():
+            shutil.rmtree(self.shard_path / STREAMS_DIR, ignore_errors=True)
+            return
+        commit = read_commit(commit_path)
+        self._files.resume(commit)
+        schema = Schema.from_json(read_json(self.shard_path / SCHEMA_FILE), self.shard_path)
+        self._chunk_rows = commit["chunk_rows"]
+        self._setup(schema)
+        if len(commit["streams"]) != len(self._streams):
+            raise SchemaError(
+                f"{str(commit_path)!r} lists {len(commit['streams'])} streams, its schema "
+                f"{len(self._streams)}"
+            )
+        for stream, (next_row, transitions, start, steps, first) in zip(
+            self._streams, commit["streams"], strict=True
+        ):
+            # Continue on a fresh chunk: anything past the commit is a torn tail.
+            chunk = math.ceil(next_row / self._chunk_rows)
+            stream.chunks.discard_from(chunk)
+            stream.next_row = chunk * self._chunk_rows
+            stream.transitions = transitions
+            if start >= 0:
+                meta = commit["open_meta"].get(str(stream.index))
+                self._files.add_episode(Episode(stream.index, start, first, steps, FLAG_CUT, meta))
+        self._commit()
+
+    def _setup(self, schema: Schema) -> None:
+        self.schema = schema
+        row_bytes = max(1, schema.row_bytes())
+        if self._chunk_rows is None:
+            self._chunk_rows = max(16, min(2**16, _CHUNK_BYTES // row_bytes))
+        n = schema.num_streams
+        stage = self._stage_steps or max(1, min(64, _STAGE_BYTES // (2 * row_bytes * n)))
+        self._stager = Stager(schema, stage, pin_memory=False)
+        root = self.shard_path / STREAMS_DIR
+        self._streams = [
+            StreamWriter(b, ChunkSeries(root / str(b), schema, self._chunk_rows), schema)
+            for b in range(n)
+        ]
+        entries = self._stager.entries
+        self._root_slots = [
+            (e.key, self._full_shape(e), e.dtype) for e in self._stager.root_entries
+        ]
+        self._next_slots = [
+            (e.key, self._full_shape(e), e.dtype) for e in self._stager.next_entries
+        ]
+        self._done_slots = [
+            i for i, e in enumerate(entries) if e.is_done and i >= len(self._root_slots)
+        ]
+        self._id_slot = next(
+            (i for i, e in enumerate(self._stager.root_entries) if e.key == self._episode_key),
+            None,
+        )
+        self._check_keys_at = 0
+
+    def _full_shape(self, e: Entry) -> torch.Size:
+        return torch.Size((*self.schema.batch_shape, *e.shape))
+
+    def _init_schema(self, root: TensorDictBase, next_: TensorDictBase) -> None:
+        schema = Schema.from_transition(root, next_)
+        path = self.shard_path / SCHEMA_FILE
+        write_json_atomic(path, schema.to_json(), durable=self._durable)
+        self._setup(schema)
+
+    # -------------------------------------------------------------- validation
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError(f"the writer of {str(self.shard_path)!r} is closed; open a new one")
+
+    def _missing(self, where: str, key: Key, shape: torch.Size, dtype: torch.dtype) -> None:
+        name = _key_str(key if where == "root" else ("next", *key))
+        raise SchemaError(
+            f"key {name!r} is missing from the step; the recording's schema has it "
+            f"(shape {tuple(shape)}, dtype {dtype})"
+        )
+
+    def _mismatch(
+        self, where: str, key: Key, shape: torch.Size, dtype: torch.dtype, v: Any
+    ) -> None:
+        name = _key_str(key if where == "root" else ("next", *key))
+        if not isinstance(v, torch.Tensor):
+            raise SchemaError(
+                f"key {name!r} holds {type(v).__name__}, expected a tensor of shape "
+                f"{tuple(shape)} and dtype {dtype}"
+            )
+        raise SchemaError(
+            f"key {name!r}: expected shape {tuple(shape)} and dtype {dtype} (the recording's "
+            f"schema), got shape {tuple(v.shape)} and dtype {v.dtype}. A recording keeps one "
+            "schema: start a new writer (or shard) for different data"
+        )
+
+    def _gather(self, root: TensorDictBase, next_: TensorDictBase) -> list[torch.Tensor]:
+        leaves = []
+        for td, slots, where in (
+            (root, self._root_slots, "root"),
+            (next_, self._next_slots, "next"),
+        ):
+            for key, shape, dtype in slots:
+                v = td.get(key, None)
+                if v is None:
+                    self._missing(where, key, shape, dtype)
+                if v.shape != shape or v.dtype != dtype:
+                    self._mismatch(where, key, shape, dtype, v)
+                leaves.append(v)
+        return leaves
+
+    def _check_keys(self, root: TensorDictBase, next_: TensorDictBase) -> None:
+        """Refuse keys the schema does not have (checked at block starts: it costs ~10 µs)."""
+        have = {(k,) if isinstance(k, str) else tuple(k) for k in root.keys(True, True)}
+        have = {k for k in have if k[0] != "next"}
+        extra = have - {k for k, _, _ in self._root_slots}
+        nhave = {(k,) if isinstance(k, str) else tuple(k) for k in next_.keys(True, True)}
+        extra |= {("next", *k) for k in nhave - {k for k, _, _ in self._next_slots}}
+        if extra:
+            names = sorted(_key_str(k) for k in extra)
+            raise SchemaError(
+                f"keys {names} are not in the recording's schema; a recording keeps one set of "
+                "keys (select them with in_keys, or start a new writer)"
+            )
+
+    # ------------------------------------------------------------------ append
+    def append(
+        self, step: TensorDictBase, *, episode_metadata: dict | Sequence[dict | None] | None = None
+    ) -> None:
+        """Append one transition: a rollout row with root keys and ``"next"``.
+
+        Args:
+            step: unbatched, or ``[B]`` for a batched env (one stream per sub-env).
+            episode_metadata: a dict (per stream: a sequence) to attach to the
+                episode this transition belongs to; the last one given is kept.
+
+        Raises:
+            SchemaError: a key, shape or dtype differs from the recording's schema.
+        """
+        self._check_open()
+        if not isinstance(step, TensorDictBase):
+            raise SchemaError(f"append takes a TensorDict, got {type(step).__name__}")
+        next_ = step.get("next", None)
+        if not isinstance(next_, TensorDictBase):
+            raise SchemaError(
+                "the step has no 'next' sub-tensordict; append takes a rollout row (root keys "
+                "plus 'next'), as env.rollout(..., break_when_any_done=False) returns"
+            )
+        self._append(step, next_, episode_metadata)
+
+    def _append(self, root: TensorDictBase, next_: TensorDictBase, episode_metadata: Any) -> None:
+        if self.schema is None:
+            self._init_schema(root, next_)
+        stager = self._stager
+        if stager.count == 0 and self._check_keys_at <= self.num_steps:
+            self._check_keys(root, next_)
+            self._check_keys_at = self.num_steps + 16 * stager.capacity
+        leaves = self._gather(root, next_)
+        if episode_metadata is not None:
+            episode_metadata = self._check_episode_metadata(episode_metadata)
+        stager.put(leaves, self._pending_force, episode_metadata)
+        self._pending_force = None
+        self.num_steps += 1
+        self._since_commit += 1
+        done = self._commit_on_done and any(bool(leaves[i].any()) for i in self._done_slots)
+        if stager.full:
+            self._write_staged()
+        if done or self._commit_due():
+            self.flush()
+
+    def _check_episode_metadata(self, meta: Any) -> list[dict | None]:
+        n = self.schema.num_streams
+        metas = [meta] * n if isinstance(meta, dict) else list(meta)
+        if len(metas) != n:
+            raise SchemaError(
+                f"episode_metadata has {len(metas)} entries, expected {n} (one per stream)"
+            )
+        return [check_metadata(m, "episode metadata") if m is not None else None for m in metas]
+
+    def _commit_due(self) -> bool:
+        return (
+            self._since_commit >= self._commit_steps
+            or time.monotonic() - self._last_commit >= self._commit_seconds
+        )
+
+    def end_episode(self, streams: torch.Tensor | Sequence[bool] | None = None) -> None:
+        """Mark that the next transition of these streams starts a new episode (a reset).
+
+        Args:
+            streams: a bool mask over the streams (the env's batch), or None for all.
+        """
+        self._check_open()
+        if self.schema is None:
+            return
+        n = self.schema.num_streams
+        mask = torch.ones(n, dtype=torch.bool) if streams is None else torch.as_tensor(streams)
+        mask = mask.reshape(-1).to(torch.bool)
+        if mask.numel() != n:
+            raise SchemaError(f"end_episode got a mask of {mask.numel()} entries, expected {n}")
+        self._pending_force = mask if self._pending_force is None else self._pending_force | mask
+
+    # ------------------------------------------------------------------ extend
+    def extend(self, batch: TensorDictBase) -> None:
+        """Append many transitions: ``[T]`` or ``[B, T]`` (time last, as collectors give).
+
+        Raises:
+            SchemaError: a key, shape or dtype differs from the recording's schema.
+        """
+        self._check_open()
+        if not isinstance(batch, TensorDictBase) or batch.batch_dims < 1:
+            raise SchemaError(
+                "extend takes a TensorDict with a time dimension last ([T] or [B, T]), got "
+                f"{type(batch).__name__} of batch size {getattr(batch, 'batch_size', None)}"
+            )
+        next_ = batch.get("next", None)
+        if not isinstance(next_, TensorDictBase):
+            raise SchemaError("the batch has no 'next' sub-tensordict; extend takes rollout rows")
+        T = batch.batch_size[-1]
+        if T == 0:
+            return
+        if self.schema is None:
+            first = batch[..., 0]
+            self._init_schema(first, first.get("next"))
+        if tuple(batch.batch_size[:-1]) != self.schema.batch_shape:
+            raise SchemaError(
+                f"extend got batch size {tuple(batch.batch_size)}; the recording's steps have "
+                f"batch size {self.schema.batch_shape}, so expected {(*self.schema.batch_shape, T)}"
+            )
+        self._check_keys(batch, next_)
+        n = self.schema.num_streams
+        nb = len(self.schema.batch_shape)
+        cols = []
+        for td, slots, where in (
+            (batch, self._root_slots, "root"),
+            (next_, self._next_slots, "next"),
+        ):
+            for key, shape, dtype in slots:
+                feat = shape[nb:]
+                full = torch.Size((*self.schema.batch_shape, T, *feat))
+                v = td.get(key, None)
+                if v is None:
+                    self._missing(where, key, full, dtype)
+                if v.shape != full or v.dtype != dtype:
+                    self._mismatch(where, key, full, dtype, v)
+                cols.append(v.reshape(n, T, *feat).cpu())
+        self._write_staged()
+        force = torch.zeros(n, T, dtype=torch.bool)
+        if self._pending_force is not None:
+            force[:, 0] = self._pending_force
+            self._pending_force = None
+        if self._id_slot is not None:
+            ids = cols[self._id_slot].reshape(n, T, -1)
+            force[:, 1:] |= (ids[:, 1:] != ids[:, :-1]).any(-1)
+            if self._last_ids is not None:
+                force[:, 0] |= (ids[:, 0] != self._last_ids).any(-1)
+            self._last_ids = ids[:, -1].clone()
+        closed = False
+        step = max(1, self._stager.capacity * 64)
+        for t0 in range(0, T, step):
+            t1 = min(T, t0 + step)
+            for b, stream in enumerate(self._streams):
+                closed |= self._write_block(
+                    stream, [c[b, t0:t1] for c in cols], force[b, t0:t1], {}
+                )
+        self.num_steps += n * T
+        self._since_commit += n * T
+        if (closed and self._commit_on_done) or self._commit_due():
+            self.flush()
+
+    # ------------------------------------------------------------------ writing
+    def _write_block(
+        self, stream: StreamWriter, cols: list[torch.Tensor], force: torch.Tensor, metas: dict
+    ) -> bool:
+        st = self._stager
+        nr = len(st.root_entries)
+        roots, nexts = cols[:nr], cols[nr:]
+        done = torch.zeros(force.shape[0], dtype=torch.bool)
+        for i in self._done_slots:
+            done |= cols[i].reshape(force.shape[0], -1).any(1)
+        block = Block(
+            state_root={
+                e.key: c for e, c in zip(st.root_entries, roots, strict=True) if e.role == "state"
+            },
+            state_next={
+                e.key: c for e, c in zip(st.next_entries, nexts, strict=True) if e.role == "state"
+            },
+            root={
+                e.key: c for e, c in zip(st.root_entries, roots, strict=True) if e.role == "root"
+            },
+            next={
+                e.key: c for e, c in zip(st.next_entries, nexts, strict=True) if e.role == "next"
+            },
+            done=done,
+            force_new=force,
+            metas=metas,
+        )
+        episodes = stream.write_block(block)
+        for ep in episodes:
+            self._files.add_episode(ep)
+        return bool(episodes)
+
+    def _write_staged(self) -> None:
+        st = self._stager
+        if st is None or st.count == 0:
+            return
+        cols = st.columns()
+        for b, stream in enumerate(self._streams):
+            metas = {i: m[b] for i, m in st.metas.items() if m[b] is not None}
+            self._write_block(stream, [c[:, b] for c in cols], st.force_new[: st.count, b], metas)
+        st.clear()
+
+    def _commit(self) -> None:
+        if self._durable:
+            for s in self._streams:
+                s.chunks.sync()
+        streams, open_meta = [], {}
+        for s in self._streams:
+            ep = s.open
+            if ep is None:
+                streams.append([s.next_row, s.transitions, -1, -1, -1])
+            else:
+                streams.append(
+                    [s.next_row, s.transitions, ep.start_row, ep.num_steps, ep.first_transition]
+                )
+                if ep.meta is not None:
+                    open_meta[str(s.index)] = ep.meta
+        self._files.commit(streams, open_meta, self._chunk_rows or 1)
+        self._since_commit = 0
+        self._last_commit = time.monotonic()
+
+    def flush(self) -> None:
+        """Write staged steps and commit: everything appended so far survives a crash."""
+        self._check_open()
+        if self.schema is None:
+            return
+        self._write_staged()
+        self._commit()
+
+    def close(self) -> None:
+        """Commit, end the open episodes (flagged as cut) and release the shard."""
+        if self._closed:
+            return
+        try:
+            if self.schema is not None:
+                self._write_staged()
+                for s in self._streams:
+                    ep = s.cut()
+                    if ep is not None:
+                        self._files.add_episode(ep)
+                self._commit()
+                for s in self._streams:
+                    s.chunks.close()
+        finally:
+            self._closed = True
+            self._files.release()
+            if self.schema is None and not (self.shard_path / COMMIT_FILE).exists():
+                shutil.rmtree(self.shard_path, ignore_errors=True)
+
+    def __enter__(self) -> TrajectoryWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        shard = self.shard_path.name
+        return f"TrajectoryWriter({str(self.path)!r}, shard={shard!r}, steps={self.num_steps})"
