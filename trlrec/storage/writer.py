@@ -290,6 +290,26 @@ class TrajectoryWriter:
             )
         self._append(step, next_, episode_metadata)
 
+    def append_transition(
+        self,
+        root: TensorDictBase,
+        next_: TensorDictBase,
+        *,
+        episode_metadata: dict | Sequence[dict | None] | None = None,
+    ) -> None:
+        """Append one transition given as its two parts, as a transform's ``_step`` sees them.
+
+        ``root`` holds the step's inputs (observation, action...; a ``"next"`` entry
+        in it is ignored) and ``next_`` its outputs. Same rules as :meth:`append`.
+        """
+        self._check_open()
+        if not isinstance(root, TensorDictBase) or not isinstance(next_, TensorDictBase):
+            raise SchemaError(
+                f"append_transition takes two TensorDicts, got {type(root).__name__} and "
+                f"{type(next_).__name__}"
+            )
+        self._append(root, next_, episode_metadata)
+
     def _append(self, root: TensorDictBase, next_: TensorDictBase, episode_metadata: Any) -> None:
         if self.schema is None:
             self._init_schema(root, next_)
