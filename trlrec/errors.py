@@ -23,6 +23,7 @@ __all__ = [
     "VideoError",
     "MissingDependencyError",
     "EncoderError",
+    "PlaybackError",
 ]
 
 
@@ -80,3 +81,7 @@ class MissingDependencyError(TrlrecError, ImportError):
 
 class EncoderError(TrlrecError, OSError):
     """The video encoder (ffmpeg) failed or could not start; the message holds its output."""
+
+
+class PlaybackError(TrlrecError, RuntimeError):
+    """Replaying a recording went off script (episodes ran out, an action differs)."""
