@@ -118,6 +118,12 @@ class TrajectoryReader:
         shard, j = self._locate(i)
         return shard.info(j)
 
+    def as_replay_buffer(self, *, batch_size: int, **kwargs: Any) -> Any:
+        """A TorchRL replay buffer over this store, see :func:`trlrec.replay.as_replay_buffer`."""
+        from trlrec.replay import as_replay_buffer
+
+        return as_replay_buffer(self, batch_size=batch_size, **kwargs)
+
     def close(self) -> None:
         """Drop the mapped chunks."""
         self.shards = []

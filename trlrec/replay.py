@@ -1,0 +1,283 @@
+"""A TorchRL replay buffer over a store, for offline RL: the data stays in its memory maps.
+
+What is zero-copy and what is not:
+
+- The recorded data is never copied or materialised: :class:`StoreStorage` maps a flat
+  transition index onto (shard, stream, chunk, row) of the store's chunk files and
+  gathers only the sampled rows, key by key, straight from the memory maps (a sample
+  is a fresh tensordict in RAM, as with any replay buffer). Each observation is
+  stored once; the ``"next"`` observation of a transition is read from the row after.
+- In RAM: per-episode tables (a few ints per episode) and, for episode-aware slices,
+  the episode id of every transition (8 bytes each), which ``SliceSampler`` needs.
+- The buffer is read-only (TorchRL's ``ImmutableDatasetWriter``): ``extend`` raises.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from tensordict import TensorDict
+from torchrl.data import (
+    ImmutableDatasetWriter,
+    RandomSampler,
+    SamplerWithoutReplacement,
+    SliceSampler,
+    SliceSamplerWithoutReplacement,
+    TensorDictReplayBuffer,
+)
+from torchrl.data.replay_buffers.storages import Storage
+
+from trlrec.errors import SchemaError, StoreError
+from trlrec.storage.reader import TrajectoryReader
+from trlrec.storage.schema import Entry, Key
+
+__all__ = ["StoreStorage", "as_replay_buffer"]
+
+EPISODE_KEY = "episode"
+
+
+class StoreStorage(Storage):
+    """A read-only TorchRL ``Storage`` of a store's transitions (see the module docstring).
+
+    Transition ``i`` is step ``i - offset[e]`` of episode ``e``, episodes in reader order.
+    ``get`` returns rollout rows (root keys + ``"next"``) plus the episode index under
+    ``episode_key`` (unless ``None``).
+
+    Args:
+        reader: an open reader; it must stay open while the storage is used.
+        episode_key: root key holding each transition's episode index, or ``None``.
+
+    Raises:
+        StoreError: the store holds no transition.
+        SchemaError: its shards have different schemas, or ``episode_key`` is a stored key.
+    """
+
+    def __init__(self, reader: TrajectoryReader, *, episode_key: str | None = EPISODE_KEY):
+        shards = reader.shards
+        if reader.num_steps == 0 or reader.num_episodes == 0:
+            raise StoreError(f"the store {str(reader.path)!r} holds no transition to sample")
+        schema = shards[0].schema
+        for s in shards[1:]:
+            if s.schema.entries != schema.entries:
+                raise SchemaError(
+                    f"shard {s.name!r} has another schema than {shards[0].name!r}; a replay "
+                    "buffer needs one set of keys, shapes and dtypes"
+                )
+        if episode_key is not None and any(e.key == (episode_key,) for e in schema.entries):
+            raise SchemaError(
+                f"the store already has a key {episode_key!r}; pass another episode_key"
+            )
+        self.reader = reader
+        self.entries: tuple[Entry, ...] = schema.entries
+        self.episode_key = episode_key
+        infos = [reader.episode_info(i) for i in range(reader.num_episodes)]
+        shard_of = {s.name: i for i, s in enumerate(shards)}
+        self._ep_shard = torch.tensor([shard_of[i["shard"]] for i in infos])
+        self._ep_stream = torch.tensor([i["stream"] for i in infos])
+        self._ep_start = torch.tensor([i["start_row"] for i in infos])
+        self.episode_lengths = torch.tensor([i["num_steps"] for i in infos])
+        self._offsets = torch.zeros(len(infos) + 1, dtype=torch.int64)
+        torch.cumsum(self.episode_lengths, 0, out=self._offsets[1:])
+        self._chunk_rows = torch.tensor([s.chunk_rows for s in shards])
+        self._num_streams = max(len(s.streams) for s in shards)
+        n = int(self._offsets[-1])
+        super().__init__(max_size=n)
+
+    # ------------------------------------------------------------ Storage API
+    def __len__(self) -> int:
+        return self.max_size
+
+    def episode_ids(self) -> torch.Tensor:
+        """The episode index of every transition (``[len(self)]`` int64, built in RAM)."""
+        return torch.repeat_interleave(
+            torch.arange(len(self.episode_lengths)), self.episode_lengths
+        )
+
+    def get(self, index: Any) -> TensorDict:
+        """Gather transitions ``index`` (int, slice, sequence or tensor) from the memory maps."""
+        if isinstance(index, tuple):
+            if len(index) != 1:
+                raise IndexError(f"a StoreStorage is 1-D; got an index of {len(index)} dims")
+            index = index[0]
+        if isinstance(index, slice):
+            index = torch.arange(len(self))[index]
+        idx = torch.as_tensor(index, dtype=torch.int64)
+        scalar = idx.ndim == 0
+        flat = idx.reshape(-1)
+        n = len(self)
+        if flat.numel() and (int(flat.min()) < -n or int(flat.max()) >= n):
+            raise IndexError(f"transition index out of range: the store has {n} transitions")
+        out = self._gather(torch.where(flat < 0, flat + n, flat))
+        out = out.reshape(idx.shape)
+        return out[()] if scalar else out
+
+    def _gather(self, idx: torch.Tensor) -> TensorDict:
+        ep = torch.searchsorted(self._offsets, idx, right=True) - 1
+        row = self._ep_start[ep] + (idx - self._offsets[ep])
+        shard, stream = self._ep_shard[ep], self._ep_stream[ep]
+        out = TensorDict({}, batch_size=[idx.numel()])
+        nxt = TensorDict({}, batch_size=[idx.numel()])
+        cols = {e: torch.empty((idx.numel(), *e.shape), dtype=e.dtype) for e in self.entries}
+        ncols = {
+            e: torch.empty((idx.numel(), *e.shape), dtype=e.dtype)
+            for e in self.entries
+            if e.role == "state"
+        }
+        self._fill(shard, stream, row, cols)
+        self._fill(shard, stream, row + 1, ncols)
+        for e, v in cols.items():
+            (nxt if e.role == "next" else out).set(e.key, v)
+        for e, v in ncols.items():
+            nxt.set(e.key, v)
+        out.set("next", nxt)
+        if self.episode_key is not None:
+            out.set(self.episode_key, ep)
+        return out
+
+    def _fill(
+        self,
+        shard: torch.Tensor,
+        stream: torch.Tensor,
+        row: torch.Tensor,
+        cols: dict[Entry, torch.Tensor],
+    ) -> None:
+        if not cols or row.numel() == 0:
+            return
+        crows = self._chunk_rows[shard]
+        chunk, offset = row // crows, row % crows
+        code = (shard * self._num_streams + stream) * (int(chunk.max()) + 1) + chunk
+        groups, inverse = torch.unique(code, return_inverse=True)
+        for g in range(groups.numel()):
+            mask = inverse == g
+            first = int(mask.nonzero()[0, 0])
+            s, b, c = int(shard[first]), int(stream[first]), int(chunk[first])
+            leaves: dict[Key, torch.Tensor] = self.reader.shards[s].chunk(b, c)
+            rows = offset[mask]
+            for e, col in cols.items():
+                col[mask] = leaves[e.stored_key][rows]
+
+    def set(self, cursor: Any, data: Any, *, set_cursor: bool = True) -> None:
+        """Refused: a store is read through this storage, written with a TrajectoryWriter."""
+        raise StoreError("a StoreStorage is read-only; write with a TrajectoryWriter instead")
+
+    def contains(self, item: Any) -> bool:
+        """Whether ``item`` is a valid transition index."""
+        return isinstance(item, int) and -len(self) <= item < len(self)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Nothing to save: the store on disk is the state."""
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Nothing to load: the store on disk is the state."""
+
+    def _empty(self) -> None:
+        raise StoreError("a StoreStorage is read-only; it cannot be emptied")
+
+    def __repr__(self) -> str:
+        return f"StoreStorage({str(self.reader.path)!r}, transitions={len(self)})"
+
+
+def _identity(batch: TensorDict) -> TensorDict:
+    return batch  # StoreStorage.get already returns one [N] tensordict
+
+
+def as_replay_buffer(
+    reader_or_path: TrajectoryReader | str | os.PathLike[str],
+    *,
+    batch_size: int,
+    slice_len: int | None = None,
+    num_slices: int | None = None,
+    replacement: bool = True,
+    strict_length: bool = True,
+    episode_key: str | None = EPISODE_KEY,
+    **kwargs: Any,
+) -> TensorDictReplayBuffer:
+    """A read-only TorchRL replay buffer sampling the transitions of a store.
+
+    Without ``slice_len``/``num_slices``, transitions are sampled uniformly. With one
+    of them, a ``SliceSampler`` samples sub-trajectories that never cross episodes
+    (each sample is ``[batch_size]``: ``batch_size // slice_len`` slices end to end).
+    The data is read from the memory maps; nothing is copied but the sampled rows.
+
+    Args:
+        reader_or_path: a :class:`~trlrec.TrajectoryReader` or a store directory.
+        batch_size: transitions per sample.
+        slice_len: length of each slice (``batch_size`` must be a multiple of it).
+        num_slices: number of slices per sample (exclusive with ``slice_len``).
+        replacement: sample with replacement (``False``: each transition or slice once
+            per pass over the data).
+        strict_length: skip episodes shorter than a slice (else return shorter slices).
+        episode_key: root key of the samples holding the episode index, or ``None``.
+        **kwargs: passed to ``TensorDictReplayBuffer`` (``transform``, ``prefetch``...)
+            or, for a sliced buffer, to the sampler when they are sampler options
+            (``truncated_key``, ``span``, ``pad_output``).
+
+    Returns:
+        A ``TensorDictReplayBuffer`` whose ``sample()`` returns ``[batch_size]`` rollout rows.
+
+    Raises:
+        ValueError: for a bad ``batch_size``, ``slice_len`` or ``num_slices``.
+        StoreError: the store is empty (and the reader's errors for a missing or damaged store).
+    """
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if slice_len is not None and num_slices is not None:
+        raise ValueError("slice_len and num_slices are exclusive; pass one of them")
+    for name, value in (("slice_len", slice_len), ("num_slices", num_slices)):
+        if value is None:
+            continue
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if batch_size % value:
+            raise ValueError(f"batch_size ({batch_size}) must be a multiple of {name} ({value})")
+    reader = (
+        reader_or_path
+        if isinstance(reader_or_path, TrajectoryReader)
+        else TrajectoryReader(reader_or_path)
+    )
+    return _build(reader, batch_size, slice_len, num_slices, replacement, strict_length,
+                  episode_key, kwargs)  # fmt: skip
+
+
+def _build(
+    reader: TrajectoryReader,
+    batch_size: int,
+    slice_len: int | None,
+    num_slices: int | None,
+    replacement: bool,
+    strict_length: bool,
+    episode_key: str | None,
+    kwargs: dict[str, Any],
+) -> TensorDictReplayBuffer:
+    storage = StoreStorage(reader, episode_key=episode_key)
+    if slice_len is None and num_slices is None:
+        sampler = RandomSampler() if replacement else SamplerWithoutReplacement()
+    else:
+        options = {k: kwargs.pop(k) for k in ("truncated_key", "span", "pad_output") if k in kwargs}
+        cls = SliceSampler if replacement else SliceSamplerWithoutReplacement
+        longest = int(storage.episode_lengths.max())
+        need = slice_len if slice_len is not None else batch_size // num_slices
+        if strict_length and longest < need:
+            raise ValueError(
+                f"no episode of {str(reader.path)!r} is {need} steps long (the longest has "
+                f"{longest}); use shorter slices or strict_length=False"
+            )
+        sampler = cls(
+            slice_len=slice_len,
+            num_slices=num_slices,
+            trajectories=storage.episode_ids(),
+            cache_values=True,
+            strict_length=strict_length,
+            **options,
+        )
+    kwargs.setdefault("collate_fn", _identity)
+    return TensorDictReplayBuffer(
+        storage=storage,
+        sampler=sampler,
+        writer=ImmutableDatasetWriter(),
+        batch_size=batch_size,
+        **kwargs,
+    )
