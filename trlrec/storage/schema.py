@@ -14,7 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tensordict import TensorDict, TensorDictBase
+from tensordict import (
+    NonTensorData,
+    NonTensorStack,
+    TensorDict,
+    TensorDictBase,
+    is_tensor_collection,
+)
 
 from trlrec.errors import CorruptStoreError, SchemaError, UnsupportedDataError
 from trlrec.storage.dtypes import dtype_from_name, dtype_name
@@ -55,9 +61,22 @@ def _check_name(key: Key) -> None:
             )
 
 
+def _is_leaf(cls: type) -> bool:
+    """Tensors and non-tensor data are leaves (the default walk skips non-tensors silently)."""
+    return not is_tensor_collection(cls) or issubclass(cls, (NonTensorData, NonTensorStack))
+
+
+def leaf_keys(td: TensorDictBase) -> list[Key]:
+    """Every leaf key of ``td`` as a tuple, non-tensor entries included."""
+    return [
+        (k,) if isinstance(k, str) else tuple(k)
+        for k in td.keys(include_nested=True, leaves_only=True, is_leaf=_is_leaf)
+    ]
+
+
 def _leaves(td: TensorDictBase, batch_ndim: int, where: str) -> dict[Key, tuple]:
     out: dict[Key, tuple] = {}
-    for key, value in td.items(include_nested=True, leaves_only=True):
+    for key, value in td.items(include_nested=True, leaves_only=True, is_leaf=_is_leaf):
         key = (key,) if isinstance(key, str) else tuple(key)
         if where == "root" and key[0] == "next":
             continue

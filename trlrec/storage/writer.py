@@ -26,7 +26,7 @@ from trlrec.storage.layout import (
     SHARD_FILE,
     STREAMS_DIR,
 )
-from trlrec.storage.schema import Entry, Key, Schema
+from trlrec.storage.schema import Entry, Key, Schema, leaf_keys
 from trlrec.storage.shard import ShardFiles, read_commit
 from trlrec.storage.staging import Stager
 from trlrec.storage.stream import Block, Episode, StreamWriter
@@ -35,6 +35,18 @@ __all__ = ["TrajectoryWriter"]
 
 _CHUNK_BYTES = 128 * 2**20
 _STAGE_BYTES = 4 * 2**20
+
+
+def _fast_get(td: TensorDictBase, key: Key) -> Any:
+    """``td.get(key, None)`` at a fraction of its cost (~0.1 us per level instead of ~1.5 us)."""
+    try:
+        for part in key:
+            td = td._get_str(part, None)
+            if td is None:
+                return None
+        return td
+    except AttributeError:  # not a TensorDictBase at some level: let the checks name it
+        return None
 
 
 def _key_str(key: Key) -> str:
@@ -199,6 +211,8 @@ class TrajectoryWriter:
             None,
         )
         self._check_keys_at = 0
+        self._root_top = len({k[0] for k, _, _ in self._root_slots})
+        self._next_top = len({k[0] for k, _, _ in self._next_slots})
 
     def _full_shape(self, e: Entry) -> torch.Size:
         return torch.Size((*self.schema.batch_shape, *e.shape))
@@ -243,7 +257,7 @@ class TrajectoryWriter:
             (next_, self._next_slots, "next"),
         ):
             for key, shape, dtype in slots:
-                v = td.get(key, None)
+                v = _fast_get(td, key)
                 if v is None:
                     self._missing(where, key, shape, dtype)
                 if v.shape != shape or v.dtype != dtype:
@@ -253,10 +267,9 @@ class TrajectoryWriter:
 
     def _check_keys(self, root: TensorDictBase, next_: TensorDictBase) -> None:
         """Refuse keys the schema does not have (checked at block starts: it costs ~10 µs)."""
-        have = {(k,) if isinstance(k, str) else tuple(k) for k in root.keys(True, True)}
-        have = {k for k in have if k[0] != "next"}
+        have = {k for k in leaf_keys(root) if k[0] != "next"}
         extra = have - {k for k, _, _ in self._root_slots}
-        nhave = {(k,) if isinstance(k, str) else tuple(k) for k in next_.keys(True, True)}
+        nhave = set(leaf_keys(next_))
         extra |= {("next", *k) for k in nhave - {k for k, _, _ in self._next_slots}}
         if extra:
             names = sorted(_key_str(k) for k in extra)
@@ -288,7 +301,7 @@ class TrajectoryWriter:
                 "the step has no 'next' sub-tensordict; append takes a rollout row (root keys "
                 "plus 'next'), as env.rollout(..., break_when_any_done=False) returns"
             )
-        self._append(step, next_, episode_metadata)
+        self._append(step, next_, episode_metadata, root_has_next=True)
 
     def append_transition(
         self,
@@ -308,13 +321,25 @@ class TrajectoryWriter:
                 f"append_transition takes two TensorDicts, got {type(root).__name__} and "
                 f"{type(next_).__name__}"
             )
-        self._append(root, next_, episode_metadata)
+        self._append(root, next_, episode_metadata, root_has_next="next" in root.keys())
 
-    def _append(self, root: TensorDictBase, next_: TensorDictBase, episode_metadata: Any) -> None:
+    def _append(
+        self,
+        root: TensorDictBase,
+        next_: TensorDictBase,
+        episode_metadata: Any,
+        root_has_next: bool,
+    ) -> None:
         if self.schema is None:
             self._init_schema(root, next_)
         stager = self._stager
-        if stager.count == 0 and self._check_keys_at <= self.num_steps:
+        # Extra top-level keys are caught every step (two len() calls); extra nested
+        # keys at block starts, where the full key walk (~10 us) is amortised.
+        if (
+            len(root.keys()) != self._root_top + root_has_next
+            or len(next_.keys()) != self._next_top
+            or (stager.count == 0 and self._check_keys_at <= self.num_steps)
+        ):
             self._check_keys(root, next_)
             self._check_keys_at = self.num_steps + 16 * stager.capacity
         leaves = self._gather(root, next_)

@@ -1,0 +1,257 @@
+"""TrajectoryWriter: appending, extending, batching, commits and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from tensordict import TensorDict
+
+from tests.storage.helpers import assert_store_matches, assert_td_identical
+from trlrec import TrajectoryReader, TrajectoryWriter
+from trlrec.errors import (
+    ClosedError,
+    NotAStoreError,
+    SchemaError,
+    ShardLockedError,
+    UnsupportedDataError,
+)
+
+
+def _record(path, rollout, **kw):
+    with TrajectoryWriter(path, **kw) as w:
+        if rollout.batch_dims == 1:
+            for t in range(rollout.shape[0]):
+                w.append(rollout[t])
+        else:
+            for t in range(rollout.shape[1]):
+                w.append(rollout[:, t])
+    return TrajectoryReader(path)
+
+
+def test_single_env_round_trip_is_bit_exact(tmp_path, stub_env):
+    rollout = stub_env.rollout(23, break_when_any_done=False)
+    r = _record(tmp_path / "s", rollout)
+    assert_store_matches(r, rollout)
+    assert [r.episode_info(i)["flags"] for i in range(r.num_episodes)] == [1, 1, 1, 1, 2]
+
+
+@pytest.mark.parametrize(("stage_steps", "chunk_rows"), [(None, None), (3, 16), (1, 7)])
+def test_batched_streams_with_different_episode_lengths(
+    tmp_path, stub_env_cls, stage_steps, chunk_rows
+):
+    env = stub_env_cls(episode_lengths=(3, 7, 4), batch_size=(3,), pixels=(6, 5, 3))
+    rollout = env.rollout(40, break_when_any_done=False)
+    r = _record(tmp_path / "b", rollout, stage_steps=stage_steps, chunk_rows=chunk_rows)
+    assert_store_matches(r, rollout)
+
+
+def test_extend_stitches_episodes_across_batches(tmp_path, stub_env_cls):
+    env = stub_env_cls(episode_lengths=(3, 7, 4), batch_size=(3,))
+    rollout = env.rollout(40, break_when_any_done=False)
+    with TrajectoryWriter(tmp_path / "e", chunk_rows=16) as w:
+        w.extend(rollout[:, :17])
+        w.extend(rollout[:, 17:17])  # empty batch: nothing happens
+        w.extend(rollout[:, 17:])
+    assert_store_matches(TrajectoryReader(tmp_path / "e"), rollout)
+
+
+def test_extend_of_one_stream(tmp_path, stub_env):
+    rollout = stub_env.rollout(12, break_when_any_done=False)
+    with TrajectoryWriter(tmp_path / "e") as w:
+        w.extend(rollout[:8])
+        w.extend(rollout[8:])
+    assert_store_matches(TrajectoryReader(tmp_path / "e"), rollout)
+
+
+def test_rollout_cut_then_new_rollout_starts_a_new_episode(tmp_path, stub_env):
+    first = stub_env.rollout(3, break_when_any_done=False)  # cut mid-episode
+    second = stub_env.rollout(5, break_when_any_done=False)  # starts with a reset
+    with TrajectoryWriter(tmp_path / "c") as w:
+        w.extend(first)
+        w.extend(second)
+    r = TrajectoryReader(tmp_path / "c")
+    assert [len(e) for e in r.episodes] == [3, 5]
+    assert [r.episode_info(i)["flags"] for i in range(2)] == [2, 1]
+    assert_td_identical(r.episodes[0], first)
+    assert_td_identical(r.episodes[1], second)
+
+
+def test_end_episode_splits_even_when_states_continue(tmp_path, stub_env):
+    rollout = stub_env.rollout(4, break_when_any_done=False)
+    with TrajectoryWriter(tmp_path / "x") as w:
+        w.append(rollout[0])
+        w.append(rollout[1])
+        w.end_episode()
+        w.append(rollout[2])
+        w.append(rollout[3])
+    r = TrajectoryReader(tmp_path / "x")
+    assert [len(e) for e in r.episodes] == [2, 2]
+
+
+def test_collector_traj_ids_start_new_episodes(tmp_path, stub_env):
+    rollout = stub_env.rollout(6, break_when_any_done=False)
+    ids = torch.tensor([0, 0, 1, 1, 1, 2])
+    rollout.set(("collector", "traj_ids"), ids)
+    with TrajectoryWriter(tmp_path / "t") as w:
+        w.extend(rollout)
+    r = TrajectoryReader(tmp_path / "t")
+    assert [len(e) for e in r.episodes] == [2, 3, 1]
+
+
+def test_commits_at_episode_end_are_visible_before_close(tmp_path, stub_env):
+    rollout = stub_env.rollout(7, break_when_any_done=False)
+    w = TrajectoryWriter(tmp_path / "l", commit_every_seconds=3600)
+    for t in range(7):
+        w.append(rollout[t])
+    live = TrajectoryReader(tmp_path / "l")
+    assert live.num_episodes == 1
+    assert live.num_steps == 5
+    w.flush()
+    assert live.refresh().num_steps == 7
+    assert live.episode_info(1)["flags"] == 4  # still open
+    w.close()
+    assert live.refresh().episode_info(1)["flags"] == 2
+
+
+def test_commit_every_steps(tmp_path, stub_env_cls):
+    env = stub_env_cls(episode_lengths=(100,))
+    rollout = env.rollout(10, break_when_any_done=False)
+    w = TrajectoryWriter(tmp_path / "n", commit_every_steps=4, commit_every_seconds=3600)
+    for t in range(10):
+        w.append(rollout[t])
+    assert TrajectoryReader(tmp_path / "n").num_steps == 8
+    w.close()
+
+
+def test_metadata_and_episode_metadata(tmp_path, stub_env):
+    rollout = stub_env.rollout(8, break_when_any_done=False)
+    with TrajectoryWriter(tmp_path / "m", metadata={"agent": "random", "seed": 3}) as w:
+        for t in range(8):
+            w.append(rollout[t], episode_metadata={"t": t} if t in (1, 3, 6) else None)
+    r = TrajectoryReader(tmp_path / "m")
+    assert r.metadata == {"agent": "random", "seed": 3}
+    assert [r.episode_metadata(i) for i in range(2)] == [{"t": 3}, {"t": 6}]
+
+
+def test_reopening_appends_a_new_shard(tmp_path, stub_env):
+    a = stub_env.rollout(5, break_when_any_done=False)
+    b = stub_env.rollout(5, break_when_any_done=False)
+    _record(tmp_path / "r", a)
+    r = _record(tmp_path / "r", b)
+    assert len(r.shards) == 2
+    assert r.num_steps == 10
+    assert_td_identical(r.episodes[0], a)
+    assert_td_identical(r.episodes[1], b)
+
+
+def test_named_shard_continues_after_its_last_commit(tmp_path, stub_env):
+    a = stub_env.rollout(5, break_when_any_done=False)
+    b = stub_env.rollout(5, break_when_any_done=False)
+    _record(tmp_path / "r", a, shard="worker0", chunk_rows=4)
+    r = _record(tmp_path / "r", b, shard="worker0")
+    assert len(r.shards) == 1
+    assert r.num_episodes == 2
+    assert_td_identical(r.episodes[1], b)
+
+
+def test_second_writer_on_a_shard_is_refused(tmp_path):
+    with (
+        TrajectoryWriter(tmp_path / "k", shard="w"),
+        pytest.raises(ShardLockedError, match="held by another writer"),
+    ):
+        TrajectoryWriter(tmp_path / "k", shard="w")
+
+
+def test_schema_change_is_refused_and_committed_data_survives(tmp_path, stub_env):
+    rollout = stub_env.rollout(6, break_when_any_done=False)
+    w = TrajectoryWriter(tmp_path / "bad")
+    for t in range(5):
+        w.append(rollout[t])
+    bad = rollout[5].clone()
+    bad["observation"] = torch.zeros(5)
+    with pytest.raises(SchemaError, match=r"'observation'.*\(4,\).*got shape \(5,\)"):
+        w.append(bad)
+    bad = rollout[5].clone()
+    bad["next", "reward"] = bad["next", "reward"].double()
+    with pytest.raises(SchemaError, match=r"\('next', 'reward'\).*torch.float32.*torch.float64"):
+        w.append(bad)
+    with pytest.raises(SchemaError, match="'action' is missing"):
+        w.append(rollout[5].exclude("action"))
+    extra = rollout[5].clone()
+    extra["other"] = torch.zeros(1)
+    w.flush()
+    with pytest.raises(SchemaError, match=r"keys \['other'\] are not in the recording"):
+        w.append(extra)
+    w.append(rollout[5])
+    w.close()
+    r = TrajectoryReader(tmp_path / "bad")
+    assert r.num_steps == 6
+    assert_td_identical(r.episodes[0], rollout[:5])
+
+
+def test_non_tensor_data_is_refused_with_the_key(tmp_path, stub_env):
+    step = stub_env.rollout(1, break_when_any_done=False)[0]
+    step["note"] = "hello"
+    with (
+        TrajectoryWriter(tmp_path / "nt") as w,
+        pytest.raises(UnsupportedDataError, match=r"'note'.*non-tensor"),
+    ):
+        w.append(step)
+
+
+def test_bad_calls(tmp_path, stub_env):
+    rollout = stub_env.rollout(2, break_when_any_done=False)
+    w = TrajectoryWriter(tmp_path / "c")
+    with pytest.raises(SchemaError, match="no 'next'"):
+        w.append(rollout[0].exclude("next"))
+    with pytest.raises(SchemaError, match="takes a TensorDict"):
+        w.append({"observation": 1})
+    with pytest.raises(SchemaError, match="time dimension last"):
+        w.extend(rollout[0])
+    w.append(rollout[0])
+    with pytest.raises(SchemaError, match=r"batch size \(2, 2\)"):
+        w.extend(rollout.expand(2, 2))
+    with pytest.raises(SchemaError, match="episode_metadata has 2 entries"):
+        w.append(rollout[1], episode_metadata=[{}, {}])
+    with pytest.raises(UnsupportedDataError, match="JSON"):
+        w.append(rollout[1], episode_metadata={"x": object()})
+    w.close()
+    with pytest.raises(ClosedError, match="closed"):
+        w.append(rollout[1])
+    with pytest.raises(ValueError, match="chunk_rows must be a positive int"):
+        TrajectoryWriter(tmp_path / "d", chunk_rows=0)
+    with pytest.raises(UnsupportedDataError, match="metadata must be JSON"):
+        TrajectoryWriter(tmp_path / "e", metadata={"f": lambda: 0})
+
+
+def test_refuses_a_non_empty_directory_that_is_not_a_store(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(NotAStoreError, match="not a trlrec store"):
+        TrajectoryWriter(tmp_path)
+
+
+def test_nothing_on_disk_is_pickled(tmp_path, stub_env):
+    _record(tmp_path / "p", stub_env.rollout(7, break_when_any_done=False))
+    for f in (tmp_path / "p").rglob("*"):
+        if f.suffix == ".json" or f.name == "COMMIT":
+            json.loads(f.read_text())
+        if f.is_file():
+            assert not f.read_bytes().startswith(b"\x80"), f"{f} looks like a pickle"
+
+
+def test_chunks_open_with_plain_tensordict(tmp_path, stub_env):
+    rollout = stub_env.rollout(7, break_when_any_done=False)
+    _record(tmp_path / "p", rollout)
+    chunk = next((tmp_path / "p").rglob("chunk-000000"))
+    td = TensorDict.load_memmap(chunk)
+    assert set(td.keys(True, True)) == {
+        "observation", "action", "done", "terminated", "truncated", ("next", "reward")
+    }  # fmt: skip
+    # T + 1 state rows per episode: 5 transitions then the final observation, then episode 2.
+    assert torch.equal(td["observation"][:5], rollout["observation"][:5])
+    assert torch.equal(td["observation"][5], rollout["next", "observation"][4])
+    assert torch.equal(td["observation"][6:8], rollout["observation"][5:7])
+    assert torch.equal(td["action"][:5], rollout["action"][:5])
+    assert torch.equal(td["next", "reward"][6:8], rollout["next", "reward"][5:7])
