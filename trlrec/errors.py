@@ -24,6 +24,7 @@ __all__ = [
     "MissingDependencyError",
     "EncoderError",
     "PlaybackError",
+    "ConfigError",
 ]
 
 
@@ -85,3 +86,7 @@ class EncoderError(TrlrecError, OSError):
 
 class PlaybackError(TrlrecError, RuntimeError):
     """Replaying a recording went off script (episodes ran out, an action differs)."""
+
+
+class ConfigError(TrlrecError, ValueError):
+    """An argument of a trlrec class or function is invalid (a bad option, callback or path)."""
