@@ -12,6 +12,7 @@ from tests.storage.helpers import assert_store_matches, assert_td_identical
 from trlrec import TrajectoryReader, TrajectoryWriter
 from trlrec.errors import (
     ClosedError,
+    ConfigError,
     NotAStoreError,
     SchemaError,
     ShardLockedError,
@@ -220,7 +221,7 @@ def test_bad_calls(tmp_path, stub_env):
     w.close()
     with pytest.raises(ClosedError, match="closed"):
         w.append(rollout[1])
-    with pytest.raises(ValueError, match="chunk_rows must be a positive int"):
+    with pytest.raises(ConfigError, match="chunk_rows must be a positive int"):
         TrajectoryWriter(tmp_path / "d", chunk_rows=0)
     with pytest.raises(UnsupportedDataError, match="metadata must be JSON"):
         TrajectoryWriter(tmp_path / "e", metadata={"f": lambda: 0})

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from tensordict import TensorDictBase
 
-from trlrec.errors import ClosedError, SchemaError
+from trlrec.errors import ClosedError, ConfigError, SchemaError
 from trlrec.storage.chunks import ChunkSeries
 from trlrec.storage.dataset import check_metadata, create_dataset, new_shard_dir
 from trlrec.storage.jsonio import read_json, write_json_atomic
@@ -119,9 +119,9 @@ class TrajectoryWriter:
             ("commit_every_steps", commit_every_steps),
         ):
             if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+                raise ConfigError(f"{name} must be a positive int, got {value!r}")
         if not commit_every_seconds > 0:
-            raise ValueError(f"commit_every_seconds must be > 0, got {commit_every_seconds!r}")
+            raise ConfigError(f"commit_every_seconds must be > 0, got {commit_every_seconds!r}")
         self.path = Path(path)
         self.metadata = check_metadata(metadata)
         self._chunk_rows = chunk_rows
@@ -387,8 +387,18 @@ class TrajectoryWriter:
         self._pending_force = mask if self._pending_force is None else self._pending_force | mask
 
     # ------------------------------------------------------------------ extend
-    def extend(self, batch: TensorDictBase) -> None:
+    def extend(
+        self,
+        batch: TensorDictBase,
+        *,
+        episode_metadata: Sequence[dict | Sequence[dict | None] | None] | None = None,
+    ) -> None:
         """Append many transitions: ``[T]`` or ``[B, T]`` (time last, as collectors give).
+
+        Args:
+            batch: the transitions, time last.
+            episode_metadata: ``None``, or one entry per time index ``t`` (``T`` of
+                them), each as :meth:`append`'s argument for the transitions at ``t``.
 
         Raises:
             SchemaError: a key, shape or dtype differs from the recording's schema.
@@ -414,6 +424,7 @@ class TrajectoryWriter:
                 f"batch size {self.schema.batch_shape}, so expected {(*self.schema.batch_shape, T)}"
             )
         self._check_keys(batch, next_)
+        metas = self._extend_metadata(episode_metadata, T)
         n = self.schema.num_streams
         nb = len(self.schema.batch_shape)
         cols = []
@@ -446,13 +457,28 @@ class TrajectoryWriter:
         for t0 in range(0, T, step):
             t1 = min(T, t0 + step)
             for b, stream in enumerate(self._streams):
+                block_metas = {
+                    t - t0: metas[t][b]
+                    for t in range(t0, t1)
+                    if metas[t] is not None and metas[t][b] is not None
+                }
                 closed |= self._write_block(
-                    stream, [c[b, t0:t1] for c in cols], force[b, t0:t1], {}
+                    stream, [c[b, t0:t1] for c in cols], force[b, t0:t1], block_metas
                 )
         self.num_steps += n * T
         self._since_commit += n * T
         if (closed and self._commit_on_done) or self._commit_due():
             self.flush()
+
+    def _extend_metadata(self, metas: Any, T: int) -> list[list[dict | None] | None]:
+        if metas is None:
+            return [None] * T
+        if isinstance(metas, dict | str) or len(metas) != T:
+            raise SchemaError(
+                f"extend's episode_metadata must hold one entry per time step ({T}), got "
+                f"{type(metas).__name__}"
+            )
+        return [None if m is None else self._check_episode_metadata(m) for m in metas]
 
     # ------------------------------------------------------------------ writing
     def _write_block(
