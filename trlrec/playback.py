@@ -10,7 +10,7 @@ from tensordict import TensorDict, TensorDictBase
 from torchrl.data import Categorical, Composite, Unbounded
 from torchrl.envs import EnvBase
 
-from trlrec.errors import PlaybackError, SchemaError, StoreError
+from trlrec.errors import ConfigError, PlaybackError, SchemaError, StoreError
 from trlrec.storage.reader import TrajectoryReader
 from trlrec.storage.schema import Entry
 
@@ -51,6 +51,7 @@ class PlaybackEnv(EnvBase):
     Raises:
         StoreError: the store holds no episode (and the reader's errors).
         SchemaError: the shards have different schemas.
+        ConfigError: ``start`` is not an episode index.
     """
 
     def __init__(
@@ -65,7 +66,7 @@ class PlaybackEnv(EnvBase):
         if reader.num_episodes == 0:
             raise StoreError(f"the store {str(reader.path)!r} holds no episode to play back")
         if not isinstance(start, int) or not 0 <= start < reader.num_episodes:
-            raise IndexError(
+            raise ConfigError(
                 f"start must be an episode index in [0, {reader.num_episodes}), got {start!r}"
             )
         entries = reader.shards[0].schema.entries

@@ -29,7 +29,7 @@ from torchrl.data import (
 )
 from torchrl.data.replay_buffers.storages import Storage
 
-from trlrec.errors import SchemaError, StoreError
+from trlrec.errors import ConfigError, SchemaError, StoreError
 from trlrec.storage.reader import TrajectoryReader
 from trlrec.storage.schema import Entry, Key
 
@@ -219,20 +219,20 @@ def as_replay_buffer(
         A ``TensorDictReplayBuffer`` whose ``sample()`` returns ``[batch_size]`` rollout rows.
 
     Raises:
-        ValueError: for a bad ``batch_size``, ``slice_len`` or ``num_slices``.
+        ConfigError: for a bad ``batch_size``, ``slice_len`` or ``num_slices``.
         StoreError: the store is empty (and the reader's errors for a missing or damaged store).
     """
     if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        raise ConfigError(f"batch_size must be a positive int, got {batch_size!r}")
     if slice_len is not None and num_slices is not None:
-        raise ValueError("slice_len and num_slices are exclusive; pass one of them")
+        raise ConfigError("slice_len and num_slices are exclusive; pass one of them")
     for name, value in (("slice_len", slice_len), ("num_slices", num_slices)):
         if value is None:
             continue
         if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+            raise ConfigError(f"{name} must be a positive int, got {value!r}")
         if batch_size % value:
-            raise ValueError(f"batch_size ({batch_size}) must be a multiple of {name} ({value})")
+            raise ConfigError(f"batch_size ({batch_size}) must be a multiple of {name} ({value})")
     reader = (
         reader_or_path
         if isinstance(reader_or_path, TrajectoryReader)
@@ -261,7 +261,7 @@ def _build(
         longest = int(storage.episode_lengths.max())
         need = slice_len if slice_len is not None else batch_size // num_slices
         if strict_length and longest < need:
-            raise ValueError(
+            raise ConfigError(
                 f"no episode of {str(reader.path)!r} is {need} steps long (the longest has "
                 f"{longest}); use shorter slices or strict_length=False"
             )

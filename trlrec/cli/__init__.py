@@ -1,0 +1,133 @@
+"""The ``trlrec`` command: record, inspect, film and check stores.
+
+Every failure is one line on stderr and a non-zero exit status (2 for errors,
+1 for ``verify`` finding damage, 130 when interrupted), never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from trlrec.errors import ConfigError, TrlrecError
+
+__all__ = ["main", "build_parser"]
+
+EXIT_OK, EXIT_DAMAGED, EXIT_ERROR = 0, 1, 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``trlrec`` command."""
+    from trlrec import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="trlrec", description="Record TorchRL rollouts to memory-mapped storage and use them."
+    )
+    parser.add_argument("--version", action="version", version=f"trlrec {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("record", help="record a Gymnasium env (transitions, optionally a video)")
+    p.add_argument("env_id", nargs="?", default="CartPole-v1", help="default: CartPole-v1")
+    p.add_argument("--steps", type=int, default=500, help="transitions to record (default 500)")
+    p.add_argument("--video", action="store_true", help="also film the run to an mp4")
+    p.add_argument("--out", default="runs", help="parent of the run directory (default ./runs)")
+    p.add_argument("--policy", help="module:callable (or file.py:callable); default random")
+    p.add_argument("--seed", type=int, help="seed of the env and of torch")
+    p.add_argument("--fps", type=float, help="frames per second of the video")
+
+    p = sub.add_parser("info", help="summarise a store")
+    p.add_argument("path")
+    p.add_argument("--json", action="store_true", help="print JSON for machines")
+
+    p = sub.add_parser("video", help="encode frames stored in a store to an mp4")
+    p.add_argument("path")
+    p.add_argument("--key", default="pixels", help="frame key, e.g. pixels or next/pixels")
+    p.add_argument("--episode", type=int, default=0, help="episode index (default 0)")
+    p.add_argument("-o", "--output", required=True, help="the mp4 file to write")
+    p.add_argument("--fps", type=float, default=30.0, help="frames per second (default 30)")
+
+    p = sub.add_parser("verify", help="check a store end to end")
+    p.add_argument("path")
+    return parser
+
+
+def _cmd_record(args: argparse.Namespace) -> int:
+    from trlrec.cli.record import record
+    from trlrec.cli.stats import summarize
+    from trlrec.storage.reader import TrajectoryReader
+
+    result = record(
+        args.env_id,
+        steps=args.steps,
+        out=args.out,
+        video=args.video,
+        policy=args.policy,
+        seed=args.seed,
+        fps=args.fps,
+    )
+    summary = summarize(TrajectoryReader(result.dataset))
+    ret = summary["return_done"] or summary["return"]
+    done = summary["episode_ends"]["done"]
+    print(f"recorded {result.steps} steps, {result.episodes} episodes of {args.env_id}")
+    if ret is not None:
+        which = f"{done} finished episodes" if summary["return_done"] else "all episodes"
+        print(f"mean return {ret['mean']:.4g} over {which}")
+    print(f"dataset    {result.dataset}")
+    for v in result.videos:
+        print(f"video      {v}")
+    return EXIT_OK
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from trlrec.cli.stats import describe, summarize
+    from trlrec.storage.reader import TrajectoryReader
+
+    summary = summarize(TrajectoryReader(args.path))
+    print(json.dumps(summary, indent=2, sort_keys=True) if args.json else describe(summary))
+    return EXIT_OK
+
+
+def _cmd_video(args: argparse.Namespace) -> int:
+    from trlrec.cli.video import export_video
+
+    path, frames = export_video(
+        args.path, args.output, key=args.key, episode=args.episode, fps=args.fps
+    )
+    print(f"wrote {frames} frames to {path}")
+    return EXIT_OK
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from trlrec.cli.verify import verify_store
+
+    report = verify_store(args.path)
+    if report.ok:
+        print(
+            f"OK {report.path}: {report.shards} shard(s), {report.episodes} episodes, "
+            f"{report.steps} steps, {report.files} chunk files checked"
+        )
+        return EXIT_OK
+    print(f"DAMAGED {report.path}: {len(report.problems)} problem(s)")
+    for problem in report.problems:
+        print(f"  {problem}")
+    return EXIT_DAMAGED
+
+
+_COMMANDS = {"record": _cmd_record, "info": _cmd_info, "video": _cmd_video, "verify": _cmd_verify}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``trlrec`` command with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("trlrec: interrupted", file=sys.stderr)
+        return 130
+    except (TrlrecError, IndexError, OSError) as err:
+        kind = "" if isinstance(err, TrlrecError | ConfigError) else f"{type(err).__name__}: "
+        message = " ".join(str(err).split()) or type(err).__name__
+        print(f"trlrec {args.command}: error: {kind}{message}", file=sys.stderr)
+        return EXIT_ERROR
