@@ -57,7 +57,7 @@ class CSVLogger(Logger):
         video_fps: float = DEFAULT_FPS,
         *,
         preset: str = "ultrafast",
-        crf: int = 20,
+        crf: int = 18,
     ) -> None:
         if video_format != "mp4":
             raise VideoError(

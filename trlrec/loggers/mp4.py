@@ -276,7 +276,7 @@ class Mp4Writer(FfmpegWriter):
         fps: float = DEFAULT_FPS,
         *,
         preset: str = "ultrafast",
-        crf: int = 20,
+        crf: int = 18,
         fsync: bool = False,
     ) -> None:
         self._pad_w = int(width) % 2

@@ -1,0 +1,180 @@
+"""Read-back helpers: decode what each logger backend stored, through its real format.
+
+mp4 is decoded with imageio-ffmpeg, GIF with imageio, TensorBoard event files are read
+with TensorBoard's ``EventAccumulator``, and an offline W&B run's ``.wandb`` file is
+parsed record by record.
+"""
+
+from __future__ import annotations
+
+import csv
+import struct
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import imageio.v3 as iio
+import imageio_ffmpeg
+import numpy as np
+import torch
+
+from trlrec.loggers import Logger
+from trlrec.naming import safe_name
+
+TOL = 8  # codec tolerance on solid colours, per channel
+
+# Distinct, saturated-ish colours that survive yuv420p and GIF palettes.
+COLOURS = [(200, 30, 40), (20, 180, 60), (40, 60, 220), (230, 230, 230), (10, 10, 10)]
+
+
+def solid_frames(n: int, h: int, w: int, channels: int = 3) -> torch.Tensor:
+    """uint8 ``(n, channels, h, w)`` frames, frame ``i`` filled with ``COLOURS[i % 5]``."""
+    out = torch.empty(n, channels, h, w, dtype=torch.uint8)
+    for i in range(n):
+        colour = COLOURS[i % len(COLOURS)][:channels]
+        out[i] = torch.tensor(colour, dtype=torch.uint8)[:, None, None]
+    return out
+
+
+def expected_rgb(frames: torch.Tensor) -> np.ndarray:
+    """``(T, C, H, W)`` uint8 → ``(T, H, W, 3)`` as the encoder should see it."""
+    x = frames
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    return x[:, :3].permute(0, 2, 3, 1).numpy()
+
+
+def assert_frames_close(got: np.ndarray, want: np.ndarray, tol: int = TOL) -> None:
+    assert got.shape == want.shape, (got.shape, want.shape)
+    diff = np.abs(got.astype(np.int16) - want.astype(np.int16))
+    assert diff.max() <= tol, f"max pixel error {diff.max()} > {tol}"
+
+
+def read_mp4(path: str | Path) -> np.ndarray:
+    """Decode an mp4 into ``(T, H, W, 3)`` uint8 (the stored, possibly padded, size)."""
+    gen = imageio_ffmpeg.read_frames(str(path))
+    meta = next(gen)
+    w, h = meta["size"]
+    frames = [np.frombuffer(f, np.uint8).reshape(h, w, 3) for f in gen]
+    return np.stack(frames)
+
+
+def mp4_fps(path: str | Path) -> float:
+    gen = imageio_ffmpeg.read_frames(str(path))
+    meta = next(gen)
+    gen.close()
+    return float(meta["fps"])
+
+
+def read_gif(data: bytes) -> np.ndarray:
+    """Decode an animated GIF into ``(T, H, W, 3)`` uint8."""
+    frames = iio.imread(data, index=None, extension=".gif")
+    return np.asarray(frames)[..., :3]
+
+
+def wandb_records(run_dir: Path, timeout: float = 20.0) -> list[Any]:
+    """The records of a finished offline run's ``run-*.wandb`` file (LevelDB log format).
+
+    ``run.finish()`` returns before wandb-core has written everything: wait for the
+    run's final ``exit`` record.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        records = _parse_wandb_file(run_dir)
+        if any(r.WhichOneof("record_type") == "exit" for r in records):
+            return records
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no exit record in {run_dir} after {timeout} s")
+        time.sleep(0.05)
+
+
+def _parse_wandb_file(run_dir: Path) -> list[Any]:
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    (path,) = run_dir.glob("run-*.wandb")
+    data = path.read_bytes()
+    assert data[:4] == b":W&B"
+    pos, block, buf, out = 7, 32768, b"", []
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:
+            pos += left
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if length == 0 and kind == 0:
+            pos += left
+            continue
+        buf += data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # FULL or LAST
+            record = pb.Record()
+            record.ParseFromString(buf)
+            out.append(record)
+            buf = b""
+    return out
+
+
+def wandb_history(run_dir: Path) -> list[dict[str, str]]:
+    """History rows of an offline run: ``{key: value_json}``, nested keys joined by ``/``."""
+    rows = []
+    for r in wandb_records(run_dir):
+        if r.WhichOneof("record_type") == "history":
+            rows.append({i.key or "/".join(i.nested_key): i.value_json for i in r.history.item})
+    return rows
+
+
+@dataclass
+class Backend:
+    """A logger plus the code that reads back what it stored, after ``close()``."""
+
+    kind: str
+    logger: Logger
+
+    def close(self) -> None:
+        self.logger.close()
+
+    # -- scalars -----------------------------------------------------------------------
+    def scalars(self, name: str) -> list[tuple[int, float]]:
+        lg: Any = self.logger
+        if self.kind == "memory":
+            return list(lg.scalars[name])
+        if self.kind == "csv":
+            path = lg.experiment_dir / "scalars" / f"{safe_name(name)}.csv"
+            with open(path, newline="") as fh:
+                rows = list(csv.reader(fh))
+            assert rows[0] == ["step", "value"]
+            return [(int(s), float(v)) for s, v in rows[1:]]
+        if self.kind == "tensorboard":
+            return [(e.step, e.value) for e in self._tb().Scalars(name)]
+        rows = wandb_history(Path(lg.experiment.dir).parent)
+        return [(int(r["step"]), float(r[name])) for r in rows if name in r]
+
+    # -- videos ------------------------------------------------------------------------
+    def video(self, name: str, step: int) -> np.ndarray:
+        """The decoded video ``(T, H, W, 3)`` logged under ``name`` at ``step``."""
+        lg: Any = self.logger
+        if self.kind == "memory":
+            (v,) = [v for v in lg.videos[name] if v.step == step]
+            return v.frames.permute(0, 2, 3, 1).numpy()
+        if self.kind == "csv":
+            return read_mp4(lg.experiment_dir / "videos" / f"{safe_name(name)}_{step}.mp4")
+        if self.kind == "tensorboard":
+            (event,) = [e for e in self._tb().Images(name) if e.step == step]
+            frames = read_gif(event.encoded_image_string)
+            assert (event.height, event.width) == frames.shape[1:3]
+            return frames
+        rows = wandb_history(Path(lg.experiment.dir).parent)
+        (row,) = [r for r in rows if f"{name}/path" in r and int(r["step"]) == step]
+        assert row[f"{name}/_type"] == '"video-file"'
+        rel = row[f"{name}/path"].strip('"')
+        return read_mp4(Path(lg.experiment.dir) / rel)
+
+    def _tb(self) -> Any:
+        from tensorboard.backend.event_processing import event_accumulator as ea
+
+        acc = ea.EventAccumulator(
+            str(self.logger.experiment_dir), size_guidance={ea.IMAGES: 0, ea.SCALARS: 0}
+        )
+        acc.Reload()
+        return acc

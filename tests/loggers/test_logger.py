@@ -1,0 +1,171 @@
+"""The ``Logger`` contract, read back through every backend's real storage."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from logger_readback import COLOURS, TOL, Backend, assert_frames_close, expected_rgb, solid_frames
+from tensordict import MemoryMappedTensor, TensorDict
+
+from trlrec.errors import ClosedError, NotAStoreError, UnsafeNameError, UnsupportedDataError
+from trlrec.loggers import Logger, is_logger
+
+
+def _crop(frames: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Drop the (at most one pixel of) padding an mp4 adds to odd sizes."""
+    assert frames.shape[1] - h in (0, 1), frames.shape
+    assert frames.shape[2] - w in (0, 1), frames.shape
+    return frames[:, :h, :w]
+
+
+def test_scalars_read_back(backend: Backend) -> None:
+    lg = backend.logger
+    lg.log_scalar("train/reward", 1.5)
+    lg.log_scalar("train/reward", torch.tensor(2.5))
+    lg.log_scalar("train/reward", np.float32(-3.0), step=10)
+    lg.log_scalar("train/reward", 4)  # after an explicit step the counter continues at 11
+    lg.log_metrics({"loss": torch.tensor([0.25])}, step=3)
+    backend.close()
+    assert backend.scalars("train/reward") == [(0, 1.5), (1, 2.5), (10, -3.0), (11, 4.0)]
+    assert backend.scalars("loss") == [(3, 0.25)]
+
+
+def test_video_solid_colours_odd_size(backend: Backend) -> None:
+    frames = solid_frames(5, 15, 21)
+    backend.logger.log_video("episode", frames, step=0)
+    backend.logger.log_video("episode", solid_frames(3, 16, 16)[None])  # (N=1, T, C, H, W)
+    backend.close()
+    got = _crop(backend.video("episode", 0), 15, 21)
+    assert_frames_close(got, expected_rgb(frames))
+    assert backend.video("episode", 1).shape == (3, 16, 16, 3)
+
+
+def test_video_float_grey_and_rgba_inputs(backend: Backend) -> None:
+    frames = solid_frames(4, 8, 10)
+    backend.logger.log_video("float", frames.float() / 255, step=0)
+    grey = solid_frames(3, 8, 8, channels=1)
+    backend.logger.log_video("grey", grey, step=0)
+    rgba = torch.cat([frames, torch.zeros(4, 1, 8, 10, dtype=torch.uint8)], dim=1)
+    backend.logger.log_video("rgba", rgba.numpy(), step=0)
+    backend.close()
+    assert_frames_close(backend.video("float", 0), expected_rgb(frames))
+    assert_frames_close(backend.video("grey", 0), expected_rgb(grey))
+    assert_frames_close(backend.video("rgba", 0), expected_rgb(frames))
+
+
+def test_video_grid_memmap_and_iterator(backend: Backend, tmp_path: Path) -> None:
+    # N=3 videos of (T=2, 3, 16, 16) → a 2x2 grid of 32x32, the empty cell black
+    grid = torch.stack([solid_frames(2, 16, 16)[[0, 1]], solid_frames(3, 16, 16)[[1, 2]]])
+    grid = torch.cat([grid, solid_frames(5, 16, 16)[[3, 4]][None]])
+    backend.logger.log_video("grid", grid, step=0)
+    mm = MemoryMappedTensor.from_tensor(solid_frames(5, 10, 12), filename=tmp_path / "v.memmap")
+    backend.logger.log_video("memmap", mm, step=0)
+    backend.logger.log_video("iter", (f for f in solid_frames(4, 10, 12)), step=0)
+    backend.close()
+    got = backend.video("grid", 0)
+    assert got.shape == (2, 32, 32, 3)
+    for t in range(2):
+        cells = [got[t, :16, :16], got[t, :16, 16:], got[t, 16:, :16], got[t, 16:, 16:]]
+        want = [grid[0, t], grid[1, t], grid[2, t], torch.zeros(3, 16, 16, dtype=torch.uint8)]
+        for cell, w in zip(cells, want, strict=True):
+            # compare the inside of each tile: the codec may ring at the tile borders
+            assert_frames_close(cell[None, 1:-1, 1:-1], expected_rgb(w[None])[:, 1:-1, 1:-1])
+    assert_frames_close(backend.video("memmap", 0), expected_rgb(solid_frames(5, 10, 12)))
+    assert_frames_close(backend.video("iter", 0), expected_rgb(solid_frames(4, 10, 12)))
+
+
+def test_unsafe_names_stay_inside(backend: Backend, tmp_path: Path) -> None:
+    frames = solid_frames(2, 4, 4)
+    for name in ["../evil", "a/b", "/abs/path", "..\\x"]:
+        backend.logger.log_scalar(name, 1.0)
+        backend.logger.log_video(name, frames)
+    backend.close()
+    # "../evil" would escape videos/ or scalars/ into the experiment directory or above
+    for p in tmp_path.rglob("*evil*"):
+        assert {"videos", "scalars"} & {a.name for a in p.relative_to(tmp_path).parents}, p
+    for p in tmp_path.rglob("*.mp4"):  # W&B links its media to trlrec's files
+        assert p.resolve().is_relative_to(tmp_path.resolve()), p
+    assert backend.scalars("../evil") == [(0, 1.0)]
+    assert backend.video("a/b", 0).shape == (2, 4, 4, 3)
+
+
+def test_bad_names_and_values_raise(backend: Backend) -> None:
+    lg = backend.logger
+    with pytest.raises(UnsafeNameError, match="NUL"):
+        lg.log_scalar("a\x00b", 1.0)
+    with pytest.raises(UnsafeNameError, match="only dots"):
+        lg.log_video("..", solid_frames(1, 4, 4))
+    with pytest.raises(UnsupportedDataError, match=r"scalar 'x' must be a real number.*\(3,\)"):
+        lg.log_scalar("x", torch.ones(3))
+    with pytest.raises(UnsupportedDataError, match="step of scalar 'x' must be an int"):
+        lg.log_scalar("x", 1.0, step=1.5)
+    with pytest.raises(UnsupportedDataError, match="hparams must be a dict"):
+        lg.log_hparams([1, 2])
+    with pytest.raises(NotAStoreError, match="is not a directory"):
+        lg.log_trajectory("traj", "/nonexistent/dir")
+
+
+def test_closed_logger_raises(backend: Backend, tmp_path: Path) -> None:
+    with backend.logger as lg:
+        lg.log_scalar("x", 1.0)
+    assert lg.closed
+    lg.close()  # idempotent
+    with pytest.raises(ClosedError, match="log_scalar"):
+        lg.log_scalar("x", 1.0)
+    with pytest.raises(ClosedError, match="log_video"):
+        lg.log_video("x", solid_frames(1, 4, 4))
+    with pytest.raises(ClosedError, match="log_hparams"):
+        lg.log_hparams({})
+    with pytest.raises(ClosedError, match="log_trajectory"):
+        lg.log_trajectory("x", tmp_path)
+
+
+def test_hparams_and_trajectory_accepted(backend: Backend, tmp_path: Path) -> None:
+    lg = backend.logger
+    lg.log_hparams({"lr": 1e-3, "net": {"depth": 2}, "name": "ppo"})
+    data = tmp_path / "dataset"
+    data.mkdir()
+    (data / "meta.json").write_text("{}")
+    lg.log_trajectory("rollout", data)
+    lg.log_trajectory("rollout", data, step=7)
+    if lg.experiment_dir is not None and backend.kind != "memory":
+        lines = (lg.experiment_dir / "trajectories.jsonl").read_text().splitlines()
+        records = [json.loads(line) for line in lines]
+        assert [(r["name"], r["step"], r["path"]) for r in records] == [
+            ("rollout", 0, str(data.resolve())),
+            ("rollout", 7, str(data.resolve())),
+        ]
+
+
+def test_log_metrics_flattens_tensordict(backend: Backend) -> None:
+    td = TensorDict({"a": torch.tensor(1.0), "b": {"c": torch.tensor(2.0)}}, [])
+    out = backend.logger.log_metrics(td, step=5)
+    backend.close()
+    assert out == {"a": 1.0, "b/c": 2.0}
+    assert backend.scalars("b/c") == [(5, 2.0)]
+
+
+def test_is_a_logger(backend: Backend) -> None:
+    assert isinstance(backend.logger, Logger)
+    assert is_logger(backend.logger)
+    assert "exp" in repr(backend.logger)
+
+
+def test_nan_scalar_is_kept(backend: Backend) -> None:
+    backend.logger.log_scalar("nan", float("nan"))
+    backend.close()
+    ((step, value),) = backend.scalars("nan")
+    assert step == 0
+    assert math.isnan(value)
+
+
+def test_colour_constants_are_distinct() -> None:
+    # the solid-colour checks rely on colours further apart than the tolerance
+    for i, a in enumerate(COLOURS):
+        for b in COLOURS[i + 1 :]:
+            assert max(abs(x - y) for x, y in zip(a, b, strict=True)) > 2 * TOL
