@@ -1,0 +1,56 @@
+"""trlrec benchmarks: ``python -m benchmarks [--smoke] [--only NAME] [--out BENCHMARKS.md]``.
+
+Each ``benchmarks/bench_*.py`` module has ``run(smoke: bool = False) -> list[dict]``
+returning rows ``{"name", "value", "unit", "budget", "ok"}`` (``ok`` is None when
+the figure has no budget; an optional ``"note"`` is printed under the table).
+The helpers here are shared by the modules; none of them is required.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["row", "median", "timed", "interleaved"]
+
+
+def row(
+    name: str,
+    value: float | None,
+    unit: str,
+    budget: str | None = None,
+    ok: bool | None = None,
+    note: str | None = None,
+) -> dict[str, Any]:
+    """One result row; ``budget`` is text such as ``"≥ 1 GB/s"``, ``ok`` its verdict."""
+    out: dict[str, Any] = {"name": name, "value": value, "unit": unit, "budget": budget, "ok": ok}
+    if note:
+        out["note"] = note
+    return out
+
+
+def median(values: list[float]) -> float:
+    """The median of a non-empty list."""
+    return statistics.median(values)
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    """Seconds one call of ``fn`` takes (``perf_counter``)."""
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def interleaved(cases: dict[str, Callable[[], float]], reps: int) -> dict[str, list[float]]:
+    """Run each case ``reps`` times, round-robin (a, b, a, b...), collecting what each returns.
+
+    Interleaving spreads slow phases of a shared machine over all cases, so the
+    ratio of their medians is fairer than timing one case after the other.
+    """
+    out: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(reps):
+        for name, fn in cases.items():
+            out[name].append(fn())
+    return out

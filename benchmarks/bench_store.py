@@ -1,0 +1,163 @@
+"""The store on its own: append µs/step, extend GB/s, read latency and scans, bytes on disk.
+
+No env: the data is synthetic (``benchmarks.synth``) and already in RAM, so the
+figures are the store's cost alone. Stores live in a scratch directory on the
+repository's disk (page cache, then the disk), deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks import interleaved, median, row
+from benchmarks.disk import scratch
+from benchmarks.store_read import read_rows
+from benchmarks.synth import batch_bytes, batch_cycle, step_cycle
+from trlrec.storage.writer import TrajectoryWriter
+
+# 10 % of the cheapest bare CartPole step in DESIGN.md (250 µs): what recording may add.
+APPEND_BUDGET_US = 25.0
+EXTEND_BUDGET_GBS = 1.0
+
+
+def _append_case(base: Path, cycle: list, steps: int) -> float:
+    """µs per append of ``steps`` transitions into a fresh store (close included)."""
+    path = base / f"append-{time.perf_counter_ns()}"
+    w = TrajectoryWriter(path)
+    n = len(cycle)
+    t0 = time.perf_counter()
+    for i in range(steps):
+        w.append(cycle[i % n])
+    w.close()
+    dt = time.perf_counter() - t0
+    _rmtree(path)
+    return dt / steps * 1e6
+
+
+def _extend_case(base: Path, batches: list, count: int) -> float:
+    """Seconds to extend ``count`` batches (cycling) into a fresh store, close included."""
+    path = base / f"extend-{time.perf_counter_ns()}"
+    w = TrajectoryWriter(path)
+    t0 = time.perf_counter()
+    for i in range(count):
+        w.extend(batches[i % len(batches)])
+    w.close()
+    dt = time.perf_counter() - t0
+    _rmtree(path)
+    return dt
+
+
+def _rmtree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _one_thread(fn: Callable[[], float]) -> Callable[[], float]:
+    """``fn`` run with one intra-op thread (torch's pool restored afterwards)."""
+
+    def wrapped() -> float:
+        n = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return fn()
+        finally:
+            torch.set_num_threads(n)
+
+    return wrapped
+
+
+def append_rows(base: Path, smoke: bool) -> list[dict[str, Any]]:
+    """(a) ``append`` µs per step, small and pixel transitions, interleaved repetitions."""
+    reps, small_n, pix_n = (1, 200, 50) if smoke else (7, 20_000, 4_000)
+    small, pixels = step_cycle("small", 200), step_cycle("pixels", 200)
+    res = interleaved(
+        {
+            "small": lambda: _append_case(base, small, small_n),
+            "pixels": lambda: _append_case(base, pixels, pix_n),
+        },
+        reps,
+    )
+    s, p = median(res["small"]), median(res["pixels"])
+    return [
+        row(
+            "append: small step (4 floats)",
+            s,
+            "µs/step",
+            f"≤ {APPEND_BUDGET_US:g}",
+            s <= APPEND_BUDGET_US,
+            note=f"median of {reps} runs of {small_n:,} appends, 200-step episodes; budget = "
+            "10 % of the cheapest bare CartPole step (250 µs, DESIGN.md)",
+        ),
+        row(
+            "append: 84x84x3 uint8 pixel step",
+            p,
+            "µs/step",
+            note=f"median of {reps} runs of {pix_n:,} appends; no budget of its own (a pixel "
+            "env step costs more than CartPole's), see bench_recorder for the ratio",
+        ),
+    ]
+
+
+def extend_rows(base: Path, smoke: bool) -> list[dict[str, Any]]:
+    """(b) ``extend`` of collector-like batches: GB/s of batch tensor bytes, steps/s."""
+    reps = 1 if smoke else 5
+    shapes = {
+        # name: (kind, envs, steps per batch, batches in the cycle, episode length, batches)
+        "pixels [16, 64] batches": ("pixels", 16, 64, 4, 64, 24),
+        "pixels [1024] batches": ("pixels", None, 1024, 4, 256, 24),
+        "small [16, 64] batches": ("small", 16, 64, 4, 64, 200),
+    }
+    if smoke:
+        shapes = {
+            "pixels [4, 16] batches": ("pixels", 4, 16, 2, 16, 2),
+            "pixels [64] batches": ("pixels", None, 64, 2, 32, 2),
+            "small [4, 16] batches": ("small", 4, 16, 2, 16, 2),
+        }
+    data = {name: batch_cycle(*spec[:5]) for name, spec in shapes.items()}
+    cases = {
+        name: (lambda b=data[name], n=spec[5]: _extend_case(base, b, n))
+        for name, spec in shapes.items()
+    }
+    first = next(iter(shapes))
+    # The same batches with torch's intra-op pool at one thread: shows how much of the
+    # time is the pool waiting for a core (the store's per-byte ops are multi-threaded).
+    single = f"{first}, 1 intra-op thread"
+    shapes[single], data[single] = shapes[first], data[first]
+    cases[single] = _one_thread(cases[first])
+    res = interleaved(cases, reps)
+    out = []
+    for name, (kind, _envs, _t, _k, ep_len, count) in shapes.items():
+        batches = data[name]
+        nbytes = sum(batch_bytes(batches[i % len(batches)]) for i in range(count))
+        steps = count * batches[0].numel()
+        dt = median(res[name])
+        if kind == "pixels":
+            gbs = nbytes / dt / 1e9
+            out.append(
+                row(
+                    f"extend: {name}",
+                    gbs,
+                    "GB/s",
+                    f"≥ {EXTEND_BUDGET_GBS:g}",
+                    gbs >= EXTEND_BUDGET_GBS,
+                    note=f"tensor bytes handed to extend (root + next, {nbytes / 1e9:.2f} GB in "
+                    f"{count} batches, close included) / median time of {reps} runs; "
+                    f"{ep_len}-step episodes; "
+                    "the store writes each frame once, so it writes about half of these bytes",
+                )
+            )
+        out.append(row(f"extend: {name}", steps / dt, "steps/s"))
+    return out
+
+
+def run(smoke: bool = False) -> list[dict[str, Any]]:
+    with scratch() as base:
+        return [*append_rows(base, smoke), *extend_rows(base, smoke), *read_rows(base, smoke)]
+
+
+__all__ = ["run"]
