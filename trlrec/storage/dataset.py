@@ -60,7 +60,13 @@ def create_dataset(path: Path, metadata: dict[str, Any]) -> dict[str, Any]:
         ) from err
     marker = path / DATASET_FILE
     if not marker.exists():
-        extra = [p.name for p in path.iterdir() if p.name != SHARDS_DIR]
+        # A writer killed while creating the store leaves its temp marker: not user data.
+        leftover = f".{DATASET_FILE}."
+        extra = [
+            p.name
+            for p in path.iterdir()
+            if p.name != SHARDS_DIR and not (p.name.startswith(leftover) and p.suffix == ".tmp")
+        ]
         if extra:
             raise NotAStoreError(
                 f"{str(path)!r} is a non-empty directory that is not a trlrec store "
@@ -73,13 +79,19 @@ def create_dataset(path: Path, metadata: dict[str, Any]) -> dict[str, Any]:
             "metadata": metadata,
         }
         tmp = path / f".{DATASET_FILE}.{os.getpid()}.tmp"
-        tmp.write_text(dumps(info, "metadata"), encoding="utf-8")
         try:
-            os.link(tmp, marker)  # atomic, and never replaces another writer's marker
-        except FileExistsError:
-            pass
-        finally:
-            tmp.unlink()
+            tmp.write_text(dumps(info, "metadata"), encoding="utf-8")
+            try:
+                os.link(tmp, marker)  # atomic, and never replaces another writer's marker
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink()
+        except OSError as err:
+            raise StoreWriteError(
+                err.errno,
+                f"cannot write {str(marker)!r}: {err.strerror}; check space and permissions",
+            ) from err
     return open_dataset(path)
 
 

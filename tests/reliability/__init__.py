@@ -1,0 +1,1 @@
+"""Reliability and safety tests: injected faults, hostile files, fuzzing (issue 8)."""
