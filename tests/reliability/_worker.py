@@ -209,8 +209,9 @@ def install_crashpoint(target: str, nth: int, when: str) -> None:
     """SIGKILL this process at the ``nth`` call of ``target``, ``before`` or ``after`` it runs.
 
     Targets are the steps of the commit protocol: ``chunk`` (creating a chunk),
-    ``append`` (appending to an index file), ``replace`` (the rename of an atomic
-    JSON write, COMMIT included), ``link`` (publishing dataset.json), ``write_rows`` (copying rows into a chunk), ``fsync``.
+    ``write_rows`` (copying rows into a chunk), ``append`` (appending to an index
+    file), ``replace`` (the rename of an atomic JSON write, COMMIT included),
+    ``link`` (publishing dataset.json), ``fsync``.
     """
     from trlrec.storage import chunks, shard
 
@@ -538,7 +539,7 @@ def handle(cmd: dict[str, Any]) -> dict[str, Any]:
         pid = cmd["pid"]
         _, status = os.waitpid(pid, 0)
         rfd = _SPAWNED.pop(pid)
-        acked, closed = _read_acks(rfd)
+        acked, _closed = _read_acks(rfd)
         os.close(rfd)
         return {"code": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None, "acked": acked}
     if op == "ping":

@@ -34,8 +34,15 @@ CONFIGS = [
         flush_every=5,
     ),
     # collector-style extend of [B, 6] blocks over 5-row chunks
-    dict(num_envs=2, steps=900, lengths=[4, 7], mode="extend", block=6, chunk_rows=5,
-         commit_every_steps=1),  # fmt: skip
+    dict(
+        num_envs=2,
+        steps=900,
+        lengths=[4, 7],
+        mode="extend",
+        block=6,
+        chunk_rows=5,
+        commit_every_steps=1,
+    ),
     # fsync'ed commits
     dict(num_envs=0, steps=300, chunk_rows=2, commit_every_steps=1, durable=True),
 ]
@@ -157,7 +164,8 @@ def test_new_writer_after_kill_before_any_commit(worker, tmp_path):
         res = worker.call(
             {"op": "crashpoint", "cfg": cfg, "target": target, "nth": nth, "when": "before"}
         )
-        assert res["signal"] == 9 and res["acked"] == 0
+        assert res["signal"] == 9
+        assert res["acked"] == 0
         _continue(cfg, 0, same_shard=False)
         assert TrajectoryReader(path).num_steps == 11
 
@@ -165,8 +173,9 @@ def test_new_writer_after_kill_before_any_commit(worker, tmp_path):
 @pytest.mark.parametrize("durable", [False, True])
 def test_kill_between_chunk_rows_and_commit_keeps_previous_commit(worker, tmp_path, durable):
     """Rows written to a chunk but not committed are invisible, and dropped on resume."""
-    cfg = dict(path=str(tmp_path / "s"), steps=30, chunk_rows=4, commit_every_steps=1,
-               durable=durable)  # fmt: skip
+    cfg = dict(
+        path=str(tmp_path / "s"), steps=30, chunk_rows=4, commit_every_steps=1, durable=durable
+    )
     # The 3rd row copy happens after two committed steps; kill right after it.
     res = worker.call(
         {"op": "crashpoint", "cfg": cfg, "target": "write_rows", "nth": 3, "when": "after"}
