@@ -103,8 +103,11 @@ def record(
 ) -> RecordResult:
     """Record ``steps`` transitions of ``env_id`` into a new run directory under ``out``.
 
-    Layout: ``<run>/transitions`` (the store) and, with ``video``,
-    ``<run>/videos/episode_0.mp4`` (written by a :class:`~trlrec.loggers.CSVLogger`).
+    Layout: ``<run>/transitions`` (the store, through a
+    :class:`~trlrec.TensorDictRecorder`), ``<run>/scalars/*.csv`` (episode statistics)
+    and, with ``video``, ``<run>/videos/episode_0.mp4`` (a :class:`~trlrec.VideoRecorder`
+    over a :class:`~trlrec.PixelRenderTransform`), all through one
+    :class:`~trlrec.loggers.CSVLogger` whose experiment directory is the run directory.
 
     Raises:
         ConfigError: a bad argument, an unknown env id or an unusable policy.
@@ -128,44 +131,47 @@ def record(
         "steps": steps,
         "recorded_by": "trlrec record",
     }
-    logger = None
+    from trlrec.loggers import CSVLogger
+    from trlrec.transforms.tensordict_recorder import TensorDictRecorder
+
+    # The store keeps the env's own keys: rendered frames go to the video, not the store.
+    keep = [*env.observation_spec.keys(True, True), *env.action_keys, *env.reward_keys]
+    logger = CSVLogger(run_dir.name, log_dir=run_dir.parent)
+    recorders: list[Any] = []
     try:
         if video:
-            from trlrec.loggers import CSVLogger
             from trlrec.transforms.pixel_render import PixelRenderTransform
             from trlrec.transforms.video_recorder import VideoRecorder
 
-            logger = CSVLogger(run_dir.name, log_dir=run_dir.parent)
             env = env.append_transform(PixelRenderTransform())
-            env = env.append_transform(VideoRecorder(logger, tag=VIDEO_TAG, fps=fps))
-        _run(env, act, steps, result, metadata)
-        if video:
-            env.transform[-1].dump()
-            result.videos = sorted((run_dir / "videos").glob("*.mp4"))
+            recorders.append(VideoRecorder(logger, tag=VIDEO_TAG, fps=fps))
+            env = env.append_transform(recorders[-1])
+        rec = TensorDictRecorder(
+            result.dataset, logger=logger, tag="transitions", in_keys=keep, metadata=metadata
+        )
+        recorders.append(rec)
+        env = env.append_transform(rec)
+        _run(env, act, steps)
+        for r in recorders:
+            r.dump()
     finally:
-        if video:
-            env.transform[-1].close()
+        for r in recorders:
+            r.close()
         env.close()
-        if logger is not None:
-            logger.close()
+        logger.close()
+    result.videos = sorted((run_dir / "videos").glob("*.mp4"))
+    from trlrec.storage.reader import TrajectoryReader
+
+    reader = TrajectoryReader(result.dataset)
+    result.steps, result.episodes = reader.num_steps, reader.num_episodes
     return result
 
 
-def _run(env: Any, act: Any, steps: int, result: RecordResult, metadata: dict) -> None:
-    """Step the env, appending each transition (pixels left out) to the store."""
-    from trlrec.storage.reader import TrajectoryReader
-    from trlrec.storage.writer import TrajectoryWriter
-
-    with (
-        TrajectoryWriter(result.dataset, metadata=metadata) as writer,
-        Progress("recording", steps) as bar,
-    ):
+def _run(env: Any, act: Any, steps: int) -> None:
+    """Step the env ``steps`` times (the recorders in its transform stack do the rest)."""
+    with Progress("recording", steps) as bar:
         td = env.reset()
         for i in range(steps):
             td = act(td) if act is not None else env.rand_action(td)
-            td, nxt = env.step_and_maybe_reset(td)
-            writer.append(td.exclude("pixels", ("next", "pixels")))
-            td = nxt
+            _, td = env.step_and_maybe_reset(td)
             bar.update(i + 1)
-    reader = TrajectoryReader(result.dataset)
-    result.steps, result.episodes = reader.num_steps, reader.num_episodes
