@@ -21,6 +21,7 @@ from tensordict import NonTensorData, TensorDictBase
 from tensordict.utils import NestedKey
 from torchrl.data.tensor_specs import Bounded, NonTensor, TensorSpec, Unbounded
 from torchrl.envs import EnvBase
+from torchrl.envs.batched_envs import BatchedEnvBase
 from torchrl.envs.transforms import Transform
 
 from trlrec.errors import VideoError
@@ -115,12 +116,11 @@ class PixelRenderTransform(Transform):
         """Attaches the transform; checks that the env has the render method."""
         out = super().set_container(container)
         parent = self.parent
-        # A batched env that has not started has no sub-envs to ask yet.
-        if isinstance(parent, EnvBase) and not parent.is_closed:
+        if isinstance(parent, EnvBase) and not _not_started(parent):
             method = getattr(parent, self.render_method, None)
             if not callable(method):
                 raise VideoError(
-                    f"PixelRenderTransform needs a callable {type(parent).__name__}."
+                    f"PixelRenderTransform needs a callable {_env_name(parent)}."
                     f"{self.render_method}(), got {method!r}; pass render_method=<name>"
                 )
         return out
@@ -149,7 +149,7 @@ class PixelRenderTransform(Transform):
         if self._frame is None:
             parent = self.parent
             image = None
-            if not parent.is_closed:
+            if not _not_started(parent):
                 try:
                     image = self._render(None)
                 except Exception:  # the env cannot render before its first reset (ResetNeeded...)
@@ -209,9 +209,19 @@ class PixelRenderTransform(Transform):
         return non_tensor
 
 
+def _env_name(parent: Any) -> str:
+    return type(getattr(parent, "base_env", parent)).__name__
+
+
+def _not_started(parent: EnvBase) -> bool:
+    """A batched env that has not started has no sub-envs to ask for render() yet."""
+    base = getattr(parent, "base_env", parent)
+    return isinstance(base, BatchedEnvBase) and base.is_closed
+
+
 def _as_image(image: Any, parent: Any) -> Any:
     """The render output as a tensor: lists of sub-env images are stacked on every call."""
-    where = f"{type(parent).__name__}.render()"
+    where = f"{_env_name(parent)}.render()"
     if isinstance(image, list | tuple):
         if not image:
             raise VideoError(

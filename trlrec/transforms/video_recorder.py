@@ -682,7 +682,14 @@ class VideoRecorder(Transform):
         ends: list[bool] | None,
         resets: list[bool] | None,
     ) -> None:
-        """Records one step of ``E`` envs: ``raw`` is ``(*batch, <frame>)``."""
+        """Records one step of ``E`` envs: ``raw`` is ``(*batch, <frame>)``.
+
+        A frame without the batch dims (one render of a whole vectorized env) is one frame.
+        """
+        if batch and raw.shape[: len(batch)] != batch and raw.ndim in (2, 3):
+            batch = torch.Size([])
+            ends = None if ends is None else [all(ends)]
+            resets = None if resets is None else [all(resets)]
         layout = self._layout_for(raw, batch)
         lead = len(batch)
         frames = layout.convert(raw)
@@ -725,7 +732,10 @@ class VideoRecorder(Transform):
             self._record_tick(raw, tensordict.batch_size, _flags(done, 0), None)
             return
         if raw.shape[:lead] != tensordict.batch_size:
-            self._layout_for(raw, tensordict.batch_size)
+            if raw.ndim not in (2, 3):
+                self._layout_for(raw, tensordict.batch_size)  # raises
+            self._record_tick(raw, tensordict.batch_size, None, None)
+            return
         steps = tensordict.shape[-1]
         n_env = _numel(tensordict.shape[:-1])
         raw = raw.reshape(n_env, steps, *raw.shape[lead:])
