@@ -1,8 +1,10 @@
-"""A stream's chunk series: fixed-capacity memory-mapped chunks in one logical row space.
+"""A stream's chunk series: fixed-capacity chunk files in one logical row space.
 
 Chunk ``c`` of a stream holds logical rows ``[c * C, (c + 1) * C)``. Each chunk is a
-directory written by ``TensorDict.memmap_like``, so plain ``TensorDict.load_memmap``
-opens it. Only the chunks being written are kept mapped.
+directory created by ``TensorDict.memmap_like``, so plain ``TensorDict.load_memmap``
+opens it. Rows are written with ``pwrite`` rather than through a memory map: no page
+fault per new page, and a full disk is an ``OSError`` (a ``StoreWriteError``), not a
+``SIGBUS``.
 """
 
 from __future__ import annotations
@@ -20,32 +22,50 @@ from trlrec.storage.schema import Key, Schema
 __all__ = ["ChunkSeries"]
 
 
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    while data:
+        n = os.pwrite(fd, data, offset)
+        data, offset = data[n:], offset + n
+
+
 class ChunkSeries:
-    """Writes rows of one stream into its chunks, creating chunks as the stream grows."""
+    """Writes rows of one stream into its chunk files, creating chunks as the stream grows."""
 
     def __init__(self, directory: Path, schema: Schema, capacity: int):
         self.directory = directory
         self.capacity = capacity
         self._template = schema.row_template()
-        self._keys = [e.stored_key for e in schema.entries]
-        self._open: dict[int, dict[Key, torch.Tensor]] = {}
+        self._row_bytes = {
+            e.stored_key: torch.Size(e.shape).numel() * torch.empty((), dtype=e.dtype).element_size()
+            for e in schema.entries
+        }
+        self._fds: dict[int, dict[Key, int]] = {}
         self.touched: set[int] = set()
 
-    def _chunk(self, index: int) -> dict[Key, torch.Tensor]:
-        leaves = self._open.get(index)
-        if leaves is None:
+    def _path(self, index: int, key: Key) -> Path:
+        *parents, last = key
+        return self.directory.joinpath(chunk_dir_name(index), *parents, f"{last}.memmap")
+
+    def _chunk(self, index: int) -> dict[Key, int]:
+        fds = self._fds.get(index)
+        if fds is None:
             path = self.directory / chunk_dir_name(index)
             try:
-                td = self._template.expand(self.capacity).memmap_like(str(path), existsok=True)
+                if not path.exists():
+                    self._template.expand(self.capacity).memmap_like(str(path))
+                fds = {k: os.open(self._path(index, k), os.O_WRONLY) for k in self._row_bytes}
             except OSError as err:
                 raise StoreWriteError(
                     err.errno, f"could not create chunk {str(path)!r}: {err.strerror}"
                 ) from err
-            leaves = {k: td.get(k) for k in self._keys}
-            if len(self._open) >= 2:  # keep the current and the previous chunk only
-                self._open.pop(min(self._open))
-            self._open[index] = leaves
-        return leaves
+            if len(self._fds) >= 2:  # keep the current and the previous chunk only
+                self._close(min(self._fds))
+            self._fds[index] = fds
+        return fds
+
+    def _close(self, index: int) -> None:
+        for fd in self._fds.pop(index).values():
+            os.close(fd)
 
     def discard_from(self, index: int) -> None:
         """Delete chunk directories from ``index`` on (uncommitted leftovers of a crash)."""
@@ -61,29 +81,42 @@ class ChunkSeries:
         while done < m:
             index, offset = divmod(row + done, self.capacity)
             n = min(m - done, self.capacity - offset)
-            leaves = self._chunk(index)
-            try:
-                for key, value in columns.items():
-                    leaves[key][offset : offset + n].copy_(value[done : done + n])
-            except RuntimeError as err:  # SIGBUS-free errors from a full disk surface here
-                raise StoreWriteError(
-                    0, f"could not write rows to chunk {index} of {str(self.directory)!r}: {err}"
-                ) from err
+            fds = self._chunk(index)
+            for key, value in columns.items():
+                size = self._row_bytes[key]
+                if size == 0:
+                    continue
+                part = value[done : done + n] if n != m else value
+                flat = part.reshape(-1)
+                if flat.stride(0) != 1:  # non-contiguous, or one element with an odd stride
+                    flat = torch.empty(flat.shape, dtype=flat.dtype).copy_(flat)
+                data = flat.view(torch.uint8).numpy()
+                try:
+                    _pwrite_all(fds[key], memoryview(data).cast("B"), offset * size)
+                except OSError as err:
+                    raise StoreWriteError(
+                        err.errno,
+                        f"could not write {str(self._path(index, key))!r}: {err.strerror}; "
+                        "what was committed before stays readable",
+                    ) from err
             self.touched.add(index)
             done += n
 
     def sync(self) -> None:
-        """Fsync the files of every chunk written since the last sync."""
+        """fsync the files of every chunk written since the last sync."""
         for index in sorted(self.touched):
-            for root, _dirs, files in os.walk(self.directory / chunk_dir_name(index)):
-                for name in files:
-                    fd = os.open(os.path.join(root, name), os.O_RDONLY)
-                    try:
-                        os.fsync(fd)
-                    finally:
-                        os.close(fd)
+            fds = self._fds.get(index)
+            paths = [self._path(index, k) for k in self._row_bytes]
+            for path in paths:
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            del fds
         self.touched.clear()
 
     def close(self) -> None:
-        """Unmap the chunks."""
-        self._open.clear()
+        """Close the chunk files."""
+        for index in list(self._fds):
+            self._close(index)
