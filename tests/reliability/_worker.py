@@ -397,29 +397,90 @@ def bind_readonly(path: str) -> None:
 # ----------------------------------------------------------------------------- scenarios
 
 
-def _fsize_child(cfg: dict[str, Any], wfd: int) -> None:
-    """Record under RLIMIT_FSIZE; report the error, then lift the limit and continue."""
-    from trlrec.errors import TrlrecError
+def _describe(err: BaseException) -> list[Any]:
+    from trlrec.errors import StoreWriteError, TrlrecError
+
+    return [
+        type(err).__name__,
+        str(err) if isinstance(err, TrlrecError) else f"{err}\n{traceback.format_exc()}",
+        isinstance(err, StoreWriteError),
+    ]
+
+
+def faulty_session(cfg: dict[str, Any], set_limit, lift_limit) -> dict[str, Any]:
+    """Record until the disk refuses, then check what survived and that recording resumes.
+
+    1. A closed shard is recorded (``warmup`` steps) while there is room.
+    2. ``set_limit()``; a writer on shard ``lim`` appends until it gets an error.
+    3. With ``retry``, room comes back first and the *same* writer is closed (its
+       commit must then be exact); otherwise it is closed while the disk is still full.
+    4. ``lift_limit()``; a new shard and a continuation of ``lim`` are recorded.
+    5. Every committed episode is checked against the rollout.
+    """
+    from trlrec.storage.reader import TrajectoryReader
     from trlrec.storage.writer import TrajectoryWriter
 
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    first = dict(cfg, steps=cfg["warmup"])
-    record(first)  # a committed, closed shard before the limit
-    resource.setrlimit(resource.RLIMIT_FSIZE, (cfg["limit"], resource.RLIM_INFINITY))
-    out: dict[str, Any] = {"error": None}
+    out: dict[str, Any] = {}
+    roll = rollout(0, cfg["steps"], obs_shape=tuple(cfg.get("obs_shape", (4,))))
+    record(dict(cfg, steps=cfg["warmup"]))
+    out["before"] = TrajectoryReader(cfg["path"]).num_steps
+    set_limit()
+    acked, w = 0, None
     try:
-        record(dict(cfg, shard=cfg.get("limited_shard"), start=cfg["warmup"]))
-    except TrlrecError as err:
-        out["error"] = [type(err).__name__, str(err), isinstance(err, OSError)]
-    except BaseException as err:
-        out["error"] = [type(err).__name__, f"{err}\n{traceback.format_exc()}", False]
-    resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
-    # Space is back: a new writer appends (a new shard).
-    with TrajectoryWriter(cfg["path"]) as w:
-        roll = rollout(0, 7)
-        for t in range(7):
+        w = TrajectoryWriter(
+            cfg["path"],
+            shard="lim",
+            chunk_rows=cfg.get("chunk_rows"),
+            commit_every_steps=cfg.get("commit_every_steps", 1),
+        )
+        for t in range(cfg["steps"]):
             w.append(roll[t])
+            acked = t + 1 if cfg.get("commit_every_steps", 1) == 1 else acked
+        out["error"] = None
+    except Exception as err:
+        out["error"] = _describe(err)
+    out["acked"] = acked
+    if cfg.get("retry"):
+        lift_limit()
+    if w is not None:
+        try:
+            w.close()
+            out["close"] = "ok"
+        except Exception as err:
+            out["close"] = _describe(err)
+    lift_limit()
+    out["check_after_error"] = _safe(lambda: check_store(cfg["path"], roll, 0))
+    try:
+        record(dict(cfg, steps=7))  # a new shard
+        lim = TrajectoryReader(cfg["path"])
+        done = [lim.episode_info(i) for i in range(lim.num_episodes)]
+        n = sum(i["num_steps"] for i in done if i["shard"] == "lim")
+        record(dict(cfg, shard="lim", start=n, steps=min(cfg["steps"], n + 9)))
+        out["resume"] = "ok"
+    except Exception as err:
+        out["resume"] = _describe(err)
+    out["check_final"] = _safe(lambda: check_store(cfg["path"], roll, 0))
+    return out
+
+
+def _fsize_child(cfg: dict[str, Any], wfd: int) -> None:
+    """A recording that hits RLIMIT_FSIZE (SIGXFSZ ignored, so writes fail with EFBIG)."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    inf = resource.RLIM_INFINITY
+    out = faulty_session(
+        cfg,
+        lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (cfg["limit"], inf)),
+        lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (inf, inf)),
+    )
     os.write(wfd, ("\nRESULT " + json.dumps(out) + "\n").encode())
+
+
+def _fill(path: str, leave: int) -> None:
+    """Fill the filesystem of ``path`` until about ``leave`` bytes are free."""
+    st = os.statvfs(os.path.dirname(path))
+    size = max(0, st.f_bavail * st.f_frsize - leave)
+    with open(path, "wb") as f:
+        f.write(b"\0" * size)
 
 
 def _fs_child(cfg: dict[str, Any], wfd: int) -> None:
@@ -427,38 +488,20 @@ def _fs_child(cfg: dict[str, Any], wfd: int) -> None:
     from trlrec.errors import TrlrecError
     from trlrec.storage.writer import TrajectoryWriter
 
-    enter_mount_namespace()
+    try:
+        enter_mount_namespace()
+    except OSError as err:
+        os.write(wfd, ("\nRESULT " + json.dumps({"skip": str(err)}) + "\n").encode())
+        return
     out: dict[str, Any] = {}
     if cfg["kind"] == "full":
         mount_tmpfs(cfg["mount"], cfg["size"])
-        # Fill most of the space with a committed recording, then run out of it.
-        try:
-            record(dict(cfg, steps=cfg["warmup"]))
-            out["warmup"] = "ok"
-        except BaseException as err:
-            out["warmup"] = f"{type(err).__name__}: {err}"
-        try:
-            record(dict(cfg, start=cfg["warmup"]))
-            out["error"] = None
-        except TrlrecError as err:
-            out["error"] = [type(err).__name__, str(err), isinstance(err, OSError)]
-        except BaseException as err:
-            out["error"] = [type(err).__name__, f"{err}\n{traceback.format_exc()}", False]
-        from trlrec.storage.reader import TrajectoryReader
-
-        out["steps_full"] = TrajectoryReader(cfg["path"]).num_steps
-        out["check_full"] = _safe(lambda: check_store(cfg["path"], rollout(0, cfg["steps"]), 0))
-        # Space comes back: delete the filler, a new writer appends.
-        os.remove(cfg["filler"]) if os.path.exists(cfg["filler"]) else None
-        try:
-            with TrajectoryWriter(cfg["path"]) as w:
-                roll = rollout(0, 7)
-                for t in range(7):
-                    w.append(roll[t])
-            out["after"] = "ok"
-        except BaseException as err:
-            out["after"] = f"{type(err).__name__}: {err}"
-        out["steps_after"] = TrajectoryReader(cfg["path"]).num_steps
+        filler = os.path.join(cfg["mount"], "filler")
+        out = faulty_session(
+            cfg,
+            lambda: _fill(filler, cfg["leave"]),
+            lambda: os.path.exists(filler) and os.remove(filler),
+        )
     elif cfg["kind"] == "readonly":
         bind_readonly(cfg["mount"])
         results = {}
@@ -472,9 +515,9 @@ def _fs_child(cfg: dict[str, Any], wfd: int) -> None:
                 w.close()
                 results[name] = ["no error", "", False]
             except TrlrecError as err:
-                results[name] = [type(err).__name__, str(err), isinstance(err, OSError)]
+                results[name] = _describe(err)
             except BaseException as err:
-                results[name] = [type(err).__name__, f"{err}\n{traceback.format_exc()}", False]
+                results[name] = _describe(err)
         out["writers"] = results
         out["probe"] = probe(cfg["path"])
     os.write(wfd, ("\nRESULT " + json.dumps(out) + "\n").encode())

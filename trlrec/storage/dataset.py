@@ -98,15 +98,20 @@ def create_dataset(path: Path, metadata: dict[str, Any]) -> dict[str, Any]:
 def new_shard_dir(path: Path, shard: str | None) -> Path:
     """The shard directory for a new writer: a fresh numbered one, or the named one."""
     shards = path / SHARDS_DIR
-    if shard is not None:
-        directory = shards / safe_name(shard)
-        directory.mkdir(exist_ok=True)
-        return directory
-    i = len(list(shards.iterdir()))
-    while True:
-        directory = shards / f"shard-{i:06d}"
-        try:
-            directory.mkdir()
+    try:
+        if shard is not None:
+            directory = shards / safe_name(shard)
+            directory.mkdir(exist_ok=True)
             return directory
-        except FileExistsError:
-            i += 1
+        i = len(list(shards.iterdir()))
+        while True:
+            directory = shards / f"shard-{i:06d}"
+            try:
+                directory.mkdir()
+                return directory
+            except FileExistsError:
+                i += 1
+    except OSError as err:
+        raise StoreWriteError(
+            err.errno, f"cannot create a shard in {str(shards)!r}: {err.strerror}"
+        ) from err

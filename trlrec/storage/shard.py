@@ -7,6 +7,7 @@ reader uses is bounded by the counts in ``COMMIT``, so a torn tail is never seen
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import struct
@@ -73,7 +74,12 @@ class ShardFiles:
     def __init__(self, directory: Path, *, durable: bool):
         self.directory = directory
         self.durable = durable
-        self._lock_fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self._lock_fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise StoreWriteError(
+                err.errno, f"cannot open {str(directory / LOCK_FILE)!r}: {err.strerror}"
+            ) from err
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -82,6 +88,8 @@ class ShardFiles:
                 f"shard {str(directory)!r} is held by another writer; give this writer another "
                 "shard (shard=None picks a new one) or close the other writer first"
             ) from None
+        st = os.fstat(self._lock_fd)
+        self._lock_id = (st.st_dev, st.st_ino)
         self.seq = 0
         self.num_episodes = 0
         self.meta_bytes = 0
@@ -137,8 +145,23 @@ class ShardFiles:
                     os.fsync(f.fileno())
         return len(data)
 
+    def _check_present(self) -> None:
+        """Refuse to commit into a shard directory that was removed or replaced meanwhile."""
+        try:
+            st = os.stat(self.directory / LOCK_FILE)
+            present = (st.st_dev, st.st_ino) == self._lock_id
+        except OSError:
+            present = False
+        if not present:
+            raise StoreWriteError(
+                errno.ENOENT,
+                f"shard {str(self.directory)!r} was removed or replaced while this writer was "
+                "recording; what it recorded since its last commit is lost. Open a new writer",
+            )
+
     def commit(self, streams: list[list[int]], open_meta: dict[str, Any], chunk_rows: int) -> None:
         """Append queued episodes, then atomically replace COMMIT."""
+        self._check_present()
         try:
             self.meta_bytes += self._append(EPISODE_META_FILE, self._pending_meta)
             self._append(EPISODES_FILE, self._pending)

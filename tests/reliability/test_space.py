@@ -1,0 +1,122 @@
+"""Running out of room: RLIMIT_FSIZE (EFBIG), a full filesystem (ENOSPC), read-only targets.
+
+Each scenario runs in a forked child of the worker (limits and mounts stay there).
+The recorder must raise a ``StoreWriteError`` naming a file of the store; what was
+committed before stays exact; once room is back, recording resumes (a new shard,
+and the failed shard continued after its last commit).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.reliability._worker import record
+
+
+def _check_session(out: dict, path: str) -> None:
+    assert out["error"] is not None, f"the writer never hit the limit: {out}"
+    name, message, is_write_error = out["error"]
+    assert is_write_error, f"expected StoreWriteError, got {name}: {message}"
+    assert path in message, f"the error does not name a file of the store: {message}"
+    assert isinstance(out["check_after_error"], dict), out["check_after_error"]
+    counts = out["check_after_error"]["counts"]
+    assert counts.get("lim/0", 0) >= out["acked"], (counts, out["acked"])
+    assert counts["shard-000000/0"] == out["before"]
+    assert out["resume"] == "ok", out["resume"]
+    final = out["check_final"]
+    assert isinstance(final, dict), final
+    assert final["steps"] >= out["before"] + out["acked"] + 7
+
+
+@pytest.mark.parametrize(
+    ("where", "retry"),
+    [("chunk", False), ("chunk", True), ("index", False), ("index", True)],
+)
+def test_file_size_limit(worker, tmp_path, where, retry):
+    path = str(tmp_path / "s")
+    if where == "chunk":  # a 100 KiB chunk file cannot be created under a 64 KiB limit
+        cfg = dict(path=path, steps=300, warmup=20, obs_shape=[64], chunk_rows=400, limit=2**16)
+    else:  # episodes.bin outgrows 4 KiB after 64 episodes
+        cfg = dict(path=path, steps=600, warmup=20, chunk_rows=8, limit=4096)
+    cfg["retry"] = retry
+    res = worker.call({"op": "fsize", "cfg": cfg})
+    assert res["raw"]["signal"] == 0, res["raw"]
+    assert res["result"] is not None, res["raw"]
+    _check_session(res["result"], path)
+
+
+@pytest.mark.parametrize("retry", [False, True])
+def test_disk_full_on_a_small_tmpfs(worker, tmp_path, retry):
+    """ENOSPC on a 1 MiB tmpfs: an error, not a SIGBUS, and nothing committed is lost."""
+    mount = tmp_path / "mnt"
+    mount.mkdir()
+    path = str(mount / "s")
+    cfg = dict(
+        kind="full",
+        mount=str(mount),
+        size="1m",
+        leave=40_000,
+        path=path,
+        steps=3000,
+        warmup=20,
+        obs_shape=[64],
+        chunk_rows=64,
+        retry=retry,
+    )
+    res = worker.call({"op": "fs", "cfg": cfg})
+    assert res["raw"]["signal"] == 0, f"the recorder died of signal {res['raw']['signal']}"
+    out = res["result"]
+    assert out is not None, res["raw"]
+    if "skip" in out:
+        pytest.skip(f"cannot make a private mount namespace here: {out['skip']}")
+    _check_session(out, path)
+
+
+def test_read_only_target(worker, tmp_path):
+    """A read-only directory: writers get StoreWriteError, the reader still reads."""
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    path = str(mount / "s")
+    record(dict(path=path, steps=12))
+    res = worker.call({"op": "fs", "cfg": dict(kind="readonly", mount=str(mount), path=path)})
+    out = res["result"]
+    assert out is not None, res["raw"]
+    if "skip" in out:
+        pytest.skip(f"cannot make a private mount namespace here: {out['skip']}")
+    for name, (kind, message, is_write_error) in out["writers"].items():
+        assert is_write_error, f"{name}: expected StoreWriteError, got {kind}: {message}"
+        assert str(mount) in message, message
+    assert out["probe"]["status"] == "ok", out["probe"]
+    assert out["probe"]["steps"] == 12
+
+
+def test_store_directory_removed_while_recording(tmp_path):
+    """The store vanishes under a writer: the next commit raises StoreWriteError."""
+    import shutil
+
+    from tests.reliability._worker import rollout
+    from trlrec.errors import StoreWriteError
+    from trlrec.storage.writer import TrajectoryWriter
+
+    roll = rollout(0, 40)
+    path = tmp_path / "s"
+    w = TrajectoryWriter(path, chunk_rows=4)
+    for t in range(10):
+        w.append(roll[t])
+    w.flush()
+    shutil.rmtree(path)
+
+    def keep_recording() -> None:
+        for t in range(10, 40):
+            w.append(roll[t])
+        w.flush()
+
+    with pytest.raises(StoreWriteError, match=str(path)):
+        keep_recording()
+    with pytest.raises(StoreWriteError):
+        w.close()
+    # The lock is released: the path can be recorded to again from scratch.
+    record(dict(path=str(path), steps=6))
+    assert os.path.exists(path / "dataset.json")
