@@ -169,3 +169,107 @@ def test_colour_constants_are_distinct() -> None:
     for i, a in enumerate(COLOURS):
         for b in COLOURS[i + 1 :]:
             assert max(abs(x - y) for x, y in zip(a, b, strict=True)) > 2 * TOL
+
+
+# -- TorchRL interoperability: a TorchRL logger where trlrec expects one --------------------
+
+
+class _TorchRLStyleLogger:
+    """Built on demand: a ``torchrl.record.loggers.Logger`` subclass recording its calls."""
+
+    @staticmethod
+    def make() -> object:
+        from torchrl.record.loggers import Logger as TorchRLLogger
+
+        class Recording(TorchRLLogger):
+            def __init__(self) -> None:
+                self.calls: list[tuple] = []
+                super().__init__(exp_name="torchrl", log_dir=None)
+
+            def _create_experiment(self) -> None:
+                return None
+
+            def log_scalar(self, name: str, value: float, step: int | None = None) -> None:
+                self.calls.append(("scalar", name, value, step))
+
+            def log_video(self, name: str, video: torch.Tensor, step: int | None = None, **kw):
+                self.calls.append(("video", name, tuple(video.shape), step))
+
+            def log_hparams(self, cfg: dict) -> None:
+                self.calls.append(("hparams", cfg))
+
+            def log_histogram(self, name: str, data: object, **kwargs: object) -> None:
+                raise NotImplementedError
+
+            def __repr__(self) -> str:
+                return "Recording()"
+
+        return Recording()
+
+
+def test_torchrl_logger_subclass_is_accepted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from trlrec.loggers import experiment_dir_of, log_trajectory_to
+
+    lg = _TorchRLStyleLogger.make()
+    assert is_logger(lg)
+    assert not isinstance(lg, Logger)
+    assert experiment_dir_of(lg) is None
+    with caplog.at_level("INFO", logger="trlrec.loggers"):
+        log_trajectory_to(lg, "rollout", tmp_path, step=3)
+    assert str(tmp_path.resolve()) in caplog.text
+
+
+def test_torchrl_csv_logger_gets_trajectory_records(tmp_path: Path) -> None:
+    from torchrl.record.loggers import CSVLogger as TorchRLCSVLogger
+
+    from trlrec.loggers import experiment_dir_of, log_trajectory_to
+
+    lg = TorchRLCSVLogger("exp", log_dir=str(tmp_path / "logs"))
+    assert is_logger(lg)
+    assert experiment_dir_of(lg) == tmp_path / "logs" / "exp"
+    log_trajectory_to(lg, "rollout", tmp_path, step=2)
+    (line,) = (tmp_path / "logs" / "exp" / "trajectories.jsonl").read_text().splitlines()
+    assert json.loads(line)["step"] == 2
+
+
+def test_torchrl_tensorboard_logger_dir(tmp_path: Path) -> None:
+    from torchrl.record.loggers import TensorboardLogger as TorchRLTensorboardLogger
+
+    from trlrec.loggers import experiment_dir_of
+
+    lg = TorchRLTensorboardLogger("exp", log_dir=str(tmp_path))
+    assert experiment_dir_of(lg) == tmp_path / "exp"
+    lg.experiment.close()
+
+
+def test_trlrec_logger_through_helpers(tmp_path: Path) -> None:
+    from trlrec.loggers import MemoryLogger, experiment_dir_of, log_trajectory_to
+
+    lg = MemoryLogger("m", log_dir=tmp_path)
+    assert experiment_dir_of(lg) == tmp_path / "m"
+    log_trajectory_to(lg, "rollout", tmp_path)
+    assert lg.trajectories["rollout"] == [(0, tmp_path.resolve())]
+    assert not is_logger(object())
+
+
+def test_import_pulls_in_no_optional_backend() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, trlrec.loggers\n"
+        "bad = [m for m in ('wandb', 'tensorboard', 'torch.utils.tensorboard', 'moviepy')"
+        " if m in sys.modules]\n"
+        "print(bad)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).parents[2],
+        timeout=120,
+    )
+    assert out.stdout.strip() == "[]"

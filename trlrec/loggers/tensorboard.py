@@ -45,7 +45,9 @@ class GifWriter(FfmpegWriter):
             "split[a][b];[a]palettegen=stats_mode=single:reserve_transparent=0[p];"
             "[b][p]paletteuse=new=1"
         )
-        super().__init__(path, width, height, fps, output_args=["-vf", graph, "-loop", "0"])
+        # gifflags 0: ffmpeg's inter-frame transparency breaks when the palette changes
+        args = ["-vf", graph, "-gifflags", "0", "-loop", "0"]
+        super().__init__(path, width, height, fps, output_args=args)
 
 
 def _import_tensorboard() -> Any:

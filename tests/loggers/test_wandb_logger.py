@@ -1,0 +1,125 @@
+"""``WandbLogger``: one offline run per module, read back from its run directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from logger_readback import (
+    assert_frames_close,
+    expected_rgb,
+    read_mp4,
+    solid_frames,
+    wandb_history,
+    wandb_records,
+)
+
+from trlrec.errors import MissingDependencyError, UnsupportedDataError
+from trlrec.loggers import WandbLogger, experiment_dir_of
+
+FRAMES = solid_frames(5, 12, 18)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """A run made offline through ``WANDB_MODE`` only, used by every call, then finished."""
+    root = tmp_path_factory.mktemp("wandb")
+    data = root / "dataset"
+    data.mkdir()
+    (data / "chunk.bin").write_bytes(b"\x00" * 64)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("WANDB_MODE", "offline")
+        mp.setenv("WANDB_SILENT", "true")
+        mp.setenv("WANDB_DIR", str(root))
+        mp.setenv("WANDB_DISABLE_GIT", "true")
+        lg = WandbLogger("exp", save_dir=root / "save", project="trlrec-tests", video_fps=12)
+        env_mode = os.environ.get("WANDB_MODE")
+        lg.log_scalar("train/reward", 1.0)
+        lg.log_scalar("train/reward", 2.0, step=10)
+        lg.log_scalar("eval/reward", 5.0, step=3)  # steps need not increase across names
+        lg.log_video("episode", FRAMES, step=2)
+        lg.log_hparams({"lr": 0.01, "net": {"depth": 2}})
+        lg.log_trajectory("rollout", data, step=1)
+        lg.trajectories = "upload"
+        lg.log_trajectory("rollout", data, step=2)
+        run_dir = Path(lg.experiment.dir).parent
+        lg.close()
+        records = wandb_records(run_dir)
+        yield {
+            "logger": lg,
+            "run_dir": run_dir,
+            "records": records,
+            "data": data,
+            "root": root,
+            "env_mode": env_mode,
+        }
+
+
+def _of_kind(records: list[Any], kind: str) -> list[Any]:
+    return [r for r in records if r.WhichOneof("record_type") == kind]
+
+
+def test_offline_run_under_save_dir(finished: dict[str, Any]) -> None:
+    run_dir = finished["run_dir"]
+    assert run_dir.parent == finished["root"] / "save" / "wandb"
+    assert run_dir.name.startswith("offline-run-")
+    assert finished["env_mode"] == "offline"  # constructing did not rewrite WANDB_MODE
+    lg = finished["logger"]
+    assert lg.experiment_dir == run_dir / "trlrec"
+    assert experiment_dir_of(lg) == run_dir / "trlrec"
+
+
+def test_scalars_with_their_own_step_axis(finished: dict[str, Any]) -> None:
+    rows = wandb_history(finished["run_dir"])
+    got = [(k, int(r["step"]), float(r[k])) for r in rows for k in r if k.endswith("/reward")]
+    assert got == [("train/reward", 0, 1.0), ("train/reward", 10, 2.0), ("eval/reward", 3, 5.0)]
+    metrics = {m.metric.name: m.metric.step_metric for m in _of_kind(finished["records"], "metric")}
+    assert metrics["train/reward"] == "step"
+
+
+def test_run_directory_holds_the_mp4(finished: dict[str, Any]) -> None:
+    run_dir = finished["run_dir"]
+    (media,) = (run_dir / "files" / "media" / "videos").glob("episode_*.mp4")
+    assert_frames_close(read_mp4(media)[:, :12, :18], expected_rgb(FRAMES))
+    (row,) = [r for r in wandb_history(run_dir) if "episode/path" in r]
+    assert int(row["step"]) == 2
+    assert json.loads(row["episode/path"]) == str(media.relative_to(run_dir / "files"))
+    # trlrec's own copy, named like the CSV logger's
+    assert (run_dir / "trlrec" / "videos" / "episode_2.mp4").is_file()
+
+
+def test_hparams_in_config(finished: dict[str, Any]) -> None:
+    (config,) = _of_kind(finished["records"], "config")[-1:]
+    values = {item.key: json.loads(item.value_json) for item in config.config.update}
+    assert {k: values[k] for k in ("lr", "net")} == {"lr": 0.01, "net": {"depth": 2}}
+
+
+def test_trajectories_are_dataset_artifacts(finished: dict[str, Any]) -> None:
+    artifacts = [r.artifact for r in _of_kind(finished["records"], "artifact")]
+    assert [(a.name, a.type) for a in artifacts] == [("rollout", "dataset")] * 2
+    reference, upload = artifacts
+    data = finished["data"].resolve()
+    # a reference lists the files without copying (or hashing) them
+    assert [e.ref for e in reference.manifest.contents] == [(data / "chunk.bin").as_uri()]
+    assert [e.path for e in upload.manifest.contents] == ["chunk.bin"]
+    assert json.loads(reference.metadata) == {"path": str(data), "step": 1}
+    lines = (finished["run_dir"] / "trlrec" / "trajectories.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [1, 2]
+
+
+def test_missing_wandb(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    with pytest.raises(MissingDependencyError, match=r"pip install 'trlrec\[wandb\]'"):
+        WandbLogger("exp", offline=True, save_dir=tmp_path)
+
+
+def test_bad_arguments(tmp_path: Path) -> None:
+    with pytest.raises(UnsupportedDataError, match="both save_dir and log_dir"):
+        WandbLogger("exp", offline=True, save_dir=tmp_path, log_dir=tmp_path)
+    with pytest.raises(UnsupportedDataError, match="trajectories must be 'reference' or 'upload'"):
+        WandbLogger("exp", offline=True, save_dir=tmp_path, trajectories="copy")  # type: ignore[arg-type]
