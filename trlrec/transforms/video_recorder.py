@@ -101,7 +101,17 @@ def _as_tensor(value: Any, key: NestedKey) -> torch.Tensor:
 class _FrameLayout:
     """How frames of one shape/dtype become contiguous RGB ``uint8`` ``(..., h, w, 3)``."""
 
-    __slots__ = ("channels", "chw", "crop", "frame_shape", "height", "kind", "rank", "width")
+    __slots__ = (
+        "channels",
+        "chw",
+        "crop",
+        "frame_shape",
+        "height",
+        "identity",
+        "kind",
+        "rank",
+        "width",
+    )
 
     def __init__(
         self,
@@ -146,6 +156,13 @@ class _FrameLayout:
             self.crop = (round((height - ch) / 2), round((width - cw) / 2), ch, cw)
             height, width = ch, cw
         self.height, self.width = height, width
+        self.identity = (
+            self.kind == "u8"
+            and self.rank == 3
+            and not self.chw
+            and self.channels == 3
+            and self.crop is None
+        )
 
     def convert(self, raw: torch.Tensor) -> torch.Tensor:
         """Frames ``(..., <frame_shape>)`` to contiguous CPU ``uint8`` ``(..., h, w, 3)``."""
@@ -520,6 +537,9 @@ class VideoRecorder(Transform):
         self._grid: _Grid | None = None
         self._layout: _FrameLayout | None = None
         self._hot: tuple[torch.Size, torch.dtype, torch.device] | None = None
+        self._fast: _Stream | None = None
+        self._fast_shape: torch.Size | None = None
+        self._key = self.in_keys[0]
         self._closed = False
 
     @property
@@ -535,7 +555,7 @@ class VideoRecorder(Transform):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for name in ("_spool", "_streams", "_grid", "_layout", "_hot"):
+        for name in ("_spool", "_streams", "_grid", "_layout", "_hot", "_fast"):
             state.pop(name, None)
         return state
 
@@ -568,6 +588,23 @@ class VideoRecorder(Transform):
 
     def _step(self, tensordict: TensorDictBase, next_tensordict: TensorDictBase) -> TensorDictBase:
         self._check_open()
+        raw = next_tensordict.get(self._key, None)
+        fast = self._fast
+        # Hot path: one env, frames already contiguous RGB uint8 (H, W, 3) of the known size.
+        if (
+            fast is not None
+            and type(raw) is torch.Tensor
+            and raw.shape == self._fast_shape
+            and raw.dtype is torch.uint8
+            and raw.device.type == "cpu"
+            and raw.is_contiguous()
+        ):
+            done = next_tensordict.get("done", None)
+            end = done is not None and bool(done.any())
+            fast.feed(raw, end, False)
+            if end and self.dump_on_done:
+                self._dump(None, None)
+            return next_tensordict
         raw = self._fetch(next_tensordict)
         if raw is not None:
             ends = _flags(next_tensordict.get("done", None), next_tensordict.batch_dims)
@@ -663,6 +700,7 @@ class VideoRecorder(Transform):
                 f"the batch of frames under {self.in_keys[0]!r} changed to {n_env} env(s) "
                 "mid-video; call dump() before changing the batch size"
             )
+        self._fast = None
         self._grid = _Grid(n_env, layout.height, layout.width) if grid else None
         envs: list[int | None] = [None] if wanted == 1 else list(range(n_env))
         self._streams = [_Stream(self, env) for env in envs]
@@ -670,7 +708,7 @@ class VideoRecorder(Transform):
     def _reset_streams(self) -> None:
         for stream in self._streams:
             stream.finish()
-        self._streams, self._grid = [], None
+        self._streams, self._grid, self._fast = [], None, None
 
     def _open_segment(self, env: int | None, frame: torch.Tensor) -> _Segment:
         return self._spool.open_segment(env, int(frame.shape[0]), int(frame.shape[1]), self.fps)
@@ -695,6 +733,8 @@ class VideoRecorder(Transform):
         frames = layout.convert(raw)
         if lead == 0:
             self._ensure_streams(1, layout)
+            if layout.identity and raw.device.type == "cpu":
+                self._fast, self._fast_shape = self._streams[0], raw.shape
             self._streams[0].feed(frames, bool(ends and ends[0]), resets is not None)
         else:
             n_env = _numel(raw.shape[:lead])

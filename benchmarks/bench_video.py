@@ -1,0 +1,175 @@
+"""VideoRecorder overhead in a step loop at 84x84x3, next to TorchRL's, in one run.
+
+Three cases, interleaved (bare, trlrec, torchrl, bare, ...), each a loop of
+``env.step_and_maybe_reset`` on a trivial env with 84x84x3 uint8 pixels:
+
+- bare: the env in a ``TransformedEnv`` with a no-op transform (what appending any
+  transform costs; the env alone is timed too, for the note);
+- trlrec: ``env.append_transform(trlrec.VideoRecorder(...))`` (frames spooled to disk);
+- torchrl: ``env.append_transform(torchrl.record.VideoRecorder(None, ..., skip=1))``
+  (frames kept in RAM, as TorchRL does; ``skip=1`` so both record every frame).
+
+The ratios are medians of per-repetition ratios (each recorder's loop over the bare
+loop run just before it). Videos are dumped between repetitions, outside the timing,
+to a logger that discards them (encoding is the logger's cost, not the recorder's).
+
+``python -m benchmarks.bench_video [--smoke]``
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tensordict import TensorDict, TensorDictBase
+from torchrl.data import Bounded, Categorical, Composite, Unbounded
+from torchrl.envs import EnvBase, Transform
+
+from benchmarks import interleaved, median, row
+from benchmarks.disk import scratch
+
+PIXELS = (84, 84, 3)
+BUDGET = 1.10
+
+
+class _PixelEnv(EnvBase):
+    """A trivial env: 4-float observation, 84x84x3 uint8 pixels, 100-step episodes."""
+
+    def __init__(self, episode_len: int = 100) -> None:
+        super().__init__(batch_size=torch.Size([]))
+        g = torch.Generator().manual_seed(0)
+        self._frames = torch.randint(0, 256, (2, *PIXELS), dtype=torch.uint8, generator=g)
+        self._len = episode_len
+        self._t = 0
+        self.observation_spec = Composite(
+            observation=Unbounded(shape=(4,)),
+            pixels=Bounded(0, 255, shape=PIXELS, dtype=torch.uint8),
+        )
+        self.action_spec = Categorical(2, shape=(1,), dtype=torch.int64)
+        self.reward_spec = Unbounded(shape=(1,))
+
+    def _obs(self, done: bool) -> TensorDictBase:
+        flag = torch.tensor([done])
+        return TensorDict(
+            {
+                "observation": torch.full((4,), float(self._t)),
+                "pixels": self._frames[self._t % 2],
+                "done": flag,
+                "terminated": flag.clone(),
+                "truncated": torch.zeros(1, dtype=torch.bool),
+            },
+            batch_size=[],
+        )
+
+    def _reset(self, tensordict: TensorDictBase | None = None, **kwargs: Any) -> TensorDictBase:
+        self._t = 0
+        return self._obs(False)
+
+    def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
+        self._t += 1
+        out = self._obs(self._t >= self._len)
+        out["reward"] = torch.ones(1)
+        return out
+
+    def _set_seed(self, seed: int | None) -> None:
+        del seed
+
+
+class _Noop(Transform):
+    """A transform that does nothing: the baseline pays for the TransformedEnv wrapper too."""
+
+    def _step(self, tensordict: TensorDictBase, next_tensordict: TensorDictBase) -> TensorDictBase:
+        return next_tensordict
+
+    def _reset(self, tensordict: TensorDictBase, reset: TensorDictBase) -> TensorDictBase:
+        return reset
+
+
+class _NullLogger:
+    def log_video(self, name: str, video: Any, step: int | None = None, **kwargs: Any) -> None:
+        del name, video, step, kwargs
+
+
+def _loop(env: EnvBase, steps: int) -> float:
+    """Seconds per ``step_and_maybe_reset`` over ``steps`` steps."""
+    td = env.reset()
+    td["action"] = torch.zeros(1, dtype=torch.int64)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        _, td = env.step_and_maybe_reset(td)
+    return (time.perf_counter() - t0) / steps
+
+
+def _case(env: EnvBase, steps: int) -> Any:
+    def run_once() -> float:
+        dt = _loop(env, steps)
+        dump = getattr(env, "transform", None)
+        if dump is not None:
+            env.transform.dump()
+        return dt
+
+    return run_once
+
+
+def step_loop_rows(spool: Path, smoke: bool) -> list[dict[str, Any]]:
+    from torchrl.record import VideoRecorder as TorchRLVideoRecorder
+
+    from trlrec import VideoRecorder
+
+    steps, reps = (50, 2) if smoke else (1000, 9)
+    ours = VideoRecorder(_NullLogger(), "bench", spool_dir=spool)
+    theirs = TorchRLVideoRecorder(None, "bench", skip=1)
+    cases = {
+        "env": _case(_PixelEnv(), steps),
+        "bare": _case(_PixelEnv().append_transform(_Noop()), steps),
+        "trlrec": _case(_PixelEnv().append_transform(ours), steps),
+        "torchrl": _case(_PixelEnv().append_transform(theirs), steps),
+    }
+    for fn in cases.values():  # warm-up
+        fn()
+    times = interleaved(cases, reps)
+    ratio = {
+        name: median([t / b for t, b in zip(times[name], times["bare"], strict=True)])
+        for name in ("trlrec", "torchrl")
+    }
+    bare_us = median(times["bare"]) * 1e6
+    env_us = median(times["env"]) * 1e6
+    ours_us = (median(times["trlrec"]) - median(times["bare"])) * 1e6
+    theirs_us = (median(times["torchrl"]) - median(times["bare"])) * 1e6
+    ours.close()
+    note = (
+        f"baseline: the env in a TransformedEnv with a no-op transform, {bare_us:.0f} µs per "
+        f"step (the env alone: {env_us:.0f} µs); trlrec adds {ours_us:.1f} µs per frame, "
+        f"torchrl {theirs_us:.1f} µs; {reps} interleaved repetitions of {steps} steps"
+    )
+    return [
+        row(
+            "VideoRecorder overhead 84x84x3 (step loop)",
+            round(ratio["trlrec"], 3),
+            "x",
+            f"<= {BUDGET:.2f}",
+            ratio["trlrec"] <= BUDGET,
+            note=note,
+        ),
+        row(
+            "torchrl VideoRecorder overhead 84x84x3 (step loop, same run)",
+            round(ratio["torchrl"], 3),
+            "x",
+        ),
+    ]
+
+
+def run(smoke: bool = False) -> list[dict[str, Any]]:
+    with scratch("trlrec-bench-video-") as base:
+        return step_loop_rows(base / "spool", smoke)
+
+
+__all__ = ["run"]
+
+
+if __name__ == "__main__":
+    for r in run(smoke="--smoke" in sys.argv[1:]):
+        print(r)
