@@ -36,7 +36,8 @@ class ChunkSeries:
         self.capacity = capacity
         self._template = schema.row_template()
         self._row_bytes = {
-            e.stored_key: torch.Size(e.shape).numel() * torch.empty((), dtype=e.dtype).element_size()
+            e.stored_key: torch.Size(e.shape).numel()
+            * torch.empty((), dtype=e.dtype).element_size()
             for e in schema.entries
         }
         self._fds: dict[int, dict[Key, int]] = {}
@@ -54,9 +55,9 @@ class ChunkSeries:
                 if not path.exists():
                     self._template.expand(self.capacity).memmap_like(str(path))
                 fds = {k: os.open(self._path(index, k), os.O_WRONLY) for k in self._row_bytes}
-            except OSError as err:
+            except (OSError, RuntimeError) as err:  # tensordict/torch report EFBIG, ENOENT so
                 raise StoreWriteError(
-                    err.errno, f"could not create chunk {str(path)!r}: {err.strerror}"
+                    getattr(err, "errno", None), f"could not create chunk {str(path)!r}: {err}"
                 ) from err
             if len(self._fds) >= 2:  # keep the current and the previous chunk only
                 self._close(min(self._fds))
@@ -103,7 +104,7 @@ class ChunkSeries:
             done += n
 
     def sync(self) -> None:
-        """fsync the files of every chunk written since the last sync."""
+        """Fsync the files of every chunk written since the last sync."""
         for index in sorted(self.touched):
             fds = self._fds.get(index)
             paths = [self._path(index, k) for k in self._row_bytes]

@@ -14,9 +14,9 @@ from typing import Any
 import torch
 
 from trlrec.storage.chunks import ChunkSeries
-from trlrec.storage.dtypes import bits_view
 from trlrec.storage.layout import FLAG_CUT, FLAG_DONE
 from trlrec.storage.schema import Key, Schema
+from trlrec.storage.staging import StateLayout, words
 
 __all__ = ["Block", "Episode", "StreamWriter"]
 
@@ -35,7 +35,11 @@ class Episode:
 
 @dataclass
 class Block:
-    """``n`` consecutive transitions of one stream, each column ``[n, ...]``."""
+    """``n`` consecutive transitions of one stream, each column ``[n, ...]``.
+
+    ``packed`` optionally holds the state columns packed as byte rows (root, next),
+    which makes the continuity check one comparison.
+    """
 
     state_root: dict[Key, torch.Tensor]
     state_next: dict[Key, torch.Tensor]
@@ -44,69 +48,101 @@ class Block:
     done: torch.Tensor  # [n] bool
     force_new: torch.Tensor  # [n] bool
     metas: dict[int, dict[str, Any]] = field(default_factory=dict)  # transition -> episode meta
+    packed: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def __len__(self) -> int:
         return self.done.shape[0]
 
 
-def _rows_equal(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-row bit equality of two ``[n, ...]`` tensors."""
-    eq = bits_view(a) == bits_view(b)
-    return eq.reshape(eq.shape[0], -1).all(1)
-
-
 class StreamWriter:
     """Writes the rows and tracks the episodes of one stream."""
 
-    def __init__(self, index: int, chunks: ChunkSeries, schema: Schema, next_row: int = 0):
+    def __init__(
+        self,
+        index: int,
+        chunks: ChunkSeries,
+        schema: Schema,
+        layout: StateLayout,
+        next_row: int = 0,
+    ):
         self.index = index
         self.chunks = chunks
         self.schema = schema
+        self.layout = layout
         self.next_row = next_row
         self.transitions = 0
         self.open: Episode | None = None
-        self._last_state: dict[Key, torch.Tensor] | None = None
+        self._last: torch.Tensor | None = None  # packed bytes of the last "next" state
+
+    def _continuity(self, block: Block) -> torch.Tensor:
+        """Whether each transition continues the previous one (before done/reset rules)."""
+        n = len(block)
+        if block.packed is not None:
+            root, nxt = (words(p) for p in block.packed)
+        else:
+            root, nxt = (
+                words(self.layout.pack(cols)) if cols else None
+                for cols in (block.state_root, block.state_next)
+            )
+        cont = torch.ones(n, dtype=torch.bool)
+        if root is not None:
+            if n > 1:
+                cont[1:] = (root[1:] == nxt[:-1]).all(1)
+            if self._last is not None:
+                cont[0] = bool((root[0] == self._last).all())
+            self._last = nxt[-1].clone()
+        return cont
 
     def write_block(self, block: Block) -> list[Episode]:
         """Write a block of transitions; return the episodes it closed."""
         n = len(block)
         if n == 0:
             return []
-        cont = ~block.force_new.clone()
+        cont = self._continuity(block)
+        cont &= ~block.force_new
         cont[1:] &= ~block.done[:-1]
-        for key, root in block.state_root.items():
-            if n > 1:
-                cont[1:] &= _rows_equal(root[1:], block.state_next[key][:-1])
-            if self._last_state is not None:
-                cont[0] &= _rows_equal(root[:1], self._last_state[key]).all()
-        if self.open is None or self._last_state is None:
+        if self.open is None:
             cont[0] = False
         new = ~cont
-        end = torch.cumsum(1 + new.long(), 0) - 1  # block row of each transition's next state
-        m = int(end[-1]) + 1
         new_at = new.nonzero().squeeze(1)
-        columns: dict[Key, torch.Tensor] = {}
-        for key, nxt in block.state_next.items():
-            rows = nxt.new_empty((m, *nxt.shape[1:]))
-            rows[end] = nxt
-            rows[end[new_at] - 1] = block.state_root[key][new_at]
-            columns[key] = rows
-        tpos = end - 1  # block row of each transition (-1: the row before the block)
+        k = new_at.numel()
         carried = not bool(new[0])
+        m = n + k
+        columns: dict[Key, torch.Tensor] = {}
+        if k == 0 or (k == 1 and not carried):  # the common cases, without index arithmetic
+            for key, nxt in block.state_next.items():
+                columns[key] = nxt if k == 0 else torch.cat((block.state_root[key][:1], nxt))
+            end = None
+        else:
+            end = torch.cumsum(1 + new.long(), 0) - 1  # block row of each next state
+            for key, nxt in block.state_next.items():
+                rows = nxt.new_empty((m, *nxt.shape[1:]))
+                rows[end] = nxt
+                rows[end[new_at] - 1] = block.state_root[key][new_at]
+                columns[key] = rows
         for key, value in (
             *block.root.items(),
-            *(((("next", *k), v) for k, v in block.next.items())),
+            *((("next", *k), v) for k, v in block.next.items()),
         ):
-            rows = value.new_zeros((m, *value.shape[1:]))
             if carried:
-                rows[tpos[1:]] = value[1:]
                 self.chunks.write(self.next_row - 1, {key: value[:1]})
+            if end is None:
+                tail = value[1:] if carried else value
+                columns[key] = torch.cat(
+                    (tail, value.new_zeros((m - tail.shape[0], *value.shape[1:])))
+                )
             else:
-                rows[tpos] = value
-            columns[key] = rows
+                rows = value.new_zeros((m, *value.shape[1:]))
+                tpos = end - 1  # block row of each transition (-1: the row before the block)
+                if carried:
+                    rows[tpos[1:]] = value[1:]
+                else:
+                    rows[tpos] = value
+                columns[key] = rows
         self.chunks.write(self.next_row, columns)
+        if end is None:
+            end = torch.arange(n) + (0 if carried else 1)
         closed = self._episodes(block, new, end)
-        self._last_state = {k: v[-1:].clone() for k, v in block.state_next.items()}
         self.transitions += n
         self.next_row += m
         return closed

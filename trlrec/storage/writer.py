@@ -189,11 +189,13 @@ class TrajectoryWriter:
         if self._chunk_rows is None:
             self._chunk_rows = max(16, min(2**16, _CHUNK_BYTES // row_bytes))
         n = schema.num_streams
-        stage = self._stage_steps or max(1, min(64, _STAGE_BYTES // (2 * row_bytes * n)))
+        stage = self._stage_steps or max(1, min(256, _STAGE_BYTES // (2 * row_bytes * n)))
         self._stager = Stager(schema, stage, pin_memory=False)
         root = self.shard_path / STREAMS_DIR
         self._streams = [
-            StreamWriter(b, ChunkSeries(root / str(b), schema, self._chunk_rows), schema)
+            StreamWriter(
+                b, ChunkSeries(root / str(b), schema, self._chunk_rows), schema, self._stager.layout
+            )
             for b in range(n)
         ]
         entries = self._stager.entries
@@ -482,14 +484,19 @@ class TrajectoryWriter:
 
     # ------------------------------------------------------------------ writing
     def _write_block(
-        self, stream: StreamWriter, cols: list[torch.Tensor], force: torch.Tensor, metas: dict
+        self,
+        stream: StreamWriter,
+        cols: list[torch.Tensor],
+        force: torch.Tensor,
+        metas: dict,
+        done: torch.Tensor | None = None,
+        packed: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> bool:
         st = self._stager
         nr = len(st.root_entries)
         roots, nexts = cols[:nr], cols[nr:]
-        done = torch.zeros(force.shape[0], dtype=torch.bool)
-        for i in self._done_slots:
-            done |= cols[i].reshape(force.shape[0], -1).any(1)
+        if done is None:
+            done = self._done(cols, force.shape[0])
         block = Block(
             state_root={
                 e.key: c for e, c in zip(st.root_entries, roots, strict=True) if e.role == "state"
@@ -506,6 +513,7 @@ class TrajectoryWriter:
             done=done,
             force_new=force,
             metas=metas,
+            packed=packed,
         )
         episodes = stream.write_block(block)
         for ep in episodes:
@@ -516,11 +524,24 @@ class TrajectoryWriter:
         st = self._stager
         if st is None or st.count == 0:
             return
+        n = st.count
         cols = st.columns()
+        done = self._done(cols, n)
         for b, stream in enumerate(self._streams):
             metas = {i: m[b] for i, m in st.metas.items() if m[b] is not None}
-            self._write_block(stream, [c[:, b] for c in cols], st.force_new[: st.count, b], metas)
+            packed = (st.packed_root[:n, b], st.packed_next[:n, b])
+            self._write_block(
+                stream, [c[:, b] for c in cols], st.force_new[:n, b], metas, done[:, b], packed
+            )
         st.clear()
+
+    def _done(self, cols: list[torch.Tensor], n: int) -> torch.Tensor:
+        """Whether a done flag ended each transition: ``[n]``, or ``[n, N]`` for staged steps."""
+        lead = cols[0].shape[: cols[0].dim() - len(self._stager.entries[0].shape)]
+        done = torch.zeros(lead, dtype=torch.bool)
+        for i in self._done_slots:
+            done |= cols[i].reshape(*lead, -1).any(-1)
+        return done
 
     def _commit(self) -> None:
         if self._durable:
