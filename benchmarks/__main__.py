@@ -19,7 +19,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from benchmarks.report import machine, markdown, text_table
+from benchmarks.report import load_average, machine, markdown, text_table
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{module}] done in {seconds[module]:.1f} s", file=sys.stderr, flush=True)
         sections.append((module, rows))
     print(text_table(sections))
+    info["load average at end"] = load_average()
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(markdown(sections, info, command, seconds))

@@ -10,7 +10,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ["machine", "fmt_value", "verdict", "text_table", "markdown"]
+__all__ = ["load_average", "machine", "fmt_value", "verdict", "text_table", "markdown"]
 
 COLUMNS = ("name", "value", "unit", "budget", "pass/miss")
 
@@ -40,18 +40,32 @@ def _version(dist: str) -> str:
         return "not installed"
 
 
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages, as text."""
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
+def _busy(info: dict[str, str]) -> bool:
+    """Whether other processes competed for the CPU (a load average above the core count)."""
+    cores = int(info.get("cores") or 0) or 1
+    loads = [info.get(k, "") for k in ("load average at start", "load average at end")]
+    try:
+        return any(float(x.split()[0]) > cores for x in loads if x and x != "unknown")
+    except ValueError:
+        return False
+
+
 def machine() -> dict[str, str]:
     """What the figures depend on: CPU, cores, RAM, load, versions, date."""
     ram = _ram_gib()
-    try:
-        load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        load = "unknown"
     return {
         "CPU": _cpu_model(),
         "cores": str(os.cpu_count()),
         "RAM": f"{ram:.1f} GiB" if ram else "unknown",
-        "load average at start (1, 5, 15 min)": load,
+        "load average at start": load_average(),
         "OS": f"{platform.system()} {platform.release()}",
         "Python": platform.python_version(),
         "torch": _version("torch"),
@@ -141,6 +155,12 @@ def markdown(
         f"**{passed} within budget, {missed} missed**, {len(rows)} figures.",
         "",
     ]
+    if _busy(info):
+        out += [
+            "> The load average exceeded the core count: other processes competed for the CPU",
+            "> during this run, so wall-clock figures are pessimistic (ratios less so).",
+            "",
+        ]
     for module, rs in sections:
         out += [f"### {module}", "", f"_{seconds.get(module, 0.0):.0f} s_", ""]
         out.append("| " + " | ".join(COLUMNS) + " |")
