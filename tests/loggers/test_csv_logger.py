@@ -98,3 +98,11 @@ def test_used_by_torchrl_trainer_hooks(tmp_path: Path) -> None:
         lg.log_video(name="v", video=solid_frames(2, 4, 4)[None], step=0, fps=8)
     assert (tmp_path / "exp" / "scalars" / "b.csv").read_text() == "step,value\n3,2.0\n"
     assert (tmp_path / "exp" / "videos" / "v_0.mp4").is_file()
+
+
+def test_failed_video_does_not_use_up_a_step(tmp_path: Path) -> None:
+    with CSVLogger("exp", log_dir=tmp_path) as lg:
+        with pytest.raises(VideoError, match="float frame 0"):
+            lg.log_video("v", torch.full((2, 3, 4, 4), 2.0))
+        lg.log_video("v", solid_frames(2, 4, 4))
+    assert [p.name for p in (tmp_path / "exp" / "videos").iterdir()] == ["v_0.mp4"]

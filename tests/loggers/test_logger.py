@@ -273,3 +273,13 @@ def test_import_pulls_in_no_optional_backend() -> None:
         timeout=120,
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_experiment_dir_of_a_wandb_style_run(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from trlrec.loggers import experiment_dir_of
+
+    run = SimpleNamespace(dir=str(tmp_path / "run" / "files"))
+    assert experiment_dir_of(SimpleNamespace(experiment=run)) == tmp_path / "run" / "trlrec"
+    assert experiment_dir_of(SimpleNamespace(experiment=None)) is None

@@ -163,14 +163,14 @@ class Logger(abc.ABC):
             raise ClosedError(f"{what} on {self!r} after close(); create a new logger")
 
     def _step(self, kind: str, name: str, step: Any) -> int:
-        """Resolve ``step`` (``None`` → the per-name counter) and advance the counter."""
+        """Resolve ``step``: ``None`` becomes the per-name counter (see :meth:`_advance`)."""
         value = _as_step(step, f"{kind} {name!r}")
+        return self._counters.get((kind, name), 0) if value is None else value
+
+    def _advance(self, kind: str, name: str, step: int) -> None:
+        """Move the per-name counter past ``step`` once the value has been logged."""
         key = (kind, name)
-        nxt = self._counters.get(key, 0)
-        if value is None:
-            value = nxt
-        self._counters[key] = max(nxt, value + 1)
-        return value
+        self._counters[key] = max(self._counters.get(key, 0), step + 1)
 
     # -- public API ----------------------------------------------------------------------
 
@@ -190,7 +190,9 @@ class Logger(abc.ABC):
         self._check_open("log_scalar")
         safe_name(name)
         v = _as_float(value, name)
-        self._log_scalar(name, v, self._step("scalar", name, step))
+        at = self._step("scalar", name, step)
+        self._log_scalar(name, v, at)
+        self._advance("scalar", name, at)
 
     def log_video(self, name: str, video: Any, step: int | None = None, **kwargs: Any) -> None:
         """Log a video, streamed frame by frame to the backend's encoder.
@@ -218,7 +220,9 @@ class Logger(abc.ABC):
                 self._warned.add(key)
                 _log.info("%s.log_video ignores the option %r", type(self).__name__, key)
         v = Video.of(video)
-        self._log_video(name, v, self._step("video", name, step), float(fps))
+        at = self._step("video", name, step)
+        self._log_video(name, v, at, float(fps))
+        self._advance("video", name, at)
 
     def log_hparams(self, cfg: Any) -> None:
         """Log the experiment's configuration (a dict, Mapping, dataclass, Namespace...).
@@ -249,7 +253,9 @@ class Logger(abc.ABC):
         p = Path(path).resolve()
         if not p.is_dir():
             raise NotAStoreError(f"trajectory {name!r}: {str(path)!r} is not a directory")
-        self._log_trajectory(name, p, self._step("trajectory", name, step))
+        at = self._step("trajectory", name, step)
+        self._log_trajectory(name, p, at)
+        self._advance("trajectory", name, at)
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> dict[str, float]:
         """Log several scalars at one step (TorchRL's ``Logger.log_metrics``).
