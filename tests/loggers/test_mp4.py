@@ -166,3 +166,33 @@ def test_killed_process_leaves_no_final_file(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
     subprocess.run([sys.executable, "-c", code], env=env, check=False, timeout=60)
     assert not (tmp_path / "v.mp4").exists()
+
+
+def _rss_anon_kb() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1])
+    raise AssertionError("no RssAnon in /proc/self/status")
+
+
+def test_memmap_video_is_not_loaded_in_ram(tmp_path: Path) -> None:
+    """A 92 MB memory-mapped video is encoded with a few MB of anonymous memory."""
+    mm = MemoryMappedTensor.empty((100, 3, 480, 640), dtype=torch.uint8, filename=tmp_path / "v.mm")
+    peak = [0]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_anon_kb())
+            done.wait(0.002)
+
+    base = _rss_anon_kb()
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        encode_mp4(mm, tmp_path / "v.mp4")
+    finally:
+        done.set()
+        sampler.join()
+    assert (peak[0] - base) / 1024 < 40, f"RssAnon grew by {(peak[0] - base) / 1024:.0f} MB"
+    assert read_mp4(tmp_path / "v.mp4").shape == (100, 480, 640, 3)
