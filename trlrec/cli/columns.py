@@ -30,7 +30,7 @@ def find_entry(reader: TrajectoryReader, key: str | tuple[str, ...]) -> Entry:
         SchemaError: the store has no such key (the message lists the keys it has).
     """
     wanted = parse_key(key) if isinstance(key, str) else tuple(key)
-    entries = reader.shards[0].schema.entries if reader.shards else ()
+    entries = require_entries(reader)
     for e in entries:
         if wanted in (e.key, e.stored_key):
             return e

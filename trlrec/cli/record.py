@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,6 +45,8 @@ def load_policy(spec: str) -> Callable[[Any], Any]:
     module_name, sep, attr = spec.rpartition(":")
     if not sep or not module_name or not attr:
         raise ConfigError(f"--policy must be module:callable, got {spec!r}")
+    if os.getcwd() not in sys.path:  # as `python -m` does: modules next to the user resolve
+        sys.path.insert(0, os.getcwd())
     try:
         if module_name.endswith(".py"):
             loc = importlib.util.spec_from_file_location("_trlrec_policy", module_name)
