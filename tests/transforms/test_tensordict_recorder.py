@@ -54,7 +54,7 @@ def stored_by_stream(reader: TrajectoryReader) -> dict[int, list[TensorDictBase]
 
 
 def assert_store_equals(path, rollout: TensorDictBase) -> None:
-    """The store at ``path`` holds exactly the rollout (``[T]`` or ``[B, T]``), episode by episode."""
+    """The store at ``path`` holds the rollout (``[T]`` or ``[B, T]``), episode by episode."""
     reader = TrajectoryReader(path)
     streams = rollout.reshape(-1, rollout.shape[-1])
     assert reader.num_steps == streams.numel()
@@ -237,7 +237,8 @@ def test_forward_records_rows_and_batches(tmp_path):
     assert rec(batch) is batch
     rec.close()
     reader = TrajectoryReader(tmp_path / "fw")
-    assert reader.num_steps == 3 and reader.num_episodes == 1
+    assert reader.num_steps == 3
+    assert reader.num_episodes == 1
     assert_same(reader.episodes[0], torch.stack([one, *batch.unbind(0)]))
 
 
@@ -277,8 +278,17 @@ def test_batched_collector_batches_stitched(tmp_path, stub_env_cls):
     assert_store_equals(tmp_path / "col", torch.cat(batches, dim=1))
 
 
-def test_multisync_collector(tmp_path, stub_env_cls):
+def test_multisync_collector(tmp_path, stub_env_cls, monkeypatch):
+    import torchrl._utils
+    import torchrl.collectors._multi_base
     from torchrl.collectors import MultiSyncCollector
+
+    # fork workers (spawn re-imports torch in each: ~20 s here), without changing the
+    # process-wide start method for the other tests
+    monkeypatch.setattr(torchrl._utils, "_get_default_mp_start_method", lambda: "fork")
+    monkeypatch.setattr(
+        torchrl.collectors._multi_base, "_set_mp_start_method_if_unset", lambda method: None
+    )
 
     fns = [partial(stub_env_cls, episode_lengths=(3,)), partial(stub_env_cls, episode_lengths=(4,))]
     collector = MultiSyncCollector(
@@ -328,7 +338,8 @@ def test_skip_keeps_every_kth_transition_as_one_step_episodes(tmp_path, env_fact
     rollout = env.rollout(9, break_when_any_done=False)
     rec.close()
     reader = TrajectoryReader(tmp_path / "s")
-    assert reader.num_steps == 4 and reader.num_episodes == 4
+    assert reader.num_steps == 4
+    assert reader.num_episodes == 4
     for i, t in enumerate([1, 3, 5, 7]):
         assert_same(reader.episodes[i], rollout[t : t + 1])
     assert [reader.episode_info(i)["flags"] for i in range(4)] == [2, 2, 1, 2]
@@ -429,7 +440,8 @@ def test_clone_and_pickle_do_not_share_the_writer(tmp_path, env_factory):
     env = env_factory((3,), recorder=rec)
     env.rollout(2, break_when_any_done=False)
     twin = rec.clone()
-    assert twin.writer is None and twin.parent is None
+    assert twin.writer is None
+    assert twin.parent is None
     twin(row(0))
     assert twin.writer.shard_path != rec.writer.shard_path
     copied = pickle.loads(pickle.dumps(rec))

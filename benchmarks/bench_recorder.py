@@ -1,0 +1,197 @@
+"""Overhead of recording transitions: trlrec's TensorDictRecorder next to TorchRL's.
+
+Each case runs the same ``step_and_maybe_reset`` loop (or ``env.rollout``) on a
+trivial deterministic env without a recorder and with one, interleaving the
+repetitions; the reported value is the median of the per-repetition time ratios
+(with / without). The run without a recorder is the same ``TransformedEnv`` with no
+transform, so the ratio is the recorder's own cost. Budget: ``<= 1.10`` for trlrec
+(DESIGN.md); TorchRL's in-RAM recorder is measured in the same run for comparison.
+
+Torch runs single-threaded during the measurement (``torch.set_num_threads(1)``, as
+in an actor process): the step loop's tensors are tiny, and on a shared 2-core box
+intra-op threads spin against each other in the recorder's block copies.
+
+Run: ``.venv/bin/python benchmarks/bench_recorder.py [--smoke]``.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+from tensordict import TensorDict, TensorDictBase
+from torchrl.data import Bounded, Categorical, Composite, Unbounded
+from torchrl.envs import EnvBase, TransformedEnv
+
+BUDGET = 1.10
+
+
+class TrivialEnv(EnvBase):
+    """A deterministic env doing almost nothing (a copy of the tests' stub env, reduced)."""
+
+    def __init__(self, episode_length: int = 200, obs_shape: Sequence[int] = (4,), pixels=None):
+        super().__init__(batch_size=torch.Size([]))
+        self._length = episode_length
+        self._pixels = None if pixels is None else torch.Size(pixels)
+        obs = {"observation": Unbounded(shape=tuple(obs_shape), dtype=torch.float32)}
+        if self._pixels is not None:
+            obs["pixels"] = Bounded(0, 255, shape=self._pixels, dtype=torch.uint8)
+        self.observation_spec = Composite(obs)
+        self.action_spec = Categorical(3, shape=(1,), dtype=torch.int64)
+        self.reward_spec = Unbounded(shape=(1,), dtype=torch.float32)
+        flag = Categorical(2, shape=(1,), dtype=torch.bool)
+        self.done_spec = Composite(
+            done=flag.clone(), terminated=flag.clone(), truncated=flag.clone()
+        )
+        self._obs_shape = torch.Size(obs_shape)
+        self._t = 0
+        self._episode = 0
+
+    def _observe(self) -> dict[str, torch.Tensor]:
+        base = float(self._episode * 1000 + self._t)
+        out = {"observation": torch.full(self._obs_shape, base)}
+        if self._pixels is not None:
+            out["pixels"] = torch.full(
+                self._pixels, (self._episode * 7 + self._t) % 251, dtype=torch.uint8
+            )
+        return out
+
+    def _reset(self, tensordict: TensorDictBase | None = None, **kwargs) -> TensorDictBase:
+        self._t = 0
+        self._episode += 1
+        done = torch.zeros(1, dtype=torch.bool)
+        return TensorDict(
+            {
+                **self._observe(),
+                "done": done,
+                "terminated": done.clone(),
+                "truncated": done.clone(),
+            },
+            batch_size=[],
+        )
+
+    def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
+        self._t += 1
+        done = torch.tensor([self._t >= self._length])
+        return TensorDict(
+            {
+                **self._observe(),
+                "reward": torch.ones(1),
+                "done": done,
+                "terminated": done.clone(),
+                "truncated": torch.zeros(1, dtype=torch.bool),
+            },
+            batch_size=[],
+        )
+
+    def _set_seed(self, seed: int | None) -> None:
+        pass
+
+
+def _loop(env: EnvBase, steps: int) -> float:
+    action = torch.ones(1, dtype=torch.int64)
+    td = env.reset()
+    start = time.perf_counter()
+    for _ in range(steps):
+        td.set("action", action)
+        _, td = env.step_and_maybe_reset(td)
+    return time.perf_counter() - start
+
+
+def _rollout(env: EnvBase, steps: int) -> float:
+    start = time.perf_counter()
+    env.rollout(steps, break_when_any_done=False)
+    return time.perf_counter() - start
+
+
+def _median_ratio(
+    make_bare: Callable[[], EnvBase],
+    make_rec: Callable[[str], tuple[EnvBase, Callable[[], None]]],
+    run: Callable[[EnvBase, int], float],
+    steps: int,
+    reps: int,
+) -> float:
+    ratios = []
+    with tempfile.TemporaryDirectory() as tmp:
+        bare = make_bare()
+        run(bare, max(10, steps // 10))  # warm up
+        for r in range(reps):
+            env, finish = make_rec(os.path.join(tmp, f"rep{r}"))
+            run(env, max(10, steps // 10))
+            t_rec = run(env, steps)
+            finish()
+            t_bare = run(bare, steps)
+            ratios.append(t_rec / t_bare)
+    return statistics.median(ratios)
+
+
+def _trlrec(env_fn: Callable[[], EnvBase]) -> Callable[[str], tuple[EnvBase, Callable[[], None]]]:
+    from trlrec import TensorDictRecorder
+
+    def make(path: str) -> tuple[EnvBase, Callable[[], None]]:
+        rec = TensorDictRecorder(path)
+        return TransformedEnv(env_fn(), rec), rec.close
+
+    return make
+
+
+def _torchrl(env_fn: Callable[[], EnvBase]) -> Callable[[str], tuple[EnvBase, Callable[[], None]]]:
+    from torchrl.record import TensorDictRecorder as TorchRLRecorder
+
+    def make(path: str) -> tuple[EnvBase, Callable[[], None]]:
+        rec = TorchRLRecorder(path, skip=1)
+        return TransformedEnv(env_fn(), rec), lambda: rec.td.clear()
+
+    return make
+
+
+def run(smoke: bool = False) -> list[dict]:
+    """Measure the recorders' overhead; one row per case."""
+    steps, reps = (200, 3) if smoke else (2000, 7)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _run(steps, reps)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(steps: int, reps: int) -> list[dict]:
+    cases = {
+        "small": lambda: TrivialEnv(obs_shape=(4,)),
+        "pixels84": lambda: TrivialEnv(obs_shape=(4,), pixels=(84, 84, 3)),
+    }
+    rows = []
+    for obs, env_fn in cases.items():
+        for who, make in (("trlrec", _trlrec(env_fn)), ("torchrl", _torchrl(env_fn))):
+            ratio = _median_ratio(
+                lambda env_fn=env_fn: TransformedEnv(env_fn()), make, _loop, steps, reps
+            )
+            rows.append(_row(f"{who} TensorDictRecorder step_and_maybe_reset {obs}", ratio, who))
+    env_fn = cases["small"]
+    ratio = _median_ratio(lambda: TransformedEnv(env_fn()), _trlrec(env_fn), _rollout, steps, reps)
+    rows.append(_row("trlrec TensorDictRecorder env.rollout small", ratio, "trlrec"))
+    return rows
+
+
+def _row(name: str, ratio: float, who: str) -> dict:
+    ok = ratio <= BUDGET if who == "trlrec" else True
+    return {
+        "name": name,
+        "value": round(ratio, 3),
+        "unit": "x",
+        "budget": f"<= {BUDGET:.2f}",
+        "ok": ok,
+    }
+
+
+if __name__ == "__main__":
+    for result in run(smoke="--smoke" in sys.argv):
+        flag = "ok" if result["ok"] else "OVER BUDGET"
+        value = f"{result['value']:>7.3f}{result['unit']}"
+        print(f"{result['name']:<62} {value}  ({result['budget']}) {flag}")
