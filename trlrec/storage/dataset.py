@@ -7,7 +7,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from trlrec.errors import FormatVersionError, NotAStoreError, StoreWriteError, UnsupportedDataError
+from trlrec.errors import (
+    CorruptStoreError,
+    FormatVersionError,
+    NotAStoreError,
+    StoreWriteError,
+    UnsupportedDataError,
+)
 from trlrec.naming import safe_name
 from trlrec.storage.jsonio import dumps, read_json
 from trlrec.storage.layout import DATASET_FILE, FORMAT_NAME, FORMAT_VERSION, SHARDS_DIR
@@ -35,6 +41,11 @@ def open_dataset(path: Path) -> dict[str, Any]:
     marker = path / DATASET_FILE
     if not marker.is_file():
         raise NotAStoreError(f"{str(path)!r} is not a trlrec store: it has no {DATASET_FILE}")
+    if os.path.dirname(os.path.realpath(marker)) != os.path.realpath(path):
+        raise CorruptStoreError(
+            f"{str(marker)!r} is a link to {os.path.realpath(marker)!r}, outside the store; "
+            "refusing to follow it"
+        )
     info = read_json(marker)
     if info.get("format") != FORMAT_NAME:
         raise NotAStoreError(f"{str(marker)!r} is not a trlrec dataset file")

@@ -60,6 +60,8 @@ def read_commit(path: Path) -> dict[str, Any]:
             v == -1 or _nonneg_int(v) for v in s[2:]
         ):
             raise bad(f"stream entry {s!r} holds a value that is not a count")
+        if s[1] > 0 and s[1] >= s[0]:  # T transitions span at least T + 1 rows
+            raise bad(f"stream entry {s!r} counts more transitions than rows")
         if s[2] >= 0 and s[2] + s[3] >= s[0]:
             raise bad(f"stream entry {s!r}: the open episode ends past the stream's rows")
     metas = data.get("open_meta", {})

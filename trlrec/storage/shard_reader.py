@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
+import stat
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -69,6 +72,7 @@ class ShardReader:
                 f"{self.schema.num_streams}; the shard is damaged"
             )
         self.num_closed = self.commit["episodes"]
+        self._check_rows()
         self._records = self._map_records()
         self.open_episodes = [
             (b, s[2], s[3], s[4]) for b, s in enumerate(self.streams) if s[2] >= 0 and s[3] > 0
@@ -76,6 +80,28 @@ class ShardReader:
         self.num_episodes = self.num_closed + len(self.open_episodes)
         self.num_steps = sum(s[1] for s in self.streams)
         self._chunks: OrderedDict[tuple[int, int], dict[Key, torch.Tensor]] = OrderedDict()
+
+    def _check_rows(self) -> None:
+        """Check the commit's row counts against the chunks and index files that exist."""
+        commit = self.directory / COMMIT_FILE
+        for b, (next_row, *_rest) in enumerate(self.streams):
+            if next_row == 0:
+                continue
+            last = chunk_dir_name((next_row - 1) // self.chunk_rows)
+            if not (self.directory / STREAMS_DIR / str(b) / last).is_dir():
+                raise CorruptStoreError(
+                    f"{str(commit)!r} counts {next_row} rows in stream {b}, but its chunk "
+                    f"{last} does not exist; the commit record or the chunks are damaged"
+                )
+        meta_bytes = self.commit["episode_meta_bytes"]
+        if meta_bytes:
+            path = _inside(self.root, self.directory / EPISODE_META_FILE)
+            size = path.stat().st_size if path.exists() else 0
+            if size < meta_bytes:
+                raise CorruptStoreError(
+                    f"{str(path)!r} is {size} bytes; its commit record counts {meta_bytes}. "
+                    "The file is truncated"
+                )
 
     def _map_records(self) -> torch.Tensor | None:
         if self.num_closed == 0:
@@ -129,11 +155,18 @@ class ShardReader:
                 f"{str(path)!r}: episode {i} points at bytes {offset}..{offset + length}, past "
                 f"the {self.commit['episode_meta_bytes']} committed; the index is damaged"
             )
-        with open(path, "rb") as f:
-            f.seek(offset)
-            raw = f.read(length)
-        import json
-
+        try:
+            with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                if offset + length > size:  # never read (allocate) past the file's real end
+                    raise CorruptStoreError(
+                        f"{str(path)!r} is {size} bytes; episode {i}'s metadata lies at bytes "
+                        f"{offset}..{offset + length}. The file is truncated"
+                    )
+                f.seek(offset)
+                raw = f.read(length)
+        except OSError as err:
+            raise CorruptStoreError(f"cannot read {str(path)!r}: {err.strerror}") from err
         try:
             value = json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -146,12 +179,15 @@ class ShardReader:
         *parents, last = e.stored_key
         path = directory.joinpath(*parents, f"{last}.memmap")
         real = _inside(self.root, path)
-        numel = self.chunk_rows * torch.Size(e.shape).numel()
+        numel = self.chunk_rows * math.prod(e.shape)  # Python ints: no int64 overflow
         need = numel * torch.empty((), dtype=e.dtype).element_size()
         try:
-            size = real.stat().st_size
+            st = real.stat()
         except FileNotFoundError:
             raise CorruptStoreError(f"{str(path)!r} is missing; the chunk is damaged") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise CorruptStoreError(f"{str(path)!r} is not a regular file; the chunk is damaged")
+        size = st.st_size
         if size < need:
             raise CorruptStoreError(
                 f"{str(path)!r} is {size} bytes, shorter than the {need} its shape "
@@ -159,7 +195,10 @@ class ShardReader:
             )
         if numel == 0:
             return MemoryMappedTensor(torch.empty((self.chunk_rows, *e.shape), dtype=e.dtype))
-        data = torch.from_file(str(real), shared=False, size=numel, dtype=e.dtype)
+        try:
+            data = torch.from_file(str(real), shared=False, size=numel, dtype=e.dtype)
+        except RuntimeError as err:
+            raise CorruptStoreError(f"{str(path)!r} cannot be mapped: {err}") from err
         return MemoryMappedTensor(data.view(self.chunk_rows, *e.shape))
 
     def chunk(self, stream: int, index: int) -> dict[Key, torch.Tensor]:

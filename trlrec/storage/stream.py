@@ -8,15 +8,16 @@ signalled, and its root state equals, bit for bit, the previous ``"next"`` state
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from trlrec.storage.chunks import ChunkSeries
+from trlrec.storage.dtypes import bits_view
 from trlrec.storage.layout import FLAG_CUT, FLAG_DONE
 from trlrec.storage.schema import Key, Schema
-from trlrec.storage.staging import StateLayout, words
 
 __all__ = ["Block", "Episode", "StreamWriter"]
 
@@ -35,11 +36,7 @@ class Episode:
 
 @dataclass
 class Block:
-    """``n`` consecutive transitions of one stream, each column ``[n, ...]``.
-
-    ``packed`` optionally holds the state columns packed as byte rows (root, next),
-    which makes the continuity check one comparison.
-    """
+    """``n`` consecutive transitions of one stream, each column ``[n, ...]``."""
 
     state_root: dict[Key, torch.Tensor]
     state_next: dict[Key, torch.Tensor]
@@ -48,10 +45,16 @@ class Block:
     done: torch.Tensor  # [n] bool
     force_new: torch.Tensor  # [n] bool
     metas: dict[int, dict[str, Any]] = field(default_factory=dict)  # transition -> episode meta
-    packed: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def __len__(self) -> int:
         return self.done.shape[0]
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bit equality (NaN payloads included) of two tensors of one shape and dtype."""
+    if a.dtype.is_floating_point or a.is_complex():
+        return torch.equal(bits_view(a), bits_view(b))
+    return torch.equal(a, b)
 
 
 class StreamWriter:
@@ -62,35 +65,38 @@ class StreamWriter:
         index: int,
         chunks: ChunkSeries,
         schema: Schema,
-        layout: StateLayout,
         next_row: int = 0,
     ):
         self.index = index
         self.chunks = chunks
         self.schema = schema
-        self.layout = layout
         self.next_row = next_row
         self.transitions = 0
         self.open: Episode | None = None
-        self._last: torch.Tensor | None = None  # packed bytes of the last "next" state
+        self._last: dict[Key, torch.Tensor] | None = None  # the last "next" state
 
     def _continuity(self, block: Block) -> torch.Tensor:
-        """Whether each transition continues the previous one (before done/reset rules)."""
+        """Whether each transition's root state is, bit for bit, the previous next state.
+
+        One ``torch.equal`` per key and per run of transitions between known episode
+        starts (done flags, resets); rows are compared one by one only in a run
+        where something differs.
+        """
         n = len(block)
-        if block.packed is not None:
-            root, nxt = (words(p) for p in block.packed)
-        else:
-            root, nxt = (
-                words(self.layout.pack(cols)) if cols else None
-                for cols in (block.state_root, block.state_next)
-            )
         cont = torch.ones(n, dtype=torch.bool)
-        if root is not None:
-            if n > 1:
-                cont[1:] = (root[1:] == nxt[:-1]).all(1)
-            if self._last is not None:
-                cont[0] = bool((root[0] == self._last).all())
-            self._last = nxt[-1].clone()
+        known = block.force_new.clone()
+        known[1:] |= block.done[:-1]
+        starts = [0, *known.nonzero().squeeze(1).tolist(), n]
+        for key, root in block.state_root.items():
+            nxt = block.state_next[key]
+            last = None if self._last is None else self._last[key]
+            if last is not None and not _same(root[:1], last):
+                cont[0] = False
+            for a, b in itertools.pairwise(starts):
+                if b - a >= 2 and not _same(root[a + 1 : b], nxt[a : b - 1]):
+                    eq = bits_view(root[a + 1 : b]) == bits_view(nxt[a : b - 1])
+                    cont[a + 1 : b] &= eq.reshape(b - a - 1, -1).all(1)
+        self._last = {k: v[-1:].clone() for k, v in block.state_next.items()}
         return cont
 
     def write_block(self, block: Block) -> list[Episode]:

@@ -193,9 +193,7 @@ class TrajectoryWriter:
         self._stager = Stager(schema, stage, pin_memory=False)
         root = self.shard_path / STREAMS_DIR
         self._streams = [
-            StreamWriter(
-                b, ChunkSeries(root / str(b), schema, self._chunk_rows), schema, self._stager.layout
-            )
+            StreamWriter(b, ChunkSeries(root / str(b), schema, self._chunk_rows), schema)
             for b in range(n)
         ]
         entries = self._stager.entries
@@ -490,7 +488,6 @@ class TrajectoryWriter:
         force: torch.Tensor,
         metas: dict,
         done: torch.Tensor | None = None,
-        packed: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> bool:
         st = self._stager
         nr = len(st.root_entries)
@@ -513,7 +510,6 @@ class TrajectoryWriter:
             done=done,
             force_new=force,
             metas=metas,
-            packed=packed,
         )
         episodes = stream.write_block(block)
         for ep in episodes:
@@ -529,14 +525,11 @@ class TrajectoryWriter:
         done = self._done(cols, n)
         for b, stream in enumerate(self._streams):
             metas = {i: m[b] for i, m in st.metas.items() if m[b] is not None}
-            packed = (st.packed_root[:n, b], st.packed_next[:n, b])
-            self._write_block(
-                stream, [c[:, b] for c in cols], st.force_new[:n, b], metas, done[:, b], packed
-            )
+            self._write_block(stream, [c[b] for c in cols], st.force_new[b, :n], metas, done[b])
         st.clear()
 
     def _done(self, cols: list[torch.Tensor], n: int) -> torch.Tensor:
-        """Whether a done flag ended each transition: ``[n]``, or ``[n, N]`` for staged steps."""
+        """Whether a done flag ended each transition: ``[n]``, or ``[N, n]`` for staged steps."""
         lead = cols[0].shape[: cols[0].dim() - len(self._stager.entries[0].shape)]
         done = torch.zeros(lead, dtype=torch.bool)
         for i in self._done_slots:
