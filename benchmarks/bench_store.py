@@ -120,8 +120,8 @@ def extend_rows(base: Path, smoke: bool) -> list[dict[str, Any]]:
     reps = 1 if smoke else 5
     shapes = {
         # name: (kind, envs, steps per batch, batches in the cycle, episode length, batches)
-        "pixels [16, 64] batches": ("pixels", 16, 64, 4, 64, 24),
-        "pixels [1024] batches": ("pixels", None, 1024, 4, 256, 24),
+        "pixels [16, 64] batches": ("pixels", 16, 64, 4, 64, 8),
+        "pixels [1024] batches": ("pixels", None, 1024, 4, 256, 8),
         "small [16, 64] batches": ("small", 16, 64, 4, 64, 200),
     }
     if smoke:
