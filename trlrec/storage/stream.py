@@ -50,11 +50,21 @@ class Block:
         return self.done.shape[0]
 
 
+def _bytes(t: torch.Tensor) -> torch.Tensor:
+    """``t``'s bytes as a flat uint8 tensor (a view when ``t`` is contiguous)."""
+    flat = t.reshape(-1)
+    if flat.numel() and flat.stride(0) != 1:
+        flat = torch.empty(flat.shape, dtype=flat.dtype).copy_(flat)
+    return flat.view(torch.uint8)
+
+
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Bit equality (NaN payloads included) of two tensors of one shape and dtype."""
-    if a.dtype.is_floating_point or a.is_complex():
-        return torch.equal(bits_view(a), bits_view(b))
-    return torch.equal(a, b)
+    """Bit equality (NaN payloads included) of two tensors of one shape and dtype.
+
+    Compared as flat bytes: ``torch.equal`` is ~40x faster on a flat uint8 view
+    than on the same data shaped ``[T, 84, 84, 3]``.
+    """
+    return torch.equal(_bytes(a), _bytes(b))
 
 
 class StreamWriter:
