@@ -124,10 +124,13 @@ class StreamWriter:
         k = new_at.numel()
         carried = not bool(new[0])
         m = n + k
-        columns: dict[Key, torch.Tensor] = {}
+        state: dict[Key, torch.Tensor] = {}
+        state_row = self.next_row
         if k == 0 or (k == 1 and not carried):  # the common cases, without index arithmetic
-            for key, nxt in block.state_next.items():
-                columns[key] = nxt if k == 0 else torch.cat((block.state_root[key][:1], nxt))
+            if k:  # the episode's first state row, then the staged next states as they are
+                self.chunks.write(self.next_row, {c: r[:1] for c, r in block.state_root.items()})
+                state_row += 1
+            state = dict(block.state_next)
             end = None
         else:
             end = torch.cumsum(1 + new.long(), 0) - 1  # block row of each next state
@@ -135,10 +138,11 @@ class StreamWriter:
                 rows = nxt.new_empty((m, *nxt.shape[1:]))
                 rows[end] = nxt
                 rows[end[new_at] - 1] = block.state_root[key][new_at]
-                columns[key] = rows
+                state[key] = rows
+        columns: dict[Key, torch.Tensor] = {}
         for key, value in (
             *block.root.items(),
-            *((("next", *k), v) for k, v in block.next.items()),
+            *((("next", *c), v) for c, v in block.next.items()),
         ):
             if carried:
                 self.chunks.write(self.next_row - 1, {key: value[:1]})
@@ -155,7 +159,10 @@ class StreamWriter:
                 else:
                     rows[tpos] = value
                 columns[key] = rows
-        self.chunks.write(self.next_row, columns)
+        if state:
+            self.chunks.write(state_row, state)
+        if columns:
+            self.chunks.write(self.next_row, columns)
         if end is None:
             end = torch.arange(n) + (0 if carried else 1)
         closed = self._episodes(block, new, end)
