@@ -162,12 +162,11 @@ def record(cfg: dict[str, Any], ack_fd: int | None = None) -> None:
         tuple(cfg["pixels"]) if cfg.get("pixels") else None,
     )
     batched = cfg.get("num_envs", 0) > 0
-    every = cfg.get("commit_every_steps", 1024)
     w = TrajectoryWriter(
         cfg["path"],
         shard=cfg.get("shard"),
         chunk_rows=cfg.get("chunk_rows"),
-        commit_every_steps=every,
+        commit_every_steps=cfg.get("commit_every_steps", 1024),
         commit_every_seconds=cfg.get("commit_every_seconds", 3600.0),
         durable=cfg.get("durable", False),
         stage_steps=cfg.get("stage_steps"),
@@ -177,15 +176,16 @@ def record(cfg: dict[str, Any], ack_fd: int | None = None) -> None:
     block = cfg.get("block", 1)
     t = start
     while t < stop:
+        # Only a returned flush() acknowledges steps: commits made by commit_every_steps
+        # may run on the writer's background thread.
+        acked = False
         if cfg.get("mode", "append") == "append":
             w.append(roll[:, t] if batched else roll[t])
             t += 1
-            acked = every == 1
         else:
             t1 = min(stop, t + block)
             w.extend(roll[:, t:t1] if batched else roll[t:t1])
             t = t1
-            acked = every <= block
         if flush_every and (t - start) % flush_every == 0:
             w.flush()
             acked = True
@@ -435,7 +435,9 @@ def faulty_session(cfg: dict[str, Any], set_limit, lift_limit) -> dict[str, Any]
         )
         for t in range(cfg["steps"]):
             w.append(roll[t])
-            acked = t + 1 if cfg.get("commit_every_steps", 1) == 1 else acked
+            if (t + 1) % 5 == 0:
+                w.flush()
+                acked = t + 1
         out["error"] = None
     except Exception as err:
         out["error"] = _describe(err)

@@ -20,9 +20,11 @@ from trlrec.storage.reader import TrajectoryReader
 
 CONFIGS = [
     # chunk roll-over every 3 rows, a commit at every step
-    dict(num_envs=0, steps=400, chunk_rows=3, commit_every_steps=1),
+    dict(num_envs=0, steps=400, chunk_rows=3, commit_every_steps=1, flush_every=4),
     # batched, episodes of different lengths, roll-over every 4 rows
-    dict(num_envs=3, steps=300, lengths=[2, 5, 3], chunk_rows=4, commit_every_steps=1),
+    dict(
+        num_envs=3, steps=300, lengths=[2, 5, 3], chunk_rows=4, commit_every_steps=1, flush_every=3
+    ),
     # pixels, staged writes (3 steps) committed by explicit flushes every 5 steps
     dict(
         num_envs=2,
@@ -42,9 +44,10 @@ CONFIGS = [
         block=6,
         chunk_rows=5,
         commit_every_steps=1,
+        flush_every=12,
     ),
     # fsync'ed commits
-    dict(num_envs=0, steps=300, chunk_rows=2, commit_every_steps=1, durable=True),
+    dict(num_envs=0, steps=300, chunk_rows=2, commit_every_steps=1, durable=True, flush_every=2),
 ]
 ITERATIONS = 40
 BUDGET_S = 35
@@ -142,6 +145,7 @@ def test_sigkill_at_each_step_of_the_commit_protocol(worker, tmp_path):
             steps=40,
             chunk_rows=3,
             commit_every_steps=1,
+            flush_every=1 + j % 3,
             durable=target == "fsync",
         )
         res = worker.call(
@@ -174,7 +178,12 @@ def test_new_writer_after_kill_before_any_commit(worker, tmp_path):
 def test_kill_between_chunk_rows_and_commit_keeps_previous_commit(worker, tmp_path, durable):
     """Rows written to a chunk but not committed are invisible, and dropped on resume."""
     cfg = dict(
-        path=str(tmp_path / "s"), steps=30, chunk_rows=4, commit_every_steps=1, durable=durable
+        path=str(tmp_path / "s"),
+        steps=30,
+        chunk_rows=4,
+        commit_every_steps=1,
+        flush_every=1,
+        durable=durable,
     )
     # The 3rd row copy happens after two committed steps; kill right after it.
     res = worker.call(

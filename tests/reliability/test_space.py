@@ -39,7 +39,7 @@ def test_file_size_limit(worker, tmp_path, where, retry):
     if where == "chunk":  # a 100 KiB chunk file cannot be created under a 64 KiB limit
         cfg = dict(path=path, steps=300, warmup=20, obs_shape=[64], chunk_rows=400, limit=2**16)
     else:  # episodes.bin outgrows 4 KiB after 64 episodes
-        cfg = dict(path=path, steps=600, warmup=20, chunk_rows=8, limit=4096)
+        cfg = dict(path=path, steps=600, warmup=20, chunk_rows=8, limit=4096 + 40)
     cfg["retry"] = retry
     res = worker.call({"op": "fsize", "cfg": cfg})
     assert res["raw"]["signal"] == 0, res["raw"]
@@ -120,3 +120,23 @@ def test_store_directory_removed_while_recording(tmp_path):
     # The lock is released: the path can be recorded to again from scratch.
     record(dict(path=str(path), steps=6))
     assert os.path.exists(path / "dataset.json")
+
+
+def test_torn_index_tail_of_a_failed_append_is_dropped_on_the_next_commit(tmp_path):
+    """A short write to episodes.bin (EFBIG/ENOSPC mid-record) must not shift later records."""
+    from tests.reliability._worker import check_store, rollout
+    from trlrec.storage.writer import TrajectoryWriter
+
+    roll = rollout(0, 40)
+    path = tmp_path / "s"
+    w = TrajectoryWriter(path, shard="a")
+    for t in range(12):
+        w.append(roll[t])
+    w.flush()
+    for name, junk in (("episodes.bin", b"\x07" * 40), ("episode_meta.jsonl", b'{"to')):
+        with open(path / "shards" / "a" / name, "ab") as f:
+            f.write(junk)  # what a failed append leaves behind
+    for t in range(12, 40):
+        w.append(roll[t])
+    w.close()
+    assert check_store(str(path), roll, 0)["steps"] == 40

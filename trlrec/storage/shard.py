@@ -137,10 +137,12 @@ class ShardFiles:
             )
         )
 
-    def _append(self, name: str, parts: list[bytes]) -> int:
+    def _append(self, name: str, parts: list[bytes], committed: int) -> int:
         data = b"".join(parts)
         if data:
             with open(self.directory / name, "ab") as f:
+                if f.tell() != committed:  # a torn tail of a failed append: drop it first
+                    f.truncate(committed)
                 f.write(data)
                 if self.durable:
                     f.flush()
@@ -165,12 +167,13 @@ class ShardFiles:
         """Append queued episodes, then atomically replace COMMIT."""
         self._check_present()
         try:
-            self.meta_bytes += self._append(EPISODE_META_FILE, self._pending_meta)
-            self._append(EPISODES_FILE, self._pending)
+            meta = self._append(EPISODE_META_FILE, self._pending_meta, self.meta_bytes)
+            self._append(EPISODES_FILE, self._pending, self.num_episodes * EPISODE_RECORD_BYTES)
         except OSError as err:
             raise StoreWriteError(
                 err.errno, f"could not append to the index of {str(self.directory)!r}: {err}"
             ) from err
+        self.meta_bytes += meta
         self.num_episodes += len(self._pending)
         self._pending.clear()
         self._pending_meta.clear()
