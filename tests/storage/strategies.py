@@ -82,4 +82,5 @@ def rollouts(draw):
         td = td[0]
     stage = draw(st.sampled_from([None, 1, 2, 5]))
     chunk = draw(st.sampled_from([None, 3, 8]))
-    return td, {"stage_steps": stage, "chunk_rows": chunk}
+    background = draw(st.booleans())
+    return td, {"stage_steps": stage, "chunk_rows": chunk, "background": background}

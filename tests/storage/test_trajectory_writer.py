@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import torch
@@ -103,7 +104,9 @@ def test_collector_traj_ids_start_new_episodes(tmp_path, stub_env):
 
 def test_commits_at_episode_end_are_visible_before_close(tmp_path, stub_env):
     rollout = stub_env.rollout(7, break_when_any_done=False)
-    w = TrajectoryWriter(tmp_path / "l", commit_every_seconds=3600)
+    w = TrajectoryWriter(
+        tmp_path / "l", commit_every_seconds=3600, min_commit_interval=0, background=False
+    )
     for t in range(7):
         w.append(rollout[t])
     live = TrajectoryReader(tmp_path / "l")
@@ -116,10 +119,40 @@ def test_commits_at_episode_end_are_visible_before_close(tmp_path, stub_env):
     assert live.refresh().episode_info(1)["flags"] == 2
 
 
+def test_background_commit_at_episode_end_becomes_visible(tmp_path, stub_env):
+    rollout = stub_env.rollout(5, break_when_any_done=False)
+    w = TrajectoryWriter(tmp_path / "bg", commit_every_seconds=3600, min_commit_interval=0)
+    for t in range(5):
+        w.append(rollout[t])
+    deadline = time.monotonic() + 10
+    r = TrajectoryReader(tmp_path / "bg") if (tmp_path / "bg" / "dataset.json").exists() else None
+    while time.monotonic() < deadline and (r is None or r.refresh().num_steps < 5):
+        time.sleep(0.01)
+        r = TrajectoryReader(tmp_path / "bg")
+    assert r.num_episodes == 1
+    assert_td_identical(r.episodes[0], rollout)
+    w.close()
+
+
+def test_episode_end_commits_are_rate_limited(tmp_path, stub_env_cls):
+    env = stub_env_cls(episode_lengths=(1,))
+    rollout = env.rollout(6, break_when_any_done=False)
+    w = TrajectoryWriter(
+        tmp_path / "rl", commit_every_seconds=3600, min_commit_interval=3600, background=False
+    )
+    for t in range(6):
+        w.append(rollout[t])
+    assert not (w.shard_path / "COMMIT").exists()  # six episode ends, no commit yet
+    w.close()
+    assert TrajectoryReader(tmp_path / "rl").num_episodes == 6
+
+
 def test_commit_every_steps(tmp_path, stub_env_cls):
     env = stub_env_cls(episode_lengths=(100,))
     rollout = env.rollout(10, break_when_any_done=False)
-    w = TrajectoryWriter(tmp_path / "n", commit_every_steps=4, commit_every_seconds=3600)
+    w = TrajectoryWriter(
+        tmp_path / "n", commit_every_steps=4, commit_every_seconds=3600, background=False
+    )
     for t in range(10):
         w.append(rollout[t])
     assert TrajectoryReader(tmp_path / "n").num_steps == 8

@@ -6,6 +6,7 @@ contiguous slice, compared and written to its chunk files without another copy.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import torch
@@ -43,6 +44,8 @@ class Stager:
         self.force_new = torch.zeros(n, capacity, dtype=torch.bool)
         self.metas: dict[int, list[Any]] = {}
         self.count = 0
+        self.idle = threading.Event()  # set while no background job is writing this buffer
+        self.idle.set()
 
     @property
     def full(self) -> bool:

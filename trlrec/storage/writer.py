@@ -30,6 +30,7 @@ from trlrec.storage.schema import Entry, Key, Schema, leaf_keys
 from trlrec.storage.shard import ShardFiles, read_commit
 from trlrec.storage.staging import Stager
 from trlrec.storage.stream import Block, Episode, StreamWriter
+from trlrec.storage.worker import BlockWorker
 
 __all__ = ["TrajectoryWriter"]
 
@@ -72,11 +73,16 @@ class TrajectoryWriter:
         stage_steps: steps staged in RAM between writes (default: up to 64, ~4 MiB).
         commit_every_steps: commit after this many transitions.
         commit_every_seconds: commit when this much time passed since the last one.
-        commit_on_done: commit at the step where an episode ends.
+        commit_on_done: commit at the step where an episode ends (but no more often
+            than every ``min_commit_interval`` seconds; a later step commits it).
+        min_commit_interval: the least time between two episode-end commits, so a
+            batch of 16 short-episode envs does not commit at every step.
         durable: fsync data, index and commit record at each commit (survives
             power loss, not only a killed process).
         episode_key: a root key whose change starts a new episode (collectors'
             trajectory ids), used when present.
+        background: write blocks and commits on a background thread (the step
+            loop only stages); ``False`` does everything in the caller's thread.
 
     Examples:
         >>> import tempfile, torch
@@ -110,7 +116,9 @@ class TrajectoryWriter:
         commit_every_steps: int = 1024,
         commit_every_seconds: float = 5.0,
         commit_on_done: bool = True,
+        min_commit_interval: float = 0.05,
         durable: bool = False,
+        background: bool = True,
         episode_key: Key | str | None = ("collector", "traj_ids"),
     ):
         for name, value in (
@@ -122,6 +130,8 @@ class TrajectoryWriter:
                 raise ConfigError(f"{name} must be a positive int, got {value!r}")
         if not commit_every_seconds > 0:
             raise ConfigError(f"commit_every_seconds must be > 0, got {commit_every_seconds!r}")
+        if not min_commit_interval >= 0:
+            raise ConfigError(f"min_commit_interval must be >= 0, got {min_commit_interval!r}")
         self.path = Path(path)
         self.metadata = check_metadata(metadata)
         self._chunk_rows = chunk_rows
@@ -129,6 +139,10 @@ class TrajectoryWriter:
         self._commit_steps = commit_every_steps
         self._commit_seconds = float(commit_every_seconds)
         self._commit_on_done = commit_on_done
+        self._min_commit_interval = float(min_commit_interval)
+        self._background = background
+        self._worker: BlockWorker | None = None
+        self._done_pending = False
         self._durable = durable
         self._episode_key = (episode_key,) if isinstance(episode_key, str) else episode_key
         create_dataset(self.path, self.metadata)
@@ -190,7 +204,13 @@ class TrajectoryWriter:
             self._chunk_rows = max(16, min(2**16, _CHUNK_BYTES // row_bytes))
         n = schema.num_streams
         stage = self._stage_steps or max(1, min(256, _STAGE_BYTES // (2 * row_bytes * n)))
-        self._stager = Stager(schema, stage, pin_memory=False)
+        self._stagers = [Stager(schema, stage), Stager(schema, stage)]
+        self._stager = self._stagers[0]
+        self._entries = self._stager.entries
+        self._root_entries = self._stager.root_entries
+        self._next_entries = self._stager.next_entries
+        if self._background and self._worker is None:
+            self._worker = BlockWorker(f"trlrec-writer-{self.shard_path.name}")
         root = self.shard_path / STREAMS_DIR
         self._streams = [
             StreamWriter(b, ChunkSeries(root / str(b), schema, self._chunk_rows), schema)
@@ -349,11 +369,11 @@ class TrajectoryWriter:
         self._pending_force = None
         self.num_steps += 1
         self._since_commit += 1
-        done = self._commit_on_done and any(bool(leaves[i].any()) for i in self._done_slots)
-        if stager.full:
-            self._write_staged()
-        if done or self._commit_due():
-            self.flush()
+        if self._commit_on_done and any(bool(leaves[i].any()) for i in self._done_slots):
+            self._done_pending = True
+        commit = self._commit_due()
+        if commit or stager.full:
+            self._submit(commit)
 
     def _check_episode_metadata(self, meta: Any) -> list[dict | None]:
         n = self.schema.num_streams
@@ -365,10 +385,47 @@ class TrajectoryWriter:
         return [check_metadata(m, "episode metadata") if m is not None else None for m in metas]
 
     def _commit_due(self) -> bool:
+        elapsed = time.monotonic() - self._last_commit
         return (
             self._since_commit >= self._commit_steps
-            or time.monotonic() - self._last_commit >= self._commit_seconds
+            or elapsed >= self._commit_seconds
+            or (self._done_pending and elapsed >= self._min_commit_interval)
         )
+
+    def _submit(self, commit: bool) -> None:
+        """Hand the staged steps (and a commit) to the worker; stage into the other buffer."""
+        st = self._stager
+        if commit:
+            self._since_commit = 0
+            self._last_commit = time.monotonic()
+            self._done_pending = False
+        if self._worker is None:
+            self._process(st, commit)
+            return
+        self._worker.raise_error()
+        other = self._stagers[1] if st is self._stagers[0] else self._stagers[0]
+        other.idle.wait()
+        st.idle.clear()
+        self._worker.submit(lambda: self._process(st, commit))
+        self._stager = other
+
+    def _process(self, st: Stager, commit: bool) -> None:
+        try:
+            if self._worker is None or self._worker.error is None:
+                self._write_staged(st)
+                if commit:
+                    self._commit()
+        finally:
+            st.clear()
+            st.idle.set()
+
+    def _drain(self) -> None:
+        """Write everything staged and wait for the worker: the caller may then write directly."""
+        if self._stager is not None and self._stager.count:
+            self._submit(False)
+        if self._worker is not None:
+            self._worker.wait()
+            self._worker.raise_error()
 
     def end_episode(self, streams: torch.Tensor | Sequence[bool] | None = None) -> None:
         """Mark that the next transition of these streams starts a new episode (a reset).
@@ -441,7 +498,7 @@ class TrajectoryWriter:
                 if v.shape != full or v.dtype != dtype:
                     self._mismatch(where, key, full, dtype, v)
                 cols.append(v.reshape(n, T, *feat).cpu())
-        self._write_staged()
+        self._drain()
         force = torch.zeros(n, T, dtype=torch.bool)
         if self._pending_force is not None:
             force[:, 0] = self._pending_force
@@ -453,7 +510,7 @@ class TrajectoryWriter:
                 force[:, 0] |= (ids[:, 0] != self._last_ids).any(-1)
             self._last_ids = ids[:, -1].clone()
         closed = False
-        step = max(1, self._stager.capacity * 64)
+        step = max(1, self._stager.capacity * 16)
         for t0 in range(0, T, step):
             t1 = min(T, t0 + step)
             for b, stream in enumerate(self._streams):
@@ -467,8 +524,9 @@ class TrajectoryWriter:
                 )
         self.num_steps += n * T
         self._since_commit += n * T
-        if (closed and self._commit_on_done) or self._commit_due():
-            self.flush()
+        self._done_pending |= closed and self._commit_on_done
+        if self._commit_due():
+            self._commit()
 
     def _extend_metadata(self, metas: Any, T: int) -> list[list[dict | None] | None]:
         if metas is None:
@@ -489,23 +547,26 @@ class TrajectoryWriter:
         metas: dict,
         done: torch.Tensor | None = None,
     ) -> bool:
-        st = self._stager
-        nr = len(st.root_entries)
+        nr = len(self._root_entries)
         roots, nexts = cols[:nr], cols[nr:]
         if done is None:
             done = self._done(cols, force.shape[0])
         block = Block(
             state_root={
-                e.key: c for e, c in zip(st.root_entries, roots, strict=True) if e.role == "state"
+                e.key: c
+                for e, c in zip(self._root_entries, roots, strict=True)
+                if e.role == "state"
             },
             state_next={
-                e.key: c for e, c in zip(st.next_entries, nexts, strict=True) if e.role == "state"
+                e.key: c
+                for e, c in zip(self._next_entries, nexts, strict=True)
+                if e.role == "state"
             },
             root={
-                e.key: c for e, c in zip(st.root_entries, roots, strict=True) if e.role == "root"
+                e.key: c for e, c in zip(self._root_entries, roots, strict=True) if e.role == "root"
             },
             next={
-                e.key: c for e, c in zip(st.next_entries, nexts, strict=True) if e.role == "next"
+                e.key: c for e, c in zip(self._next_entries, nexts, strict=True) if e.role == "next"
             },
             done=done,
             force_new=force,
@@ -516,9 +577,8 @@ class TrajectoryWriter:
             self._files.add_episode(ep)
         return bool(episodes)
 
-    def _write_staged(self) -> None:
-        st = self._stager
-        if st is None or st.count == 0:
+    def _write_staged(self, st: Stager) -> None:
+        if st.count == 0:
             return
         n = st.count
         cols = st.columns()
@@ -526,11 +586,10 @@ class TrajectoryWriter:
         for b, stream in enumerate(self._streams):
             metas = {i: m[b] for i, m in st.metas.items() if m[b] is not None}
             self._write_block(stream, [c[b] for c in cols], st.force_new[b, :n], metas, done[b])
-        st.clear()
 
     def _done(self, cols: list[torch.Tensor], n: int) -> torch.Tensor:
         """Whether a done flag ended each transition: ``[n]``, or ``[N, n]`` for staged steps."""
-        lead = cols[0].shape[: cols[0].dim() - len(self._stager.entries[0].shape)]
+        lead = cols[0].shape[: cols[0].dim() - len(self._entries[0].shape)]
         done = torch.zeros(lead, dtype=torch.bool)
         for i in self._done_slots:
             done |= cols[i].reshape(*lead, -1).any(-1)
@@ -552,16 +611,16 @@ class TrajectoryWriter:
                 if ep.meta is not None:
                     open_meta[str(s.index)] = ep.meta
         self._files.commit(streams, open_meta, self._chunk_rows or 1)
-        self._since_commit = 0
-        self._last_commit = time.monotonic()
 
     def flush(self) -> None:
         """Write staged steps and commit: everything appended so far survives a crash."""
         self._check_open()
         if self.schema is None:
             return
-        self._write_staged()
-        self._commit()
+        self._submit(True)
+        if self._worker is not None:
+            self._worker.wait()
+            self._worker.raise_error()
 
     def close(self) -> None:
         """Commit, end the open episodes (flagged as cut) and release the shard."""
@@ -569,7 +628,7 @@ class TrajectoryWriter:
             return
         try:
             if self.schema is not None:
-                self._write_staged()
+                self._drain()
                 for s in self._streams:
                     ep = s.cut()
                     if ep is not None:
@@ -579,6 +638,8 @@ class TrajectoryWriter:
                     s.chunks.close()
         finally:
             self._closed = True
+            if self._worker is not None:
+                self._worker.stop()
             self._files.release()
             if self.schema is None and not (self.shard_path / COMMIT_FILE).exists():
                 shutil.rmtree(self.shard_path, ignore_errors=True)
