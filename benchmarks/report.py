@@ -152,7 +152,8 @@ def markdown(
         "|---|---|",
         *(f"| {k} | {_md_escape(v)} |" for k, v in info.items()),
         "",
-        f"**{passed} within budget, {missed} missed**, {len(rows)} figures.",
+        f"**{passed} within budget, {missed} missed**, {len(rows)} figures, "
+        f"in {sum(seconds.values()) / 60:.1f} min.",
         "",
     ]
     if _busy(info):
