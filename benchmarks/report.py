@@ -6,9 +6,12 @@ import datetime
 import os
 import platform
 import re
+import subprocess
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
 
 __all__ = ["load_average", "machine", "fmt_value", "verdict", "text_table", "markdown"]
 
@@ -38,6 +41,25 @@ def _version(dist: str) -> str:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
         return "not installed"
+
+
+def _git(*args: str) -> str:
+    try:
+        proc = subprocess.run(
+            ["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return proc.stdout.strip() if proc.returncode == 0 else ""
+
+
+def source_version() -> str:
+    """The commit measured, and whether trlrec/ or benchmarks/ differed from it."""
+    head = _git("rev-parse", "--short", "HEAD")
+    if not head:
+        return "unknown (not a git checkout)"
+    dirty = _git("status", "--porcelain", "--", "trlrec", "benchmarks")
+    return f"{head} + uncommitted changes in trlrec/ or benchmarks/" if dirty else head
 
 
 def load_average() -> str:
@@ -71,7 +93,7 @@ def machine() -> dict[str, str]:
         "torch": _version("torch"),
         "tensordict": _version("tensordict"),
         "torchrl": _version("torchrl"),
-        "trlrec": _version("trlrec"),
+        "trlrec": f"{_version('trlrec')} at {source_version()}",
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
 
