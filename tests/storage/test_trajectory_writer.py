@@ -289,3 +289,19 @@ def test_chunks_open_with_plain_tensordict(tmp_path, stub_env):
     assert torch.equal(td["observation"][6:8], rollout["observation"][5:7])
     assert torch.equal(td["action"][:5], rollout["action"][:5])
     assert torch.equal(td["next", "reward"][6:8], rollout["next", "reward"][5:7])
+
+
+def test_many_streams_stay_under_the_open_file_limit(tmp_path, stub_env_cls):
+    import resource
+
+    env = stub_env_cls(episode_lengths=(2, 3), batch_size=(150,))
+    rollout = env.rollout(4, break_when_any_done=False)  # 150 streams x 6 keys = 900 files
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(400, hard), hard))
+    try:
+        with TrajectoryWriter(tmp_path / "fd", chunk_rows=4) as w:
+            for t in range(4):
+                w.append(rollout[:, t])
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert_store_matches(TrajectoryReader(tmp_path / "fd"), rollout)

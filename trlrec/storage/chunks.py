@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from trlrec.errors import StoreWriteError
+from trlrec.storage.fdcache import FdCache
 from trlrec.storage.layout import chunk_dir_name
 from trlrec.storage.schema import Key, Schema
 
@@ -31,42 +32,35 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
 class ChunkSeries:
     """Writes rows of one stream into its chunk files, creating chunks as the stream grows."""
 
-    def __init__(self, directory: Path, schema: Schema, capacity: int):
+    def __init__(self, directory: Path, schema: Schema, capacity: int, fds: FdCache):
         self.directory = directory
         self.capacity = capacity
+        self._fd_cache = fds
         self._template = schema.row_template()
         self._row_bytes = {
             e.stored_key: torch.Size(e.shape).numel()
             * torch.empty((), dtype=e.dtype).element_size()
             for e in schema.entries
         }
-        self._fds: dict[int, dict[Key, int]] = {}
+        self._created: set[int] = set()
         self.touched: set[int] = set()
 
     def _path(self, index: int, key: Key) -> Path:
         *parents, last = key
         return self.directory.joinpath(chunk_dir_name(index), *parents, f"{last}.memmap")
 
-    def _chunk(self, index: int) -> dict[Key, int]:
-        fds = self._fds.get(index)
-        if fds is None:
-            path = self.directory / chunk_dir_name(index)
-            try:
-                if not path.exists():
-                    self._template.expand(self.capacity).memmap_like(str(path))
-                fds = {k: os.open(self._path(index, k), os.O_WRONLY) for k in self._row_bytes}
-            except (OSError, RuntimeError) as err:  # tensordict/torch report EFBIG, ENOENT so
-                raise StoreWriteError(
-                    getattr(err, "errno", None), f"could not create chunk {str(path)!r}: {err}"
-                ) from err
-            if len(self._fds) >= 2:  # keep the current and the previous chunk only
-                self._close(min(self._fds))
-            self._fds[index] = fds
-        return fds
-
-    def _close(self, index: int) -> None:
-        for fd in self._fds.pop(index).values():
-            os.close(fd)
+    def _chunk(self, index: int) -> None:
+        if index in self._created:
+            return
+        path = self.directory / chunk_dir_name(index)
+        try:
+            if not path.exists():
+                self._template.expand(self.capacity).memmap_like(str(path))
+        except (OSError, RuntimeError) as err:  # tensordict/torch report EFBIG, ENOENT so
+            raise StoreWriteError(
+                getattr(err, "errno", None), f"could not create chunk {str(path)!r}: {err}"
+            ) from err
+        self._created.add(index)
 
     def discard_from(self, index: int) -> None:
         """Delete chunk directories from ``index`` on (uncommitted leftovers of a crash)."""
@@ -82,7 +76,7 @@ class ChunkSeries:
         while done < m:
             index, offset = divmod(row + done, self.capacity)
             n = min(m - done, self.capacity - offset)
-            fds = self._chunk(index)
+            self._chunk(index)
             for key, value in columns.items():
                 size = self._row_bytes[key]
                 if size == 0:
@@ -93,7 +87,8 @@ class ChunkSeries:
                     flat = torch.empty(flat.shape, dtype=flat.dtype).copy_(flat)
                 data = flat.view(torch.uint8).numpy()
                 try:
-                    _pwrite_all(fds[key], memoryview(data).cast("B"), offset * size)
+                    fd = self._fd_cache.get(self._path(index, key))
+                    _pwrite_all(fd, memoryview(data).cast("B"), offset * size)
                 except OSError as err:
                     raise StoreWriteError(
                         err.errno,
@@ -106,18 +101,10 @@ class ChunkSeries:
     def sync(self) -> None:
         """Fsync the files of every chunk written since the last sync."""
         for index in sorted(self.touched):
-            fds = self._fds.get(index)
-            paths = [self._path(index, k) for k in self._row_bytes]
-            for path in paths:
-                fd = os.open(path, os.O_RDONLY)
+            for key in self._row_bytes:
+                fd = os.open(self._path(index, key), os.O_RDONLY)
                 try:
                     os.fsync(fd)
                 finally:
                     os.close(fd)
-            del fds
         self.touched.clear()
-
-    def close(self) -> None:
-        """Close the chunk files."""
-        for index in list(self._fds):
-            self._close(index)

@@ -2,6 +2,27 @@
 
 from __future__ import annotations
 
+__all__ = [
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "DATASET_FILE",
+    "SHARDS_DIR",
+    "SHARD_FILE",
+    "SCHEMA_FILE",
+    "COMMIT_FILE",
+    "LOCK_FILE",
+    "EPISODES_FILE",
+    "EPISODE_META_FILE",
+    "STREAMS_DIR",
+    "EPISODE_FIELDS",
+    "EPISODE_RECORD_BYTES",
+    "FLAG_DONE",
+    "FLAG_CUT",
+    "FLAG_OPEN",
+    "MAX_JSON_BYTES",
+    "chunk_dir_name",
+]
+
 FORMAT_NAME = "trlrec"
 FORMAT_VERSION = 1
 

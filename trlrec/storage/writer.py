@@ -17,6 +17,7 @@ from tensordict import TensorDictBase
 from trlrec.errors import ClosedError, ConfigError, SchemaError
 from trlrec.storage.chunks import ChunkSeries
 from trlrec.storage.dataset import check_metadata, create_dataset, new_shard_dir
+from trlrec.storage.fdcache import FdCache
 from trlrec.storage.jsonio import read_json, write_json_atomic
 from trlrec.storage.layout import (
     COMMIT_FILE,
@@ -142,6 +143,7 @@ class TrajectoryWriter:
         self._min_commit_interval = float(min_commit_interval)
         self._background = background
         self._worker: BlockWorker | None = None
+        self._fds = FdCache()
         self._done_pending = False
         self._durable = durable
         self._episode_key = (episode_key,) if isinstance(episode_key, str) else episode_key
@@ -213,7 +215,7 @@ class TrajectoryWriter:
             self._worker = BlockWorker(f"trlrec-writer-{self.shard_path.name}")
         root = self.shard_path / STREAMS_DIR
         self._streams = [
-            StreamWriter(b, ChunkSeries(root / str(b), schema, self._chunk_rows), schema)
+            StreamWriter(b, ChunkSeries(root / str(b), schema, self._chunk_rows, self._fds), schema)
             for b in range(n)
         ]
         entries = self._stager.entries
@@ -634,12 +636,11 @@ class TrajectoryWriter:
                     if ep is not None:
                         self._files.add_episode(ep)
                 self._commit()
-                for s in self._streams:
-                    s.chunks.close()
         finally:
             self._closed = True
             if self._worker is not None:
                 self._worker.stop()
+            self._fds.close()
             self._files.release()
             if self.schema is None and not (self.shard_path / COMMIT_FILE).exists():
                 shutil.rmtree(self.shard_path, ignore_errors=True)
