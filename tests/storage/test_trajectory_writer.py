@@ -294,12 +294,12 @@ def test_chunks_open_with_plain_tensordict(tmp_path, stub_env):
 def test_many_streams_stay_under_the_open_file_limit(tmp_path, stub_env_cls):
     import resource
 
-    env = stub_env_cls(episode_lengths=(2, 3), batch_size=(150,))
-    rollout = env.rollout(4, break_when_any_done=False)  # 150 streams x 6 keys = 900 files
+    env = stub_env_cls(episode_lengths=(2, 3), batch_size=(60,))
+    rollout = env.rollout(4, break_when_any_done=False)  # 60 streams x 6 keys = 360 files
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (min(400, hard), hard))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(200, hard), hard))
     try:
-        with TrajectoryWriter(tmp_path / "fd", chunk_rows=4) as w:
+        with TrajectoryWriter(tmp_path / "fd", chunk_rows=8) as w:
             for t in range(4):
                 w.append(rollout[:, t])
     finally:
