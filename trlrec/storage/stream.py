@@ -110,7 +110,12 @@ class StreamWriter:
         return cont
 
     def write_block(self, block: Block) -> list[Episode]:
-        """Write a block of transitions; return the episodes it closed."""
+        """Write a block of transitions; return the episodes it closed.
+
+        The block is cut into runs that each continue one episode; a run is written
+        straight from the block's tensors (no gathering copy): its first state row if
+        it starts an episode, its ``"next"`` states, and its transition columns.
+        """
         n = len(block)
         if n == 0:
             return []
@@ -119,80 +124,38 @@ class StreamWriter:
         cont[1:] &= ~block.done[:-1]
         if self.open is None:
             cont[0] = False
-        new = ~cont
-        new_at = new.nonzero().squeeze(1)
-        k = new_at.numel()
-        carried = not bool(new[0])
-        m = n + k
-        state: dict[Key, torch.Tensor] = {}
-        state_row = self.next_row
-        if k == 0 or (k == 1 and not carried):  # the common cases, without index arithmetic
-            if k:  # the episode's first state row, then the staged next states as they are
-                self.chunks.write(self.next_row, {c: r[:1] for c, r in block.state_root.items()})
-                state_row += 1
-            state = dict(block.state_next)
-            end = None
-        else:
-            end = torch.cumsum(1 + new.long(), 0) - 1  # block row of each next state
-            for key, nxt in block.state_next.items():
-                rows = nxt.new_empty((m, *nxt.shape[1:]))
-                rows[end] = nxt
-                rows[end[new_at] - 1] = block.state_root[key][new_at]
-                state[key] = rows
-        columns: dict[Key, torch.Tensor] = {}
-        for key, value in (
-            *block.root.items(),
-            *((("next", *c), v) for c, v in block.next.items()),
-        ):
-            if carried:
-                self.chunks.write(self.next_row - 1, {key: value[:1]})
-            if end is None:
-                tail = value[1:] if carried else value
-                columns[key] = torch.cat(
-                    (tail, value.new_zeros((m - tail.shape[0], *value.shape[1:])))
-                )
-            else:
-                rows = value.new_zeros((m, *value.shape[1:]))
-                tpos = end - 1  # block row of each transition (-1: the row before the block)
-                if carried:
-                    rows[tpos[1:]] = value[1:]
-                else:
-                    rows[tpos] = value
-                columns[key] = rows
-        if state:
-            self.chunks.write(state_row, state)
-        if columns:
-            self.chunks.write(self.next_row, columns)
-        if end is None:
-            end = torch.arange(n) + (0 if carried else 1)
-        closed = self._episodes(block, new, end)
-        self.transitions += n
-        self.next_row += m
+        starts = [0, *(~cont[1:]).nonzero().squeeze(1).add(1).tolist(), n]
+        closed: list[Episode] = []
+        for a, b in itertools.pairwise(starts):
+            closed.extend(self._write_run(block, a, b, new=not bool(cont[a])))
         return closed
 
-    def _episodes(self, block: Block, new: torch.Tensor, end: torch.Tensor) -> list[Episode]:
+    def _write_run(self, block: Block, a: int, b: int, new: bool) -> list[Episode]:
+        """Write transitions ``[a, b)``, which continue one episode (``new``: start one)."""
         closed: list[Episode] = []
-        ep, base, t0 = self.open, self.next_row, self.transitions
-        events = sorted(
-            set(new.nonzero().squeeze(1).tolist())
-            | set(block.done.nonzero().squeeze(1).tolist())
-            | set(block.metas)
-        )
-        for i in events:
-            if new[i]:
-                if ep is not None:
-                    ep.num_steps, ep.flags = t0 + i - ep.first_transition, FLAG_CUT
-                    closed.append(ep)
-                ep = Episode(self.index, base + int(end[i]) - 1, t0 + i)
-            if i in block.metas and ep is not None:
-                ep.meta = block.metas[i]
-            if block.done[i] and ep is not None:
-                ep.num_steps, ep.flags = t0 + i + 1 - ep.first_transition, FLAG_DONE
-                closed.append(ep)
-                ep = None
-        if ep is not None:
-            ep.num_steps = t0 + len(block) - ep.first_transition
-        self.open = ep
+        if new:
+            if self.open is not None:
+                closed.append(self.cut())
+            self.open = Episode(self.index, self.next_row, self.transitions)
+            self.chunks.write(self.next_row, {k: v[a : a + 1] for k, v in block.state_root.items()})
+            self.next_row += 1
+        ep = self.open
+        if block.state_next:
+            self.chunks.write(self.next_row, {k: v[a:b] for k, v in block.state_next.items()})
+        # transition t lives in the row of its root state: the row before its next state
+        trans = {k: v[a:b] for k, v in block.root.items()}
+        trans.update({("next", *k): v[a:b] for k, v in block.next.items()})
+        if trans:
+            self.chunks.write(self.next_row - 1, trans)
+        for i in sorted(m for m in block.metas if a <= m < b):
+            ep.meta = block.metas[i]
+        self.transitions += b - a
+        self.next_row += b - a
+        ep.num_steps = self.transitions - ep.first_transition
+        if block.done[b - 1]:
+            ep.flags = FLAG_DONE
+            closed.append(ep)
+            self.open = None
         return closed
 
     def cut(self) -> Episode | None:
