@@ -82,7 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: check that it runs")
     parser.add_argument("--only", action="append", metavar="NAME", help="run these modules only")
-    parser.add_argument("--out", type=Path, help="markdown output (default: BENCHMARKS.md)")
+    parser.add_argument(
+        "--out", type=Path, help="markdown file (default: ./BENCHMARKS.md; none with --smoke)"
+    )
     args = parser.parse_args(argv)
     argv = sys.argv[1:] if argv is None else argv
     out = args.out if args.out is not None else (None if args.smoke else REPO / "BENCHMARKS.md")
