@@ -103,7 +103,7 @@ def append_rows(base: Path, smoke: bool) -> list[dict[str, Any]]:
                 f"≤ {APPEND_BUDGET_US:g}" if budget else None,
                 wall <= APPEND_BUDGET_US if budget else None,
                 note=f"median of {reps} runs of {n:,} appends, {len(cycle)}-step episodes "
-                f"(a commit at each episode end); {proc:.1f} µs/step of process CPU time"
+                f"(commit_on_done); {proc:.1f} µs/step of process CPU time, both threads"
                 + (
                     "; budget = 10 % of the cheapest bare CartPole step (250 µs, DESIGN.md)"
                     if budget
