@@ -10,8 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from logger_readback import Backend
 
+from tests.loggers.logger_readback import Backend
 from trlrec.loggers import CSVLogger, MemoryLogger, TensorBoardLogger, WandbLogger
 
 

@@ -7,9 +7,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from logger_readback import assert_frames_close, expected_rgb, mp4_fps, read_mp4, solid_frames
 from tensordict import TensorDict
 
+from tests.loggers.logger_readback import (
+    assert_frames_close,
+    expected_rgb,
+    mp4_fps,
+    read_mp4,
+    solid_frames,
+)
 from trlrec.errors import UnsafeNameError, VideoError
 from trlrec.loggers import CSVLogger
 

@@ -9,9 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from logger_readback import COLOURS, TOL, Backend, assert_frames_close, expected_rgb, solid_frames
 from tensordict import MemoryMappedTensor, TensorDict
 
+from tests.loggers.logger_readback import (
+    COLOURS,
+    TOL,
+    Backend,
+    assert_frames_close,
+    expected_rgb,
+    solid_frames,
+)
 from trlrec.errors import ClosedError, NotAStoreError, UnsafeNameError, UnsupportedDataError
 from trlrec.loggers import Logger, is_logger
 

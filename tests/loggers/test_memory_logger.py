@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from logger_readback import solid_frames
 
+from tests.loggers.logger_readback import solid_frames
 from trlrec.loggers import LoggedVideo, MemoryLogger, experiment_dir_of
 
 

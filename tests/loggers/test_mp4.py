@@ -11,9 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from logger_readback import assert_frames_close, expected_rgb, mp4_fps, read_mp4, solid_frames
 from tensordict import MemoryMappedTensor
 
+from tests.loggers.logger_readback import (
+    assert_frames_close,
+    expected_rgb,
+    mp4_fps,
+    read_mp4,
+    solid_frames,
+)
 from trlrec.errors import ClosedError, EncoderError, MissingDependencyError, VideoError
 from trlrec.loggers import Mp4Writer, encode_mp4
 from trlrec.loggers import mp4 as mp4_module

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from logger_readback import assert_frames_close, expected_rgb, read_gif, solid_frames
 
+from tests.loggers.logger_readback import assert_frames_close, expected_rgb, read_gif, solid_frames
 from trlrec.errors import MissingDependencyError
 from trlrec.loggers import GifWriter, TensorBoardLogger, TensorboardLogger, Video
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from logger_readback import expected_rgb, solid_frames
 from tensordict import MemoryMappedTensor
 
+from tests.loggers.logger_readback import expected_rgb, solid_frames
 from trlrec.errors import VideoError
 from trlrec.loggers import Video
 

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from logger_readback import (
+
+from tests.loggers.logger_readback import (
     assert_frames_close,
     expected_rgb,
     read_mp4,
@@ -18,7 +19,6 @@ from logger_readback import (
     wandb_history,
     wandb_records,
 )
-
 from trlrec.errors import MissingDependencyError, UnsupportedDataError
 from trlrec.loggers import WandbLogger, experiment_dir_of
 
