@@ -305,3 +305,27 @@ def test_many_streams_stay_under_the_open_file_limit(tmp_path, stub_env_cls):
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert_store_matches(TrajectoryReader(tmp_path / "fd"), rollout)
+
+
+def test_root_modified_in_place_after_append_is_not_taken_for_the_previous_next(tmp_path):
+    def step(obs, nxt, done=False):
+        return TensorDict(
+            {
+                "observation": obs,
+                "action": torch.zeros(1),
+                "next": {"observation": nxt, "reward": torch.ones(1), "done": torch.tensor([done])},
+            },
+            batch_size=[],
+        )
+
+    x = torch.full((2,), 1.0)
+    with TrajectoryWriter(tmp_path / "v", background=False) as w:
+        w.append(step(torch.zeros(2), x))
+        y = torch.full((2,), 2.0)
+        w.append(step(x, y))  # the same tensor, unmodified: continues the episode
+        y.add_(10)  # modified in place after it was recorded as a "next" state
+        w.append(step(y, torch.full((2,), 3.0)))
+    r = TrajectoryReader(tmp_path / "v")
+    assert [len(e) for e in r.episodes] == [2, 1]
+    assert r.episodes[0]["next", "observation"][:, 0].tolist() == [1.0, 2.0]
+    assert r.episodes[1]["observation"][0, 0].item() == 12.0

@@ -41,6 +41,12 @@ class Stager:
             ]
             for i in range(capacity)
         ]
+        # Steps whose root state is the previous step's "next" state (the same tensors,
+        # unmodified) skip copying it: their root-state slots are left stale.
+        root_state = {i for i, e in enumerate(self.root_entries) if e.role == "state"}
+        self.copy_when_aliased = [i for i in range(len(self.entries)) if i not in root_state]
+        self._rows_aliased = [[row[i] for i in self.copy_when_aliased] for row in self._rows]
+        self.alias = [False] * capacity
         self.force_new = torch.zeros(n, capacity, dtype=torch.bool)
         self.metas: dict[int, list[Any]] = {}
         self.count = 0
@@ -52,10 +58,24 @@ class Stager:
         """Whether no step fits any more."""
         return self.count >= self.capacity
 
-    def put(self, leaves: list[torch.Tensor], force_new: torch.Tensor | None, metas: Any) -> None:
-        """Stage one step's leaves (in ``entries`` order)."""
+    def put(
+        self,
+        leaves: list[torch.Tensor],
+        force_new: torch.Tensor | None,
+        metas: Any,
+        aliased: bool = False,
+    ) -> None:
+        """Stage one step's leaves (in ``entries`` order).
+
+        ``aliased``: the root state is the previous step's next state, already staged.
+        """
         i = self.count
-        torch._foreach_copy_(self._rows[i], leaves, non_blocking=True)
+        if aliased:
+            src = [leaves[j] for j in self.copy_when_aliased]
+            torch._foreach_copy_(self._rows_aliased[i], src, non_blocking=True)
+        else:
+            torch._foreach_copy_(self._rows[i], leaves, non_blocking=True)
+        self.alias[i] = aliased
         if force_new is not None:
             self.force_new[:, i] = force_new
         if metas is not None:

@@ -45,6 +45,8 @@ class Block:
     done: torch.Tensor  # [n] bool
     force_new: torch.Tensor  # [n] bool
     metas: dict[int, dict[str, Any]] = field(default_factory=dict)  # transition -> episode meta
+    # [n] bool: the root state is known to be the previous next state (not staged)
+    aliased: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.done.shape[0]
@@ -97,15 +99,19 @@ class StreamWriter:
         known = block.force_new.clone()
         known[1:] |= block.done[:-1]
         starts = [0, *known.nonzero().squeeze(1).tolist(), n]
+        aliased = block.aliased if block.aliased is not None else torch.zeros(n, dtype=torch.bool)
+        runs = [(a, b) for a, b in itertools.pairwise(starts) if b - a >= 2]
+        runs = [(a, b) for a, b in runs if not bool(aliased[a + 1 : b].all())]
         for key, root in block.state_root.items():
             nxt = block.state_next[key]
             last = None if self._last is None else self._last[key]
-            if last is not None and not _same(root[:1], last):
+            if last is not None and not aliased[0] and not _same(root[:1], last):
                 cont[0] = False
-            for a, b in itertools.pairwise(starts):
-                if b - a >= 2 and not _same(root[a + 1 : b], nxt[a : b - 1]):
+            for a, b in runs:
+                if not _same(root[a + 1 : b], nxt[a : b - 1]):
                     eq = bits_view(root[a + 1 : b]) == bits_view(nxt[a : b - 1])
-                    cont[a + 1 : b] &= eq.reshape(b - a - 1, -1).all(1)
+                    eq = eq.reshape(b - a - 1, -1).all(1) | aliased[a + 1 : b]
+                    cont[a + 1 : b] &= eq
         self._last = {k: v[-1:].clone() for k, v in block.state_next.items()}
         return cont
 

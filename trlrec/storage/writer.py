@@ -233,6 +233,10 @@ class TrajectoryWriter:
             None,
         )
         self._check_keys_at = 0
+        nr = len(self._root_entries)
+        self._root_state_idx = [i for i, e in enumerate(entries[:nr]) if e.role == "state"]
+        self._next_state_idx = [nr + i for i, e in enumerate(entries[nr:]) if e.role == "state"]
+        self._prev_next: list[tuple[torch.Tensor, int]] | None = None
         self._root_top = len({k[0] for k, _, _ in self._root_slots})
         self._next_top = len({k[0] for k, _, _ in self._next_slots})
 
@@ -367,15 +371,36 @@ class TrajectoryWriter:
         leaves = self._gather(root, next_)
         if episode_metadata is not None:
             episode_metadata = self._check_episode_metadata(episode_metadata)
-        stager.put(leaves, self._pending_force, episode_metadata)
+        stager.put(leaves, self._pending_force, episode_metadata, self._aliased(leaves))
         self._pending_force = None
         self.num_steps += 1
         self._since_commit += 1
-        if self._commit_on_done and any(bool(leaves[i].any()) for i in self._done_slots):
+        done = any(bool(leaves[i].any()) for i in self._done_slots)
+        # TorchRL's step_mdp hands the next state over as the following root: remember
+        # those tensors (and their version counters) to skip restaging them.
+        self._prev_next = (
+            None if done else [(leaves[i], leaves[i]._version) for i in self._next_state_idx]
+        )
+        if done and self._commit_on_done:
             self._done_pending = True
         commit = self._commit_due()
         if commit or stager.full:
             self._submit(commit)
+
+    def _aliased(self, leaves: list[torch.Tensor]) -> bool:
+        """Whether the root state is the previous next state: the same, unmodified tensors.
+
+        Only within an episode (no done on the previous step, no reset signalled), so an
+        aliased step always continues its episode and its root state is never needed.
+        """
+        prev = self._prev_next
+        if prev is None or self._pending_force is not None:
+            return False
+        for i, (t, version) in zip(self._root_state_idx, prev, strict=True):
+            leaf = leaves[i]
+            if leaf is not t or leaf._version != version:
+                return False
+        return True
 
     def _check_episode_metadata(self, meta: Any) -> list[dict | None]:
         n = self.schema.num_streams
@@ -501,6 +526,7 @@ class TrajectoryWriter:
                     self._mismatch(where, key, full, dtype, v)
                 cols.append(v.reshape(n, T, *feat).cpu())
         self._drain()
+        self._prev_next = None
         force = torch.zeros(n, T, dtype=torch.bool)
         if self._pending_force is not None:
             force[:, 0] = self._pending_force
@@ -548,6 +574,7 @@ class TrajectoryWriter:
         force: torch.Tensor,
         metas: dict,
         done: torch.Tensor | None = None,
+        aliased: torch.Tensor | None = None,
     ) -> bool:
         nr = len(self._root_entries)
         roots, nexts = cols[:nr], cols[nr:]
@@ -573,6 +600,7 @@ class TrajectoryWriter:
             done=done,
             force_new=force,
             metas=metas,
+            aliased=aliased,
         )
         episodes = stream.write_block(block)
         for ep in episodes:
@@ -585,9 +613,12 @@ class TrajectoryWriter:
         n = st.count
         cols = st.columns()
         done = self._done(cols, n)
+        aliased = torch.tensor(st.alias[:n], dtype=torch.bool)
         for b, stream in enumerate(self._streams):
             metas = {i: m[b] for i, m in st.metas.items() if m[b] is not None}
-            self._write_block(stream, [c[b] for c in cols], st.force_new[b, :n], metas, done[b])
+            self._write_block(
+                stream, [c[b] for c in cols], st.force_new[b, :n], metas, done[b], aliased
+            )
 
     def _done(self, cols: list[torch.Tensor], n: int) -> torch.Tensor:
         """Whether a done flag ended each transition: ``[n]``, or ``[N, n]`` for staged steps."""
