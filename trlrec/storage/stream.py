@@ -52,21 +52,31 @@ class Block:
         return self.done.shape[0]
 
 
-def _bytes(t: torch.Tensor) -> torch.Tensor:
-    """``t``'s bytes as a flat uint8 tensor (a view when ``t`` is contiguous)."""
+def _words(t: torch.Tensor) -> torch.Tensor:
+    """``t``'s bytes as a flat tensor of the widest aligned integer type (a view if contiguous).
+
+    ``torch.equal`` on int64 words runs ~7x faster than on the same bytes as uint8.
+    """
     flat = t.reshape(-1)
     if flat.numel() and flat.stride(0) != 1:
         flat = torch.empty(flat.shape, dtype=flat.dtype).copy_(flat)
-    return flat.view(torch.uint8)
+    flat = flat.view(torch.uint8)
+    for dtype, size in ((torch.int64, 8), (torch.int32, 4), (torch.int16, 2)):
+        if flat.numel() % size == 0 and flat.data_ptr() % size == 0:
+            return flat.view(dtype)
+    return flat
 
 
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Bit equality (NaN payloads included) of two tensors of one shape and dtype.
 
-    Compared as flat bytes: ``torch.equal`` is ~40x faster on a flat uint8 view
-    than on the same data shaped ``[T, 84, 84, 3]``.
+    Compared as flat words: ``torch.equal`` is ~40x faster on a flat view than on the
+    same data shaped ``[T, 84, 84, 3]``.
     """
-    return torch.equal(_bytes(a), _bytes(b))
+    wa, wb = _words(a), _words(b)
+    if wa.dtype != wb.dtype:  # differently aligned: compare bytes
+        wa, wb = wa.view(torch.uint8), wb.view(torch.uint8)
+    return torch.equal(wa, wb)
 
 
 class StreamWriter:
