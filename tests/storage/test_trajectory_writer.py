@@ -121,7 +121,9 @@ def test_commits_at_episode_end_are_visible_before_close(tmp_path, stub_env):
 
 def test_background_commit_at_episode_end_becomes_visible(tmp_path, stub_env):
     rollout = stub_env.rollout(5, break_when_any_done=False)
-    w = TrajectoryWriter(tmp_path / "bg", commit_every_seconds=3600, min_commit_interval=0)
+    w = TrajectoryWriter(
+        tmp_path / "bg", commit_every_seconds=3600, min_commit_interval=0, background=True
+    )
     for t in range(5):
         w.append(rollout[t])
     deadline = time.monotonic() + 10
@@ -329,3 +331,14 @@ def test_root_modified_in_place_after_append_is_not_taken_for_the_previous_next(
     assert [len(e) for e in r.episodes] == [2, 1]
     assert r.episodes[0]["next", "observation"][:, 0].tolist() == [1.0, 2.0]
     assert r.episodes[1]["observation"][0, 0].item() == 12.0
+
+
+def test_background_thread_by_default_only_for_big_steps(tmp_path, stub_env_cls):
+    for pixels, expected in ((None, False), ((84, 84, 3), True)):
+        env = stub_env_cls(pixels=pixels)
+        rollout = env.rollout(3, break_when_any_done=False)
+        with TrajectoryWriter(tmp_path / f"bg{expected}") as w:
+            assert w.background is None
+            w.extend(rollout)
+            assert w.background is expected
+        assert_store_matches(TrajectoryReader(tmp_path / f"bg{expected}"), rollout)
