@@ -94,7 +94,8 @@ class TrivialEnv(EnvBase):
 
 
 def _loop(env: EnvBase, steps: int) -> float:
-    action = torch.ones(1, dtype=torch.int64)
+    action = env.action_spec.zero()
+    action.view(-1)[0] = 1  # a valid action for both the one-hot and the categorical spec
     td = env.reset()
     start = time.perf_counter()
     for _ in range(steps):
@@ -176,6 +177,19 @@ def _run(steps: int, reps: int) -> list[dict]:
     env_fn = cases["small"]
     ratio = _median_ratio(lambda: TransformedEnv(env_fn()), _trlrec(env_fn), _rollout, steps, reps)
     rows.append(_row("trlrec TensorDictRecorder env.rollout small", ratio, "trlrec"))
+    # DESIGN.md's reference point: a real GymEnv("CartPole-v1") step (~250-450 us here).
+    from torchrl.envs import GymEnv
+
+    def cartpole() -> EnvBase:
+        return GymEnv("CartPole-v1")
+
+    for who, make in (("trlrec", _trlrec(cartpole)), ("torchrl", _torchrl(cartpole))):
+        ratio = _median_ratio(lambda: TransformedEnv(cartpole()), make, _loop, steps, reps)
+        rows.append(_row(f"{who} TensorDictRecorder step_and_maybe_reset CartPole", ratio, who))
+    ratio = _median_ratio(
+        lambda: TransformedEnv(cartpole()), _trlrec(cartpole), _rollout, steps, reps
+    )
+    rows.append(_row("trlrec TensorDictRecorder env.rollout CartPole", ratio, "trlrec"))
     return rows
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from pathlib import Path
 
 __all__ = ["FdCache"]
 
@@ -18,9 +17,9 @@ class FdCache:
 
     def __init__(self, capacity: int = 128):
         self.capacity = capacity
-        self._fds: OrderedDict[Path, int] = OrderedDict()
+        self._fds: OrderedDict[str, int] = OrderedDict()
 
-    def get(self, path: Path) -> int:
+    def get(self, path: str) -> int:
         """A descriptor of ``path`` open for writing (raises ``OSError``)."""
         fd = self._fds.get(path)
         if fd is None:

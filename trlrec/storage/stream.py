@@ -52,6 +52,9 @@ class Block:
         return self.done.shape[0]
 
 
+_SMALL_ROW = 256  # bytes: state rows up to this size are compared row-wise in one call
+
+
 def _words(t: torch.Tensor) -> torch.Tensor:
     """``t``'s bytes as a flat tensor of the widest aligned integer type (a view if contiguous).
 
@@ -117,6 +120,11 @@ class StreamWriter:
             last = None if self._last is None else self._last[key]
             if last is not None and not aliased[0] and not _same(root[:1], last):
                 cont[0] = False
+            if n > 1 and root[0].numel() * root.element_size() <= _SMALL_ROW:
+                # small rows: one row-wise comparison over the whole block beats one call per run
+                eq = (bits_view(root[1:]) == bits_view(nxt[:-1])).reshape(n - 1, -1).all(1)
+                cont[1:] &= eq | aliased[1:] | known[1:]
+                continue
             for a, b in runs:
                 if not _same(root[a + 1 : b], nxt[a : b - 1]):
                     eq = bits_view(root[a + 1 : b]) == bits_view(nxt[a : b - 1])
@@ -147,26 +155,32 @@ class StreamWriter:
         return closed
 
     def _write_run(self, block: Block, a: int, b: int, new: bool) -> list[Episode]:
-        """Write transitions ``[a, b)``, which continue one episode (``new``: start one)."""
+        """Write transitions ``[a, b)``, which continue one episode (``new``: start one).
+
+        The rows are written first; the stream's state changes only once they are, so a
+        failed write (a full disk) leaves the stream as it was before the run.
+        """
+        row = self.next_row
+        if new:  # the episode's first state row
+            self.chunks.write(row, {k: v[a : a + 1] for k, v in block.state_root.items()})
+            row += 1
+        if block.state_next:
+            self.chunks.write(row, {k: v[a:b] for k, v in block.state_next.items()})
+        # transition t lives in the row of its root state: the row before its next state
+        trans = {k: v[a:b] for k, v in block.root.items()}
+        trans.update({("next", *k): v[a:b] for k, v in block.next.items()})
+        if trans:
+            self.chunks.write(row - 1, trans)
         closed: list[Episode] = []
         if new:
             if self.open is not None:
                 closed.append(self.cut())
             self.open = Episode(self.index, self.next_row, self.transitions)
-            self.chunks.write(self.next_row, {k: v[a : a + 1] for k, v in block.state_root.items()})
-            self.next_row += 1
         ep = self.open
-        if block.state_next:
-            self.chunks.write(self.next_row, {k: v[a:b] for k, v in block.state_next.items()})
-        # transition t lives in the row of its root state: the row before its next state
-        trans = {k: v[a:b] for k, v in block.root.items()}
-        trans.update({("next", *k): v[a:b] for k, v in block.next.items()})
-        if trans:
-            self.chunks.write(self.next_row - 1, trans)
         for i in sorted(m for m in block.metas if a <= m < b):
             ep.meta = block.metas[i]
         self.transitions += b - a
-        self.next_row += b - a
+        self.next_row = row + (b - a)
         ep.num_steps = self.transitions - ep.first_transition
         if block.done[b - 1]:
             ep.flags = FLAG_DONE
