@@ -143,7 +143,7 @@ class TrajectoryWriter:
         commit_every_steps: int = 1024,
         commit_every_seconds: float = 5.0,
         commit_on_done: bool = True,
-        min_commit_interval: float = 0.05,
+        min_commit_interval: float = 0.2,
         durable: bool = False,
         background: bool | None = None,
         episode_key: Key | str | None = ("collector", "traj_ids"),
