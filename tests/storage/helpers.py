@@ -59,3 +59,17 @@ def assert_store_matches(reader, rollout: TensorDictBase) -> None:
         assert len(got[b]) == len(eps)
         for g, w in zip(got[b], eps, strict=True):
             assert_td_identical(g, w)
+
+
+def record_rows(path, rollout: TensorDictBase, **writer_kwargs):
+    """Append ``rollout`` ([T] or [B, T]) step by step into a new writer; return a reader."""
+    from trlrec import TrajectoryReader, TrajectoryWriter
+
+    with TrajectoryWriter(path, **writer_kwargs) as w:
+        if rollout.batch_dims == 1:
+            for t in range(rollout.shape[0]):
+                w.append(rollout[t])
+        else:
+            for t in range(rollout.shape[1]):
+                w.append(rollout[:, t])
+    return TrajectoryReader(path)

@@ -6,7 +6,7 @@ import itertools
 
 from hypothesis import HealthCheck, given, settings
 
-from tests.storage.helpers import assert_store_matches
+from tests.storage.helpers import assert_store_matches, record_rows
 from tests.storage.strategies import rollouts
 from trlrec import TrajectoryReader, TrajectoryWriter
 
@@ -19,15 +19,7 @@ _counter = itertools.count()
 @given(data=rollouts())
 def test_append_round_trip(tmp_path, data):
     rollout, kw = data
-    path = tmp_path / f"a{next(_counter)}"
-    with TrajectoryWriter(path, **kw) as w:
-        if rollout.batch_dims == 1:
-            for t in range(rollout.shape[0]):
-                w.append(rollout[t])
-        else:
-            for t in range(rollout.shape[1]):
-                w.append(rollout[:, t])
-    assert_store_matches(TrajectoryReader(path), rollout)
+    assert_store_matches(record_rows(tmp_path / f"a{next(_counter)}", rollout, **kw), rollout)
 
 
 @settings(

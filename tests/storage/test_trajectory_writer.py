@@ -9,7 +9,7 @@ import pytest
 import torch
 from tensordict import TensorDict
 
-from tests.storage.helpers import assert_store_matches, assert_td_identical
+from tests.storage.helpers import assert_store_matches, assert_td_identical, record_rows
 from trlrec import TrajectoryReader, TrajectoryWriter
 from trlrec.errors import (
     ClosedError,
@@ -21,20 +21,9 @@ from trlrec.errors import (
 )
 
 
-def _record(path, rollout, **kw):
-    with TrajectoryWriter(path, **kw) as w:
-        if rollout.batch_dims == 1:
-            for t in range(rollout.shape[0]):
-                w.append(rollout[t])
-        else:
-            for t in range(rollout.shape[1]):
-                w.append(rollout[:, t])
-    return TrajectoryReader(path)
-
-
 def test_single_env_round_trip_is_bit_exact(tmp_path, stub_env):
     rollout = stub_env.rollout(23, break_when_any_done=False)
-    r = _record(tmp_path / "s", rollout)
+    r = record_rows(tmp_path / "s", rollout)
     assert_store_matches(r, rollout)
     assert [r.episode_info(i)["flags"] for i in range(r.num_episodes)] == [1, 1, 1, 1, 2]
 
@@ -45,7 +34,7 @@ def test_batched_streams_with_different_episode_lengths(
 ):
     env = stub_env_cls(episode_lengths=(3, 7, 4), batch_size=(3,), pixels=(6, 5, 3))
     rollout = env.rollout(40, break_when_any_done=False)
-    r = _record(tmp_path / "b", rollout, stage_steps=stage_steps, chunk_rows=chunk_rows)
+    r = record_rows(tmp_path / "b", rollout, stage_steps=stage_steps, chunk_rows=chunk_rows)
     assert_store_matches(r, rollout)
 
 
@@ -174,8 +163,8 @@ def test_metadata_and_episode_metadata(tmp_path, stub_env):
 def test_reopening_appends_a_new_shard(tmp_path, stub_env):
     a = stub_env.rollout(5, break_when_any_done=False)
     b = stub_env.rollout(5, break_when_any_done=False)
-    _record(tmp_path / "r", a)
-    r = _record(tmp_path / "r", b)
+    record_rows(tmp_path / "r", a)
+    r = record_rows(tmp_path / "r", b)
     assert len(r.shards) == 2
     assert r.num_steps == 10
     assert_td_identical(r.episodes[0], a)
@@ -185,8 +174,8 @@ def test_reopening_appends_a_new_shard(tmp_path, stub_env):
 def test_named_shard_continues_after_its_last_commit(tmp_path, stub_env):
     a = stub_env.rollout(5, break_when_any_done=False)
     b = stub_env.rollout(5, break_when_any_done=False)
-    _record(tmp_path / "r", a, shard="worker0", chunk_rows=4)
-    r = _record(tmp_path / "r", b, shard="worker0")
+    record_rows(tmp_path / "r", a, shard="worker0", chunk_rows=4)
+    r = record_rows(tmp_path / "r", b, shard="worker0")
     assert len(r.shards) == 1
     assert r.num_episodes == 2
     assert_td_identical(r.episodes[1], b)
@@ -269,7 +258,7 @@ def test_refuses_a_non_empty_directory_that_is_not_a_store(tmp_path):
 
 
 def test_nothing_on_disk_is_pickled(tmp_path, stub_env):
-    _record(tmp_path / "p", stub_env.rollout(7, break_when_any_done=False))
+    record_rows(tmp_path / "p", stub_env.rollout(7, break_when_any_done=False))
     for f in (tmp_path / "p").rglob("*"):
         if f.suffix == ".json" or f.name == "COMMIT":
             json.loads(f.read_text())
@@ -279,7 +268,7 @@ def test_nothing_on_disk_is_pickled(tmp_path, stub_env):
 
 def test_chunks_open_with_plain_tensordict(tmp_path, stub_env):
     rollout = stub_env.rollout(7, break_when_any_done=False)
-    _record(tmp_path / "p", rollout)
+    record_rows(tmp_path / "p", rollout)
     chunk = next((tmp_path / "p").rglob("chunk-000000"))
     td = TensorDict.load_memmap(chunk)
     assert set(td.keys(True, True)) == {

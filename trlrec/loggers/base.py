@@ -18,12 +18,12 @@ import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import numpy as np
 import torch
 
+from trlrec.closing import Closeable
 from trlrec.errors import ClosedError, NotAStoreError, UnsupportedDataError
 from trlrec.loggers.mp4 import DEFAULT_FPS, _check_fps
 from trlrec.loggers.video import Video
@@ -111,7 +111,7 @@ def _append_trajectory_record(directory: Path, name: str, path: Path, step: int 
         fh.write(json.dumps(record) + "\n")
 
 
-class Logger(abc.ABC):
+class Logger(abc.ABC, Closeable):
     """Base of the trlrec experiment loggers.
 
     Subclasses implement ``_log_scalar``, ``_log_video`` and ``_log_hparams`` (and may
@@ -273,7 +273,7 @@ class Logger(abc.ABC):
             self.log_scalar(name, value, step=step)
         return out
 
-    def flush(self) -> None:  # noqa: B027 - optional hook with a no-op default
+    def flush(self) -> None:
         """Push buffered data to disk (a no-op where every call is already written)."""
 
     def close(self) -> None:
@@ -282,17 +282,6 @@ class Logger(abc.ABC):
             return
         self._closed = True
         self._close()
-
-    def __enter__(self) -> Logger:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         where = self.experiment_dir
@@ -316,7 +305,7 @@ class Logger(abc.ABC):
             return
         _append_trajectory_record(self.experiment_dir, name, path, step)
 
-    def _close(self) -> None:  # noqa: B027 - optional hook with a no-op default
+    def _close(self) -> None:
         """Release the backend (files, runs)."""
 
 

@@ -6,11 +6,11 @@ import bisect
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any, overload
 
 from tensordict import TensorDict
 
+from trlrec.closing import Closeable
 from trlrec.storage.dataset import open_dataset
 from trlrec.storage.layout import COMMIT_FILE, SHARDS_DIR
 from trlrec.storage.shard_reader import EpisodeInfo, ShardReader
@@ -45,7 +45,7 @@ class EpisodeSequence(Sequence[TensorDict]):
             yield self[i]
 
 
-class TrajectoryReader:
+class TrajectoryReader(Closeable):
     """Reads a store written by :class:`~trlrec.TrajectoryWriter`.
 
     Shards are merged in name order; within a shard, finished episodes come in
@@ -128,17 +128,6 @@ class TrajectoryReader:
         """Drop the mapped chunks."""
         self.shards = []
         self._offsets = [0]
-
-    def __enter__(self) -> TrajectoryReader:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return (

@@ -11,12 +11,12 @@ import time
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import torch
 from tensordict import TensorDict, TensorDictBase
 
+from trlrec.closing import Closeable
 from trlrec.errors import ClosedError, ConfigError, SchemaError
 from trlrec.storage.chunks import ChunkSeries
 from trlrec.storage.dataset import check_metadata, create_dataset, new_shard_dir
@@ -79,7 +79,7 @@ def _key_str(key: Key) -> str:
     return str(key[0] if len(key) == 1 else key)
 
 
-class TrajectoryWriter:
+class TrajectoryWriter(Closeable):
     """Writes transitions of TorchRL rollouts to a store directory.
 
     A transition is a rollout row: root keys (observation, action, done flags...)
@@ -724,17 +724,6 @@ class TrajectoryWriter:
             self._files.release()
             if self.schema is None and not (self.shard_path / COMMIT_FILE).exists():
                 shutil.rmtree(self.shard_path, ignore_errors=True)
-
-    def __enter__(self) -> TrajectoryWriter:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         shard = self.shard_path.name

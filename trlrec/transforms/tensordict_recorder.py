@@ -8,7 +8,6 @@ import os
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import torch
@@ -17,6 +16,7 @@ from tensordict.utils import NestedKey, unravel_key
 from torchrl.envs import EnvBase
 from torchrl.envs.transforms import Transform
 
+from trlrec.closing import Closeable
 from trlrec.errors import ClosedError, ConfigError, SchemaError, UnsupportedDataError
 from trlrec.naming import safe_name
 from trlrec.storage.dataset import check_metadata
@@ -47,7 +47,7 @@ def _leaves(td: TensorDictBase) -> list[Key]:
     return [(k,) if isinstance(k, str) else tuple(k) for k in td.keys(True, True)]
 
 
-class TensorDictRecorder(Transform):
+class TensorDictRecorder(Transform, Closeable):
     """Records every transition of a TorchRL rollout to a memory-mapped trlrec store.
 
     A transition is a rollout row: the root keys (observation, action, done flags,
@@ -535,17 +535,6 @@ class TensorDictRecorder(Transform):
             raise ClosedError(
                 f"TensorDictRecorder({str(self.path)!r}) was used after close(); create a new one"
             )
-
-    def __enter__(self) -> TensorDictRecorder:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         keys = None if self._keep is None else [k[0] if len(k) == 1 else k for k in self._keep]
