@@ -52,7 +52,7 @@ class Block:
         return self.done.shape[0]
 
 
-_SMALL_ROW = 256  # bytes: state rows up to this size are compared row-wise in one call
+_SMALL_ROW = 256  # bytes: rows up to this size are compared and written a block at a time
 
 
 def _words(t: torch.Tensor) -> torch.Tensor:
@@ -99,6 +99,13 @@ class StreamWriter:
         self.transitions = 0
         self.open: Episode | None = None
         self._last: dict[Key, torch.Tensor] | None = None  # the last "next" state
+        # (role, key) of the columns whose rows are small: gathered per block
+        self._small = {
+            (e.role, e.key)
+            for e in schema.entries
+            if torch.Size(e.shape).numel() * torch.empty((), dtype=e.dtype).element_size()
+            <= _SMALL_ROW
+        }
 
     def _continuity(self, block: Block) -> torch.Tensor:
         """Whether each transition's root state is, bit for bit, the previous next state.
@@ -120,7 +127,7 @@ class StreamWriter:
             last = None if self._last is None else self._last[key]
             if last is not None and not aliased[0] and not _same(root[:1], last):
                 cont[0] = False
-            if n > 1 and root[0].numel() * root.element_size() <= _SMALL_ROW:
+            if n > 1 and ("state", key) in self._small:
                 # small rows: one row-wise comparison over the whole block beats one call per run
                 eq = (bits_view(root[1:]) == bits_view(nxt[:-1])).reshape(n - 1, -1).all(1)
                 cont[1:] &= eq | aliased[1:] | known[1:]
@@ -136,9 +143,12 @@ class StreamWriter:
     def write_block(self, block: Block) -> list[Episode]:
         """Write a block of transitions; return the episodes it closed.
 
-        The block is cut into runs that each continue one episode; a run is written
-        straight from the block's tensors (no gathering copy): its first state row if
-        it starts an episode, its ``"next"`` states, and its transition columns.
+        The block is cut into runs that each continue one episode. Big columns
+        (pixels) are written run by run straight from the block's tensors, with no
+        gathering copy; small columns are gathered into the block's rows and written
+        with one call per key, whatever the number of runs. All rows are written
+        before the stream's state changes, so a failed write (a full disk) leaves
+        the stream as it was before the block.
         """
         n = len(block)
         if n == 0:
@@ -148,39 +158,83 @@ class StreamWriter:
         cont[1:] &= ~block.done[:-1]
         if self.open is None:
             cont[0] = False
-        starts = [0, *(~cont[1:]).nonzero().squeeze(1).add(1).tolist(), n]
+        new = ~cont
+        starts = [0, *new[1:].nonzero().squeeze(1).add(1).tolist(), n]
+        runs = list(itertools.pairwise(starts))
+        self._write_small(block, new)
+        row = self.next_row
+        for a, b in runs:
+            row = self._write_big(block, a, b, bool(new[a]), row)
         closed: list[Episode] = []
-        for a, b in itertools.pairwise(starts):
-            closed.extend(self._write_run(block, a, b, new=not bool(cont[a])))
+        for a, b in runs:
+            closed.extend(self._account(block, a, b, bool(new[a])))
         return closed
 
-    def _write_run(self, block: Block, a: int, b: int, new: bool) -> list[Episode]:
-        """Write transitions ``[a, b)``, which continue one episode (``new``: start one).
+    def _write_small(self, block: Block, new: torch.Tensor) -> None:
+        """Gather the small columns of the whole block into rows; one write per key."""
+        small = self._small
+        state = {k: v for k, v in block.state_next.items() if ("state", k) in small}
+        trans = {k: v for k, v in block.root.items() if ("root", k) in small}
+        trans.update({("next", *k): v for k, v in block.next.items() if ("next", k) in small})
+        if not state and not trans:
+            return
+        end = torch.cumsum(1 + new.long(), 0) - 1  # block row of each transition's next state
+        m = int(end[-1]) + 1
+        new_at = new.nonzero().squeeze(1)
+        columns: dict[Key, torch.Tensor] = {}
+        for key, nxt in state.items():
+            rows = nxt.new_empty((m, *nxt.shape[1:]))
+            rows[end] = nxt
+            rows[end[new_at] - 1] = block.state_root[key][new_at]
+            columns[key] = rows
+        if columns:
+            self.chunks.write(self.next_row, columns)
+        if trans:
+            # transition i lives in the row of its root state, end[i] - 1; when the block
+            # continues an episode, that is the row before the block for i = 0
+            carried = not bool(new[0])
+            pos = end - 1 + carried
+            columns = {}
+            for key, value in trans.items():
+                rows = value.new_zeros((m + carried, *value.shape[1:]))
+                rows[pos] = value
+                columns[key] = rows
+            self.chunks.write(self.next_row - carried, columns)
 
-        The rows are written first; the stream's state changes only once they are, so a
-        failed write (a full disk) leaves the stream as it was before the run.
-        """
-        row = self.next_row
+    def _write_big(self, block: Block, a: int, b: int, new: bool, row: int) -> int:
+        """Write the big columns of transitions ``[a, b)``; return the row after them."""
+        small = self._small
         if new:  # the episode's first state row
-            self.chunks.write(row, {k: v[a : a + 1] for k, v in block.state_root.items()})
+            first = {
+                k: v[a : a + 1] for k, v in block.state_root.items() if ("state", k) not in small
+            }
+            if first:
+                self.chunks.write(row, first)
             row += 1
-        if block.state_next:
-            self.chunks.write(row, {k: v[a:b] for k, v in block.state_next.items()})
-        # transition t lives in the row of its root state: the row before its next state
-        trans = {k: v[a:b] for k, v in block.root.items()}
-        trans.update({("next", *k): v[a:b] for k, v in block.next.items()})
+        state = {k: v[a:b] for k, v in block.state_next.items() if ("state", k) not in small}
+        if state:
+            self.chunks.write(row, state)
+        trans = {k: v[a:b] for k, v in block.root.items() if ("root", k) not in small}
+        trans.update(
+            {("next", *k): v[a:b] for k, v in block.next.items() if ("next", k) not in small}
+        )
         if trans:
             self.chunks.write(row - 1, trans)
+        return row + (b - a)
+
+    def _account(self, block: Block, a: int, b: int, new: bool) -> list[Episode]:
+        """Episode bookkeeping for the (written) transitions ``[a, b)``."""
         closed: list[Episode] = []
         if new:
             if self.open is not None:
                 closed.append(self.cut())
             self.open = Episode(self.index, self.next_row, self.transitions)
+            self.next_row += 1
         ep = self.open
         for i in sorted(m for m in block.metas if a <= m < b):
             ep.meta = block.metas[i]
         self.transitions += b - a
-        self.next_row = row + (b - a)
+        self.next_row += b - a
         ep.num_steps = self.transitions - ep.first_transition
         if block.done[b - 1]:
             ep.flags = FLAG_DONE
