@@ -2,422 +2,36 @@
 
 A drop-in for ``torchrl.record.VideoRecorder`` (same constructor arguments) that
 never holds frames in RAM: each frame is converted to RGB ``uint8`` ``(H, W, 3)``
-and appended to a *spool file*; :meth:`VideoRecorder.dump` opens the spool
-zero-copy and hands the logger a ``(1, T, 3, H, W)`` ``uint8`` view of it.
-
-Spool format (version 1), in the spool directory (``<logger.experiment_dir>/video_spool``,
-else ``<log_dir>/<exp_name>/video_spool`` for TorchRL loggers, else ``spool_dir=``,
-else a temporary directory), one pair of files per video:
-
-- ``<name>.<recorder>.<seq>.frames``: raw ``uint8`` frames, ``T x H x W x 3``, appended
-  with buffered writes (flushed at every episode end). ``T`` is the file size divided by
-  ``H * W * 3``, so a killed process leaves every whole frame readable.
-- ``<name>.<recorder>.<seq>.video.json``: ``{"format": "trlrec.video_spool", "version": 1,
-  "tag", "env", "height", "width", "channels": 3, "dtype": "uint8", "fps", "recorder",
-  "seq", "created"}``.
-- ``.<recorder>.lock``: held (``flock``) by the live recorder; videos whose recorder
-  holds no lock are orphans, sent by the next ``dump()``/``close()`` with the same tag.
-- ``<name>.step``: the next default ``step`` for that video name, so a new recorder
-  with the same tag continues the numbering instead of overwriting older videos.
+(:mod:`trlrec.video.frames`) and appended to a *spool file* (:mod:`trlrec.video.spool`,
+which documents the format and where the spool directory is); :meth:`VideoRecorder.dump`
+opens the spool zero-copy and hands the logger a ``(1, T, 3, H, W)`` ``uint8`` view of it.
+The per-env video state (episodes, triggers) is :mod:`trlrec.video.stream`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import json
 import math
 import os
-import shutil
 import sys
-import tempfile
-import time
-import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from tensordict import MemoryMappedTensor, NonTensorData, NonTensorStack, TensorDictBase
+from tensordict import MemoryMappedTensor, TensorDictBase
 from tensordict.utils import NestedKey
 from torchrl.envs import EnvBase
 from torchrl.envs.transforms import Transform
 
 from trlrec.errors import ClosedError, VideoError
 from trlrec.naming import safe_name
+from trlrec.video.frames import FrameGrid, FrameLayout, as_frame_tensor, crop_size
+from trlrec.video.spool import Spool, frames_path, spool_dir_for
+from trlrec.video.stream import Stream
 
 __all__ = ["VideoRecorder"]
 
-SPOOL_FORMAT = "trlrec.video_spool"
-SPOOL_VERSION = 1
-_CHANNELS = (1, 3, 4)
-_WRITE_BUFFER = 1 << 18
 _BATCH_CHUNK_BYTES = 8 << 20
-_LAYOUT_HELP = (
-    "frames must be (H, W), (H, W, C) or (C, H, W) with C in 1, 3, 4, as uint8 in [0, 255] "
-    "or float in [0, 1]"
-)
-
-
-# ----------------------------------------------------------------------------- frames
-
-
-def _as_tensor(value: Any, key: NestedKey) -> torch.Tensor:
-    """A tensor view of a frame entry: tensor, numpy array or non-tensor data holding one."""
-    if isinstance(value, torch.Tensor) and not isinstance(value, NonTensorData):
-        return value
-    if isinstance(value, NonTensorStack):
-        value = value.tolist()
-    elif isinstance(value, NonTensorData):
-        value = value.data
-    if isinstance(value, list | tuple):
-        try:
-            value = np.asarray(
-                [v.numpy(force=True) if isinstance(v, torch.Tensor) else v for v in value]
-            )
-        except ValueError as err:
-            raise VideoError(
-                f"frames under {key!r} are a list of arrays of different shapes ({err}); "
-                "every frame of a video must have the same size"
-            ) from err
-    if isinstance(value, torch.Tensor):
-        return value
-    if isinstance(value, np.ndarray):
-        if value.dtype.kind not in "uif":
-            raise VideoError(
-                f"frames under {key!r} have non-numeric dtype {value.dtype} "
-                f"(shape {value.shape}); {_LAYOUT_HELP}"
-            )
-        if not value.flags.writeable or any(s < 0 for s in value.strides):
-            value = np.array(value)
-        return torch.from_numpy(value)
-    raise VideoError(
-        f"frames under {key!r} must be tensors, numpy arrays or non-tensor data holding "
-        f"them, got {type(value).__name__}"
-    )
-
-
-class _FrameLayout:
-    """How frames of one shape/dtype become contiguous RGB ``uint8`` ``(..., h, w, 3)``."""
-
-    __slots__ = (
-        "channels",
-        "chw",
-        "crop",
-        "frame_shape",
-        "height",
-        "identity",
-        "kind",
-        "rank",
-        "width",
-    )
-
-    def __init__(
-        self,
-        key: NestedKey,
-        frame_shape: torch.Size,
-        full_shape: torch.Size,
-        dtype: torch.dtype,
-        center_crop: tuple[int, int] | None,
-    ) -> None:
-        got = f"got shape {tuple(full_shape)}, dtype {dtype}"
-        if dtype == torch.bool or dtype.is_complex:
-            raise VideoError(f"frames under {key!r} have non-numeric dtype; {got}. {_LAYOUT_HELP}")
-        self.kind = (
-            "float" if dtype.is_floating_point else ("u8" if dtype == torch.uint8 else "int")
-        )
-        self.frame_shape = frame_shape
-        self.rank = len(frame_shape)
-        if self.rank == 2:
-            self.chw, self.channels = False, 1
-            height, width = frame_shape
-        elif self.rank == 3:
-            first, last = frame_shape[0], frame_shape[-1]
-            hwc_ok, chw_ok = last in _CHANNELS, first in _CHANNELS
-            if not (hwc_ok or chw_ok):
-                raise VideoError(
-                    f"frames under {key!r} have no channel dim of size 1, 3 or 4 ({got}); "
-                    f"{_LAYOUT_HELP}. Convert 2-channel or multi-frame stacks to RGB first."
-                )
-            self.chw = chw_ok and (not hwc_ok or first < last)
-            if self.chw:
-                self.channels, height, width = frame_shape
-            else:
-                height, width, self.channels = frame_shape
-        else:
-            raise VideoError(
-                f"frames under {key!r} have rank {self.rank} after the batch dims ({got}); "
-                f"{_LAYOUT_HELP}. Pass in_keys pointing at the image entry."
-            )
-        self.crop = None
-        if center_crop is not None:
-            ch, cw = min(center_crop[0], height), min(center_crop[1], width)
-            self.crop = (round((height - ch) / 2), round((width - cw) / 2), ch, cw)
-            height, width = ch, cw
-        self.height, self.width = height, width
-        self.identity = (
-            self.kind == "u8"
-            and self.rank == 3
-            and not self.chw
-            and self.channels == 3
-            and self.crop is None
-        )
-
-    def convert(self, raw: torch.Tensor) -> torch.Tensor:
-        """Frames ``(..., <frame_shape>)`` to contiguous CPU ``uint8`` ``(..., h, w, 3)``."""
-        x = raw
-        if self.rank == 2:
-            x = x.unsqueeze(-1)
-        elif self.chw:
-            x = x.movedim(-3, -1)
-        if self.channels == 4:
-            x = x[..., :3]
-        elif self.channels == 1:
-            x = x.expand(*x.shape[:-1], 3)
-        if self.crop is not None:
-            top, left, h, w = self.crop
-            x = x[..., top : top + h, left : left + w, :]
-        if self.kind == "float":
-            x = x.mul(255).round_().clamp_(0, 255).to(torch.uint8)
-        elif self.kind == "int":
-            x = x.clamp(0, 255).to(torch.uint8)
-        if x.device.type != "cpu":
-            x = x.cpu()
-        return x.contiguous()
-
-
-class _Grid:
-    """Tiles ``E`` frames ``(h, w, 3)`` into one ``(rows*h, cols*w, 3)`` frame."""
-
-    __slots__ = ("buffer", "cols", "view")
-
-    def __init__(self, n: int, height: int, width: int) -> None:
-        self.cols = math.ceil(math.sqrt(n))
-        rows = math.ceil(n / self.cols)
-        self.buffer = torch.zeros(rows * height, self.cols * width, 3, dtype=torch.uint8)
-        self.view = self.buffer.view(rows, height, self.cols, width, 3)
-
-    def tile(self, frames: torch.Tensor) -> torch.Tensor:
-        for i in range(frames.shape[0]):
-            row, col = divmod(i, self.cols)
-            self.view[row, :, col].copy_(frames[i])
-        return self.buffer
-
-
-# ----------------------------------------------------------------------------- spool
-
-
-class _Segment:
-    """One video being written: ``<stem>.frames`` plus its ``<stem>.video.json`` sidecar."""
-
-    __slots__ = ("_file", "frames", "height", "width")
-
-    def __init__(self, stem: Path, meta: dict[str, Any]) -> None:
-        sidecar = stem.with_name(stem.name + ".video.json")
-        tmp = sidecar.with_name(sidecar.name + ".tmp")
-        tmp.write_text(json.dumps(meta))
-        os.replace(tmp, sidecar)
-        self._file = open(stem.with_name(stem.name + ".frames"), "ab", buffering=_WRITE_BUFFER)  # noqa: SIM115
-        self.frames = 0
-        self.height, self.width = meta["height"], meta["width"]
-
-    def write(self, frame: torch.Tensor) -> None:
-        self._file.write(frame.numpy())
-        self.frames += 1
-
-    def flush(self) -> None:
-        self._file.flush()
-
-    def close(self) -> None:
-        self._file.close()
-
-
-class _Spool:
-    """The directory of spool files of one recorder, its lock and the step counters."""
-
-    def __init__(self, directory: Path | None, tag: str) -> None:
-        self._requested = directory
-        self._dir: Path | None = None
-        self._owns_dir = False
-        self.tag = tag
-        self.recorder = uuid.uuid4().hex[:12]
-        self._lock_fd: int | None = None
-        self._seq = 0
-
-    @property
-    def directory(self) -> Path:
-        if self._dir is None:
-            if self._requested is None:
-                self._dir = Path(tempfile.mkdtemp(prefix="trlrec-video-spool-"))
-                self._owns_dir = True
-            else:
-                self._requested.mkdir(parents=True, exist_ok=True)
-                self._dir = self._requested
-        return self._dir
-
-    def _lock_path(self, recorder: str) -> Path:
-        return self.directory / f".{recorder}.lock"
-
-    def open_segment(self, env: int | None, height: int, width: int, fps: float | None) -> _Segment:
-        directory = self.directory
-        if self._lock_fd is None:
-            self._lock_fd = os.open(self._lock_path(self.recorder), os.O_RDWR | os.O_CREAT, 0o644)
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
-        name = self.tag if env is None else f"{self.tag}_env{env}"
-        meta = {
-            "format": SPOOL_FORMAT,
-            "version": SPOOL_VERSION,
-            "tag": self.tag,
-            "env": env,
-            "height": height,
-            "width": width,
-            "channels": 3,
-            "dtype": "uint8",
-            "fps": fps,
-            "recorder": self.recorder,
-            "seq": self._seq,
-            "created": time.time(),
-        }
-        stem = directory / f"{safe_name(name)}.{self.recorder}.{self._seq:06d}"
-        self._seq += 1
-        return _Segment(stem, meta)
-
-    def pending(self) -> tuple[list[tuple[Path, dict[str, Any]]], dict[str, int]]:
-        """Finished videos of this tag: this recorder's and orphans'; plus the claimed locks."""
-        found: list[tuple[Path, dict[str, Any]]] = []
-        claimed: dict[str, int | None] = {self.recorder: None}
-        for sidecar in self.directory.glob("*.video.json"):
-            try:
-                meta = json.loads(sidecar.read_text())
-            except (OSError, ValueError):
-                continue
-            if meta.get("format") != SPOOL_FORMAT or meta.get("tag") != self.tag:
-                continue
-            owner = str(meta.get("recorder"))
-            if owner not in claimed:
-                claimed[owner] = self._claim(owner)
-            if owner == self.recorder or claimed[owner] is not None:
-                found.append((sidecar, meta))
-        found.sort(key=lambda item: (item[1].get("created", 0), item[1].get("seq", 0)))
-        return found, {owner: fd for owner, fd in claimed.items() if fd is not None}
-
-    def _claim(self, owner: str) -> int | None:
-        """Lock a dead recorder's lock file; None when that recorder is alive."""
-        fd = os.open(self._lock_path(owner), os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return None
-        return fd
-
-    def release(self, claimed: dict[str, int]) -> None:
-        """Unlock claimed orphans, deleting the lock of those with no video left."""
-        for owner, fd in claimed.items():
-            if not any(self.directory.glob(f"*.{owner}.*.video.json")):
-                self._lock_path(owner).unlink(missing_ok=True)
-            os.close(fd)
-
-    def exists(self) -> bool:
-        """Whether the spool directory exists (nothing to send otherwise)."""
-        if self._dir is not None:
-            return True
-        return self._requested is not None and self._requested.is_dir()
-
-    def next_step(self, name: str) -> int:
-        path = self.directory / f"{safe_name(name)}.step"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            text = os.read(fd, 64).decode("ascii", "replace").strip()
-            step = int(text) if text.isdigit() else 0
-            os.lseek(fd, 0, os.SEEK_SET)
-            os.ftruncate(fd, 0)
-            os.write(fd, str(step + 1).encode("ascii"))
-        finally:
-            os.close(fd)
-        return step
-
-    def close(self) -> None:
-        if self._lock_fd is not None:
-            with contextlib.suppress(OSError):
-                self._lock_path(self.recorder).unlink()
-            os.close(self._lock_fd)
-            self._lock_fd = None
-        if self._owns_dir and self._dir is not None:
-            leftovers = [p for p in self._dir.iterdir() if not p.name.endswith(".step")]
-            if not leftovers:
-                shutil.rmtree(self._dir, ignore_errors=True)
-
-
-def _frames_path(sidecar: Path) -> Path:
-    return sidecar.with_name(sidecar.name[: -len(".video.json")] + ".frames")
-
-
-def _spool_dir(logger: Any, spool_dir: str | os.PathLike | None) -> Path | None:
-    if spool_dir is not None:
-        return Path(spool_dir)
-    experiment_dir = getattr(logger, "experiment_dir", None)
-    if isinstance(experiment_dir, str | os.PathLike):
-        return Path(experiment_dir) / "video_spool"
-    log_dir, exp_name = getattr(logger, "log_dir", None), getattr(logger, "exp_name", None)
-    if isinstance(log_dir, str | os.PathLike) and isinstance(exp_name, str):
-        return Path(log_dir) / safe_name(exp_name) / "video_spool"
-    return None
-
-
-# ----------------------------------------------------------------------------- streams
-
-
-class _Stream:
-    """The video state of one sub-env (or of the grid): episodes, triggers, the open segment."""
-
-    __slots__ = ("count", "env", "episode", "new_episode", "owner", "recording", "segment")
-
-    def __init__(self, owner: VideoRecorder, env: int | None) -> None:
-        self.owner = owner
-        self.env = env
-        self.count = 0
-        self.episode = -1
-        self.new_episode = True
-        self.recording = owner.episode_trigger is None and owner.step_trigger is None
-        self.segment: _Segment | None = None
-
-    def feed(self, frame: torch.Tensor, end: bool, reset: bool) -> None:
-        owner = self.owner
-        if reset or self.new_episode:
-            self.episode += 1
-            if owner.episode_trigger is not None:
-                self.finish()
-                self.recording = bool(owner.episode_trigger(self.episode))
-        if not self.recording and owner.step_trigger is not None:
-            self.recording = bool(owner.step_trigger(self.count))
-        if self.recording and self.count % owner.skip == 0:
-            segment = self.segment
-            if segment is None:
-                segment = self.segment = owner._open_segment(self.env, frame)
-            if owner.max_frames is None or segment.frames < owner.max_frames:
-                segment.write(frame)
-            elif owner._triggered:
-                self.finish()
-                self.recording = False
-        self.count += 1
-        self.new_episode = end
-        if end and self.segment is not None:
-            if owner._triggered:
-                self.finish()
-                self.recording = False
-            else:
-                self.segment.flush()
-
-    def finish(self) -> None:
-        if self.segment is not None:
-            self.segment.close()
-            self.segment = None
-
-
-# ----------------------------------------------------------------------------- recorder
 
 
 class VideoRecorder(Transform):
@@ -458,7 +72,7 @@ class VideoRecorder(Transform):
             :mod:`trlrec.transforms.triggers`).
         step_trigger: ``f(frame_index) -> bool``: a True starts a video that runs to the end
             of the episode or ``max_frames``.
-        spool_dir: where the spool files go (default: see the module docstring).
+        spool_dir: where the spool files go (default: see :func:`trlrec.video.spool.spool_dir_for`).
         **kwargs: passed to ``logger.log_video``.
 
     Raises:
@@ -503,7 +117,7 @@ class VideoRecorder(Transform):
         safe_name(self.tag)
         self.skip = _positive_int("skip", 1 if skip is None else skip)
         self.max_frames = None if max_frames is None else _positive_int("max_frames", max_frames)
-        self.center_crop = _crop_size(center_crop)
+        self.center_crop = crop_size(center_crop)
         if make_grid is not None and not isinstance(make_grid, bool):
             raise VideoError(f"make_grid must be a bool or None, got {make_grid!r}")
         self.make_grid = make_grid
@@ -522,22 +136,18 @@ class VideoRecorder(Transform):
         if fps is not None:
             self.video_kwargs["fps"] = fps
         self.logger = logger
-        self._spool_request = _spool_dir(logger, spool_dir)
+        self._spool_request = spool_dir_for(logger, spool_dir)
         self._new_runtime()
 
     # ------------------------------------------------------------ state
 
-    @property
-    def _triggered(self) -> bool:
-        return self.episode_trigger is not None or self.step_trigger is not None
-
     def _new_runtime(self) -> None:
-        self._spool = _Spool(self._spool_request, self.tag)
-        self._streams: list[_Stream] = []
-        self._grid: _Grid | None = None
-        self._layout: _FrameLayout | None = None
+        self._spool = Spool(self._spool_request, self.tag)
+        self._streams: list[Stream] = []
+        self._grid: FrameGrid | None = None
+        self._layout: FrameLayout | None = None
         self._hot: tuple[torch.Size, torch.dtype, torch.device] | None = None
-        self._fast: _Stream | None = None
+        self._fast: Stream | None = None
         self._fast_shape: torch.Size | None = None
         self._key = self.in_keys[0]
         self._closed = False
@@ -646,7 +256,7 @@ class VideoRecorder(Transform):
             )
         if type(value) is torch.Tensor:
             return value
-        return _as_tensor(value, key)
+        return as_frame_tensor(value, key)
 
     def _record_callback(self, env: EnvBase, tensordict: TensorDictBase) -> None:
         key = self.in_keys[0]
@@ -658,13 +268,13 @@ class VideoRecorder(Transform):
             if raw is None:
                 return
         elif type(raw) is not torch.Tensor:
-            raw = _as_tensor(raw, key)
+            raw = as_frame_tensor(raw, key)
         done = tensordict.get(("next", "done"), None)
         if done is None:
             done = tensordict.get("done", None)
         self._record_tick(raw, tensordict.batch_size, _flags(done, tensordict.batch_dims), None)
 
-    def _layout_for(self, raw: torch.Tensor, batch: torch.Size) -> _FrameLayout:
+    def _layout_for(self, raw: torch.Tensor, batch: torch.Size) -> FrameLayout:
         hot = (raw.shape, raw.dtype, raw.device)
         if hot == self._hot and self._layout is not None:
             return self._layout
@@ -675,7 +285,7 @@ class VideoRecorder(Transform):
                 f"{raw.dtype}), which does not start with the batch shape {tuple(batch)}; "
                 "store one frame per env (or per step of a batch)"
             )
-        layout = _FrameLayout(
+        layout = FrameLayout(
             self.in_keys[0], raw.shape[lead:], raw.shape, raw.dtype, self.center_crop
         )
         old = self._layout
@@ -690,7 +300,7 @@ class VideoRecorder(Transform):
         self._layout, self._hot = layout, hot
         return layout
 
-    def _ensure_streams(self, n_env: int, layout: _FrameLayout) -> None:
+    def _ensure_streams(self, n_env: int, layout: FrameLayout) -> None:
         grid = n_env > 1 and self.make_grid is not False
         wanted = 1 if (grid or n_env == 1) else n_env
         if self._streams and len(self._streams) == wanted and (self._grid is not None) == grid:
@@ -701,17 +311,14 @@ class VideoRecorder(Transform):
                 "mid-video; call dump() before changing the batch size"
             )
         self._fast = None
-        self._grid = _Grid(n_env, layout.height, layout.width) if grid else None
+        self._grid = FrameGrid(n_env, layout.height, layout.width) if grid else None
         envs: list[int | None] = [None] if wanted == 1 else list(range(n_env))
-        self._streams = [_Stream(self, env) for env in envs]
+        self._streams = [Stream(self, env, self._spool) for env in envs]
 
     def _reset_streams(self) -> None:
         for stream in self._streams:
             stream.finish()
         self._streams, self._grid, self._fast = [], None, None
-
-    def _open_segment(self, env: int | None, frame: torch.Tensor) -> _Segment:
-        return self._spool.open_segment(env, int(frame.shape[0]), int(frame.shape[1]), self.fps)
 
     def _record_tick(
         self,
@@ -828,16 +435,16 @@ class VideoRecorder(Transform):
     def _send(
         self, sidecar: Path, meta: dict[str, Any], suffix: str | None, step: int | None
     ) -> None:
-        frames_path = _frames_path(sidecar)
+        path = frames_path(sidecar)
         height, width = int(meta["height"]), int(meta["width"])
-        size = frames_path.stat().st_size if frames_path.exists() else 0
+        size = path.stat().st_size if path.exists() else 0
         count = size // (height * width * 3)
         if count and self.logger is not None:
             name = self.tag if suffix is None else f"{self.tag}_{suffix}"
             if meta.get("env") is not None:
                 name = f"{name}_env{meta['env']}"
             video = MemoryMappedTensor.from_filename(
-                frames_path, dtype=torch.uint8, shape=torch.Size([count, height, width, 3])
+                path, dtype=torch.uint8, shape=torch.Size([count, height, width, 3])
             )
             kwargs = dict(self.video_kwargs)
             if meta.get("fps") is not None:
@@ -845,7 +452,7 @@ class VideoRecorder(Transform):
             at = self._spool.next_step(name) if step is None else step
             self.logger.log_video(name, video.permute(0, 3, 1, 2).unsqueeze(0), step=at, **kwargs)
             del video
-        frames_path.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
         sidecar.unlink(missing_ok=True)
 
     def close(self) -> None:
@@ -897,17 +504,3 @@ def _positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise VideoError(f"{name} must be an int >= 1, got {value!r}")
     return value
-
-
-def _crop_size(value: Any) -> tuple[int, int] | None:
-    if value is None or value == 0:
-        return None
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = (value, value)
-    if (
-        isinstance(value, tuple | list)
-        and len(value) == 2
-        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
-    ):
-        return int(value[0]), int(value[1])
-    raise VideoError(f"center_crop must be a positive int or (height, width), got {value!r}")

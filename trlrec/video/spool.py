@@ -1,0 +1,255 @@
+"""The on-disk spool of a VideoRecorder: raw frames appended as they come, one file per video.
+
+Spool format (version 1), in the spool directory (:func:`spool_dir_for`:
+``<logger.experiment_dir>/video_spool``, else ``<log_dir>/<exp_name>/video_spool`` for
+TorchRL loggers, else ``spool_dir=``, else a temporary directory), one pair of files per
+video:
+
+- ``<name>.<recorder>.<seq>.frames``: raw ``uint8`` frames, ``T x H x W x 3``, appended
+  with buffered writes (flushed at every episode end). ``T`` is the file size divided by
+  ``H * W * 3``, so a killed process leaves every whole frame readable.
+- ``<name>.<recorder>.<seq>.video.json``: ``{"format": "trlrec.video_spool", "version": 1,
+  "tag", "env", "height", "width", "channels": 3, "dtype": "uint8", "fps", "recorder",
+  "seq", "created"}``.
+- ``.<recorder>.lock``: held (``flock``) by the live recorder; videos whose recorder
+  holds no lock are orphans, sent by the next ``dump()``/``close()`` with the same tag.
+- ``<name>.step``: the next default ``step`` for that video name, so a new recorder
+  with the same tag continues the numbering instead of overwriting older videos.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trlrec.naming import safe_name
+
+__all__ = ["SPOOL_FORMAT", "SPOOL_VERSION", "Segment", "Spool", "frames_path", "spool_dir_for"]
+
+SPOOL_FORMAT = "trlrec.video_spool"
+"""The ``format`` field of every spool sidecar."""
+SPOOL_VERSION = 1
+"""The ``version`` field of the sidecars this code writes."""
+_WRITE_BUFFER = 1 << 18
+
+
+class Segment:
+    """One video being written: ``<stem>.frames`` plus its ``<stem>.video.json`` sidecar.
+
+    The sidecar is written (atomically) when the segment opens; frames are appended
+    through a write buffer, so each :meth:`write` copies the frame at once (the caller
+    may reuse its tensor) and the file grows as the buffer fills.
+
+    Args:
+        stem: the path of both files without their suffixes.
+        meta: the sidecar's content (with at least ``height`` and ``width``).
+
+    Attributes:
+        frames: how many frames were written.
+        height: the frame height.
+        width: the frame width.
+    """
+
+    __slots__ = ("_file", "frames", "height", "width")
+
+    def __init__(self, stem: Path, meta: dict[str, Any]) -> None:
+        sidecar = stem.with_name(stem.name + ".video.json")
+        tmp = sidecar.with_name(sidecar.name + ".tmp")
+        tmp.write_text(json.dumps(meta))
+        os.replace(tmp, sidecar)
+        self._file = open(stem.with_name(stem.name + ".frames"), "ab", buffering=_WRITE_BUFFER)  # noqa: SIM115
+        self.frames = 0
+        self.height, self.width = meta["height"], meta["width"]
+
+    def write(self, frame: torch.Tensor) -> None:
+        """Appends one contiguous CPU ``uint8`` frame ``(height, width, 3)``."""
+        self._file.write(frame.numpy())
+        self.frames += 1
+
+    def flush(self) -> None:
+        """Hands the buffered frames to the OS (they survive a killed process)."""
+        self._file.flush()
+
+    def close(self) -> None:
+        """Flushes and closes the frames file."""
+        self._file.close()
+
+
+class Spool:
+    """The directory of spool files of one recorder, its lock and the step counters.
+
+    The directory is created (or, without one, a temporary directory made) on first
+    use; the recorder's lock is taken when its first segment opens.
+
+    Args:
+        directory: the spool directory, or None for a temporary one.
+        tag: the recorder's tag: the videos this spool sends are those of this tag.
+
+    Attributes:
+        tag: the recorder's tag.
+        recorder: this recorder's random id, in its file names and sidecars.
+    """
+
+    def __init__(self, directory: Path | None, tag: str) -> None:
+        self._requested = directory
+        self._dir: Path | None = None
+        self._owns_dir = False
+        self.tag = tag
+        self.recorder = uuid.uuid4().hex[:12]
+        self._lock_fd: int | None = None
+        self._seq = 0
+
+    @property
+    def directory(self) -> Path:
+        """The spool directory (created on first use)."""
+        if self._dir is None:
+            if self._requested is None:
+                self._dir = Path(tempfile.mkdtemp(prefix="trlrec-video-spool-"))
+                self._owns_dir = True
+            else:
+                self._requested.mkdir(parents=True, exist_ok=True)
+                self._dir = self._requested
+        return self._dir
+
+    def _lock_path(self, recorder: str) -> Path:
+        return self.directory / f".{recorder}.lock"
+
+    def open_segment(self, env: int | None, height: int, width: int, fps: float | None) -> Segment:
+        """Starts a new video of sub-env ``env`` (None: the only or the grid video).
+
+        Args:
+            env: the sub-env index, named in the video name as ``<tag>_env<i>``.
+            height: the frame height.
+            width: the frame width.
+            fps: the frame rate to log the video with, or None for the logger's default.
+        """
+        directory = self.directory
+        if self._lock_fd is None:
+            self._lock_fd = os.open(self._lock_path(self.recorder), os.O_RDWR | os.O_CREAT, 0o644)
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        name = self.tag if env is None else f"{self.tag}_env{env}"
+        meta = {
+            "format": SPOOL_FORMAT,
+            "version": SPOOL_VERSION,
+            "tag": self.tag,
+            "env": env,
+            "height": height,
+            "width": width,
+            "channels": 3,
+            "dtype": "uint8",
+            "fps": fps,
+            "recorder": self.recorder,
+            "seq": self._seq,
+            "created": time.time(),
+        }
+        stem = directory / f"{safe_name(name)}.{self.recorder}.{self._seq:06d}"
+        self._seq += 1
+        return Segment(stem, meta)
+
+    def pending(self) -> tuple[list[tuple[Path, dict[str, Any]]], dict[str, int]]:
+        """Finished videos of this tag: this recorder's and orphans'; plus the claimed locks.
+
+        Returns:
+            ``(sidecar, meta)`` pairs, oldest first, and the lock file descriptors of the
+            dead recorders whose videos are included (give them back to :meth:`release`).
+        """
+        found: list[tuple[Path, dict[str, Any]]] = []
+        claimed: dict[str, int | None] = {self.recorder: None}
+        for sidecar in self.directory.glob("*.video.json"):
+            try:
+                meta = json.loads(sidecar.read_text())
+            except (OSError, ValueError):
+                continue
+            if meta.get("format") != SPOOL_FORMAT or meta.get("tag") != self.tag:
+                continue
+            owner = str(meta.get("recorder"))
+            if owner not in claimed:
+                claimed[owner] = self._claim(owner)
+            if owner == self.recorder or claimed[owner] is not None:
+                found.append((sidecar, meta))
+        found.sort(key=lambda item: (item[1].get("created", 0), item[1].get("seq", 0)))
+        return found, {owner: fd for owner, fd in claimed.items() if fd is not None}
+
+    def _claim(self, owner: str) -> int | None:
+        """Lock a dead recorder's lock file; None when that recorder is alive."""
+        fd = os.open(self._lock_path(owner), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        return fd
+
+    def release(self, claimed: dict[str, int]) -> None:
+        """Unlock claimed orphans, deleting the lock of those with no video left."""
+        for owner, fd in claimed.items():
+            if not any(self.directory.glob(f"*.{owner}.*.video.json")):
+                self._lock_path(owner).unlink(missing_ok=True)
+            os.close(fd)
+
+    def exists(self) -> bool:
+        """Whether the spool directory exists (nothing to send otherwise)."""
+        if self._dir is not None:
+            return True
+        return self._requested is not None and self._requested.is_dir()
+
+    def next_step(self, name: str) -> int:
+        """The next default ``step`` of video ``name``, counted (under a lock) on disk."""
+        path = self.directory / f"{safe_name(name)}.step"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            text = os.read(fd, 64).decode("ascii", "replace").strip()
+            step = int(text) if text.isdigit() else 0
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.ftruncate(fd, 0)
+            os.write(fd, str(step + 1).encode("ascii"))
+        finally:
+            os.close(fd)
+        return step
+
+    def close(self) -> None:
+        """Releases the lock; removes a temporary directory left with only step counters."""
+        if self._lock_fd is not None:
+            with contextlib.suppress(OSError):
+                self._lock_path(self.recorder).unlink()
+            os.close(self._lock_fd)
+            self._lock_fd = None
+        if self._owns_dir and self._dir is not None:
+            leftovers = [p for p in self._dir.iterdir() if not p.name.endswith(".step")]
+            if not leftovers:
+                shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def frames_path(sidecar: Path) -> Path:
+    """The ``.frames`` file that goes with a ``.video.json`` sidecar."""
+    return sidecar.with_name(sidecar.name[: -len(".video.json")] + ".frames")
+
+
+def spool_dir_for(logger: Any, spool_dir: str | os.PathLike | None) -> Path | None:
+    """Where a recorder with this logger spools: ``spool_dir``, else the logger's directory.
+
+    Returns:
+        ``spool_dir``; else ``<logger.experiment_dir>/video_spool`` (trlrec loggers); else
+        ``<log_dir>/<exp_name>/video_spool`` (TorchRL loggers); else None (a temporary
+        directory, made on first use).
+    """
+    if spool_dir is not None:
+        return Path(spool_dir)
+    experiment_dir = getattr(logger, "experiment_dir", None)
+    if isinstance(experiment_dir, str | os.PathLike):
+        return Path(experiment_dir) / "video_spool"
+    log_dir, exp_name = getattr(logger, "log_dir", None), getattr(logger, "exp_name", None)
+    if isinstance(log_dir, str | os.PathLike) and isinstance(exp_name, str):
+        return Path(log_dir) / safe_name(exp_name) / "video_spool"
+    return None
