@@ -13,7 +13,8 @@ The ratios are medians of per-repetition ratios (each recorder's loop over the b
 loop run just before it). Videos are dumped between repetitions, outside the timing,
 to a logger that discards them (encoding is the logger's cost, not the recorder's).
 
-``python -m benchmarks.bench_video [--smoke]``
+Run: ``.venv/bin/python -m benchmarks.bench_video [--smoke]`` or
+``.venv/bin/python benchmarks/bench_video.py [--smoke]``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.data import Bounded, Categorical, Composite, Unbounded
 from torchrl.envs import EnvBase, Transform
+
+if __package__ in (None, ""):  # run as a script: its directory, not the repo, is on sys.path
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import interleaved, median, row
 from benchmarks.disk import scratch
