@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tensordict import MemoryMappedTensor, TensorDictBase
+from tensordict import MemoryMappedTensor, TensorDict, TensorDictBase
 from tensordict.utils import NestedKey
 from torchrl.envs import EnvBase
 from torchrl.envs.transforms import Transform
@@ -150,6 +150,7 @@ class VideoRecorder(Transform):
         self._fast: Stream | None = None
         self._fast_shape: torch.Size | None = None
         self._key = self.in_keys[0]
+        self._top_key = self._key if isinstance(self._key, str) else None
         self._closed = False
 
     @property
@@ -197,24 +198,30 @@ class VideoRecorder(Transform):
         self._record_batch(tensordict)
 
     def _step(self, tensordict: TensorDictBase, next_tensordict: TensorDictBase) -> TensorDictBase:
+        fast = self._fast  # None when closed, so the hot path needs no _check_open()
+        if fast is not None:
+            # Hot path: one env, frames already contiguous RGB uint8 (H, W, 3) of the known
+            # size. A plain TensorDict's entries are a dict: ~0.05 us a key, not ~0.7.
+            if type(next_tensordict) is TensorDict and self._top_key is not None:
+                entries = next_tensordict._tensordict
+                raw, done = entries.get(self._top_key), entries.get("done")
+            else:
+                raw = next_tensordict.get(self._key, None)
+                done = next_tensordict.get("done", None)
+            if (
+                type(raw) is torch.Tensor
+                and raw.shape == self._fast_shape
+                and raw.dtype is torch.uint8
+                and raw.is_cpu
+                and raw.is_contiguous()
+            ):
+                # one-element done (an unbatched env's [1]): .item() ~0.2 us, .any() ~1.5 us
+                end = done is not None and bool(done.item() if done.numel() == 1 else done.any())
+                fast.feed(raw, end, False)
+                if end and self.dump_on_done:
+                    self._dump(None, None)
+                return next_tensordict
         self._check_open()
-        raw = next_tensordict.get(self._key, None)
-        fast = self._fast
-        # Hot path: one env, frames already contiguous RGB uint8 (H, W, 3) of the known size.
-        if (
-            fast is not None
-            and type(raw) is torch.Tensor
-            and raw.shape == self._fast_shape
-            and raw.dtype is torch.uint8
-            and raw.device.type == "cpu"
-            and raw.is_contiguous()
-        ):
-            done = next_tensordict.get("done", None)
-            end = done is not None and bool(done.any())
-            fast.feed(raw, end, False)
-            if end and self.dump_on_done:
-                self._dump(None, None)
-            return next_tensordict
         raw = self._fetch(next_tensordict)
         if raw is not None:
             ends = _flags(next_tensordict.get("done", None), next_tensordict.batch_dims)
@@ -471,6 +478,7 @@ class VideoRecorder(Transform):
                 self._dump(None, None)
         finally:
             self._closed = True
+            self._fast = None
             self._spool.close()
 
     def _check_open(self) -> None:
