@@ -322,12 +322,14 @@ def test_root_modified_in_place_after_append_is_not_taken_for_the_previous_next(
     assert r.episodes[1]["observation"][0, 0].item() == 12.0
 
 
-def test_background_thread_by_default_only_for_big_steps(tmp_path, stub_env_cls):
-    for pixels, expected in ((None, False), ((84, 84, 3), True)):
-        env = stub_env_cls(pixels=pixels)
-        rollout = env.rollout(3, break_when_any_done=False)
-        with TrajectoryWriter(tmp_path / f"bg{expected}") as w:
-            assert w.background is None
-            w.extend(rollout)
-            assert w.background is expected
-        assert_store_matches(TrajectoryReader(tmp_path / f"bg{expected}"), rollout)
+def test_background_thread_is_opt_in_and_exact(tmp_path, stub_env_cls):
+    env = stub_env_cls(episode_lengths=(3, 4), batch_size=(2,), pixels=(84, 84, 3))
+    rollout = env.rollout(9, break_when_any_done=False)
+    for background in (False, True):
+        path = tmp_path / f"bg{background}"
+        with TrajectoryWriter(path, background=background, stage_steps=2) as w:
+            assert w.background is background
+            for t in range(9):
+                w.append(rollout[:, t])
+            assert (w._worker is not None) is background
+        assert_store_matches(TrajectoryReader(path), rollout)
