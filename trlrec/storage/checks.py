@@ -1,0 +1,141 @@
+"""Checking steps and batches against a recording's schema, and gathering their leaves.
+
+This is the writer's hot path: a step's leaves are fetched and their shapes and dtypes
+checked once, in staging order, for ~0.5 us a key.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from tensordict import TensorDict, TensorDictBase
+
+from trlrec.errors import SchemaError
+from trlrec.storage.schema import Entry, Key, Schema, leaf_keys
+
+__all__ = ["StepChecker", "key_str"]
+
+
+def key_str(key: Key) -> str:
+    """A key as users write it: ``'obs'`` or ``('next', 'obs')``."""
+    return str(key[0] if len(key) == 1 else key)
+
+
+def _fast_get(td: TensorDictBase, key: Key) -> Any:
+    """``td.get(key, None)`` at a fraction of its cost (~0.1 us per level instead of ~1.5 us)."""
+    try:
+        for part in key:
+            td = td._get_str(part, None)
+            if td is None:
+                return None
+        return td
+    except AttributeError:  # not a TensorDictBase at some level: let the checks name it
+        return None
+
+
+def _num_keys(td: TensorDictBase) -> int:
+    """The number of top-level keys of ``td`` (a dict's len for a plain TensorDict)."""
+    return len(td._tensordict) if type(td) is TensorDict else len(td.keys())
+
+
+def _missing(where: str, key: Key, shape: torch.Size, dtype: torch.dtype) -> None:
+    name = key_str(key if where == "root" else ("next", *key))
+    raise SchemaError(
+        f"key {name!r} is missing from the step; the recording's schema has it "
+        f"(shape {tuple(shape)}, dtype {dtype})"
+    )
+
+
+def _mismatch(where: str, key: Key, shape: torch.Size, dtype: torch.dtype, v: Any) -> None:
+    name = key_str(key if where == "root" else ("next", *key))
+    if not isinstance(v, torch.Tensor):
+        raise SchemaError(
+            f"key {name!r} holds {type(v).__name__}, expected a tensor of shape "
+            f"{tuple(shape)} and dtype {dtype}"
+        )
+    raise SchemaError(
+        f"key {name!r}: expected shape {tuple(shape)} and dtype {dtype} (the recording's "
+        f"schema), got shape {tuple(v.shape)} and dtype {v.dtype}. A recording keeps one "
+        "schema: start a new writer (or shard) for different data"
+    )
+
+
+class StepChecker:
+    """The schema's leaves in staging order (root side, then ``"next"`` side), with checks.
+
+    Args:
+        schema: the recording's schema.
+        root_entries: the entries read from a step's root, in staging order.
+        next_entries: the entries read from its ``"next"``, in staging order.
+    """
+
+    def __init__(self, schema: Schema, root_entries: list[Entry], next_entries: list[Entry]):
+        self.batch_shape = torch.Size(schema.batch_shape)
+
+        def slots(entries: list[Entry]) -> list[tuple[Key, torch.Size, torch.dtype]]:
+            return [(e.key, torch.Size((*self.batch_shape, *e.shape)), e.dtype) for e in entries]
+
+        self.root_slots = slots(root_entries)
+        self.next_slots = slots(next_entries)
+        self._root_top = len({k[0] for k, _, _ in self.root_slots})
+        self._next_top = len({k[0] for k, _, _ in self.next_slots})
+
+    def gather(self, root: TensorDictBase, next_: TensorDictBase) -> list[torch.Tensor]:
+        """The step's leaves in staging order, each checked against the schema."""
+        leaves = []
+        for td, slots, where in ((root, self.root_slots, "root"), (next_, self.next_slots, "next")):
+            # a plain TensorDict's top-level entries are a dict: ~0.05 us a key
+            top = td._tensordict if type(td) is TensorDict else {}
+            for key, shape, dtype in slots:
+                v = top.get(key[0]) if len(key) == 1 else None
+                if v is None:
+                    v = _fast_get(td, key)
+                    if v is None:
+                        _missing(where, key, shape, dtype)
+                if v.dtype is not dtype or v.shape != shape:
+                    _mismatch(where, key, shape, dtype, v)
+                leaves.append(v)
+        return leaves
+
+    def columns(self, batch: TensorDictBase, next_: TensorDictBase) -> list[torch.Tensor]:
+        """A ``[*batch, T]`` batch's leaves, checked, as ``[N, T, ...]`` CPU tensors."""
+        T = batch.batch_size[-1]
+        n = max(1, self.batch_shape.numel())
+        nb = len(self.batch_shape)
+        cols = []
+        for td, slots, where in (
+            (batch, self.root_slots, "root"),
+            (next_, self.next_slots, "next"),
+        ):
+            for key, shape, dtype in slots:
+                feat = shape[nb:]
+                full = torch.Size((*self.batch_shape, T, *feat))
+                v = td.get(key, None)
+                if v is None:
+                    _missing(where, key, full, dtype)
+                if v.shape != full or v.dtype != dtype:
+                    _mismatch(where, key, full, dtype, v)
+                cols.append(v.reshape(n, T, *feat).cpu())
+        return cols
+
+    def keys_changed(
+        self, root: TensorDictBase, next_: TensorDictBase, root_has_next: bool
+    ) -> bool:
+        """Whether the top-level key counts differ from the schema's (two ``len`` calls)."""
+        return (
+            _num_keys(root) != self._root_top + root_has_next or _num_keys(next_) != self._next_top
+        )
+
+    def check_keys(self, root: TensorDictBase, next_: TensorDictBase) -> None:
+        """Refuse keys the schema does not have (a full key walk: ~10 us)."""
+        have = {k for k in leaf_keys(root) if k[0] != "next"}
+        extra = have - {k for k, _, _ in self.root_slots}
+        nhave = set(leaf_keys(next_))
+        extra |= {("next", *k) for k in nhave - {k for k, _, _ in self.next_slots}}
+        if extra:
+            names = sorted(key_str(k) for k in extra)
+            raise SchemaError(
+                f"keys {names} are not in the recording's schema; a recording keeps one set of "
+                "keys (select them with in_keys, or start a new writer)"
+            )
