@@ -327,9 +327,10 @@ class TensorDictRecorder(Transform, Closeable):
     def _record(self, root: TensorDictBase, next_: TensorDictBase) -> None:
         """Records one transition given as its two parts (``root`` may hold ``"next"``)."""
         writer = self._writer or self._open_writer()
-        self._seen += 1
-        if self.skip > 1 and self._seen % self.skip:
-            return
+        if self.skip > 1:  # counted only when needed: nn.Module.__setattr__ costs ~1.5 us
+            self._seen += 1
+            if self._seen % self.skip:
+                return
         meta = None
         if self.step_fn is not None or self.episode_fn is not None:
             transition = root.copy()
