@@ -23,6 +23,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from trlrec.closing import Closeable
 from trlrec.errors import ClosedError, EncoderError, MissingDependencyError, VideoError
 from trlrec.loggers.video import Video
 
@@ -61,7 +62,7 @@ def _check_fps(fps: float) -> Fraction:
     return value
 
 
-class FfmpegWriter:
+class FfmpegWriter(Closeable):
     """Stream raw RGB frames to an ffmpeg process writing ``path`` atomically.
 
     Subclasses choose the output arguments (codec, filters, container). Use as a
@@ -230,9 +231,6 @@ class FfmpegWriter:
             proc.wait()
             self._stderr.close()
         self._tmp.unlink(missing_ok=True)
-
-    def __enter__(self) -> FfmpegWriter:
-        return self
 
     def __exit__(
         self,
