@@ -31,7 +31,7 @@ from trlrec.storage.layout import (
     SHARD_FILE,
     STREAMS_DIR,
 )
-from trlrec.storage.schema import Entry, Key, Schema
+from trlrec.storage.schema import Key, Schema
 from trlrec.storage.shard import ShardFiles, read_commit
 from trlrec.storage.staging import Stager
 from trlrec.storage.stream import Block, Episode, StreamWriter
@@ -228,25 +228,20 @@ class TrajectoryWriter(Closeable):
             StreamWriter(b, ChunkSeries(root / str(b), schema, self._chunk_rows, self._fds), schema)
             for b in range(n)
         ]
-        entries = self._stager.entries
+        entries = self._entries
         self._checker = StepChecker(schema, self._root_entries, self._next_entries)
         nr = len(self._root_entries)
         self._done_slots = [i for i, e in enumerate(entries) if e.is_done and i >= nr]
         # one-element done flags (an unbatched env's [1]) read with .item(): 0.2 us, not 2
-        self._done_scalar = all(
-            torch.Size(self._full_shape(entries[i])).numel() == 1 for i in self._done_slots
-        )
+        next_shapes = [shape for _, shape, _ in self._checker.next_slots]
+        self._done_scalar = all(next_shapes[i - nr].numel() == 1 for i in self._done_slots)
         self._id_slot = next(
-            (i for i, e in enumerate(self._stager.root_entries) if e.key == self._episode_key),
-            None,
+            (i for i, e in enumerate(self._root_entries) if e.key == self._episode_key), None
         )
         self._check_keys_at = 0
         self._root_state_idx = [i for i, e in enumerate(entries[:nr]) if e.role == "state"]
         self._next_state_idx = [nr + i for i, e in enumerate(entries[nr:]) if e.role == "state"]
         self._prev_next: list[tuple[torch.Tensor, int]] | None = None
-
-    def _full_shape(self, e: Entry) -> torch.Size:
-        return torch.Size((*self.schema.batch_shape, *e.shape))
 
     def _init_schema(self, root: TensorDictBase, next_: TensorDictBase) -> None:
         schema = Schema.from_transition(root, next_)
