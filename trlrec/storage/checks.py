@@ -81,9 +81,22 @@ class StepChecker:
         self._root_top = len({k[0] for k, _, _ in self.root_slots})
         self._next_top = len({k[0] for k, _, _ in self.next_slots})
 
-    def gather(self, root: TensorDictBase, next_: TensorDictBase) -> list[torch.Tensor]:
-        """The step's leaves in staging order, each checked against the schema."""
-        leaves = []
+    def gather(
+        self,
+        root: TensorDictBase,
+        next_: TensorDictBase,
+        prev: list[tuple[torch.Tensor, int]] | None = None,
+    ) -> tuple[list[torch.Tensor], bool]:
+        """The step's leaves in staging order, each checked against the schema.
+
+        ``prev`` holds the previous step's ``"next"`` state leaves and their version
+        counters, in the order of the root's state slots (the first ones). Returns the
+        leaves and whether the root state *is* ``prev``: the same tensors, unmodified
+        since (those were checked already and are not checked again).
+        """
+        leaves: list[torch.Tensor] = []
+        aliased = prev is not None
+        num_state = len(prev) if aliased else 0
         for td, slots, where in ((root, self.root_slots, "root"), (next_, self.next_slots, "next")):
             # a plain TensorDict's top-level entries are a dict: ~0.05 us a key
             top = td._tensordict if type(td) is TensorDict else {}
@@ -93,10 +106,16 @@ class StepChecker:
                     v = _fast_get(td, key)
                     if v is None:
                         _missing(where, key, shape, dtype)
+                if aliased and len(leaves) < num_state:
+                    t, version = prev[len(leaves)]
+                    if v is t and v._version == version:
+                        leaves.append(v)
+                        continue
+                    aliased = False
                 if v.dtype is not dtype or v.shape != shape:
                     _mismatch(where, key, shape, dtype, v)
                 leaves.append(v)
-        return leaves
+        return leaves, aliased
 
     def columns(self, batch: TensorDictBase, next_: TensorDictBase) -> list[torch.Tensor]:
         """A ``[*batch, T]`` batch's leaves, checked, as ``[N, T, ...]`` CPU tensors."""

@@ -27,7 +27,10 @@ class Stager:
         self.capacity = capacity
         self.batch_shape = torch.Size(schema.batch_shape)
         self.num_streams = n = schema.num_streams
-        self.root_entries: list[Entry] = [e for e in schema.entries if e.role != "next"]
+        # root-state entries first: a step whose root state is aliased copies a tail slice
+        self.root_entries: list[Entry] = [e for e in schema.entries if e.role == "state"]
+        self.root_entries += [e for e in schema.entries if e.role == "root"]
+        self.num_state = sum(e.role == "state" for e in schema.entries)
         self.next_entries: list[Entry] = [e for e in schema.entries if e.role != "root"]
         self.entries = self.root_entries + self.next_entries
         self.buffers = [
@@ -42,10 +45,8 @@ class Stager:
             for i in range(capacity)
         ]
         # Steps whose root state is the previous step's "next" state (the same tensors,
-        # unmodified) skip copying it: their root-state slots are left stale.
-        root_state = {i for i, e in enumerate(self.root_entries) if e.role == "state"}
-        self.copy_when_aliased = [i for i in range(len(self.entries)) if i not in root_state]
-        self._rows_aliased = [[row[i] for i in self.copy_when_aliased] for row in self._rows]
+        # unmodified) skip copying it: their root-state slots (the first) are left stale.
+        self._rows_aliased = [row[self.num_state :] for row in self._rows]
         self.alias = [False] * capacity
         self.force_new = torch.zeros(n, capacity, dtype=torch.bool)
         self.metas: dict[int, list[Any]] = {}
@@ -71,8 +72,7 @@ class Stager:
         """
         i = self.count
         if aliased:
-            src = [leaves[j] for j in self.copy_when_aliased]
-            torch._foreach_copy_(self._rows_aliased[i], src, non_blocking=True)
+            torch._foreach_copy_(self._rows_aliased[i], leaves[self.num_state :], non_blocking=True)
         else:
             torch._foreach_copy_(self._rows[i], leaves, non_blocking=True)
         self.alias[i] = aliased

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tensordict import TensorDictBase
+from tensordict import TensorDict, TensorDictBase
 
 from trlrec.closing import Closeable
 from trlrec.errors import ClosedError, ConfigError, SchemaError
@@ -53,7 +53,10 @@ def _close_open_writers() -> None:
             logging.getLogger(__name__).exception("closing %r at exit failed", writer)
 
 
-_STAGE_BYTES = 4 * 2**20
+# Staged bytes and steps per block: a block costs ~0.5-1 ms of fixed work (episode
+# logic, one write per key), so blocks of several hundred steps keep it under ~2 us a step.
+_STAGE_BYTES = 16 * 2**20
+_STAGE_STEPS = 1024
 
 
 class TrajectoryWriter(Closeable):
@@ -215,7 +218,7 @@ class TrajectoryWriter(Closeable):
         if self._chunk_rows is None:
             self._chunk_rows = max(16, min(2**16, _CHUNK_BYTES // row_bytes))
         n = schema.num_streams
-        stage = self._stage_steps or max(1, min(256, _STAGE_BYTES // (2 * row_bytes * n)))
+        stage = self._stage_steps or max(1, min(_STAGE_STEPS, _STAGE_BYTES // (row_bytes * n)))
         self._stagers = [Stager(schema, stage), Stager(schema, stage)]
         self._stager = self._stagers[0]
         self._entries = self._stager.entries
@@ -239,8 +242,8 @@ class TrajectoryWriter(Closeable):
             (i for i, e in enumerate(self._root_entries) if e.key == self._episode_key), None
         )
         self._check_keys_at = 0
-        self._root_state_idx = [i for i, e in enumerate(entries[:nr]) if e.role == "state"]
         self._next_state_idx = [nr + i for i, e in enumerate(entries[nr:]) if e.role == "state"]
+        self._done_slot = self._done_slots[0] if len(self._done_slots) == 1 else None
         self._prev_next: list[tuple[torch.Tensor, int]] | None = None
 
     def _init_schema(self, root: TensorDictBase, next_: TensorDictBase) -> None:
@@ -299,6 +302,19 @@ class TrajectoryWriter(Closeable):
             )
         self._append(root, next_, episode_metadata, root_has_next="next" in root.keys())
 
+    def append_step(self, root: TensorDictBase, next_: TensorDictBase) -> None:
+        """:meth:`append_transition` for a transform's ``_step``: two TensorDicts, no metadata.
+
+        The recorders' hot path: the argument checks of :meth:`append_transition` are
+        left out (TorchRL passes TensorDicts); the step's keys, shapes and dtypes are
+        checked as always.
+        """
+        if self._closed:
+            self._check_open()
+        top = root._tensordict if type(root) is TensorDict else None
+        has_next = "next" in top if top is not None else "next" in root.keys()
+        self._append(root, next_, None, has_next)
+
     def _append(
         self,
         root: TensorDictBase,
@@ -309,51 +325,40 @@ class TrajectoryWriter(Closeable):
         if self.schema is None:
             self._init_schema(root, next_)
         stager = self._stager
+        checker = self._checker
         # Extra top-level keys are caught every step (two len() calls); extra nested
         # keys at block starts, where the full key walk (~10 us) is amortised.
-        if self._checker.keys_changed(root, next_, root_has_next) or (
+        if checker.keys_changed(root, next_, root_has_next) or (
             stager.count == 0 and self._check_keys_at <= self.num_steps
         ):
-            self._checker.check_keys(root, next_)
+            checker.check_keys(root, next_)
             self._check_keys_at = self.num_steps + 16 * stager.capacity
-        leaves = self._checker.gather(root, next_)
+        force = self._pending_force
+        # TorchRL's step_mdp hands the next state over as the following root: the same
+        # tensors, unmodified (version counters), within an episode need not be restaged.
+        leaves, aliased = checker.gather(root, next_, self._prev_next if force is None else None)
         if episode_metadata is not None:
             episode_metadata = self._check_episode_metadata(episode_metadata)
-        stager.put(leaves, self._pending_force, episode_metadata, self._aliased(leaves))
+        stager.put(leaves, force, episode_metadata, aliased)
         self._pending_force = None
         self.num_steps += 1
         self._since_commit += 1
-        done = False
-        for i in self._done_slots:
-            leaf = leaves[i]
-            if leaf.item() if self._done_scalar else leaf.any():
-                done = True
-                break
-        # TorchRL's step_mdp hands the next state over as the following root: remember
-        # those tensors (and their version counters) to skip restaging them.
-        self._prev_next = (
-            None if done else [(leaves[i], leaves[i]._version) for i in self._next_state_idx]
-        )
-        if done and self._commit_on_done:
-            self._done_pending = True
+        slot = self._done_slot
+        if slot is not None and self._done_scalar:
+            done = leaves[slot].item()
+        else:
+            done = any(
+                leaves[i].item() if self._done_scalar else leaves[i].any() for i in self._done_slots
+            )
+        if done:
+            self._prev_next = None
+            if self._commit_on_done:
+                self._done_pending = True
+        else:
+            self._prev_next = [(leaves[i], leaves[i]._version) for i in self._next_state_idx]
         commit = self._commit_due()
-        if commit or stager.full:
+        if commit or stager.count >= stager.capacity:
             self._submit(commit)
-
-    def _aliased(self, leaves: list[torch.Tensor]) -> bool:
-        """Whether the root state is the previous next state: the same, unmodified tensors.
-
-        Only within an episode (no done on the previous step, no reset signalled), so an
-        aliased step always continues its episode and its root state is never needed.
-        """
-        prev = self._prev_next
-        if prev is None or self._pending_force is not None:
-            return False
-        for i, (t, version) in zip(self._root_state_idx, prev, strict=True):
-            leaf = leaves[i]
-            if leaf is not t or leaf._version != version:
-                return False
-        return True
 
     def _check_episode_metadata(self, meta: Any) -> list[dict | None]:
         n = self.schema.num_streams

@@ -206,6 +206,7 @@ class TensorDictRecorder(Transform, Closeable):
     def _new_runtime(self) -> None:
         """State that belongs to one recording process (never shared by clones/pickles)."""
         self._writer: TrajectoryWriter | None = None
+        self._fast: Callable[[TensorDictBase, TensorDictBase], None] | None = None
         self._select: tuple[list[Key], list[Key]] | None = None
         self._seen = 0
         self._prev: TensorDictBase | None = None
@@ -225,7 +226,7 @@ class TensorDictRecorder(Transform, Closeable):
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
-        for name in ("_writer", "_select", "_prev", "_async", "_inflight"):
+        for name in ("_writer", "_fast", "_select", "_prev", "_async", "_inflight"):
             state.pop(name, None)
         return state
 
@@ -280,6 +281,10 @@ class TensorDictRecorder(Transform, Closeable):
 
     # -------------------------------------------------------- transform hooks
     def _step(self, tensordict: TensorDictBase, next_tensordict: TensorDictBase) -> TensorDictBase:
+        fast = self._fast
+        if fast is not None:  # nothing to select, skip or call: straight to the writer
+            fast(tensordict, next_tensordict)
+            return next_tensordict
         self._check_open()
         self._record(tensordict, next_tensordict)
         return next_tensordict
@@ -350,6 +355,19 @@ class TensorDictRecorder(Transform, Closeable):
             self._record_async(writer, root, next_, meta)
             return
         writer.append_transition(root, next_, episode_metadata=meta)
+        if self._plain():
+            self._fast = writer.append_step
+
+    def _plain(self) -> bool:
+        """Whether steps go to the writer as they come (no selection, skip, functions, device)."""
+        return (
+            self.skip == 1
+            and self.step_fn is None
+            and self.episode_fn is None
+            and self._keep is None
+            and self._async is False
+            and not self._closed
+        )
 
     def _record_async(
         self, writer: TrajectoryWriter, root: TensorDictBase, next_: TensorDictBase, meta: Any
@@ -524,6 +542,7 @@ class TensorDictRecorder(Transform, Closeable):
         if self._closed:
             return
         self._closed = True
+        self._fast = None
         writer = self._writer
         if writer is not None:
             try:
