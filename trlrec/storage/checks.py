@@ -34,11 +34,6 @@ def _fast_get(td: TensorDictBase, key: Key) -> Any:
         return None
 
 
-def _num_keys(td: TensorDictBase) -> int:
-    """The number of top-level keys of ``td`` (a dict's len for a plain TensorDict)."""
-    return len(td._tensordict) if type(td) is TensorDict else len(td.keys())
-
-
 def _missing(where: str, key: Key, shape: torch.Size, dtype: torch.dtype) -> None:
     name = key_str(key if where == "root" else ("next", *key))
     raise SchemaError(
@@ -97,9 +92,18 @@ class StepChecker:
         leaves: list[torch.Tensor] = []
         aliased = prev is not None
         num_state = len(prev) if aliased else 0
-        for td, slots, where in ((root, self.root_slots, "root"), (next_, self.next_slots, "next")):
+        for td, slots, where, count in (
+            (root, self.root_slots, "root", self._root_top),
+            (next_, self.next_slots, "next", self._next_top),
+        ):
             # a plain TensorDict's top-level entries are a dict: ~0.05 us a key
-            top = td._tensordict if type(td) is TensorDict else {}
+            top = td._tensordict if type(td) is TensorDict else None
+            keys = td.keys() if top is None else top
+            # an extra top-level key is caught here (a missing one below, by name)
+            if len(keys) != count + (where == "root" and "next" in keys):
+                self.check_keys(root, next_)
+            if top is None:
+                top = {}
             for key, shape, dtype in slots:
                 v = top.get(key[0]) if len(key) == 1 else None
                 if v is None:
@@ -137,14 +141,6 @@ class StepChecker:
                     _mismatch(where, key, full, dtype, v)
                 cols.append(v.reshape(n, T, *feat).cpu())
         return cols
-
-    def keys_changed(
-        self, root: TensorDictBase, next_: TensorDictBase, root_has_next: bool
-    ) -> bool:
-        """Whether the top-level key counts differ from the schema's (two ``len`` calls)."""
-        return (
-            _num_keys(root) != self._root_top + root_has_next or _num_keys(next_) != self._next_top
-        )
 
     def check_keys(self, root: TensorDictBase, next_: TensorDictBase) -> None:
         """Refuse keys the schema does not have (a full key walk: ~10 us)."""

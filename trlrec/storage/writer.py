@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tensordict import TensorDict, TensorDictBase
+from tensordict import TensorDictBase
 
 from trlrec.closing import Closeable
 from trlrec.errors import ClosedError, ConfigError, SchemaError
@@ -280,7 +280,7 @@ class TrajectoryWriter(Closeable):
                 "the step has no 'next' sub-tensordict; append takes a rollout row (root keys "
                 "plus 'next'), as env.rollout(..., break_when_any_done=False) returns"
             )
-        self._append(step, next_, episode_metadata, root_has_next=True)
+        self._append(step, next_, episode_metadata)
 
     def append_transition(
         self,
@@ -300,7 +300,7 @@ class TrajectoryWriter(Closeable):
                 f"append_transition takes two TensorDicts, got {type(root).__name__} and "
                 f"{type(next_).__name__}"
             )
-        self._append(root, next_, episode_metadata, root_has_next="next" in root.keys())
+        self._append(root, next_, episode_metadata)
 
     def append_step(self, root: TensorDictBase, next_: TensorDictBase) -> None:
         """:meth:`append_transition` for a transform's ``_step``: two TensorDicts, no metadata.
@@ -311,26 +311,21 @@ class TrajectoryWriter(Closeable):
         """
         if self._closed:
             self._check_open()
-        top = root._tensordict if type(root) is TensorDict else None
-        has_next = "next" in top if top is not None else "next" in root.keys()
-        self._append(root, next_, None, has_next)
+        self._append(root, next_, None)
 
     def _append(
         self,
         root: TensorDictBase,
         next_: TensorDictBase,
         episode_metadata: Any,
-        root_has_next: bool,
     ) -> None:
         if self.schema is None:
             self._init_schema(root, next_)
         stager = self._stager
         checker = self._checker
-        # Extra top-level keys are caught every step (two len() calls); extra nested
-        # keys at block starts, where the full key walk (~10 us) is amortised.
-        if checker.keys_changed(root, next_, root_has_next) or (
-            stager.count == 0 and self._check_keys_at <= self.num_steps
-        ):
+        # Extra top-level keys are caught every step (by gather: two len() calls); extra
+        # nested keys at block starts, where the full key walk (~10 us) is amortised.
+        if stager.count == 0 and self._check_keys_at <= self.num_steps:
             checker.check_keys(root, next_)
             self._check_keys_at = self.num_steps + 16 * stager.capacity
         force = self._pending_force
