@@ -6,8 +6,12 @@ TorchRL loggers, else ``spool_dir=``, else a temporary directory), one pair of f
 video:
 
 - ``<name>.<recorder>.<seq>.frames``: raw ``uint8`` frames, ``T x H x W x 3``, appended
-  with buffered writes (flushed at every episode end). ``T`` is the file size divided by
-  ``H * W * 3``, so a killed process leaves every whole frame readable.
+  in chunks of whole frames (~2 MB) by a writer thread (:mod:`trlrec.video.writer`):
+  a chunk is handed over when full and at every episode end, and written soon after
+  without the step waiting for it; ``flush()``/``dump()``/``close()`` (and ``extend()``
+  of a batch, for its ended episodes) wait for the writes. ``T`` is the file size
+  divided by ``H * W * 3``, so a killed process leaves every whole frame readable (a
+  torn write only leaves a partial frame past the last whole one, ignored).
 - ``<name>.<recorder>.<seq>.video.json``: ``{"format": "trlrec.video_spool", "version": 1,
   "tag", "env", "height", "width", "channels": 3, "dtype": "uint8", "fps", "recorder",
   "seq", "created"}``.
@@ -32,7 +36,9 @@ from typing import Any
 
 import torch
 
+from trlrec.errors import ClosedError, StoreWriteError
 from trlrec.naming import safe_name
+from trlrec.video.writer import Chunk, ChunkWriter, FramesFile
 
 __all__ = ["SPOOL_FORMAT", "SPOOL_VERSION", "Segment", "Spool", "frames_path", "spool_dir_for"]
 
@@ -40,19 +46,20 @@ SPOOL_FORMAT = "trlrec.video_spool"
 """The ``format`` field of every spool sidecar."""
 SPOOL_VERSION = 1
 """The ``version`` field of the sidecars this code writes."""
-_WRITE_BUFFER = 1 << 18
 
 
 class Segment:
     """One video being written: ``<stem>.frames`` plus its ``<stem>.video.json`` sidecar.
 
-    The sidecar is written (atomically) when the segment opens; frames are appended
-    through a write buffer, so each :meth:`write` copies the frame at once (the caller
-    may reuse its tensor) and the file grows as the buffer fills.
+    The sidecar is written (atomically) when the segment opens. Each :meth:`write`
+    copies the frame into a chunk of the spool's :class:`~trlrec.video.writer.ChunkWriter`
+    (so the caller may reuse its tensor at once); full chunks, and the partial one at
+    :meth:`end_episode`, are appended to the file by the writer's thread.
 
     Args:
         stem: the path of both files without their suffixes.
         meta: the sidecar's content (with at least ``height`` and ``width``).
+        writer: the thread that appends the chunks.
 
     Attributes:
         frames: how many frames were written.
@@ -60,29 +67,117 @@ class Segment:
         width: the frame width.
     """
 
-    __slots__ = ("_file", "frames", "height", "width")
+    __slots__ = ("_chunk", "_file", "_slot", "_views", "_writer", "frames", "height", "width")
 
-    def __init__(self, stem: Path, meta: dict[str, Any]) -> None:
+    def __init__(self, stem: Path, meta: dict[str, Any], writer: ChunkWriter) -> None:
         sidecar = stem.with_name(stem.name + ".video.json")
         tmp = sidecar.with_name(sidecar.name + ".tmp")
         tmp.write_text(json.dumps(meta))
         os.replace(tmp, sidecar)
-        self._file = open(stem.with_name(stem.name + ".frames"), "ab", buffering=_WRITE_BUFFER)  # noqa: SIM115
+        self._file: FramesFile | None = FramesFile(stem.with_name(stem.name + ".frames"))
+        self._writer = writer
         self.frames = 0
         self.height, self.width = meta["height"], meta["width"]
+        shape = (self.height, self.width, 3)
+        self._chunk: Chunk | None = writer.chunk(self.height * self.width * 3)
+        self._views = self._chunk.views(shape)
+        self._slot = 0
 
     def write(self, frame: torch.Tensor) -> None:
-        """Appends one contiguous CPU ``uint8`` frame ``(height, width, 3)``."""
-        self._file.write(frame.numpy())
+        """Copies one CPU ``uint8`` frame ``(height, width, 3)`` into the spool.
+
+        Raises:
+            StoreWriteError: an earlier write of this segment's file failed (the whole
+                frames already in the file stay; this segment takes no more frames).
+        """
+        file = self._file
+        if file is None or file.error is not None:
+            self._fail()
+        slot = self._slot
+        self._views[slot].copy_(frame)
         self.frames += 1
+        slot += 1
+        if slot == len(self._views):
+            self._hand_over(slot)
+        else:
+            self._slot = slot
+
+    def end_episode(self) -> None:
+        """Hands the frames copied so far to the writer thread (it writes them soon)."""
+        if self._slot:
+            self._hand_over(self._slot)
 
     def flush(self) -> None:
-        """Hands the buffered frames to the OS (they survive a killed process)."""
-        self._file.flush()
+        """Waits until every frame written so far is in the file (it survives a kill).
+
+        Raises:
+            StoreWriteError: writing the file failed.
+        """
+        self.end_episode()
+        self._writer.sync()
+        if self._file is None or self._file.error is not None:
+            self._fail()
 
     def close(self) -> None:
-        """Flushes and closes the frames file."""
-        self._file.close()
+        """Writes out the frames, closes the file and gives its chunk back. Idempotent.
+
+        Raises:
+            StoreWriteError: writing the file failed (the whole frames in it are kept).
+        """
+        file = self._file
+        if file is None:
+            return
+        try:
+            self.flush()
+        finally:
+            self._release()
+
+    def _hand_over(self, slot: int) -> None:
+        file, chunk = self._file, self._chunk
+        if file is None or chunk is None:
+            self._fail()
+            return
+        frame_bytes = self.height * self.width * 3
+        self._chunk = None  # not reused if acquiring the next one fails
+        self._slot = 0
+        self._writer.submit(file, chunk, slot * frame_bytes)
+        if file.error is not None:  # written inline (no thread) and failed
+            self._fail()
+        chunk = self._chunk = self._writer.chunk(frame_bytes)
+        self._views = chunk.views((self.height, self.width, 3))
+
+    def _release(self) -> None:
+        """Closes the file (after the writer is done with it); the chunk returns to the pool."""
+        file, self._file = self._file, None
+        chunk, self._chunk = self._chunk, None
+        if chunk is not None:
+            self._writer.recycle(chunk)
+        if file is not None:
+            self._writer.sync()  # nothing queued may reach the fd once closed (and reused)
+            file.close()
+
+    def _fail(self) -> None:
+        """Stops this segment and raises its write error as a trlrec error."""
+        file = self._file
+        if file is None or file.error is None:
+            raise ClosedError("this video segment is closed; a new one takes the next frames")
+        error = file.error
+        errno = getattr(error, "errno", None)
+        reason = getattr(error, "strerror", None) or str(error)
+        late: Exception | None = None
+        try:
+            self._release()  # waits for the writer: no queued chunk reaches a closed fd
+        except Exception as exc:  # reported with the write error, which comes first
+            late = exc
+        written = file.size // (self.height * self.width * 3)
+        failure = StoreWriteError(
+            errno,
+            f"writing video frames to {file.path!r} failed: {reason}; its first {written} "
+            "frame(s) are kept and sent by the next dump(), the frames after them are lost",
+        )
+        if late is not None:
+            failure.add_note(f"closing {file.path!r} then failed too: {late!r}")
+        raise failure from error
 
 
 class Spool:
@@ -98,6 +193,7 @@ class Spool:
     Attributes:
         tag: the recorder's tag.
         recorder: this recorder's random id, in its file names and sidecars.
+        writer: the thread appending its segments' frames to their files.
     """
 
     def __init__(self, directory: Path | None, tag: str) -> None:
@@ -108,6 +204,7 @@ class Spool:
         self.recorder = uuid.uuid4().hex[:12]
         self._lock_fd: int | None = None
         self._seq = 0
+        self.writer = ChunkWriter()
 
     @property
     def directory(self) -> Path:
@@ -154,7 +251,7 @@ class Spool:
         }
         stem = directory / f"{safe_name(name)}.{self.recorder}.{self._seq:06d}"
         self._seq += 1
-        return Segment(stem, meta)
+        return Segment(stem, meta, self.writer)
 
     def pending(self) -> tuple[list[tuple[Path, dict[str, Any]]], dict[str, int]]:
         """Finished videos of this tag: this recorder's and orphans'; plus the claimed locks.
@@ -219,7 +316,8 @@ class Spool:
         return step
 
     def close(self) -> None:
-        """Releases the lock; removes a temporary directory left with only step counters."""
+        """Stops the writer thread, releases the lock, removes an empty temporary directory."""
+        self.writer.stop()
         if self._lock_fd is not None:
             with contextlib.suppress(OSError):
                 self._lock_path(self.recorder).unlink()

@@ -13,6 +13,7 @@ from typing import Protocol
 
 import torch
 
+from trlrec.errors import TrlrecError
 from trlrec.video.spool import Segment, Spool
 
 __all__ = ["StreamSettings", "Stream"]
@@ -72,7 +73,8 @@ class Stream:
 
         Args:
             frame: contiguous CPU ``uint8`` ``(H, W, 3)``; copied before this returns.
-            end: the episode ends with this frame (the buffered frames are flushed).
+            end: the episode ends with this frame (the frames copied so far are handed
+                to the writer thread).
             reset: the frame is the first of a new episode (a reset).
         """
         settings = self.settings
@@ -91,7 +93,11 @@ class Stream:
                     self.env, int(frame.shape[0]), int(frame.shape[1]), settings.fps
                 )
             if settings.max_frames is None or segment.frames < settings.max_frames:
-                segment.write(frame)
+                try:
+                    segment.write(frame)
+                except TrlrecError:
+                    self.segment = None  # failed and closed: the next frame opens a new file
+                    raise
             elif triggered:
                 self.finish()
                 self.recording = False
@@ -102,10 +108,34 @@ class Stream:
                 self.finish()
                 self.recording = False
             else:
-                self.segment.flush()
+                self.segment.end_episode()
+
+    def feed_every(self, frame: torch.Tensor, end: bool) -> None:
+        """:meth:`feed` of a step (not a reset) when the recorder keeps every frame.
+
+        Only valid without triggers, with ``skip=1`` and no ``max_frames`` (the recorder
+        checks): the step loop's path, with the fewest checks.
+        """
+        segment = self.segment
+        if segment is None or self.new_episode or not self.recording:
+            self.feed(frame, end, False)
+            return
+        try:
+            segment.write(frame)
+        except TrlrecError:
+            self.segment = None  # failed and closed: the next frame opens a new file
+            raise
+        self.count += 1
+        if end:
+            self.new_episode = True
+            segment.end_episode()
 
     def finish(self) -> None:
-        """Closes the open segment (its video is complete on disk), if any."""
-        if self.segment is not None:
-            self.segment.close()
-            self.segment = None
+        """Closes the open segment (its video is complete on disk), if any.
+
+        Raises:
+            StoreWriteError: writing the segment's frames failed (its whole frames stay).
+        """
+        segment, self.segment = self.segment, None
+        if segment is not None:
+            segment.close()
