@@ -19,6 +19,7 @@ Run: ``.venv/bin/python -m benchmarks.bench_video [--smoke]`` or
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -147,7 +148,9 @@ def step_loop_rows(spool: Path, smoke: bool) -> list[dict[str, Any]]:
     note = (
         f"baseline: the env in a TransformedEnv with a no-op transform, {bare_us:.0f} µs per "
         f"step (the env alone: {env_us:.0f} µs); trlrec adds {ours_us:.1f} µs per frame, "
-        f"torchrl {theirs_us:.1f} µs; {reps} interleaved repetitions of {steps} steps"
+        f"torchrl {theirs_us:.1f} µs; {reps} interleaved repetitions of {steps} steps; "
+        f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs (the spool's writer "
+        "thread needs a CPU of its own to take the disk writes off the step)"
     )
     return [
         row(
