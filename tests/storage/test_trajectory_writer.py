@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import threading
 import time
 
 import pytest
@@ -17,6 +20,7 @@ from trlrec.errors import (
     NotAStoreError,
     SchemaError,
     ShardLockedError,
+    StoreWriteError,
     UnsupportedDataError,
 )
 
@@ -322,14 +326,59 @@ def test_root_modified_in_place_after_append_is_not_taken_for_the_previous_next(
     assert r.episodes[1]["observation"][0, 0].item() == 12.0
 
 
-def test_background_thread_is_opt_in_and_exact(tmp_path, stub_env_cls):
+def test_background_io_is_the_default_and_records_the_same(tmp_path, stub_env_cls):
     env = stub_env_cls(episode_lengths=(3, 4), batch_size=(2,), pixels=(84, 84, 3))
     rollout = env.rollout(9, break_when_any_done=False)
+    with TrajectoryWriter(tmp_path / "default") as w:
+        assert w.background is True
     for background in (False, True):
         path = tmp_path / f"bg{background}"
-        with TrajectoryWriter(path, background=background, stage_steps=2) as w:
+        # 2 steps of 84x84x3 pixels are 42 KiB a stream: 4 steps make deferred writes
+        with TrajectoryWriter(path, background=background, stage_steps=4) as w:
             assert w.background is background
             for t in range(9):
                 w.append(rollout[:, t])
             assert (w._worker is not None) is background
         assert_store_matches(TrajectoryReader(path), rollout)
+
+
+def test_io_thread_write_error_rolls_back_to_the_last_commit(tmp_path, stub_env_cls, monkeypatch):
+    from trlrec.storage import chunks
+
+    env = stub_env_cls(episode_lengths=(5,), pixels=(84, 84, 3))
+    rollout = env.rollout(30, break_when_any_done=False)
+    path = tmp_path / "io"
+    w = TrajectoryWriter(path, stage_steps=4, min_commit_interval=3600)
+    for t in range(10):
+        w.append(rollout[t])
+    w.flush()
+    real = chunks._write
+    threads = set()
+
+    def disk_full(fd, data, offset):
+        if len(data) >= chunks._DROP_BEHIND:  # only the writes done on the I/O thread
+            threads.add(threading.current_thread().name)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(fd, data, offset)
+
+    monkeypatch.setattr(chunks, "_write", disk_full)
+
+    def append_and_flush():
+        for t in range(10, 20):
+            w.append(rollout[t])
+        w.flush()
+
+    with pytest.raises(StoreWriteError, match=r"could not write '.*pixels\.memmap'.*committed"):
+        append_and_flush()
+    assert threads == {f"trlrec-writer-{w.shard_path.name}"}
+    monkeypatch.setattr(chunks, "_write", real)
+    r = TrajectoryReader(path)
+    assert r.num_steps == 10
+    assert_td_identical(r.episodes[1], rollout[5:10])
+    for t in range(20, 30):  # the writer goes on from its last commit
+        w.append(rollout[t])
+    w.close()
+    r = TrajectoryReader(path)
+    assert [len(e) for e in r.episodes] == [5, 5, 5, 5]
+    for i, start in enumerate((0, 5, 20, 25)):
+        assert_td_identical(r.episodes[i], rollout[start : start + 5])

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -26,17 +27,51 @@ from trlrec.storage.fdcache import FdCache
 from trlrec.storage.layout import chunk_dir_name
 from trlrec.storage.schema import Key, Schema
 
-__all__ = ["ChunkSeries"]
+__all__ = ["ChunkSeries", "PendingWrite", "run_writes"]
 
 
 _DROP_BEHIND = 1 << 16  # writes of at least this many bytes are dropped from the cache
 _DROP_LAG = 4  # ... together with the ~4 writes before them (written back meanwhile)
 
 
-def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+class PendingWrite(NamedTuple):
+    """A write handed to the I/O thread: its own descriptor, the bytes, where they go."""
+
+    fd: int
+    data: memoryview
+    offset: int
+    path: str
+
+
+def _write(fd: int, data: memoryview, offset: int) -> None:
+    """``pwrite`` all of ``data``; a big write also drops older pages from the cache."""
+    start, end = offset, offset + len(data)
     while data:
         n = os.pwrite(fd, data, offset)
         data, offset = data[n:], offset + n
+    if end - start >= _DROP_BEHIND:
+        behind = max(0, start - _DROP_LAG * (end - start))
+        os.posix_fadvise(fd, behind, end - behind, os.POSIX_FADV_DONTNEED)
+
+
+def _write_error(path: str, err: OSError) -> StoreWriteError:
+    return StoreWriteError(
+        err.errno,
+        f"could not write {path!r}: {err.strerror}; what was committed before stays readable",
+    )
+
+
+def run_writes(writes: list[PendingWrite]) -> None:
+    """Do the deferred writes (on the I/O thread); every descriptor is closed."""
+    try:
+        for w in writes:
+            try:
+                _write(w.fd, w.data, w.offset)
+            except OSError as err:
+                raise _write_error(w.path, err) from err
+    finally:
+        for w in writes:
+            os.close(w.fd)
 
 
 class ChunkSeries:
@@ -89,8 +124,15 @@ class ChunkSeries:
             if suffix.isdigit() and int(suffix) >= index:
                 shutil.rmtree(path)
 
-    def write(self, row: int, columns: dict[Key, torch.Tensor]) -> None:
-        """Write ``columns`` (each ``[m, ...]``) at logical rows ``[row, row + m)``."""
+    def write(
+        self, row: int, columns: dict[Key, torch.Tensor], later: list[PendingWrite] | None = None
+    ) -> None:
+        """Write ``columns`` (each ``[m, ...]``) at logical rows ``[row, row + m)``.
+
+        With ``later`` (a list), writes of at least 64 KiB are not done but appended to
+        it, each with its own descriptor, for :func:`run_writes` on the I/O thread; the
+        caller keeps the columns' memory unchanged until then.
+        """
         m = next(iter(columns.values())).shape[0]
         done = 0
         while done < m:
@@ -105,21 +147,16 @@ class ChunkSeries:
                 flat = part.reshape(-1)
                 if flat.stride(0) != 1:  # non-contiguous, or one element with an odd stride
                     flat = torch.empty(flat.shape, dtype=flat.dtype).copy_(flat)
-                data = flat.view(torch.uint8).numpy()
+                data = memoryview(flat.view(torch.uint8).numpy()).cast("B")
+                path = self._file(index, key)
                 try:
-                    fd = self._fd_cache.get(self._file(index, key))
-                    _pwrite_all(fd, memoryview(data).cast("B"), offset * size)
-                    nbytes = n * size
-                    if nbytes >= _DROP_BEHIND:
-                        start = max(0, (offset - _DROP_LAG * n) * size)
-                        end = offset * size + nbytes
-                        os.posix_fadvise(fd, start, end - start, os.POSIX_FADV_DONTNEED)
+                    fd = self._fd_cache.get(path)
+                    if later is not None and len(data) >= _DROP_BEHIND:
+                        later.append(PendingWrite(os.dup(fd), data, offset * size, path))
+                    else:
+                        _write(fd, data, offset * size)
                 except OSError as err:
-                    raise StoreWriteError(
-                        err.errno,
-                        f"could not write {str(self._path(index, key))!r}: {err.strerror}; "
-                        "what was committed before stays readable",
-                    ) from err
+                    raise _write_error(path, err) from err
             self.touched.add(index)
             done += n
 

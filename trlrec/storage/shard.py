@@ -29,6 +29,9 @@ from trlrec.storage.stream import Episode
 
 __all__ = ["ShardFiles", "read_commit"]
 
+PreparedCommit = tuple[list[bytes], int, list[bytes], int, dict[str, Any]]
+"""Episode-metadata lines, their offset, episode records, their index, the COMMIT record."""
+
 _RECORD = struct.Struct("<" + "q" * len(EPISODE_FIELDS))
 
 
@@ -116,6 +119,11 @@ class ShardFiles:
                     )
                 os.truncate(path, size)
 
+    def discard_pending(self) -> None:
+        """Forget the episodes queued since the last commit (the writer rolls back to it)."""
+        self._pending.clear()
+        self._pending_meta.clear()
+
     def add_episode(self, ep: Episode) -> None:
         """Queue a finished episode for the next commit."""
         offset, length = -1, 0
@@ -164,19 +172,35 @@ class ShardFiles:
             )
 
     def commit(self, streams: list[list[int]], open_meta: dict[str, Any], chunk_rows: int) -> None:
-        """Append queued episodes, then atomically replace COMMIT."""
-        self._check_present()
+        """Append queued episodes, then atomically replace COMMIT.
+
+        On a failure nothing changes: the queued episodes stay queued for the next try.
+        """
+        prepared = self.prepare_commit(streams, open_meta, chunk_rows)
         try:
-            meta = self._append(EPISODE_META_FILE, self._pending_meta, self.meta_bytes)
-            self._append(EPISODES_FILE, self._pending, self.num_episodes * EPISODE_RECORD_BYTES)
-        except OSError as err:
-            raise StoreWriteError(
-                err.errno, f"could not append to the index of {str(self.directory)!r}: {err}"
-            ) from err
-        self.meta_bytes += meta
-        self.num_episodes += len(self._pending)
-        self._pending.clear()
-        self._pending_meta.clear()
+            self.write_commit(prepared)
+        except BaseException:
+            metas, meta_at, records, episodes_at, _ = prepared
+            self._pending_meta[:0] = metas
+            self._pending[:0] = records
+            self.meta_bytes, self.num_episodes = meta_at, episodes_at
+            self.seq -= 1
+            raise
+
+    def prepare_commit(
+        self, streams: list[list[int]], open_meta: dict[str, Any], chunk_rows: int
+    ) -> PreparedCommit:
+        """Take the queued episodes into a commit record, to write with :meth:`write_commit`.
+
+        Done in the writer's thread (the counts advance at once, so episodes queued
+        meanwhile go to the next commit); the writing may happen on another thread.
+        """
+        self._check_present()
+        metas, records = self._pending_meta, self._pending
+        self._pending_meta, self._pending = [], []
+        meta_at, episodes_at = self.meta_bytes, self.num_episodes
+        self.meta_bytes += sum(len(x) for x in metas)
+        self.num_episodes += len(records)
         self.seq += 1
         record = {
             "version": FORMAT_VERSION,
@@ -187,6 +211,18 @@ class ShardFiles:
             "streams": streams,
             "open_meta": open_meta,
         }
+        return metas, meta_at, records, episodes_at, record
+
+    def write_commit(self, prepared: PreparedCommit) -> None:
+        """Append a prepared commit's episodes to the index, then replace COMMIT atomically."""
+        metas, meta_at, records, episodes_at, record = prepared
+        try:
+            self._append(EPISODE_META_FILE, metas, meta_at)
+            self._append(EPISODES_FILE, records, episodes_at * EPISODE_RECORD_BYTES)
+        except OSError as err:
+            raise StoreWriteError(
+                err.errno, f"could not append to the index of {str(self.directory)!r}: {err}"
+            ) from err
         write_json_atomic(self.directory / COMMIT_FILE, record, durable=self.durable)
 
     def release(self) -> None:

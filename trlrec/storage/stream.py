@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from trlrec.storage.chunks import ChunkSeries
+from trlrec.storage.chunks import ChunkSeries, PendingWrite
 from trlrec.storage.dtypes import bits_view
 from trlrec.storage.layout import FLAG_CUT, FLAG_DONE
 from trlrec.storage.schema import Key, Schema
@@ -140,7 +140,7 @@ class StreamWriter:
         self._last = {k: v[-1:].clone() for k, v in block.state_next.items()}
         return cont
 
-    def write_block(self, block: Block) -> list[Episode]:
+    def write_block(self, block: Block, later: list[PendingWrite] | None = None) -> list[Episode]:
         """Write a block of transitions; return the episodes it closed.
 
         The block is cut into runs that each continue one episode. Big columns
@@ -148,7 +148,8 @@ class StreamWriter:
         gathering copy; small columns are gathered into the block's rows and written
         with one call per key, whatever the number of runs. All rows are written
         before the stream's state changes, so a failed write (a full disk) leaves
-        the stream as it was before the block.
+        the stream as it was before the block. With ``later``, the big columns' writes
+        are deferred into it (see :meth:`ChunkSeries.write`).
         """
         n = len(block)
         if n == 0:
@@ -164,7 +165,7 @@ class StreamWriter:
         self._write_small(block, new)
         row = self.next_row
         for a, b in runs:
-            row = self._write_big(block, a, b, bool(new[a]), row)
+            row = self._write_big(block, a, b, bool(new[a]), row, later)
         closed: list[Episode] = []
         for a, b in runs:
             closed.extend(self._account(block, a, b, bool(new[a])))
@@ -201,7 +202,9 @@ class StreamWriter:
                 columns[key] = rows
             self.chunks.write(self.next_row - carried, columns)
 
-    def _write_big(self, block: Block, a: int, b: int, new: bool, row: int) -> int:
+    def _write_big(
+        self, block: Block, a: int, b: int, new: bool, row: int, later: list[PendingWrite] | None
+    ) -> int:
         """Write the big columns of transitions ``[a, b)``; return the row after them."""
         small = self._small
         if new:  # the episode's first state row
@@ -209,17 +212,17 @@ class StreamWriter:
                 k: v[a : a + 1] for k, v in block.state_root.items() if ("state", k) not in small
             }
             if first:
-                self.chunks.write(row, first)
+                self.chunks.write(row, first, later)
             row += 1
         state = {k: v[a:b] for k, v in block.state_next.items() if ("state", k) not in small}
         if state:
-            self.chunks.write(row, state)
+            self.chunks.write(row, state, later)
         trans = {k: v[a:b] for k, v in block.root.items() if ("root", k) not in small}
         trans.update(
             {("next", *k): v[a:b] for k, v in block.next.items() if ("next", k) not in small}
         )
         if trans:
-            self.chunks.write(row - 1, trans)
+            self.chunks.write(row - 1, trans, later)
         return row + (b - a)
 
     def _account(self, block: Block, a: int, b: int, new: bool) -> list[Episode]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import math
 import os
@@ -19,7 +20,7 @@ from tensordict import TensorDictBase
 from trlrec.closing import Closeable
 from trlrec.errors import ClosedError, ConfigError, SchemaError
 from trlrec.storage.checks import StepChecker
-from trlrec.storage.chunks import ChunkSeries
+from trlrec.storage.chunks import ChunkSeries, PendingWrite, run_writes
 from trlrec.storage.dataset import check_metadata, create_dataset, new_shard_dir
 from trlrec.storage.fdcache import FdCache
 from trlrec.storage.jsonio import read_json, write_json_atomic
@@ -86,11 +87,13 @@ class TrajectoryWriter(Closeable):
             power loss, not only a killed process).
         episode_key: a root key whose change starts a new episode (collectors'
             trajectory ids), used when present.
-        background: write blocks and commits on a background thread (the step
-            loop only stages). Off by default: on a 2-core machine with TorchRL's
-            Python-heavy step loop, the thread's GIL hand-offs cost more than the
-            writes it takes off the loop (recorder overhead at 84x84x3: 1.85x with
-            it, 1.47x without, same run). It can pay where the loop releases the GIL.
+        background: do the writes of big columns (pixels) and the commits on an I/O
+            thread, so the step loop does not wait for the disk (on by default). The
+            step loop keeps the checks, staging and episode logic. An I/O error is
+            raised by the next ``append``/``flush``/``close``, after the writer rolled
+            back to its last commit (what came after it is dropped; ``flush()`` waits
+            for the disk, so everything flushed is kept). ``False`` writes and commits
+            in the calling thread, raising an error at the call that hit it.
 
     Examples:
         >>> import tempfile, torch
@@ -126,7 +129,7 @@ class TrajectoryWriter(Closeable):
         commit_on_done: bool = True,
         min_commit_interval: float = 0.2,
         durable: bool = False,
-        background: bool = False,
+        background: bool = True,
         episode_key: Key | str | None = ("collector", "traj_ids"),
     ):
         for name, value in (
@@ -190,10 +193,15 @@ class TrajectoryWriter(Closeable):
             shutil.rmtree(self.shard_path / STREAMS_DIR, ignore_errors=True)
             return
         commit = read_commit(commit_path)
-        self._files.resume(commit)
         schema = Schema.from_json(read_json(self.shard_path / SCHEMA_FILE), self.shard_path)
         self._chunk_rows = commit["chunk_rows"]
         self._setup(schema)
+        self._resume(commit)
+
+    def _resume(self, commit: dict[str, Any]) -> None:
+        """Continue the streams after ``commit``; its open episodes end there (cut)."""
+        commit_path = self.shard_path / COMMIT_FILE
+        self._files.resume(commit)
         if len(commit["streams"]) != len(self._streams):
             raise SchemaError(
                 f"{str(commit_path)!r} lists {len(commit['streams'])} streams, its schema "
@@ -210,7 +218,7 @@ class TrajectoryWriter(Closeable):
             if start >= 0:
                 meta = commit["open_meta"].get(str(stream.index))
                 self._files.add_episode(Episode(stream.index, start, first, steps, FLAG_CUT, meta))
-        self._commit()
+        self._commit(sync=True)
 
     def _setup(self, schema: Schema) -> None:
         self.schema = schema
@@ -373,39 +381,67 @@ class TrajectoryWriter(Closeable):
         )
 
     def _submit(self, commit: bool) -> None:
-        """Hand the staged steps (and a commit) to the worker; stage into the other buffer."""
+        """Write the staged steps as a block (and commit); stage into the other buffer.
+
+        With the I/O thread, the block's big writes and the commit are queued to it and
+        the next steps go to the other staging buffer, once the thread is done with it.
+        """
+        self._check_io()
         st = self._stager
         if commit:
             self._since_commit = 0
             self._last_commit = time.monotonic()
             self._done_pending = False
-        if self._worker is None:
-            self._process(st, commit)
-            return
-        self._worker.raise_error()
-        other = self._stagers[1] if st is self._stagers[0] else self._stagers[0]
-        other.idle.wait()
-        st.idle.clear()
-        self._worker.submit(lambda: self._process(st, commit))
-        self._stager = other
-
-    def _process(self, st: Stager, commit: bool) -> None:
         try:
-            if self._worker is None or self._worker.error is None:
-                self._write_staged(st)
-                if commit:
-                    self._commit()
+            self._write_staged(st)
+            if commit:
+                self._commit()
         finally:
             st.clear()
-            st.idle.set()
+        worker = self._worker
+        if worker is not None:
+            st.idle.clear()
+            worker.submit(st.idle.set, always=True)
+            other = self._stagers[1] if st is self._stagers[0] else self._stagers[0]
+            other.idle.wait()
+            self._stager = other
+
+    def _check_io(self) -> None:
+        """Raise the I/O thread's error, if any, after rolling back to the last commit."""
+        if self._worker is None or self._worker.error is None:
+            return
+        err = self._worker.take_error()
+        self._roll_back()
+        raise err
+
+    def _roll_back(self) -> None:
+        """Continue from the last commit on disk, as a writer reopening the shard would.
+
+        What was recorded since is dropped (a failed write may have torn it); the
+        episodes open at that commit end there, flagged as cut.
+        """
+        self._fds.close()
+        self._files.discard_pending()
+        self._prev_next = None
+        self._pending_force = None
+        self._last_ids = None
+        self._since_commit = 0
+        self._done_pending = False
+        self._setup(self.schema)
+        commit_path = self.shard_path / COMMIT_FILE
+        if commit_path.exists():
+            self._resume(read_commit(commit_path))
+        else:
+            self._files.resume({"seq": 0, "episodes": 0, "episode_meta_bytes": 0})
+            shutil.rmtree(self.shard_path / STREAMS_DIR, ignore_errors=True)
 
     def _drain(self) -> None:
-        """Write everything staged and wait for the worker: the caller may then write directly."""
+        """Write everything staged and wait for the I/O: the caller may then write directly."""
         if self._stager is not None and self._stager.count:
             self._submit(False)
         if self._worker is not None:
             self._worker.wait()
-            self._worker.raise_error()
+            self._check_io()
 
     def end_episode(self, streams: torch.Tensor | Sequence[bool] | None = None) -> None:
         """Mark that the next transition of these streams starts a new episode (a reset).
@@ -514,6 +550,7 @@ class TrajectoryWriter(Closeable):
         metas: dict,
         done: torch.Tensor | None = None,
         aliased: torch.Tensor | None = None,
+        later: list[PendingWrite] | None = None,
     ) -> bool:
         nr = len(self._root_entries)
         roots, nexts = cols[:nr], cols[nr:]
@@ -541,7 +578,7 @@ class TrajectoryWriter(Closeable):
             metas=metas,
             aliased=aliased,
         )
-        episodes = stream.write_block(block)
+        episodes = stream.write_block(block, later)
         for ep in episodes:
             self._files.add_episode(ep)
         return bool(episodes)
@@ -553,11 +590,22 @@ class TrajectoryWriter(Closeable):
         cols = st.columns()
         done = self._done(cols, n)
         aliased = torch.tensor(st.alias[:n], dtype=torch.bool)
-        for b, stream in enumerate(self._streams):
-            metas = {i: m[b] for i, m in st.metas.items() if m[b] is not None}
-            self._write_block(
-                stream, [c[b] for c in cols], st.force_new[b, :n], metas, done[b], aliased
-            )
+        later: list[PendingWrite] | None = None if self._worker is None else []
+        try:
+            for b, stream in enumerate(self._streams):
+                metas = {i: m[b] for i, m in st.metas.items() if m[b] is not None}
+                self._write_block(
+                    stream,
+                    [c[b] for c in cols],
+                    st.force_new[b, :n],
+                    metas,
+                    done[b],
+                    aliased,
+                    later,
+                )
+        finally:
+            if later:  # queued even after a failure: each holds a descriptor to close
+                self._worker.submit(functools.partial(run_writes, later))
 
     def _done(self, cols: list[torch.Tensor], n: int) -> torch.Tensor:
         """Whether a done flag ended each transition: ``[n]``, or ``[N, n]`` for staged steps."""
@@ -567,7 +615,12 @@ class TrajectoryWriter(Closeable):
             done |= cols[i].reshape(*lead, -1).any(-1)
         return done
 
-    def _commit(self) -> None:
+    def _commit(self, sync: bool = False) -> None:
+        """Commit what was written; on the I/O thread unless ``sync`` (or ``durable``)."""
+        worker = self._worker
+        if worker is not None and (sync or self._durable):
+            worker.wait()  # the queued writes first
+            self._check_io()
         if self._durable:
             for s in self._streams:
                 s.chunks.sync()
@@ -582,7 +635,11 @@ class TrajectoryWriter(Closeable):
                 )
                 if ep.meta is not None:
                     open_meta[str(s.index)] = ep.meta
-        self._files.commit(streams, open_meta, self._chunk_rows or 1)
+        if worker is None or sync or self._durable:
+            self._files.commit(streams, open_meta, self._chunk_rows or 1)
+        else:
+            prepared = self._files.prepare_commit(streams, open_meta, self._chunk_rows or 1)
+            worker.submit(functools.partial(self._files.write_commit, prepared))
 
     def flush(self) -> None:
         """Write staged steps and commit: everything appended so far survives a crash."""
@@ -592,7 +649,7 @@ class TrajectoryWriter(Closeable):
         self._submit(True)
         if self._worker is not None:
             self._worker.wait()
-            self._worker.raise_error()
+            self._check_io()
 
     def close(self) -> None:
         """Commit, end the open episodes (flagged as cut) and release the shard."""
@@ -605,7 +662,7 @@ class TrajectoryWriter(Closeable):
                     ep = s.cut()
                     if ep is not None:
                         self._files.add_episode(ep)
-                self._commit()
+                self._commit(sync=True)
         finally:
             self._closed = True
             _OPEN_WRITERS.discard(self)
