@@ -56,6 +56,29 @@ def _mismatch(where: str, key: Key, shape: torch.Size, dtype: torch.dtype, v: An
     )
 
 
+Slot = tuple["str | None", Key, torch.Size, torch.dtype]
+"""A leaf to gather: its top-level name (None if nested), key, full shape and dtype."""
+
+
+def _collect(
+    td: TensorDictBase,
+    top: dict[str, Any] | None,
+    slots: list[Slot],
+    where: str,
+    leaves: list[torch.Tensor],
+) -> None:
+    """Append ``td``'s leaves for ``slots`` to ``leaves``, each checked (~0.3 us a leaf)."""
+    for name, key, shape, dtype in slots:
+        v = top.get(name) if name is not None and top is not None else None
+        if v is None:
+            v = _fast_get(td, key)
+            if v is None:
+                _missing(where, key, shape, dtype)
+        if v.dtype is not dtype or v.shape != shape:
+            _mismatch(where, key, shape, dtype, v)
+        leaves.append(v)
+
+
 class StepChecker:
     """The schema's leaves in staging order (root side, then ``"next"`` side), with checks.
 
@@ -68,13 +91,24 @@ class StepChecker:
     def __init__(self, schema: Schema, root_entries: list[Entry], next_entries: list[Entry]):
         self.batch_shape = torch.Size(schema.batch_shape)
 
-        def slots(entries: list[Entry]) -> list[tuple[Key, torch.Size, torch.dtype]]:
-            return [(e.key, torch.Size((*self.batch_shape, *e.shape)), e.dtype) for e in entries]
+        def slots(entries: list[Entry]) -> list[Slot]:
+            return [
+                (
+                    e.key[0] if len(e.key) == 1 else None,
+                    e.key,
+                    torch.Size((*self.batch_shape, *e.shape)),
+                    e.dtype,
+                )
+                for e in entries
+            ]
 
         self.root_slots = slots(root_entries)
         self.next_slots = slots(next_entries)
-        self._root_top = len({k[0] for k, _, _ in self.root_slots})
-        self._next_top = len({k[0] for k, _, _ in self.next_slots})
+        num_state = sum(e.role == "state" for e in root_entries)
+        self._root_state = self.root_slots[:num_state]  # the stager puts these first
+        self._root_rest = self.root_slots[num_state:]
+        self._root_top = len({key[0] for _, key, _, _ in self.root_slots})
+        self._next_top = len({key[0] for _, key, _, _ in self.next_slots})
 
     def gather(
         self,
@@ -89,36 +123,28 @@ class StepChecker:
         leaves and whether the root state *is* ``prev``: the same tensors, unmodified
         since (those were checked already and are not checked again).
         """
+        # a plain TensorDict's top-level entries are a dict: ~0.05 us a key
+        rtop = root._tensordict if type(root) is TensorDict else None
+        ntop = next_._tensordict if type(next_) is TensorDict else None
+        rkeys = root.keys() if rtop is None else rtop
+        nkeys = next_.keys() if ntop is None else ntop
+        # an extra top-level key is caught here (a missing one by name, when collected)
+        if len(rkeys) != self._root_top + ("next" in rkeys) or len(nkeys) != self._next_top:
+            self.check_keys(root, next_)
         leaves: list[torch.Tensor] = []
         aliased = prev is not None
-        num_state = len(prev) if aliased else 0
-        for td, slots, where, count in (
-            (root, self.root_slots, "root", self._root_top),
-            (next_, self.next_slots, "next", self._next_top),
-        ):
-            # a plain TensorDict's top-level entries are a dict: ~0.05 us a key
-            top = td._tensordict if type(td) is TensorDict else None
-            keys = td.keys() if top is None else top
-            # an extra top-level key is caught here (a missing one below, by name)
-            if len(keys) != count + (where == "root" and "next" in keys):
-                self.check_keys(root, next_)
-            if top is None:
-                top = {}
-            for key, shape, dtype in slots:
-                v = top.get(key[0]) if len(key) == 1 else None
+        if aliased:
+            for (name, key, _, _), (t, version) in zip(self._root_state, prev, strict=True):
+                v = rtop.get(name) if name is not None and rtop is not None else None
                 if v is None:
-                    v = _fast_get(td, key)
-                    if v is None:
-                        _missing(where, key, shape, dtype)
-                if aliased and len(leaves) < num_state:
-                    t, version = prev[len(leaves)]
-                    if v is t and v._version == version:
-                        leaves.append(v)
-                        continue
+                    v = _fast_get(root, key)
+                if v is not t or v._version != version:
                     aliased = False
-                if v.dtype is not dtype or v.shape != shape:
-                    _mismatch(where, key, shape, dtype, v)
+                    leaves.clear()
+                    break
                 leaves.append(v)
+        _collect(root, rtop, self._root_rest if aliased else self.root_slots, "root", leaves)
+        _collect(next_, ntop, self.next_slots, "next", leaves)
         return leaves, aliased
 
     def columns(self, batch: TensorDictBase, next_: TensorDictBase) -> list[torch.Tensor]:
@@ -131,7 +157,7 @@ class StepChecker:
             (batch, self.root_slots, "root"),
             (next_, self.next_slots, "next"),
         ):
-            for key, shape, dtype in slots:
+            for _, key, shape, dtype in slots:
                 feat = shape[nb:]
                 full = torch.Size((*self.batch_shape, T, *feat))
                 v = td.get(key, None)
@@ -145,9 +171,9 @@ class StepChecker:
     def check_keys(self, root: TensorDictBase, next_: TensorDictBase) -> None:
         """Refuse keys the schema does not have (a full key walk: ~10 us)."""
         have = {k for k in leaf_keys(root) if k[0] != "next"}
-        extra = have - {k for k, _, _ in self.root_slots}
+        extra = have - {k for _, k, _, _ in self.root_slots}
         nhave = set(leaf_keys(next_))
-        extra |= {("next", *k) for k in nhave - {k for k, _, _ in self.next_slots}}
+        extra |= {("next", *k) for k in nhave - {k for _, k, _, _ in self.next_slots}}
         if extra:
             names = sorted(key_str(k) for k in extra)
             raise SchemaError(

@@ -244,14 +244,16 @@ class TrajectoryWriter(Closeable):
         nr = len(self._root_entries)
         self._done_slots = [i for i, e in enumerate(entries) if e.is_done and i >= nr]
         # one-element done flags (an unbatched env's [1]) read with .item(): 0.2 us, not 2
-        next_shapes = [shape for _, shape, _ in self._checker.next_slots]
+        next_shapes = [shape for _, _, shape, _ in self._checker.next_slots]
         self._done_scalar = all(next_shapes[i - nr].numel() == 1 for i in self._done_slots)
         self._id_slot = next(
             (i for i, e in enumerate(self._root_entries) if e.key == self._episode_key), None
         )
         self._check_keys_at = 0
         self._next_state_idx = [nr + i for i, e in enumerate(entries[nr:]) if e.role == "state"]
-        self._done_slot = self._done_slots[0] if len(self._done_slots) == 1 else None
+        # the one done flag of an unbatched env, read with a single .item()
+        single = len(self._done_slots) == 1 and self._done_scalar
+        self._done_item = self._done_slots[0] if single else None
         self._prev_next: list[tuple[torch.Tensor, int]] | None = None
 
     def _init_schema(self, root: TensorDictBase, next_: TensorDictBase) -> None:
@@ -346,8 +348,8 @@ class TrajectoryWriter(Closeable):
         self._pending_force = None
         self.num_steps += 1
         self._since_commit += 1
-        slot = self._done_slot
-        if slot is not None and self._done_scalar:
+        slot = self._done_item
+        if slot is not None:
             done = leaves[slot].item()
         else:
             done = any(
@@ -359,7 +361,12 @@ class TrajectoryWriter(Closeable):
                 self._done_pending = True
         else:
             self._prev_next = [(leaves[i], leaves[i]._version) for i in self._next_state_idx]
-        commit = self._commit_due()
+        elapsed = time.monotonic() - self._last_commit
+        commit = (
+            self._since_commit >= self._commit_steps
+            or elapsed >= self._commit_seconds
+            or (self._done_pending and elapsed >= self._min_commit_interval)
+        )
         if commit or stager.count >= stager.capacity:
             self._submit(commit)
 
