@@ -56,7 +56,7 @@ def _close_open_writers() -> None:
 
 # Staged bytes and steps per block: a block costs ~0.5-1 ms of fixed work (episode
 # logic, one write per key), so blocks of several hundred steps keep it under ~2 us a step.
-_STAGE_BYTES = 16 * 2**20
+_STAGE_BYTES = 8 * 2**20
 _STAGE_STEPS = 1024
 
 
@@ -76,7 +76,7 @@ class TrajectoryWriter(Closeable):
         shard: name of the shard to write. ``None`` creates a new shard; the
             name of an existing shard continues it after its last commit.
         chunk_rows: rows per chunk (default: about 128 MiB of data, at most 65536).
-        stage_steps: steps staged in RAM between writes (default: up to 64, ~4 MiB).
+        stage_steps: steps staged in RAM between writes (default: up to 1024, ~8 MiB).
         commit_every_steps: commit after this many transitions.
         commit_every_seconds: commit when this much time passed since the last one.
         commit_on_done: commit at the step where an episode ends (but no more often
