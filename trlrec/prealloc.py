@@ -91,10 +91,18 @@ class Reservation:
         self.reserved = stop
 
     def release(self, fd: int) -> None:
-        """Give back the blocks reserved past the last write (``PUNCH_HOLE``)."""
+        """Give back the blocks reserved past the last write.
+
+        An appended file is truncated to its own size (which frees the blocks kept past
+        its end; ext4 does not punch holes there); a fixed-size file gets a hole
+        (``PUNCH_HOLE``) from the last write to the reserved end.
+        """
         start = -(-self.written // _PAGE) * _PAGE
         if self.reserved > start:
-            err = _fallocate(fd, _PUNCH_HOLE | _KEEP_SIZE, start, self.reserved - start)
-            if err and err not in _UNSUPPORTED:
-                raise OSError(err, os.strerror(err))
+            if self.limit is None:
+                os.ftruncate(fd, os.fstat(fd).st_size)
+            else:
+                err = _fallocate(fd, _PUNCH_HOLE | _KEEP_SIZE, start, self.reserved - start)
+                if err and err not in _UNSUPPORTED:
+                    raise OSError(err, os.strerror(err))
         self.reserved = min(self.reserved, start)
