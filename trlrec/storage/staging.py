@@ -37,13 +37,12 @@ class Stager:
             torch.empty((n, capacity, *e.shape), dtype=e.dtype, pin_memory=pin_memory)
             for e in self.entries
         ]
-        # Per-step destination views, built on first use (~1 us a view: building all of
-        # them up front made a writer's first step take ~60 ms).
-        self._shapes = [torch.Size((*self.batch_shape, *e.shape)) for e in self.entries]
-        self._rows: list[list[torch.Tensor] | None] = [None] * capacity
+        # Per-step destination views, built once (with unbind: ~1 us a step and key).
+        columns = [self._row_views(b, e) for b, e in zip(self.buffers, self.entries, strict=True)]
+        self._rows = [list(row) for row in zip(*columns, strict=True)]
         # Steps whose root state is the previous step's "next" state (the same tensors,
         # unmodified) skip copying it: their root-state slots (the first) are left stale.
-        self._rows_aliased: list[list[torch.Tensor] | None] = [None] * capacity
+        self._rows_aliased = [row[self.num_state :] for row in self._rows]
         self.alias = [False] * capacity
         self.force_new = torch.zeros(n, capacity, dtype=torch.bool)
         self.metas: dict[int, list[Any]] = {}
@@ -68,13 +67,10 @@ class Stager:
         ``aliased``: the root state is the previous step's next state, already staged.
         """
         i = self.count
-        rows = self._rows[i]
-        if rows is None:
-            rows = self._build_row(i)
         if aliased:
             torch._foreach_copy_(self._rows_aliased[i], leaves[self.num_state :], non_blocking=True)
         else:
-            torch._foreach_copy_(rows, leaves, non_blocking=True)
+            torch._foreach_copy_(self._rows[i], leaves, non_blocking=True)
         self.alias[i] = aliased
         if force_new is not None:
             self.force_new[:, i] = force_new
@@ -82,11 +78,14 @@ class Stager:
             self.metas[i] = metas
         self.count = i + 1
 
-    def _build_row(self, i: int) -> list[torch.Tensor]:
-        rows = [b[:, i].view(shape) for b, shape in zip(self.buffers, self._shapes, strict=True)]
-        self._rows[i] = rows
-        self._rows_aliased[i] = rows[self.num_state :]
-        return rows
+    def _row_views(self, buffer: torch.Tensor, entry: Entry) -> tuple[torch.Tensor, ...]:
+        """``buffer``'s steps as views of the step's full shape (``[*batch, *shape]``)."""
+        if not self.batch_shape:
+            return buffer[0].unbind(0)
+        if len(self.batch_shape) == 1:
+            return buffer.unbind(1)
+        shape = torch.Size((*self.batch_shape, *entry.shape))
+        return tuple(buffer[:, i].view(shape) for i in range(self.capacity))
 
     def columns(self) -> list[torch.Tensor]:
         """The staged leaves as ``[N, n, *shape]`` tensors (N streams, n steps)."""
