@@ -129,9 +129,10 @@ class ChunkSeries:
     ) -> None:
         """Write ``columns`` (each ``[m, ...]``) at logical rows ``[row, row + m)``.
 
-        With ``later`` (a list), writes of at least 64 KiB are not done but appended to
-        it, each with its own descriptor, for :func:`run_writes` on the I/O thread; the
-        caller keeps the columns' memory unchanged until then.
+        With ``later`` (a list), the writes are not done but appended to it, each with
+        its own descriptor, for :func:`run_writes` on the I/O thread (on this VM even a
+        4 KiB write into a new page of the cache can take tens of us); the caller keeps
+        the columns' memory unchanged until then.
         """
         m = next(iter(columns.values())).shape[0]
         done = 0
@@ -151,7 +152,7 @@ class ChunkSeries:
                 path = self._file(index, key)
                 try:
                     fd = self._fd_cache.get(path)
-                    if later is not None and len(data) >= _DROP_BEHIND:
+                    if later is not None:
                         later.append(PendingWrite(os.dup(fd), data, offset * size, path))
                     else:
                         _write(fd, data, offset * size)
