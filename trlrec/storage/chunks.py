@@ -35,12 +35,11 @@ _DROP_LAG = 4  # ... together with the ~4 writes before them (written back meanw
 
 
 class PendingWrite(NamedTuple):
-    """A write handed to the I/O thread: its own descriptor, the bytes, where they go."""
+    """A write handed to the I/O thread: the file, the bytes, where they go."""
 
-    fd: int
+    path: str
     data: memoryview
     offset: int
-    path: str
 
 
 def _write(fd: int, data: memoryview, offset: int) -> None:
@@ -61,17 +60,13 @@ def _write_error(path: str, err: OSError) -> StoreWriteError:
     )
 
 
-def run_writes(writes: list[PendingWrite]) -> None:
-    """Do the deferred writes (on the I/O thread); every descriptor is closed."""
-    try:
-        for w in writes:
-            try:
-                _write(w.fd, w.data, w.offset)
-            except OSError as err:
-                raise _write_error(w.path, err) from err
-    finally:
-        for w in writes:
-            os.close(w.fd)
+def run_writes(writes: list[PendingWrite], fds: FdCache) -> None:
+    """Do the deferred writes (on the I/O thread, with descriptors of its own ``fds``)."""
+    for w in writes:
+        try:
+            _write(fds.get(w.path), w.data, w.offset)
+        except OSError as err:
+            raise _write_error(w.path, err) from err
 
 
 class ChunkSeries:
@@ -129,8 +124,8 @@ class ChunkSeries:
     ) -> None:
         """Write ``columns`` (each ``[m, ...]``) at logical rows ``[row, row + m)``.
 
-        With ``later`` (a list), the writes are not done but appended to it, each with
-        its own descriptor, for :func:`run_writes` on the I/O thread (on this VM even a
+        With ``later`` (a list), the writes are not done but appended to it, for
+        :func:`run_writes` on the I/O thread (on this VM even a
         4 KiB write into a new page of the cache can take tens of us); the caller keeps
         the columns' memory unchanged until then.
         """
@@ -150,12 +145,11 @@ class ChunkSeries:
                     flat = torch.empty(flat.shape, dtype=flat.dtype).copy_(flat)
                 data = memoryview(flat.view(torch.uint8).numpy()).cast("B")
                 path = self._file(index, key)
+                if later is not None:
+                    later.append(PendingWrite(path, data, offset * size))
+                    continue
                 try:
-                    fd = self._fd_cache.get(path)
-                    if later is not None:
-                        later.append(PendingWrite(os.dup(fd), data, offset * size, path))
-                    else:
-                        _write(fd, data, offset * size)
+                    _write(self._fd_cache.get(path), data, offset * size)
                 except OSError as err:
                     raise _write_error(path, err) from err
             self.touched.add(index)

@@ -154,6 +154,7 @@ class TrajectoryWriter(Closeable):
         self._background = background
         self._worker: BlockWorker | None = None
         self._fds = FdCache()
+        self._io_fds = FdCache()  # used by the I/O thread only (closed once it is idle)
         self._done_pending = False
         self._durable = durable
         self._episode_key = (episode_key,) if isinstance(episode_key, str) else episode_key
@@ -428,6 +429,7 @@ class TrajectoryWriter(Closeable):
         episodes open at that commit end there, flagged as cut.
         """
         self._fds.close()
+        self._io_fds.close()  # the worker is idle: take_error() waited for it
         self._files.discard_pending()
         self._prev_next = None
         self._pending_force = None
@@ -611,8 +613,8 @@ class TrajectoryWriter(Closeable):
                     later,
                 )
         finally:
-            if later:  # queued even after a failure: each holds a descriptor to close
-                self._worker.submit(functools.partial(run_writes, later))
+            if later:  # also after a failure: the streams before it counted these rows
+                self._worker.submit(functools.partial(run_writes, later, self._io_fds))
 
     def _done(self, cols: list[torch.Tensor], n: int) -> torch.Tensor:
         """Whether a done flag ended each transition: ``[n]``, or ``[N, n]`` for staged steps."""
@@ -676,6 +678,7 @@ class TrajectoryWriter(Closeable):
             if self._worker is not None:
                 self._worker.stop()
             self._fds.close()
+            self._io_fds.close()
             self._files.release()
             if self.schema is None and not (self.shard_path / COMMIT_FILE).exists():
                 shutil.rmtree(self.shard_path, ignore_errors=True)
