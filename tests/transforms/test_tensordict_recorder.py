@@ -353,6 +353,20 @@ def test_skip_keeps_every_kth_transition_as_one_step_episodes(tmp_path, env_fact
     assert [float(ep["observation"][0, 0]) for ep in reader.episodes] == [2.0, 5.0]
 
 
+def test_skip_changed_while_recording_takes_effect(tmp_path, env_factory):
+    rec = TensorDictRecorder(tmp_path / "s")
+    env = env_factory((100,), recorder=rec)
+    first = env.rollout(4, break_when_any_done=False)
+    rec.skip = 2  # after steps went through the recorder's direct lane
+    second = env.rollout(4, break_when_any_done=False)
+    rec.close()
+    reader = TrajectoryReader(tmp_path / "s")
+    assert [len(e) for e in reader.episodes] == [4, 1, 1]
+    assert_same(reader.episodes[0], first)
+    assert_same(reader.episodes[1], second[1:2])
+    assert_same(reader.episodes[2], second[3:4])
+
+
 def test_metadata_step_fn_episode_fn(tmp_path, env_factory):
     def step_fn(td):
         return {"t": td["next", "observation"][..., 0], "one": 1, "flag": True}

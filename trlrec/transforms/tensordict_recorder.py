@@ -32,6 +32,7 @@ STEP_METADATA = "step_metadata"
 """Root sub-tensordict holding what ``step_fn`` returns, one tensor per name."""
 _DONE_NAMES = ("done", "terminated", "truncated")
 _OWN_WRITER_ARGS = ("path", "metadata")
+_LANE_SETTINGS = frozenset({"skip", "step_fn", "episode_fn", "_keep", "_closed"})
 _WRITER_ARGS = frozenset(inspect.signature(TrajectoryWriter).parameters) - set(_OWN_WRITER_ARGS)
 
 
@@ -357,6 +358,11 @@ class TensorDictRecorder(Transform, Closeable):
         writer.append_transition(root, next_, episode_metadata=meta)
         if self._plain():
             self._fast = writer.append_step
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if name in _LANE_SETTINGS:  # the direct lane skips them: take the general path again
+            super().__setattr__("_fast", None)
 
     def _plain(self) -> bool:
         """Whether steps go to the writer as they come (no selection, skip, functions, device)."""
