@@ -4,8 +4,9 @@
 
 Every ``benchmarks/bench_*.py`` module's ``run(smoke)`` is called in turn. A module
 that raises (or returns malformed rows) gets a ``FAILED`` row and the run goes on;
-the exit status is 1 if any module failed. Without ``--smoke`` the table goes to
-``BENCHMARKS.md`` at the repository root; with it, only where ``--out`` says.
+the exit status is 1 if any module failed. A whole run writes the table to
+``BENCHMARKS.md`` at the repository root; ``--smoke`` and ``--only`` runs write it only
+where ``--out`` says.
 """
 
 from __future__ import annotations
@@ -83,11 +84,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: check that it runs")
     parser.add_argument("--only", action="append", metavar="NAME", help="run these modules only")
     parser.add_argument(
-        "--out", type=Path, help="markdown file (default: ./BENCHMARKS.md; none with --smoke)"
+        "--out", type=Path, help="markdown file (default: BENCHMARKS.md for a whole run)"
     )
     args = parser.parse_args(argv)
     argv = sys.argv[1:] if argv is None else argv
-    out = args.out if args.out is not None else (None if args.smoke else REPO / "BENCHMARKS.md")
+    # BENCHMARKS.md holds whole runs only: a partial one (--only) would drop the rest
+    full = not args.smoke and not args.only
+    out = args.out if args.out is not None else (REPO / "BENCHMARKS.md" if full else None)
     modules = select(discover(), args.only)
     info = machine()
     command = shlex.join([".venv/bin/python", "-m", "benchmarks", *argv])
