@@ -39,10 +39,10 @@ class Stager:
         ]
         # Per-step destination views, built once (with unbind: ~1 us a step and key).
         columns = [self._row_views(b, e) for b, e in zip(self.buffers, self.entries, strict=True)]
-        self._rows = [list(row) for row in zip(*columns, strict=True)]
+        self.rows = [list(row) for row in zip(*columns, strict=True)]
         # Steps whose root state is the previous step's "next" state (the same tensors,
         # unmodified) skip copying it: their root-state slots (the first) are left stale.
-        self._rows_aliased = [row[self.num_state :] for row in self._rows]
+        self.rows_aliased = [row[self.num_state :] for row in self.rows]
         self.alias = [False] * capacity
         self.force_new = torch.zeros(n, capacity, dtype=torch.bool)
         self.metas: dict[int, list[Any]] = {}
@@ -54,29 +54,6 @@ class Stager:
     def full(self) -> bool:
         """Whether no step fits any more."""
         return self.count >= self.capacity
-
-    def put(
-        self,
-        leaves: list[torch.Tensor],
-        force_new: torch.Tensor | None,
-        metas: Any,
-        aliased: bool = False,
-    ) -> None:
-        """Stage one step's leaves (in ``entries`` order).
-
-        ``aliased``: the root state is the previous step's next state, already staged.
-        """
-        i = self.count
-        if aliased:
-            torch._foreach_copy_(self._rows_aliased[i], leaves[self.num_state :], non_blocking=True)
-        else:
-            torch._foreach_copy_(self._rows[i], leaves, non_blocking=True)
-        self.alias[i] = aliased
-        if force_new is not None:
-            self.force_new[:, i] = force_new
-        if metas is not None:
-            self.metas[i] = metas
-        self.count = i + 1
 
     def _row_views(self, buffer: torch.Tensor, entry: Entry) -> tuple[torch.Tensor, ...]:
         """``buffer``'s steps as views of the step's full shape (``[*batch, *shape]``)."""
