@@ -19,8 +19,10 @@ __all__ = ["Stager"]
 class Stager:
     """Holds up to ``capacity`` steps of a ``[*batch]`` recording, root and ``"next"`` leaves.
 
-    The per-step destination views are built once, so staging a step is a single
-    ``torch._foreach_copy_``.
+    The per-step destination views (:attr:`rows`, and :attr:`rows_aliased` without the
+    root-state slots) are built once, so the writer stages a step with a single
+    ``torch._foreach_copy_`` into ``rows[count]``, then sets ``alias``, ``force_new``
+    and ``metas`` at ``count`` and increments it.
     """
 
     def __init__(self, schema: Schema, capacity: int, pin_memory: bool = False):
