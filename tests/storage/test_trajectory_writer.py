@@ -5,8 +5,11 @@ from __future__ import annotations
 import errno
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,6 +26,8 @@ from trlrec.errors import (
     StoreWriteError,
     UnsupportedDataError,
 )
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_single_env_round_trip_is_bit_exact(tmp_path, stub_env):
@@ -382,3 +387,34 @@ def test_io_thread_write_error_rolls_back_to_the_last_commit(tmp_path, stub_env_
     assert [len(e) for e in r.episodes] == [5, 5, 5, 5]
     for i, start in enumerate((0, 5, 20, 25)):
         assert_td_identical(r.episodes[i], rollout[start : start + 5])
+
+
+def test_a_forked_child_exiting_leaves_the_parents_writer_alone(tmp_path):
+    script = f"""
+import os, sys, torch
+from tests.conftest import StubEnv
+from trlrec import TrajectoryWriter
+env = StubEnv(episode_lengths=(100,), pixels=(84, 84, 3))
+rollout = env.rollout(40, break_when_any_done=False)
+w = TrajectoryWriter({str(tmp_path / "s")!r}, stage_steps=4)
+for t in range(20):
+    w.append(rollout[t])
+pid = os.fork()
+if pid == 0:
+    sys.exit(0)  # runs the atexit hooks of the child
+_, status = os.waitpid(pid, 0)
+for t in range(20, 40):
+    w.append(rollout[t])
+w.close()
+torch.save(rollout, {str(tmp_path / "rollout.pt")!r})
+print("exit", os.waitstatus_to_exitcode(status))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert done.returncode == 0, done.stderr
+    assert "exit 0" in done.stdout
+    rollout = torch.load(tmp_path / "rollout.pt", weights_only=False)
+    r = TrajectoryReader(tmp_path / "s")
+    assert r.num_episodes == 1
+    assert_td_identical(r.episodes[0], rollout)

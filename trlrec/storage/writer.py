@@ -44,6 +44,11 @@ _CHUNK_BYTES = 128 * 2**20
 _OPEN_WRITERS: weakref.WeakSet[TrajectoryWriter] = weakref.WeakSet()
 
 
+# A forked child inherits the parent's open writers but not their I/O thread: it must
+# neither close nor commit them at its exit (the shard is the parent's).
+os.register_at_fork(after_in_child=_OPEN_WRITERS.clear)
+
+
 @atexit.register
 def _close_open_writers() -> None:
     """Commit and close writers still open when the interpreter exits (a forgotten close())."""
