@@ -52,11 +52,6 @@ class Stager:
         self.idle = threading.Event()  # set while no background job is writing this buffer
         self.idle.set()
 
-    @property
-    def full(self) -> bool:
-        """Whether no step fits any more."""
-        return self.count >= self.capacity
-
     def _row_views(self, buffer: torch.Tensor, entry: Entry) -> tuple[torch.Tensor, ...]:
         """``buffer``'s steps as views of the step's full shape (``[*batch, *shape]``)."""
         if not self.batch_shape:

@@ -163,8 +163,8 @@ class StreamWriter:
         gathering copy; small columns are gathered into the block's rows and written
         with one call per key, whatever the number of runs. All rows are written
         before the stream's state changes, so a failed write (a full disk) leaves
-        the stream as it was before the block. With ``later``, the big columns' writes
-        are deferred into it (see :meth:`ChunkSeries.write`).
+        the stream as it was before the block. With ``later``, the block's writes are
+        deferred into it (see :meth:`ChunkSeries.write`).
         """
         n = len(block)
         if n == 0:

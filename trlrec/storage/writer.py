@@ -92,8 +92,8 @@ class TrajectoryWriter(Closeable):
             power loss, not only a killed process).
         episode_key: a root key whose change starts a new episode (collectors'
             trajectory ids), used when present.
-        background: do the writes of big columns (pixels) and the commits on an I/O
-            thread, so the step loop does not wait for the disk (on by default). The
+        background: do the chunk writes and the commits on an I/O thread, so the
+            step loop does not wait for the disk (on by default). The
             step loop keeps the checks, staging and episode logic. An I/O error is
             raised by the next ``append``/``flush``/``close``, after the writer rolled
             back to its last commit (what came after it is dropped; ``flush()`` waits
@@ -233,7 +233,8 @@ class TrajectoryWriter(Closeable):
             self._chunk_rows = max(16, min(2**16, _CHUNK_BYTES // row_bytes))
         n = schema.num_streams
         stage = self._stage_steps or max(1, min(_STAGE_STEPS, _STAGE_BYTES // (row_bytes * n)))
-        self._stagers = [Stager(schema, stage), Stager(schema, stage)]
+        # a second buffer to stage into while the I/O thread writes the first
+        self._stagers = [Stager(schema, stage) for _ in range(2 if self._background else 1)]
         self._stager = self._stagers[0]
         self._entries = self._stager.entries
         self._root_entries = self._stager.root_entries
@@ -403,12 +404,7 @@ class TrajectoryWriter(Closeable):
                 self._done_pending = True
         else:
             self._prev_next = [(leaves[i], leaves[i]._version) for i in self._next_state_idx]
-        elapsed = time.monotonic() - self._last_commit
-        commit = (
-            self._since_commit >= self._commit_steps
-            or elapsed >= self._commit_seconds
-            or (self._done_pending and elapsed >= self._min_commit_interval)
-        )
+        commit = self._commit_due()
         if commit or st.count >= st.capacity:
             self._submit(commit)
 
@@ -432,7 +428,7 @@ class TrajectoryWriter(Closeable):
     def _submit(self, commit: bool) -> None:
         """Write the staged steps as a block (and commit); stage into the other buffer.
 
-        With the I/O thread, the block's big writes and the commit are queued to it and
+        With the I/O thread, the block's writes and the commit are queued to it and
         the next steps go to the other staging buffer, once the thread is done with it.
         """
         self._check_io()
