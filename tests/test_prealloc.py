@@ -38,21 +38,6 @@ def test_appended_file_keeps_its_size_and_gives_the_tail_back(fd):
     assert os.pread(fd, MiB, 0) == data
 
 
-def test_fixed_size_file_is_reserved_inside_its_size_only(fd):
-    os.ftruncate(fd, 3 * MiB)
-    r = Reservation(8 * MiB, limit=3 * MiB)
-    r.ensure(fd, MiB)
-    if not r.enabled:
-        pytest.skip("this file system cannot reserve blocks")
-    assert os.fstat(fd).st_size == 3 * MiB
-    assert 3 * MiB <= _allocated(fd) < 3 * MiB + 64 * 1024
-    os.pwrite(fd, b"x" * 100, 0)
-    r.release(fd)  # written up to 1 MiB (as ensure() was told): the rest is punched out
-    assert MiB <= _allocated(fd) < MiB + 64 * 1024
-    assert os.pread(fd, 100, 0) == b"x" * 100
-    assert os.pread(fd, 10, 2 * MiB) == bytes(10)  # a punched hole reads as zeros
-
-
 def test_a_window_is_reserved_once_per_window(fd):
     r = Reservation(2 * MiB)
     if not r.enabled:

@@ -67,7 +67,7 @@ class FramesFile:
         self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         self.size = os.fstat(self.fd).st_size
         self.reservation = Reservation(_RESERVE)
-        self.reservation.reserved = self.reservation.written = self.size
+        self.reservation.reserved = self.size
         self.error: Exception | None = None
 
     def append(self, data: memoryview) -> None:
