@@ -93,11 +93,7 @@ class Stream:
                     self.env, int(frame.shape[0]), int(frame.shape[1]), settings.fps
                 )
             if settings.max_frames is None or segment.frames < settings.max_frames:
-                try:
-                    segment.write(frame)
-                except TrlrecError:
-                    self.segment = None  # failed and closed: the next frame opens a new file
-                    raise
+                self._write(segment, frame)
             elif triggered:
                 self.finish()
                 self.recording = False
@@ -120,15 +116,18 @@ class Stream:
         if segment is None or self.new_episode or not self.recording:
             self.feed(frame, end, False)
             return
+        self._write(segment, frame)
+        self.count += 1
+        if end:
+            self.new_episode = True
+            segment.end_episode()
+
+    def _write(self, segment: Segment, frame: torch.Tensor) -> None:
         try:
             segment.write(frame)
         except TrlrecError:
             self.segment = None  # failed and closed: the next frame opens a new file
             raise
-        self.count += 1
-        if end:
-            self.new_episode = True
-            segment.end_episode()
 
     def finish(self) -> None:
         """Closes the open segment (its video is complete on disk), if any.
