@@ -307,7 +307,9 @@ def test_many_streams_stay_under_the_open_file_limit(tmp_path, stub_env_cls):
     assert_store_matches(TrajectoryReader(tmp_path / "fd"), rollout)
 
 
-def test_root_modified_in_place_after_append_is_not_taken_for_the_previous_next(tmp_path):
+# a small state is restaged every step; a big one (> 256 bytes) is aliased when unmodified
+@pytest.mark.parametrize("size", [2, 128])
+def test_root_modified_in_place_after_append_is_not_taken_for_the_previous_next(tmp_path, size):
     def step(obs, nxt, done=False):
         return TensorDict(
             {
@@ -318,17 +320,34 @@ def test_root_modified_in_place_after_append_is_not_taken_for_the_previous_next(
             batch_size=[],
         )
 
-    x = torch.full((2,), 1.0)
+    x = torch.full((size,), 1.0)
     with TrajectoryWriter(tmp_path / "v", background=False) as w:
-        w.append(step(torch.zeros(2), x))
-        y = torch.full((2,), 2.0)
+        w.append(step(torch.zeros(size), x))
+        y = torch.full((size,), 2.0)
         w.append(step(x, y))  # the same tensor, unmodified: continues the episode
         y.add_(10)  # modified in place after it was recorded as a "next" state
-        w.append(step(y, torch.full((2,), 3.0)))
+        w.append(step(y, torch.full((size,), 3.0)))
     r = TrajectoryReader(tmp_path / "v")
     assert [len(e) for e in r.episodes] == [2, 1]
     assert r.episodes[0]["next", "observation"][:, 0].tolist() == [1.0, 2.0]
     assert r.episodes[1]["observation"][0, 0].item() == 12.0
+
+
+def test_a_commit_restarts_the_step_count_to_the_next_one(tmp_path, stub_env_cls):
+    batch = stub_env_cls(episode_lengths=(50,)).rollout(600, break_when_any_done=False)
+    path = tmp_path / "c"
+    committed = []
+    with TrajectoryWriter(
+        path,
+        background=False,
+        commit_every_steps=1000,
+        commit_every_seconds=3600,
+        commit_on_done=False,
+    ) as w:
+        for _ in range(4):
+            w.extend(batch)
+            committed.append(TrajectoryReader(path).num_steps)
+    assert committed == [0, 1200, 1200, 2400]
 
 
 def test_background_io_is_the_default_and_records_the_same(tmp_path, stub_env_cls):

@@ -47,6 +47,11 @@ class Entry:
         return ("next", *self.key) if self.role == "next" else self.key
 
     @property
+    def nbytes(self) -> int:
+        """Bytes of one row of this column (one step's value)."""
+        return torch.Size(self.shape).numel() * torch.empty((), dtype=self.dtype).element_size()
+
+    @property
     def is_done(self) -> bool:
         """Whether this column is a done flag that ends episodes."""
         return self.key[-1] == "done" and self.dtype is torch.bool and self.role != "root"
@@ -134,10 +139,7 @@ class Schema:
 
     def row_bytes(self) -> int:
         """Bytes of one stored row."""
-        return sum(
-            torch.Size(e.shape).numel() * torch.empty((), dtype=e.dtype).element_size()
-            for e in self.entries
-        )
+        return sum(e.nbytes for e in self.entries)
 
     def to_json(self) -> dict[str, Any]:
         """The JSON form written to schema.json."""

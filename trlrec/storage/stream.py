@@ -20,7 +20,7 @@ from trlrec.storage.dtypes import bits_view
 from trlrec.storage.layout import FLAG_CUT, FLAG_DONE
 from trlrec.storage.schema import Key, Schema
 
-__all__ = ["Block", "Episode", "StreamWriter"]
+__all__ = ["SMALL_ROW", "Block", "Episode", "StreamWriter"]
 
 
 @dataclass
@@ -53,7 +53,7 @@ class Block:
         return self.done.shape[0]
 
 
-_SMALL_ROW = 256  # bytes: rows up to this size are compared and written a block at a time
+SMALL_ROW = 256  # bytes: rows up to this size are compared and written a block at a time
 
 
 def _words(t: torch.Tensor) -> torch.Tensor:
@@ -106,12 +106,7 @@ class StreamWriter:
         self.open: Episode | None = None
         self._last: dict[Key, torch.Tensor] | None = None  # the last "next" state
         # (role, key) of the columns whose rows are small: gathered per block
-        self._small = {
-            (e.role, e.key)
-            for e in schema.entries
-            if torch.Size(e.shape).numel() * torch.empty((), dtype=e.dtype).element_size()
-            <= _SMALL_ROW
-        }
+        self._small = {(e.role, e.key) for e in schema.entries if e.nbytes <= SMALL_ROW}
 
     def _continuity(self, block: Block) -> torch.Tensor:
         """Whether each transition's root state is, bit for bit, the previous next state.

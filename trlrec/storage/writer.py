@@ -35,7 +35,7 @@ from trlrec.storage.layout import (
 from trlrec.storage.schema import Key, Schema
 from trlrec.storage.shard import ShardFiles, read_commit
 from trlrec.storage.staging import Stager
-from trlrec.storage.stream import Block, Episode, StreamWriter
+from trlrec.storage.stream import SMALL_ROW, Block, Episode, StreamWriter
 from trlrec.storage.worker import BlockWorker
 
 __all__ = ["TrajectoryWriter"]
@@ -160,7 +160,6 @@ class TrajectoryWriter(Closeable):
         self._worker: BlockWorker | None = None
         self._fds = FdCache()
         self._io_fds = FdCache()  # used by the I/O thread only (closed once it is idle)
-        self._done_pending = False
         self._durable = durable
         self._episode_key = (episode_key,) if isinstance(episode_key, str) else episode_key
         create_dataset(self.path, self.metadata)
@@ -172,6 +171,9 @@ class TrajectoryWriter(Closeable):
         self._pending_force: torch.Tensor | None = None
         self._since_commit = 0
         self._last_commit = time.monotonic()
+        # when a commit is due by time: commit_every_seconds after the last one, or
+        # min_commit_interval after it once an episode has ended (see _commit_due)
+        self._commit_deadline = self._last_commit + self._commit_seconds
         self._last_ids: torch.Tensor | None = None
         self._closed = False
         self.num_steps = 0
@@ -258,6 +260,9 @@ class TrajectoryWriter(Closeable):
         )
         self._check_keys_at = 0
         self._next_state_idx = [nr + i for i, e in enumerate(entries[nr:]) if e.role == "state"]
+        # Aliasing (not restaging a root state that is the previous "next" state) pays
+        # off for big states (pixels); small ones cost less to copy than to track.
+        self._alias = any(e.role == "state" and e.nbytes > SMALL_ROW for e in entries)
         # the one done flag of an unbatched env, read with a single .item()
         single = len(self._done_slots) == 1 and self._done_scalar
         self._done_item = self._done_slots[0] if single else None
@@ -400,11 +405,13 @@ class TrajectoryWriter(Closeable):
             )
         if done:
             self._prev_next = None
-            if self._commit_on_done:
-                self._done_pending = True
-        else:
+            self._episode_ended()
+        elif self._alias:
             self._prev_next = [(leaves[i], leaves[i]._version) for i in self._next_state_idx]
-        commit = self._commit_due()
+        # _commit_due(), inlined: a call costs ~1 us in TorchRL's step loop
+        commit = (
+            self._since_commit >= self._commit_steps or time.monotonic() >= self._commit_deadline
+        )
         if commit or st.count >= st.capacity:
             self._submit(commit)
 
@@ -418,12 +425,23 @@ class TrajectoryWriter(Closeable):
         return [check_metadata(m, "episode metadata") if m is not None else None for m in metas]
 
     def _commit_due(self) -> bool:
-        elapsed = time.monotonic() - self._last_commit
-        return (
-            self._since_commit >= self._commit_steps
-            or elapsed >= self._commit_seconds
-            or (self._done_pending and elapsed >= self._min_commit_interval)
-        )
+        """Whether to commit: every N steps, every S seconds, and after an episode end.
+
+        After an episode end, no sooner than ``min_commit_interval`` after the last commit.
+        """
+        return self._since_commit >= self._commit_steps or time.monotonic() >= self._commit_deadline
+
+    def _episode_ended(self) -> None:
+        """An episode ended: with ``commit_on_done``, a commit is due once the interval is over."""
+        if self._commit_on_done:
+            self._commit_deadline = min(
+                self._commit_deadline, self._last_commit + self._min_commit_interval
+            )
+
+    def _reset_commit_clock(self) -> None:
+        self._since_commit = 0
+        self._last_commit = time.monotonic()
+        self._commit_deadline = self._last_commit + self._commit_seconds
 
     def _submit(self, commit: bool) -> None:
         """Write the staged steps as a block (and commit); stage into the other buffer.
@@ -433,10 +451,6 @@ class TrajectoryWriter(Closeable):
         """
         self._check_io()
         st = self._stager
-        if commit:
-            self._since_commit = 0
-            self._last_commit = time.monotonic()
-            self._done_pending = False
         try:
             self._write_staged(st)
             if commit:
@@ -471,8 +485,7 @@ class TrajectoryWriter(Closeable):
         self._prev_next = None
         self._pending_force = None
         self._last_ids = None
-        self._since_commit = 0
-        self._done_pending = False
+        self._reset_commit_clock()
         self._setup(self.schema)
         commit_path = self.shard_path / COMMIT_FILE
         if commit_path.exists():
@@ -573,7 +586,8 @@ class TrajectoryWriter(Closeable):
                 )
         self.num_steps += n * T
         self._since_commit += n * T
-        self._done_pending |= closed and self._commit_on_done
+        if closed:
+            self._episode_ended()
         if self._commit_due():
             self._commit()
 
@@ -663,6 +677,7 @@ class TrajectoryWriter(Closeable):
 
     def _commit(self, sync: bool = False) -> None:
         """Commit what was written; on the I/O thread unless ``sync`` (or ``durable``)."""
+        self._reset_commit_clock()
         worker = self._worker
         if worker is not None and (sync or self._durable):
             worker.wait()  # the queued writes first
