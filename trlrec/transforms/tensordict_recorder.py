@@ -21,6 +21,7 @@ from trlrec.errors import ClosedError, ConfigError, SchemaError, UnsupportedData
 from trlrec.naming import safe_name
 from trlrec.storage.dataset import check_metadata
 from trlrec.storage.writer import TrajectoryWriter
+from trlrec.transforms.fast_lane import FastLane
 
 __all__ = ["TensorDictRecorder"]
 
@@ -32,7 +33,6 @@ STEP_METADATA = "step_metadata"
 """Root sub-tensordict holding what ``step_fn`` returns, one tensor per name."""
 _DONE_NAMES = ("done", "terminated", "truncated")
 _OWN_WRITER_ARGS = ("path", "metadata")
-_LANE_SETTINGS = frozenset({"skip", "step_fn", "episode_fn", "_keep", "_closed"})
 _WRITER_ARGS = frozenset(inspect.signature(TrajectoryWriter).parameters) - set(_OWN_WRITER_ARGS)
 
 
@@ -48,7 +48,7 @@ def _leaves(td: TensorDictBase) -> list[Key]:
     return [(k,) if isinstance(k, str) else tuple(k) for k in td.keys(True, True)]
 
 
-class TensorDictRecorder(Transform, Closeable):
+class TensorDictRecorder(FastLane, Transform, Closeable):
     """Records every transition of a TorchRL rollout to a memory-mapped trlrec store.
 
     A transition is a rollout row: the root keys (observation, action, done flags,
@@ -145,6 +145,9 @@ class TensorDictRecorder(Transform, Closeable):
         >>> r.num_steps, r.metadata
         (20, {'agent': 'random'})
     """
+
+    # what the direct lane to the writer skips: changing one takes the general path again
+    LANE_SETTINGS = frozenset({"skip", "step_fn", "episode_fn", "_keep", "_closed"})
 
     def __init__(
         self,
@@ -358,11 +361,6 @@ class TensorDictRecorder(Transform, Closeable):
         writer.append_transition(root, next_, episode_metadata=meta)
         if self._plain():
             self._fast = writer.append_step
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        super().__setattr__(name, value)
-        if name in _LANE_SETTINGS:  # the direct lane skips them: take the general path again
-            super().__setattr__("_fast", None)
 
     def _plain(self) -> bool:
         """Whether steps go to the writer as they come (no selection, skip, functions, device)."""

@@ -25,6 +25,7 @@ from torchrl.envs.transforms import Transform
 
 from trlrec.errors import ClosedError, VideoError
 from trlrec.naming import safe_name
+from trlrec.transforms.fast_lane import FastLane
 from trlrec.video.frames import FrameGrid, FrameLayout, as_frame_tensor, crop_size
 from trlrec.video.spool import Spool, frames_path, spool_dir_for
 from trlrec.video.stream import Stream
@@ -33,13 +34,9 @@ __all__ = ["VideoRecorder"]
 
 _BATCH_CHUNK_BYTES = 8 << 20
 _UINT8 = torch.uint8
-# settings the step's fast path depends on: changing one sends the next step the slow way
-_FAST_PATH_SETTINGS = frozenset(
-    {"skip", "max_frames", "episode_trigger", "step_trigger", "in_keys", "_key", "_top_key"}
-)
 
 
-class VideoRecorder(Transform):
+class VideoRecorder(FastLane, Transform):
     """Records frames to disk as they come and sends them to a logger as videos on :meth:`dump`.
 
     Same arguments as ``torchrl.record.VideoRecorder``, so switching is an import change;
@@ -84,6 +81,11 @@ class VideoRecorder(Transform):
         VideoError: for an invalid argument here, or a frame that cannot be made into a
             video while recording (frames spooled before it are kept).
     """
+
+    # what the step's fast path depends on: changing one sends the next step the slow way
+    LANE_SETTINGS = frozenset(
+        {"skip", "max_frames", "episode_trigger", "step_trigger", "in_keys", "_key", "_top_key"}
+    )
 
     def __init__(
         self,
@@ -313,11 +315,6 @@ class VideoRecorder(Transform):
             and self.step_trigger is None
             and self._top_key is not None
         )
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        super().__setattr__(name, value)
-        if name in _FAST_PATH_SETTINGS:  # the fast path is set up again by the next slow step
-            self.__dict__["_fast"] = None
 
     def _ensure_streams(self, n_env: int, layout: FrameLayout) -> None:
         grid = n_env > 1 and self.make_grid is not False
