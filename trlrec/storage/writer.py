@@ -482,7 +482,6 @@ class TrajectoryWriter(Closeable):
         self._fds.close()
         self._io_fds.close()  # the worker is idle: take_error() waited for it
         self._files.discard_pending()
-        self._prev_next = None
         self._pending_force = None
         self._last_ids = None
         self._reset_commit_clock()
