@@ -117,11 +117,7 @@ def _check_chunks(shard: ShardReader, report: VerifyReport) -> None:
             for e in shard.schema.entries:
                 *parents, last = e.stored_key
                 file = directory.joinpath(*parents, f"{last}.memmap")
-                need = (
-                    shard.chunk_rows
-                    * torch.Size(e.shape).numel()
-                    * torch.empty((), dtype=e.dtype).element_size()
-                )
+                need = shard.chunk_rows * e.nbytes
                 report.files += 1
                 if not file.is_file():
                     report.problems.append(f"{shard.name}: {str(file)!r} is missing")

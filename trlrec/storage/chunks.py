@@ -77,11 +77,7 @@ class ChunkSeries:
         self.capacity = capacity
         self._fd_cache = fds
         self._template = schema.row_template()
-        self._row_bytes = {
-            e.stored_key: torch.Size(e.shape).numel()
-            * torch.empty((), dtype=e.dtype).element_size()
-            for e in schema.entries
-        }
+        self._row_bytes = {e.stored_key: e.nbytes for e in schema.entries}
         self._created: set[int] = set()
         self._paths: dict[tuple[int, Key], str] = {}
         self.touched: set[int] = set()
