@@ -7,6 +7,7 @@ contiguous slice, compared and written to its chunk files without another copy.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -52,6 +53,8 @@ class Stager:
         self.force_new = torch.zeros(n, capacity, dtype=torch.bool)
         self.metas: dict[int, list[Any]] = {}
         self.count = 0
+        # the native capture of a step into these rows (set by the writer), if it applies
+        self.capture: Callable[[dict, dict, int], int] | None = None
         self.idle = threading.Event()  # set while no background job is writing this buffer
         self.idle.set()
 

@@ -19,6 +19,7 @@ from tensordict import TensorDict, TensorDictBase
 
 from trlrec.closing import Closeable
 from trlrec.errors import ClosedError, ConfigError, SchemaError
+from trlrec.storage.capture import native_capture
 from trlrec.storage.checks import StepChecker, fast_get, raise_mismatch, raise_missing
 from trlrec.storage.chunks import ChunkSeries, PendingWrite, run_writes
 from trlrec.storage.dataset import check_metadata, create_dataset, new_shard_dir
@@ -260,9 +261,17 @@ class TrajectoryWriter(Closeable):
         )
         self._check_keys_at = 0
         self._next_state_idx = [nr + i for i, e in enumerate(entries[nr:]) if e.role == "state"]
+        captures = [native_capture(st, self._checker, self._done_slots) for st in self._stagers]
+        native = all(c is not None for c in captures)
+        for st, capture in zip(self._stagers, captures, strict=True):
+            st.capture = capture if native else None
         # Aliasing (not restaging a root state that is the previous "next" state) pays
-        # off for big states (pixels); small ones cost less to copy than to track.
-        self._alias = any(e.role == "state" and e.nbytes > SMALL_ROW for e in entries)
+        # off for big states (pixels) on the Python path; small ones cost less to copy
+        # than to track. The native capture copies every leaf at a fraction of the cost
+        # (84x84x3 pixels: 1.19x with it, 1.25x aliased on the Python path).
+        self._alias = not native and any(
+            e.role == "state" and e.nbytes > SMALL_ROW for e in entries
+        )
         # the one done flag of an unbatched env, read with a single .item()
         single = len(self._done_slots) == 1 and self._done_scalar
         self._done_item = self._done_slots[0] if single else None
@@ -352,6 +361,44 @@ class TrajectoryWriter(Closeable):
         if len(rkeys) != ck.root_top + ("next" in rkeys) or len(nkeys) != ck.next_top:
             ck.check_keys(root, next_)  # an extra key; a missing one is named below
         force = self._pending_force
+        i = st.count
+        capture = st.capture
+        # the native path (capture.py): 1/0 whether a done flag is set, -1 to do it here
+        done = capture(rtop, ntop, i) if capture and rtop is not None and ntop is not None else -1
+        if done < 0:
+            done = self._stage_python(root, next_, rtop, ntop, st, ck, force, i)
+        if episode_metadata is not None:
+            episode_metadata = self._check_episode_metadata(episode_metadata)
+        if force is not None:
+            st.force_new[:, i] = force
+            self._pending_force = None
+        if episode_metadata is not None:
+            st.metas[i] = episode_metadata
+        st.count = i + 1
+        self.num_steps += 1
+        self._since_commit += 1
+        if done:
+            self._prev_next = None
+            self._episode_ended()
+        # _commit_due(), inlined: a call costs ~1 us in TorchRL's step loop
+        commit = (
+            self._since_commit >= self._commit_steps or time.monotonic() >= self._commit_deadline
+        )
+        if commit or st.count >= st.capacity:
+            self._submit(commit)
+
+    def _stage_python(
+        self,
+        root: TensorDictBase,
+        next_: TensorDictBase,
+        rtop: dict | None,
+        ntop: dict | None,
+        st: Stager,
+        ck: StepChecker,
+        force: torch.Tensor | None,
+        i: int,
+    ) -> bool:
+        """Find, check and copy a step's leaves into row ``i`` with torch; whether it is done."""
         # TorchRL's step_mdp hands the next state over as the following root: the same
         # tensors, unmodified (version counters), within an episode are not restaged.
         prev = self._prev_next if force is None else None
@@ -380,40 +427,21 @@ class TrajectoryWriter(Closeable):
                 if v.dtype is not dtype or v.shape != shape:
                     raise_mismatch(where, key, shape, dtype, v)
                 leaves.append(v)
-        if episode_metadata is not None:
-            episode_metadata = self._check_episode_metadata(episode_metadata)
-        i = st.count
         if aliased:
             torch._foreach_copy_(st.rows_aliased[i], leaves[st.num_state :], non_blocking=True)
         else:
             torch._foreach_copy_(st.rows[i], leaves, non_blocking=True)
         st.alias[i] = aliased
-        if force is not None:
-            st.force_new[:, i] = force
-            self._pending_force = None
-        if episode_metadata is not None:
-            st.metas[i] = episode_metadata
-        st.count = i + 1
-        self.num_steps += 1
-        self._since_commit += 1
         slot = self._done_item
         if slot is not None:
             done = leaves[slot].item()
         else:
             done = any(
-                leaves[i].item() if self._done_scalar else leaves[i].any() for i in self._done_slots
+                leaves[j].item() if self._done_scalar else leaves[j].any() for j in self._done_slots
             )
-        if done:
-            self._prev_next = None
-            self._episode_ended()
-        elif self._alias:
-            self._prev_next = [(leaves[i], leaves[i]._version) for i in self._next_state_idx]
-        # _commit_due(), inlined: a call costs ~1 us in TorchRL's step loop
-        commit = (
-            self._since_commit >= self._commit_steps or time.monotonic() >= self._commit_deadline
-        )
-        if commit or st.count >= st.capacity:
-            self._submit(commit)
+        if self._alias and not done:
+            self._prev_next = [(leaves[j], leaves[j]._version) for j in self._next_state_idx]
+        return done
 
     def _check_episode_metadata(self, meta: Any) -> list[dict | None]:
         n = self.schema.num_streams

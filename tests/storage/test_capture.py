@@ -1,0 +1,183 @@
+"""The native step capture: the same bytes as the Python path, and the Python path's errors."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from tensordict import TensorDict
+
+from tests.storage.helpers import assert_store_matches, record_rows
+from tests.storage.strategies import rollouts
+from trlrec import TrajectoryReader, TrajectoryWriter
+from trlrec.errors import SchemaError
+from trlrec.storage import capture
+
+_counter = itertools.count()
+
+
+@pytest.fixture(params=["native", "python"])
+def path_kind(request, monkeypatch):
+    """Runs a test with the native capture on, then off (``TRLREC_NATIVE=0``)."""
+    monkeypatch.setenv("TRLREC_NATIVE", "1" if request.param == "native" else "0")
+    return request.param
+
+
+def _uses_native(w: TrajectoryWriter) -> bool:
+    return all(st.capture is not None for st in w._stagers)
+
+
+def test_the_extension_is_built():
+    # ./run installs with a C compiler: a missing extension here is a build failure,
+    # not the optional fallback (which the "python" runs below cover)
+    assert capture.Plan is not None
+    assert capture.native_available()
+
+
+def test_turned_off_by_the_environment(monkeypatch):
+    monkeypatch.setenv("TRLREC_NATIVE", "0")
+    assert not capture.native_available()
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=rollouts())
+def test_both_paths_store_the_rollout_bit_for_bit(tmp_path, path_kind, data):
+    rollout, kw = data
+    assert_store_matches(record_rows(tmp_path / f"a{next(_counter)}", rollout, **kw), rollout)
+
+
+def test_plain_steps_take_the_native_path_and_end_episodes(tmp_path, stub_env_cls, path_kind):
+    env = stub_env_cls(episode_lengths=(3,), pixels=(6, 5, 3))
+    rollout = env.rollout(10, break_when_any_done=False)
+    with TrajectoryWriter(tmp_path / "s") as w:
+        for t in range(10):
+            w.append(rollout[t])
+        assert _uses_native(w) == (path_kind == "native")
+    r = TrajectoryReader(tmp_path / "s")
+    assert [len(r.episodes[i]) for i in range(len(r.episodes))] == [3, 3, 3, 1]
+    assert_store_matches(r, rollout)
+
+
+def test_nan_payloads_and_negative_zero_keep_their_bits(tmp_path, stub_env, path_kind):
+    rollout = stub_env.rollout(4, break_when_any_done=False)
+    # a signalling NaN, a quiet NaN with a payload, -0.0 and an infinity, as raw bits
+    bits = torch.tensor([0x7F800001, 0x7FC12345, -(2**31), 0x7F800000], dtype=torch.int32)
+    rollout["next", "observation"][2] = bits.view(torch.float32)
+    rollout["observation"][3] = bits.view(torch.float32)
+    with TrajectoryWriter(tmp_path / "n") as w:
+        for t in range(4):
+            w.append(rollout[t])
+    assert_store_matches(TrajectoryReader(tmp_path / "n"), rollout)
+
+
+def test_non_contiguous_and_offset_leaves_are_copied_by_value(tmp_path, stub_env, path_kind):
+    rollout = stub_env.rollout(4, break_when_any_done=False)
+    with TrajectoryWriter(tmp_path / "v") as w:
+        w.append(rollout[0])
+        step = rollout[1].clone()
+        wide = torch.stack([step["next", "observation"], -step["next", "observation"]], 1)
+        step["next", "observation"] = wide[:, 0]  # a strided view: stride (2,)
+        assert not step["next", "observation"].is_contiguous()
+        w.append(step)
+        step = rollout[2].clone()
+        base = torch.cat([torch.full((3,), -1.0), step["observation"]])
+        step["observation"] = base[3:]  # contiguous, at a storage offset
+        w.append(step)
+        w.append(rollout[3])
+    assert_store_matches(TrajectoryReader(tmp_path / "v"), rollout)
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "match"),
+    [
+        (lambda s: s.set("observation", torch.zeros(5)), SchemaError, r"'observation'.*got shape"),
+        (
+            lambda s: s.set(("next", "reward"), s["next", "reward"].double()),
+            SchemaError,
+            r"\('next', 'reward'\).*torch.float64",
+        ),
+        (lambda s: s.exclude("action"), SchemaError, "'action' is missing"),
+        (
+            lambda s: s.set(("next", "done"), s["next", "done"].to(torch.uint8)),
+            SchemaError,
+            r"\('next', 'done'\).*torch.uint8",
+        ),
+    ],
+    ids=["shape", "dtype", "missing", "done-dtype"],
+)
+def test_bad_steps_raise_the_python_paths_error(
+    tmp_path, stub_env, path_kind, change, error, match
+):
+    rollout = stub_env.rollout(3, break_when_any_done=False)
+    w = TrajectoryWriter(tmp_path / "b")
+    w.append(rollout[0])
+    w.flush()
+    step = change(rollout[1].clone())
+    with pytest.raises(error, match=match):
+        w.append(step)
+    w.append(rollout[1])
+    w.append(rollout[2])
+    w.close()
+    assert_store_matches(TrajectoryReader(tmp_path / "b"), rollout)
+
+
+def test_a_non_tensor_value_under_a_schema_key_is_refused(tmp_path, stub_env, path_kind):
+    rollout = stub_env.rollout(2, break_when_any_done=False)
+    with TrajectoryWriter(tmp_path / "t") as w:
+        w.append(rollout[0])
+        step = rollout[1].clone()
+        step.set(("next", "reward"), "text")  # stored as NonTensorData
+        with pytest.raises(SchemaError, match=r"\('next', 'reward'\).* holds NonTensorData"):
+            w.append(step)
+        w.append(rollout[1])
+    assert_store_matches(TrajectoryReader(tmp_path / "t"), rollout)
+
+
+@pytest.mark.parametrize(
+    ("env_kw", "extra"),
+    [({"batch_size": (2,)}, None), ({}, "nested"), ({}, "complex")],
+    ids=["batched", "nested-key", "complex-dtype"],
+)
+def test_native_path_is_not_used_where_it_does_not_apply(tmp_path, stub_env_cls, env_kw, extra):
+    rollout = stub_env_cls(**env_kw).rollout(3, break_when_any_done=False)
+    if extra == "nested":
+        rollout["agent", "obs"] = torch.ones(*rollout.shape, 2)
+        rollout["next", "agent", "obs"] = torch.ones(*rollout.shape, 2)
+    if extra == "complex":
+        rollout["phase"] = torch.ones(*rollout.shape, 2, dtype=torch.complex64)
+    with TrajectoryWriter(tmp_path / "x") as w:
+        for t in range(3):
+            w.append(rollout[..., t])
+        assert not _uses_native(w)
+    assert_store_matches(TrajectoryReader(tmp_path / "x"), rollout)
+
+
+def test_plan_refuses_bad_calls():
+    buf = torch.zeros(2, 4)
+    plan = capture.Plan(
+        torch.Tensor, ["x"], [0], [torch.float32], [torch.Size([4])], [16],
+        [[buf[0].data_ptr()], [buf[1].data_ptr()]], [], [buf],
+    )  # fmt: skip
+    x = torch.arange(4.0)
+    assert plan.step({"x": x}, {}, 1) == 0
+    assert torch.equal(buf[1], x)
+    assert plan.step({"x": x.double()}, {}, 0) == -1  # a mismatch: the Python path's job
+    assert plan.step({}, {}, 0) == -1
+    with pytest.raises(IndexError, match=r"row 2 out of range \[0, 2\)"):
+        plan.step({"x": x}, {}, 2)
+    with pytest.raises(TypeError, match=r"step\(root_dict, next_dict, row\)"):
+        plan.step(TensorDict({"x": x}), {}, 0)
+    with pytest.raises(ValueError, match="differ in length"):
+        capture.Plan(torch.Tensor, ["x"], [], [], [], [], [], [], None)
+    with pytest.raises(ValueError, match="one address per leaf"):
+        capture.Plan(
+            torch.Tensor, ["x"], [0], [torch.float32], [torch.Size([4])], [16], [[]], [], None
+        )
+    with pytest.raises(ValueError, match="done slot is out of range"):
+        capture.Plan(
+            torch.Tensor, ["x"], [0], [torch.float32], [torch.Size([4])], [16], [], [3], None
+        )
