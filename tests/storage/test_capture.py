@@ -156,28 +156,97 @@ def test_native_path_is_not_used_where_it_does_not_apply(tmp_path, stub_env_cls,
     assert_store_matches(TrajectoryReader(tmp_path / "x"), rollout)
 
 
-def test_plan_refuses_bad_calls():
-    buf = torch.zeros(2, 4)
+def _plan(rows: int = 2):
+    """A plan for steps of a root state "x" [2], a next state "x" and a bool "done" [1]."""
+    bufs = [torch.zeros(rows, 2), torch.zeros(rows, 2), torch.zeros(rows, 1, dtype=torch.bool)]
+    flags = bytearray(rows)
     plan = capture.Plan(
-        torch.Tensor, ["x"], [0], [torch.float32], [torch.Size([4])], [16],
-        [[buf[0].data_ptr()], [buf[1].data_ptr()]], [], [buf],
+        torch.Tensor, ["x", "x", "done"], [0, 1, 1],
+        [torch.float32, torch.float32, torch.bool],
+        [torch.Size([2]), torch.Size([2]), torch.Size([1])], [8, 8, 1],
+        [[b[i].data_ptr() for b in bufs] for i in range(rows)], [2], [1], [flags], bufs,
     )  # fmt: skip
-    x = torch.arange(4.0)
-    assert plan.step({"x": x}, {}, 1) == 0
-    assert torch.equal(buf[1], x)
-    assert plan.step({"x": x.double()}, {}, 0) == -1  # a mismatch: the Python path's job
-    assert plan.step({}, {}, 0) == -1
+    return plan, bufs, flags
+
+
+def test_plan_copies_checks_and_reads_done():
+    plan, (root, nxt, done), flags = _plan()
+    x0, x1 = torch.tensor([1.0, 2.0]), torch.tensor([3.0, 4.0])
+    assert plan.step({"x": x0}, {"x": x1, "done": torch.tensor([True])}, 1, True) == 1
+    assert torch.equal(root[1], x0)
+    assert torch.equal(nxt[1], x1)
+    assert done[1].item()
+    assert flags[1] == 0
+    bad = {"x": x1, "done": torch.tensor([1], dtype=torch.uint8)}
+    assert plan.step({"x": x0}, bad, 0, True) == -1  # a mismatch: the Python path's job
+    assert plan.step({"x": x0}, {"x": x1}, 0, True) == -1  # a missing key
+    assert plan.step(None, {"x": x1}, 0, True) == -1  # not plain dicts
+
+
+def test_plan_aliases_unmodified_states_only():
+    plan, (root, nxt, _), flags = _plan(4)
+    no = torch.tensor([False])
+    x0, x1, x2 = torch.tensor([1.0, 2.0]), torch.tensor([3.0, 4.0]), torch.tensor([5.0, 6.0])
+    assert plan.step({"x": x0}, {"x": x1, "done": no}, 0, True) == 0
+    assert plan.step({"x": x1}, {"x": x2, "done": no}, 1, True) == 0
+    assert flags[:2] == b"\x00\x01"
+    assert torch.equal(root[1], torch.zeros(2))  # not copied: the previous row's next state
+    assert torch.equal(nxt[1], x2)
+    x2 += 1  # modified in place after the step: its version counter moved
+    assert plan.step({"x": x2}, {"x": x0, "done": no}, 2, True) == 0
+    assert flags[2] == 0
+    assert torch.equal(root[2], x2)
+    assert plan.step({"x": x0}, {"x": x1, "done": no}, 3, False) == 0  # a new episode forced
+    assert flags[3] == 0
+    assert torch.equal(root[3], x0)
+    plan.forget()
+    assert plan.step({"x": x1}, {"x": x2, "done": no}, 0, True) == 0
+    assert flags[0] == 0
+    assert torch.equal(root[0], x1)
+    assert plan.step({"x": x2}, {"x": x0, "done": torch.tensor([True])}, 1, True) == 1
+    assert flags[1] == 1
+    assert plan.step({"x": x0}, {"x": x1, "done": no}, 2, True) == 0  # after done: copied
+    assert flags[2] == 0
+    assert torch.equal(root[2], x0)
+
+
+def test_plan_refuses_bad_calls():
+    plan, _bufs, _flags = _plan()
+    x = {"x": torch.zeros(2), "done": torch.tensor([False])}
     with pytest.raises(IndexError, match=r"row 2 out of range \[0, 2\)"):
-        plan.step({"x": x}, {}, 2)
-    with pytest.raises(TypeError, match=r"step\(root_dict, next_dict, row\)"):
-        plan.step(TensorDict({"x": x}), {}, 0)
-    with pytest.raises(ValueError, match="differ in length"):
-        capture.Plan(torch.Tensor, ["x"], [], [], [], [], [], [], None)
-    with pytest.raises(ValueError, match="one address per leaf"):
-        capture.Plan(
-            torch.Tensor, ["x"], [0], [torch.float32], [torch.Size([4])], [16], [[]], [], None
-        )
-    with pytest.raises(ValueError, match="done slot is out of range"):
-        capture.Plan(
-            torch.Tensor, ["x"], [0], [torch.float32], [torch.Size([4])], [16], [], [3], None
-        )
+        plan.step(x, x, 2, True)
+    with pytest.raises(TypeError, match=r"step\(root_dict, next_dict, row, may_alias\)"):
+        plan.step(x, x, 0)
+    with pytest.raises(TypeError, match="two dicts"):
+        plan.step(TensorDict(x), x, 0, True)
+    f32, s2 = [torch.float32], [torch.Size([2])]
+    cases = [
+        ((["x"], [], [], [], [], [], [], [], []), ValueError, "differ in length"),
+        ((["x"], [0], f32, s2, [8], [[]], [], [], [bytearray(1)]), ValueError, "one address"),
+        ((["x"], [0], f32, s2, [8], [], [3], [], []), ValueError, "done slot is out of range"),
+        ((["x"], [0], f32, s2, [8], [], [], [0], []), ValueError, 'next" slot after'),
+        ((["x"], [0], f32, s2, [8], [[0]], [], [], [b"a"]), TypeError, "bytearrays"),
+        ((["x"], [0], f32, s2, [8], [[0]], [], [], []), ValueError, "one byte per"),
+    ]
+    for args, error, match in cases:
+        with pytest.raises(error, match=match):
+            capture.Plan(torch.Tensor, *args, None)
+
+
+def test_a_step_after_extend_is_not_aliased_to_the_step_before_it(tmp_path, stub_env, path_kind):
+    rollout = stub_env.rollout(4, break_when_any_done=False)
+    other = rollout.clone()
+    other["observation"] += 100
+    other["next", "observation"] += 100
+    first = rollout[0].clone()
+    then = rollout[1].clone()
+    for key in ("observation", "done", "terminated", "truncated"):  # the states
+        then[key] = first["next", key]  # the very tensors the writer saw, as step_mdp passes them
+    with TrajectoryWriter(tmp_path / "e") as w:
+        w.append(first)
+        w.extend(other[1:3])  # continues nothing: its first state differs
+        w.append(then)  # its root state is not the extend's last next state
+    r = TrajectoryReader(tmp_path / "e")
+    got = [r.episodes[i] for i in range(len(r.episodes))]
+    assert [len(e) for e in got] == [1, 2, 1]
+    assert torch.equal(got[2]["observation"][0], first["next", "observation"])

@@ -6,6 +6,12 @@
  * dicts, checks each is a contiguous CPU tensor of the schema's dtype and shape, and
  * memcpy's its bytes into the row's preallocated destination (exact: raw bytes).
  *
+ * A step whose root states are the very tensors the previous step gave as its "next"
+ * states, unmodified since (same objects, same version counters), is aliased: its root
+ * states are not copied (the writer then neither compares them), as the Python path
+ * does for big states. Root-state slots come first; next_state[k] is the "next" slot
+ * of root state k.
+ *
  * Anything else (a missing key, a mismatch, another device, a non-contiguous view,
  * an error from an attribute) returns -1 and the writer takes its Python path, which
  * copies with torch or raises the error that names the key. Only the CPython C API
@@ -16,7 +22,7 @@
 #include <Python.h>
 #include <string.h>
 
-static PyObject *s_dtype, *s_shape, *s_is_cpu, *s_is_contiguous, *s_data_ptr;
+static PyObject *s_dtype, *s_shape, *s_is_cpu, *s_is_contiguous, *s_data_ptr, *s_version;
 
 typedef struct {
     PyObject_HEAD
@@ -31,10 +37,22 @@ typedef struct {
     char **dst;                /* rows * n destination addresses */
     Py_ssize_t *done;          /* done-flag leaves (bool) */
     Py_ssize_t ndone;
+    Py_ssize_t nstate;         /* root-state slots (the first ones) */
+    Py_ssize_t *next_state;    /* nstate: the "next" slot of each root state */
+    PyObject **prev;           /* nstate: the previous step's next states (or NULL) */
+    long long *prev_version;   /* nstate: their version counters then */
+    PyObject **seen;           /* n: this step's leaves (borrowed, during step) */
+    char **alias_flag;         /* rows: where the row's "aliased" byte goes */
     PyObject *keepalive;       /* the staging buffers the addresses point into */
 } Plan;
 
+static void forget(Plan *self) {
+    if (!self->prev) return;
+    for (Py_ssize_t k = 0; k < self->nstate; k++) Py_CLEAR(self->prev[k]);
+}
+
 static void Plan_dealloc(Plan *self) {
+    forget(self);
     for (Py_ssize_t j = 0; j < self->n; j++) {
         if (self->names) Py_XDECREF(self->names[j]);
         if (self->dtypes) Py_XDECREF(self->dtypes[j]);
@@ -47,18 +65,27 @@ static void Plan_dealloc(Plan *self) {
     PyMem_Free(self->nbytes);
     PyMem_Free(self->dst);
     PyMem_Free(self->done);
+    PyMem_Free(self->next_state);
+    PyMem_Free(self->prev);
+    PyMem_Free(self->prev_version);
+    PyMem_Free(self->seen);
+    PyMem_Free(self->alias_flag);
     Py_XDECREF(self->tensor_type);
     Py_XDECREF(self->keepalive);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-/* Plan(tensor_type, names, sides, dtypes, shapes, nbytes, dst_rows, done, keepalive) */
+/* Plan(tensor_type, names, sides, dtypes, shapes, nbytes, dst_rows, done, next_state,
+ *      alias_flags, keepalive): alias_flags is a list of bytearrays whose bytes, in
+ *      order, are the rows' "aliased" flags (one per destination row). */
 static int Plan_init(Plan *self, PyObject *args, PyObject *kwds) {
-    PyObject *tensor_type, *names, *sides, *dtypes, *shapes, *nbytes, *dst_rows, *done, *keep;
-    if (!PyArg_ParseTuple(args, "O!O!O!O!O!O!O!O!O", &PyType_Type, &tensor_type,
+    PyObject *tensor_type, *names, *sides, *dtypes, *shapes, *nbytes, *dst_rows, *done;
+    PyObject *next_state, *alias_flags, *keep;
+    if (!PyArg_ParseTuple(args, "O!O!O!O!O!O!O!O!O!O!O", &PyType_Type, &tensor_type,
                           &PyList_Type, &names, &PyList_Type, &sides, &PyList_Type, &dtypes,
                           &PyList_Type, &shapes, &PyList_Type, &nbytes, &PyList_Type,
-                          &dst_rows, &PyList_Type, &done, &keep))
+                          &dst_rows, &PyList_Type, &done, &PyList_Type, &next_state,
+                          &PyList_Type, &alias_flags, &keep))
         return -1;
     if (self->names) {
         PyErr_SetString(PyExc_TypeError, "a capture plan is initialised once");
@@ -73,6 +100,22 @@ static int Plan_init(Plan *self, PyObject *args, PyObject *kwds) {
     self->n = n;
     self->rows = rows;
     self->ndone = PyList_GET_SIZE(done);
+    self->nstate = PyList_GET_SIZE(next_state);
+    if (self->nstate > n) {
+        PyErr_SetString(PyExc_ValueError, "more states than leaves");
+        return -1;
+    }
+    Py_ssize_t ns = self->nstate ? self->nstate : 1;
+    self->next_state = PyMem_Calloc(ns, sizeof(Py_ssize_t));
+    self->prev = PyMem_Calloc(ns, sizeof(PyObject *));
+    self->prev_version = PyMem_Calloc(ns, sizeof(long long));
+    self->seen = PyMem_Calloc(n ? n : 1, sizeof(PyObject *));
+    self->alias_flag = PyMem_Calloc(rows ? rows : 1, sizeof(char *));
+    if (!self->next_state || !self->prev || !self->prev_version || !self->seen ||
+        !self->alias_flag) {
+        PyErr_NoMemory();
+        return -1;
+    }
     self->names = PyMem_Calloc(n ? n : 1, sizeof(PyObject *));
     self->sides = PyMem_Calloc(n ? n : 1, 1);
     self->dtypes = PyMem_Calloc(n ? n : 1, sizeof(PyObject *));
@@ -128,6 +171,31 @@ static int Plan_init(Plan *self, PyObject *args, PyObject *kwds) {
         }
         self->done[k] = j;
     }
+    for (Py_ssize_t k = 0; k < self->nstate; k++) {
+        Py_ssize_t j = PyLong_AsSsize_t(PyList_GET_ITEM(next_state, k));
+        if (PyErr_Occurred()) return -1;
+        if (j < self->nstate || j >= n || self->sides[j] != 1 || self->sides[k] != 0) {
+            PyErr_SetString(PyExc_ValueError,
+                            "a state's next slot must be a \"next\" slot after the root states");
+            return -1;
+        }
+        self->next_state[k] = j;
+    }
+    Py_ssize_t r = 0;
+    for (Py_ssize_t a = 0; a < PyList_GET_SIZE(alias_flags); a++) {
+        PyObject *flags = PyList_GET_ITEM(alias_flags, a);
+        if (!PyByteArray_Check(flags)) {
+            PyErr_SetString(PyExc_TypeError, "alias_flags must be bytearrays");
+            return -1;
+        }
+        char *base = PyByteArray_AS_STRING(flags);
+        for (Py_ssize_t b = 0; b < PyByteArray_GET_SIZE(flags) && r < rows; b++)
+            self->alias_flag[r++] = base + b;
+    }
+    if (r != rows) {
+        PyErr_SetString(PyExc_ValueError, "alias_flags must hold one byte per destination row");
+        return -1;
+    }
     return 0;
 }
 
@@ -168,10 +236,49 @@ fail:
     return 0;
 }
 
-/* plan.step(root_dict, next_dict, row) -> 1 if a done flag is set, 0 if not, -1 to fall back */
+/* Whether this step's root states are the previous step's next states, unmodified. */
+static int is_aliased(Plan *self, PyObject *root) {
+    for (Py_ssize_t k = 0; k < self->nstate; k++) {
+        PyObject *prev = self->prev[k];
+        if (!prev || PyDict_GetItemWithError(root, self->names[k]) != prev) {
+            PyErr_Clear();
+            return 0;
+        }
+        PyObject *v = PyObject_GetAttr(prev, s_version);
+        long long version = v ? PyLong_AsLongLong(v) : -1;
+        Py_XDECREF(v);
+        if (PyErr_Occurred()) {
+            PyErr_Clear();
+            return 0;
+        }
+        if (version != self->prev_version[k]) return 0;
+    }
+    return self->nstate > 0;
+}
+
+/* Remember this step's next states (the next step's root states, if unmodified). */
+static void remember(Plan *self) {
+    for (Py_ssize_t k = 0; k < self->nstate; k++) {
+        PyObject *t = self->seen[self->next_state[k]];
+        PyObject *v = PyObject_GetAttr(t, s_version);
+        long long version = v ? PyLong_AsLongLong(v) : -1;
+        Py_XDECREF(v);
+        if (PyErr_Occurred()) {
+            PyErr_Clear();
+            forget(self);
+            return;
+        }
+        Py_INCREF(t);
+        Py_XSETREF(self->prev[k], t);
+        self->prev_version[k] = version;
+    }
+}
+
+/* plan.step(root_dict, next_dict, row, may_alias) -> 1 if a done flag is set, 0 if not,
+ * -1 to fall back (also for None dicts: the previous step is then forgotten). */
 static PyObject *Plan_step(Plan *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 3 || !PyDict_Check(args[0]) || !PyDict_Check(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "step(root_dict, next_dict, row)");
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "step(root_dict, next_dict, row, may_alias)");
         return NULL;
     }
     Py_ssize_t i = PyLong_AsSsize_t(args[2]);
@@ -180,29 +287,51 @@ static PyObject *Plan_step(Plan *self, PyObject *const *args, Py_ssize_t nargs) 
         PyErr_Format(PyExc_IndexError, "row %zd out of range [0, %zd)", i, self->rows);
         return NULL;
     }
+    if (!PyDict_Check(args[0]) || !PyDict_Check(args[1])) {
+        forget(self);
+        if (args[0] == Py_None || args[1] == Py_None) return PyLong_FromLong(-1);
+        PyErr_SetString(PyExc_TypeError, "step takes two dicts (or None to fall back)");
+        return NULL;
+    }
+    int may_alias = PyObject_IsTrue(args[3]);
+    if (may_alias < 0) return NULL;
+    int aliased = may_alias && is_aliased(self, args[0]);
     char **dst = self->dst + i * self->n;
-    for (Py_ssize_t j = 0; j < self->n; j++) {
+    for (Py_ssize_t j = aliased ? self->nstate : 0; j < self->n; j++) {
         PyObject *t = PyDict_GetItemWithError(args[self->sides[j]], self->names[j]);
         void *src = NULL;
-        if (!t) {
+        if (!t || !check_leaf(self, t, j, &src)) {
             PyErr_Clear();
+            forget(self);
             return PyLong_FromLong(-1);
         }
-        if (!check_leaf(self, t, j, &src)) return PyLong_FromLong(-1);
+        self->seen[j] = t;
         if (self->nbytes[j] > 0) memcpy(dst[j], src, (size_t)self->nbytes[j]);
     }
+    *self->alias_flag[i] = (char)aliased;
     for (Py_ssize_t k = 0; k < self->ndone; k++) {
         Py_ssize_t j = self->done[k];
         const char *p = dst[j];
         for (Py_ssize_t b = 0; b < self->nbytes[j]; b++)
-            if (p[b]) return PyLong_FromLong(1);
+            if (p[b]) {
+                forget(self);
+                return PyLong_FromLong(1);
+            }
     }
+    remember(self);
     return PyLong_FromLong(0);
+}
+
+static PyObject *Plan_forget(Plan *self, PyObject *unused) {
+    forget(self);
+    Py_RETURN_NONE;
 }
 
 static PyMethodDef Plan_methods[] = {
     {"step", (PyCFunction)(void (*)(void))Plan_step, METH_FASTCALL,
-     "step(root_dict, next_dict, row) -> 1 done, 0 not done, -1 fall back to Python"},
+     "step(root_dict, next_dict, row, may_alias) -> 1 done, 0 not done, -1 fall back"},
+    {"forget", (PyCFunction)Plan_forget, METH_NOARGS,
+     "forget the previous step: the next one is not aliased"},
     {NULL}};
 
 static PyTypeObject PlanType = {
@@ -225,7 +354,9 @@ PyMODINIT_FUNC PyInit__capture(void) {
     s_is_cpu = PyUnicode_InternFromString("is_cpu");
     s_is_contiguous = PyUnicode_InternFromString("is_contiguous");
     s_data_ptr = PyUnicode_InternFromString("data_ptr");
-    if (!s_dtype || !s_shape || !s_is_cpu || !s_is_contiguous || !s_data_ptr) return NULL;
+    s_version = PyUnicode_InternFromString("_version");
+    if (!s_dtype || !s_shape || !s_is_cpu || !s_is_contiguous || !s_data_ptr || !s_version)
+        return NULL;
     if (PyType_Ready(&PlanType) < 0) return NULL;
     PyObject *m = PyModule_Create(&capture_module);
     if (!m) return NULL;

@@ -14,7 +14,6 @@ store the same bytes, and without the extension trlrec works the same, only slow
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -29,25 +28,25 @@ except ImportError:  # not built (no C compiler at install): the Python path doe
 
 __all__ = ["native_available", "native_capture"]
 
-Capture = Callable[[dict[str, Any], dict[str, Any], int], int]
-"""``capture(root_dict, next_dict, row)``: 1 a done flag is set, 0 not, -1 fall back."""
-
 
 def native_available() -> bool:
     """Whether the native capture is built and not turned off (``TRLREC_NATIVE=0``)."""
     return Plan is not None and os.environ.get("TRLREC_NATIVE", "1") != "0"
 
 
-def native_capture(stager: Stager, checker: StepChecker, done_slots: list[int]) -> Capture | None:
-    """The native capture of a step into ``stager``'s rows, or None where it does not apply.
+def native_capture(stagers: list[Stager], checker: StepChecker, done_slots: list[int]) -> Any:
+    """The native capture of a step into the stagers' rows, or None where it does not apply.
 
     It applies when every leaf is a top-level key of the step's root or ``"next"``,
     no dtype is complex (a conjugate view's bytes are not its values), each staging
     row's destination views are contiguous (an unbatched recording) and the done flags
-    are bool.
+    are bool. The plan's rows are the stagers' rows in order (stager ``k``'s row ``i``
+    is ``k * capacity + i``); ``plan.step(root_dict, next_dict, row, may_alias)`` stages
+    a step and returns 1 if a done flag is set, 0 if not, -1 to take the Python path;
+    ``plan.forget()`` makes the next step's root states be copied, not aliased.
 
     Args:
-        stager: the staging buffers (the plan keeps them alive: it holds their addresses).
+        stagers: the staging buffers (the plan keeps them alive: it holds addresses).
         checker: the schema's slots in staging order (root, then ``"next"``).
         done_slots: the indices of the done flags among the slots.
     """
@@ -58,15 +57,25 @@ def native_capture(stager: Stager, checker: StepChecker, done_slots: list[int]) 
         return None
     if any(slots[i][3] is not torch.bool for i in done_slots):
         return None
-    if not all(v.is_contiguous() for row in stager.rows for v in row):
+    rows = [row for st in stagers for row in st.rows]
+    if not all(v.is_contiguous() for row in rows for v in row):
         return None
     names = [name for name, _, _, _ in slots]
-    sides = [0] * len(checker.root_slots) + [1] * len(checker.next_slots)
-    dtypes = [dtype for _, _, _, dtype in slots]
-    shapes = [shape for _, _, shape, _ in slots]
-    nbytes = [shape.numel() * dtype.itemsize for _, _, shape, dtype in slots]
-    rows = [[v.data_ptr() for v in row] for row in stager.rows]
-    plan = Plan(
-        torch.Tensor, names, sides, dtypes, shapes, nbytes, rows, done_slots, stager.buffers
+    nr = len(checker.root_slots)
+    sides = [0] * nr + [1] * len(checker.next_slots)
+    # root states are the stager's first slots; each one's "next" slot has the same key
+    next_index = {key: nr + j for j, (_, key, _, _) in enumerate(checker.next_slots)}
+    next_state = [next_index[key] for _, key, _, _ in checker.root_state]
+    return Plan(
+        torch.Tensor,
+        names,
+        sides,
+        [dtype for _, _, _, dtype in slots],
+        [shape for _, _, shape, _ in slots],
+        [shape.numel() * dtype.itemsize for _, _, shape, dtype in slots],
+        [[v.data_ptr() for v in row] for row in rows],
+        done_slots,
+        next_state,
+        [st.alias for st in stagers],
+        [st.buffers for st in stagers],
     )
-    return plan.step

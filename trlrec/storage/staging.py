@@ -49,12 +49,13 @@ class Stager:
         # Steps whose root state is the previous step's "next" state (the same tensors,
         # unmodified) skip copying it: their root-state slots (the first) are left stale.
         self.rows_aliased = [row[self.num_state :] for row in self.rows]
-        self.alias = [False] * capacity
+        self.alias = bytearray(capacity)  # 1: the root state was not copied (aliased)
         self.force_new = torch.zeros(n, capacity, dtype=torch.bool)
         self.metas: dict[int, list[Any]] = {}
         self.count = 0
-        # the native capture of a step into these rows (set by the writer), if it applies
-        self.capture: Callable[[dict, dict, int], int] | None = None
+        # the native capture (capture.py) and this buffer's first row in it, if it applies
+        self.capture: Callable[[dict | None, dict | None, int, bool], int] | None = None
+        self.base = 0
         self.idle = threading.Event()  # set while no background job is writing this buffer
         self.idle.set()
 

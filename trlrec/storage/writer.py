@@ -261,17 +261,15 @@ class TrajectoryWriter(Closeable):
         )
         self._check_keys_at = 0
         self._next_state_idx = [nr + i for i, e in enumerate(entries[nr:]) if e.role == "state"]
-        captures = [native_capture(st, self._checker, self._done_slots) for st in self._stagers]
-        native = all(c is not None for c in captures)
-        for st, capture in zip(self._stagers, captures, strict=True):
-            st.capture = capture if native else None
+        self._plan = native_capture(self._stagers, self._checker, self._done_slots)
+        for k, st in enumerate(self._stagers):
+            st.capture = None if self._plan is None else self._plan.step
+            st.base = k * st.capacity
         # Aliasing (not restaging a root state that is the previous "next" state) pays
-        # off for big states (pixels) on the Python path; small ones cost less to copy
-        # than to track. The native capture copies every leaf at a fraction of the cost
-        # (84x84x3 pixels: 1.19x with it, 1.25x aliased on the Python path).
-        self._alias = not native and any(
-            e.role == "state" and e.nbytes > SMALL_ROW for e in entries
-        )
+        # off on the Python path for big states (pixels); small ones cost less to copy
+        # than to track. The native capture aliases states itself.
+        big = any(e.role == "state" and e.nbytes > SMALL_ROW for e in entries)
+        self._alias = self._plan is None and big
         # the one done flag of an unbatched env, read with a single .item()
         single = len(self._done_slots) == 1 and self._done_scalar
         self._done_item = self._done_slots[0] if single else None
@@ -364,7 +362,8 @@ class TrajectoryWriter(Closeable):
         i = st.count
         capture = st.capture
         # the native path (capture.py): 1/0 whether a done flag is set, -1 to do it here
-        done = capture(rtop, ntop, i) if capture and rtop is not None and ntop is not None else -1
+        # (it aliases the root states as _stage_python does, unless a new episode is forced)
+        done = -1 if capture is None else capture(rtop, ntop, st.base + i, force is None)
         if done < 0:
             done = self._stage_python(root, next_, rtop, ntop, st, ck, force, i)
         if episode_metadata is not None:
@@ -588,6 +587,8 @@ class TrajectoryWriter(Closeable):
         cols = self._checker.columns(batch, next_)
         self._drain()
         self._prev_next = None
+        if self._plan is not None:
+            self._plan.forget()
         force = torch.zeros(n, T, dtype=torch.bool)
         if self._pending_force is not None:
             force[:, 0] = self._pending_force
@@ -676,7 +677,7 @@ class TrajectoryWriter(Closeable):
         n = st.count
         cols = st.columns()
         done = self._done(cols, n)
-        aliased = torch.tensor(st.alias[:n], dtype=torch.bool)
+        aliased = torch.tensor(list(st.alias[:n]), dtype=torch.bool)
         later: list[PendingWrite] | None = None if self._worker is None else []
         try:
             for b, stream in enumerate(self._streams):
