@@ -13,7 +13,8 @@ from tests.storage.helpers import assert_store_matches, record_rows
 from tests.storage.strategies import rollouts
 from trlrec import TrajectoryReader, TrajectoryWriter
 from trlrec.errors import SchemaError
-from trlrec.storage import capture
+from trlrec.storage import native
+from trlrec.storage.native import _capture
 
 _counter = itertools.count()
 
@@ -29,16 +30,13 @@ def _uses_native(w: TrajectoryWriter) -> bool:
     return all(st.capture is not None for st in w._stagers)
 
 
-def test_the_extension_is_built():
+@pytest.mark.parametrize("name", ["capture", "pwrite"])
+def test_the_extensions_are_built_and_can_be_turned_off(monkeypatch, name):
     # ./run installs with a C compiler: a missing extension here is a build failure,
     # not the optional fallback (which the "python" runs below cover)
-    assert capture.Plan is not None
-    assert capture.native_available()
-
-
-def test_turned_off_by_the_environment(monkeypatch):
+    assert native.extension(name) is not None
     monkeypatch.setenv("TRLREC_NATIVE", "0")
-    assert not capture.native_available()
+    assert native.extension(name) is None
 
 
 @settings(
@@ -160,7 +158,7 @@ def _plan(rows: int = 2):
     """A plan for steps of a root state "x" [2], a next state "x" and a bool "done" [1]."""
     bufs = [torch.zeros(rows, 2), torch.zeros(rows, 2), torch.zeros(rows, 1, dtype=torch.bool)]
     flags = bytearray(rows)
-    plan = capture.Plan(
+    plan = _capture.Plan(
         torch.Tensor, ["x", "x", "done"], [0, 1, 1],
         [torch.float32, torch.float32, torch.bool],
         [torch.Size([2]), torch.Size([2]), torch.Size([1])], [8, 8, 1],
@@ -230,7 +228,7 @@ def test_plan_refuses_bad_calls():
     ]
     for args, error, match in cases:
         with pytest.raises(error, match=match):
-            capture.Plan(torch.Tensor, *args, None)
+            _capture.Plan(torch.Tensor, *args, None)
 
 
 def test_a_step_after_extend_is_not_aliased_to_the_step_before_it(tmp_path, stub_env, path_kind):

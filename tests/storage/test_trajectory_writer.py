@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import subprocess
@@ -366,9 +365,11 @@ def test_background_io_is_the_default_and_records_the_same(tmp_path, stub_env_cl
         assert_store_matches(TrajectoryReader(path), rollout)
 
 
-def test_io_thread_write_error_rolls_back_to_the_last_commit(tmp_path, stub_env_cls, monkeypatch):
-    from trlrec.storage import chunks
-
+@pytest.mark.parametrize("native", ["1", "0"], ids=["native", "python"])
+def test_io_thread_write_error_rolls_back_to_the_last_commit(
+    tmp_path, stub_env_cls, monkeypatch, native
+):
+    monkeypatch.setenv("TRLREC_NATIVE", native)
     env = stub_env_cls(episode_lengths=(5,), pixels=(84, 84, 3))
     rollout = env.rollout(30, break_when_any_done=False)
     path = tmp_path / "io"
@@ -376,16 +377,19 @@ def test_io_thread_write_error_rolls_back_to_the_last_commit(tmp_path, stub_env_
     for t in range(10):
         w.append(rollout[t])
     w.flush()
-    real = chunks._write
     threads = set()
+    io_fds = w._io_fds
+    real_get = io_fds.get
+    read_only = []
 
-    def disk_full(fd, data, offset):
-        if len(data) >= chunks._DROP_BEHIND:  # only the writes done on the I/O thread
-            threads.add(threading.current_thread().name)
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        real(fd, data, offset)
+    def failing_get(file):  # the pixel files, as the I/O thread opens them: not writable
+        if not file.endswith("pixels.memmap"):
+            return real_get(file)
+        threads.add(threading.current_thread().name)
+        read_only.append(os.open(file, os.O_RDONLY))
+        return read_only[-1]
 
-    monkeypatch.setattr(chunks, "_write", disk_full)
+    monkeypatch.setattr(io_fds, "get", failing_get)
 
     def append_and_flush():
         for t in range(10, 20):
@@ -395,7 +399,9 @@ def test_io_thread_write_error_rolls_back_to_the_last_commit(tmp_path, stub_env_
     with pytest.raises(StoreWriteError, match=r"could not write '.*pixels\.memmap'.*committed"):
         append_and_flush()
     assert threads == {f"trlrec-writer-{w.shard_path.name}"}
-    monkeypatch.setattr(chunks, "_write", real)
+    monkeypatch.setattr(io_fds, "get", real_get)
+    for fd in read_only:
+        os.close(fd)
     r = TrajectoryReader(path)
     assert r.num_steps == 10
     assert_td_identical(r.episodes[1], rollout[5:10])

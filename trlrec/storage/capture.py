@@ -1,37 +1,24 @@
 """Native step capture: the writer's per-step fast path, where the C extension is built.
 
-``trlrec.storage._capture`` (``_capture.c``, built at install when a C compiler is
-there) stages a plain step in one call: it finds each leaf in the step's top-level
-dicts, checks it is a contiguous CPU tensor of the schema's dtype and shape, and
-copies its bytes into the staging row. Anything else falls back to the writer's Python
-path, which copies with torch or raises the error naming the key; so the two paths
-store the same bytes, and without the extension trlrec works the same, only slower
-(~5-10 us a step in TorchRL's step loop: see BENCHMARKS.md).
-
-``TRLREC_NATIVE=0`` in the environment turns the native path off.
+``trlrec.storage._capture`` (``_capture.c``; see :mod:`trlrec.storage.native`) stages
+a plain step in one call: it finds each leaf in the step's top-level dicts, checks it
+is a contiguous CPU tensor of the schema's dtype and shape, and copies its bytes into
+the staging row. Anything else falls back to the writer's Python path, which copies
+with torch or raises the error naming the key; so the two paths store the same bytes.
+In TorchRL's step loop it saves ~10 us a step (see BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import torch
 
 from trlrec.storage.checks import StepChecker
+from trlrec.storage.native import extension
 from trlrec.storage.staging import Stager
 
-try:
-    from trlrec.storage._capture import Plan
-except ImportError:  # not built (no C compiler at install): the Python path does the work
-    Plan = None
-
-__all__ = ["native_available", "native_capture"]
-
-
-def native_available() -> bool:
-    """Whether the native capture is built and not turned off (``TRLREC_NATIVE=0``)."""
-    return Plan is not None and os.environ.get("TRLREC_NATIVE", "1") != "0"
+__all__ = ["native_capture"]
 
 
 def native_capture(stagers: list[Stager], checker: StepChecker, done_slots: list[int]) -> Any:
@@ -50,8 +37,9 @@ def native_capture(stagers: list[Stager], checker: StepChecker, done_slots: list
         checker: the schema's slots in staging order (root, then ``"next"``).
         done_slots: the indices of the done flags among the slots.
     """
+    native = extension("capture")
     slots = checker.root_slots + checker.next_slots
-    if not native_available() or any(name is None for name, _, _, _ in slots):
+    if native is None or any(name is None for name, _, _, _ in slots):
         return None
     if any(dtype.is_complex for _, _, _, dtype in slots):
         return None
@@ -66,7 +54,7 @@ def native_capture(stagers: list[Stager], checker: StepChecker, done_slots: list
     # root states are the stager's first slots; each one's "next" slot has the same key
     next_index = {key: nr + j for j, (_, key, _, _) in enumerate(checker.next_slots)}
     next_state = [next_index[key] for _, key, _, _ in checker.root_state]
-    return Plan(
+    return native.Plan(
         torch.Tensor,
         names,
         sides,
