@@ -248,3 +248,21 @@ def test_a_step_after_extend_is_not_aliased_to_the_step_before_it(tmp_path, stub
     got = [r.episodes[i] for i in range(len(r.episodes))]
     assert [len(e) for e in got] == [1, 2, 1]
     assert torch.equal(got[2]["observation"][0], first["next", "observation"])
+
+
+def test_plan_holds_its_alias_flags():
+    buf = torch.zeros(2, 1)
+    rows = [[buf[0].data_ptr()], [buf[1].data_ptr()]]
+    flags = bytearray(2)
+    f32, s1 = [torch.float32], [torch.Size([1])]
+    plan = _capture.Plan(torch.Tensor, ["x"], [0], f32, s1, [4], rows, [], [], [flags], buf)
+    with pytest.raises(BufferError):
+        flags.extend(b"x")  # the plan writes into it: it cannot move
+    # a temporary bytearray stays alive as long as the plan
+    plan = _capture.Plan(torch.Tensor, ["x"], [0], f32, s1, [4], rows, [], [], [bytearray(2)], buf)
+    for _ in range(3):
+        assert plan.step({"x": torch.ones(1)}, {}, 1, False) == 0
+    assert buf[1].item() == 1.0
+    del plan
+    flags.extend(b"x")
+    assert len(flags) == 3

@@ -33,6 +33,13 @@ class ListLogger:
         self.videos.append(SimpleNamespace(name=name, frames=video[0].permute(0, 2, 3, 1).clone()))
 
 
+@pytest.fixture(autouse=True, params=["native", "python"])
+def path_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs with the native frame copy and writes, then without them."""
+    monkeypatch.setenv("TRLREC_NATIVE", "1" if request.param == "native" else "0")
+    return request.param
+
+
 def numbered(i: int, h: int = H, w: int = W) -> torch.Tensor:
     """Frame ``i``: every byte is ``i % 251`` except the first, ``i // 251`` (order is checked)."""
     frame = torch.full((h, w, 3), i % 251, dtype=torch.uint8)

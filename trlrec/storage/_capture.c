@@ -43,6 +43,8 @@ typedef struct {
     long long *prev_version;   /* nstate: their version counters then */
     PyObject **seen;           /* n: this step's leaves (borrowed, during step) */
     char **alias_flag;         /* rows: where the row's "aliased" byte goes */
+    Py_buffer *alias_bufs;     /* the buffers alias_flag points into (held: not resized) */
+    Py_ssize_t nalias;
     PyObject *keepalive;       /* the staging buffers the addresses point into */
 } Plan;
 
@@ -72,6 +74,8 @@ static void Plan_dealloc(Plan *self) {
     PyMem_Free(self->alias_flag);
     Py_XDECREF(self->tensor_type);
     Py_XDECREF(self->keepalive);
+    for (Py_ssize_t a = 0; a < self->nalias; a++) PyBuffer_Release(&self->alias_bufs[a]);
+    PyMem_Free(self->alias_bufs);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -181,15 +185,23 @@ static int Plan_init(Plan *self, PyObject *args, PyObject *kwds) {
         }
         self->next_state[k] = j;
     }
-    Py_ssize_t r = 0;
-    for (Py_ssize_t a = 0; a < PyList_GET_SIZE(alias_flags); a++) {
+    Py_ssize_t nflags = PyList_GET_SIZE(alias_flags), r = 0;
+    self->alias_bufs = PyMem_Calloc(nflags ? nflags : 1, sizeof(Py_buffer));
+    if (!self->alias_bufs) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t a = 0; a < nflags; a++) {
         PyObject *flags = PyList_GET_ITEM(alias_flags, a);
         if (!PyByteArray_Check(flags)) {
             PyErr_SetString(PyExc_TypeError, "alias_flags must be bytearrays");
             return -1;
         }
-        char *base = PyByteArray_AS_STRING(flags);
-        for (Py_ssize_t b = 0; b < PyByteArray_GET_SIZE(flags) && r < rows; b++)
+        /* holding the buffer keeps the bytearray alive and stops it from being resized */
+        if (PyObject_GetBuffer(flags, &self->alias_bufs[a], PyBUF_WRITABLE) < 0) return -1;
+        self->nalias = a + 1;
+        char *base = self->alias_bufs[a].buf;
+        for (Py_ssize_t b = 0; b < self->alias_bufs[a].len && r < rows; b++)
             self->alias_flag[r++] = base + b;
     }
     if (r != rows) {

@@ -29,7 +29,7 @@ from trlrec.storage.layout import chunk_dir_name
 from trlrec.storage.native import extension
 from trlrec.storage.schema import Key, Schema
 
-__all__ = ["ChunkSeries", "PendingWrite", "run_writes"]
+__all__ = ["ChunkSeries", "PendingWrite", "drop_from", "run_writes"]
 
 
 _DROP_BEHIND = 1 << 16  # writes of at least this many bytes are dropped from the cache
@@ -44,7 +44,7 @@ class PendingWrite(NamedTuple):
     offset: int
 
 
-def _drop_from(offset: int, size: int) -> int:
+def drop_from(offset: int, size: int) -> int:
     """Where a write's drop from the page cache starts (-1: a small write, kept)."""
     return max(0, offset - _DROP_LAG * size) if size >= _DROP_BEHIND else -1
 
@@ -52,7 +52,7 @@ def _drop_from(offset: int, size: int) -> int:
 def _write(fd: int, data: memoryview, offset: int) -> None:
     """``pwrite`` all of ``data``; a big write also drops older pages from the cache."""
     end = offset + len(data)
-    behind = _drop_from(offset, len(data))
+    behind = drop_from(offset, len(data))
     while data:
         n = os.pwrite(fd, data, offset)
         data, offset = data[n:], offset + n
@@ -94,7 +94,7 @@ def _run_native(pwrite_all: Callable, writes: list[PendingWrite], fds: FdCache) 
             fd = fds.get(w.path)
         except OSError as err:
             raise _write_error(w.path, err) from err
-        group.append((fd, w.data, w.offset, _drop_from(w.offset, len(w.data))))
+        group.append((fd, w.data, w.offset, drop_from(w.offset, len(w.data))))
         paths.append(w.path)
         seen.add(w.path)
         if len(seen) >= fds.capacity // 2 or i == len(writes) - 1:

@@ -48,6 +48,9 @@ SPOOL_VERSION = 1
 """The ``version`` field of the sidecars this code writes."""
 
 
+_NOTHING: dict[str, Any] = {}  # the native capture's empty "next" side
+
+
 class Segment:
     """One video being written: ``<stem>.frames`` plus its ``<stem>.video.json`` sidecar.
 
@@ -67,7 +70,17 @@ class Segment:
         width: the frame width.
     """
 
-    __slots__ = ("_chunk", "_file", "_slot", "_views", "_writer", "frames", "height", "width")
+    __slots__ = (
+        "_capture",
+        "_chunk",
+        "_file",
+        "_slot",
+        "_views",
+        "_writer",
+        "frames",
+        "height",
+        "width",
+    )
 
     def __init__(self, stem: Path, meta: dict[str, Any], writer: ChunkWriter) -> None:
         sidecar = stem.with_name(stem.name + ".video.json")
@@ -81,6 +94,7 @@ class Segment:
         shape = (self.height, self.width, 3)
         self._chunk: Chunk | None = writer.chunk(self.height * self.width * 3)
         self._views = self._chunk.views(shape)
+        self._capture = self._chunk.capture(shape)
         self._slot = 0
 
     def write(self, frame: torch.Tensor) -> None:
@@ -94,7 +108,9 @@ class Segment:
         if file is None or file.error is not None:
             self._fail()
         slot = self._slot
-        self._views[slot].copy_(frame)
+        capture = self._capture  # native: ~2 us less than copy_ in a step loop
+        if capture is None or capture({"frame": frame}, _NOTHING, slot, False) < 0:
+            self._views[slot].copy_(frame)
         self.frames += 1
         slot += 1
         if slot == len(self._views):
@@ -145,6 +161,7 @@ class Segment:
             self._fail()
         chunk = self._chunk = self._writer.chunk(frame_bytes)
         self._views = chunk.views((self.height, self.width, 3))
+        self._capture = chunk.capture((self.height, self.width, 3))
 
     def _release(self) -> None:
         """Closes the file (after the writer is done with it); the chunk returns to the pool."""

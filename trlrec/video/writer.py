@@ -33,6 +33,8 @@ from typing import Any
 import torch
 
 from trlrec.prealloc import Reservation
+from trlrec.storage.chunks import drop_from
+from trlrec.storage.native import extension
 
 __all__ = ["CHUNK_BYTES", "ChunkWriter", "Chunk", "FramesFile"]
 
@@ -71,13 +73,31 @@ class FramesFile:
         self.error: Exception | None = None
 
     def append(self, data: memoryview) -> None:
-        """Appends ``data`` (whole frames) with as many ``write`` calls as it takes."""
-        end = self.size + len(data)
+        """Appends ``data`` (whole frames), then drops older pages from the page cache.
+
+        Dropping the pages written a few chunks ago (as the store does, see
+        :mod:`trlrec.storage.chunks`) lets the next writes reuse them instead of taking
+        fresh ones (measured: a 84x84x3 step loop 1.26x -> 1.18x). With the native
+        ``pwrite_all`` the write and the drop take the GIL once.
+        """
+        start, end = self.size, self.size + len(data)
         self.reservation.ensure(self.fd, end)
+        behind = drop_from(start, len(data))
+        native = extension("pwrite")
+        if native is not None:
+            # O_APPEND: the write lands at the end of the file, which is ``start``
+            failed = native.pwrite_all([(self.fd, data, start, behind)])
+            if failed is not None:
+                self.size = os.fstat(self.fd).st_size  # what did land, for the whole frames
+                raise OSError(failed[1], os.strerror(failed[1]))
+            self.size = end
+            return
         while data:
             done = os.write(self.fd, data)
             self.size += done
             data = data[done:]
+        if behind >= 0:
+            os.posix_fadvise(self.fd, behind, end - behind, os.POSIX_FADV_DONTNEED)
 
     def close(self) -> None:
         """Gives back the disk reserved past the data and closes the file."""
@@ -97,12 +117,13 @@ class Chunk:
         nbytes: its size.
     """
 
-    __slots__ = ("_views", "data", "memory")
+    __slots__ = ("_captures", "_views", "data", "memory")
 
     def __init__(self, nbytes: int) -> None:
         self.data = torch.empty(nbytes, dtype=torch.uint8)
         self.memory = memoryview(self.data.numpy())
         self._views: dict[tuple[int, ...], list[torch.Tensor]] = {}
+        self._captures: dict[tuple[int, ...], Any] = {}
 
     def views(self, shape: tuple[int, ...]) -> list[torch.Tensor]:
         """The chunk as consecutive tensors of ``shape`` (as many as fit), made once."""
@@ -115,6 +136,29 @@ class Chunk:
             block = self.data[: count * size].view(count, *shape)
             views = self._views[shape] = list(block.unbind(0))
         return views
+
+    def capture(self, shape: tuple[int, ...]) -> Any:
+        """The native copy of a uint8 frame of ``shape`` into view ``i``, or None.
+
+        ``capture({"frame": frame}, {}, i, False)`` copies a contiguous CPU uint8 frame
+        of ``shape`` into ``views(shape)[i]`` and returns 0, or returns -1 (copy with
+        torch then): the writer's step capture (:mod:`trlrec.storage.capture`) with one
+        leaf. None when the extension is not built or turned off.
+        """
+        if shape in self._captures:
+            return self._captures[shape]
+        native = extension("capture")
+        step = None
+        if native is not None:
+            views = self.views(shape)
+            size = torch.Size(shape)
+            plan = native.Plan(
+                torch.Tensor, ["frame"], [0], [torch.uint8], [size], [size.numel()],
+                [[v.data_ptr()] for v in views], [], [], [bytearray(len(views))], self.data,
+            )  # fmt: skip
+            step = plan.step
+        self._captures[shape] = step
+        return step
 
 
 class ChunkWriter:
