@@ -4,8 +4,11 @@ Each case runs the same ``step_and_maybe_reset`` loop (or ``env.rollout``) on a
 trivial deterministic env without a recorder and with one, interleaving the
 repetitions; the reported value is the median of the per-repetition time ratios
 (with / without). The run without a recorder is the same ``TransformedEnv`` with no
-transform, so the ratio is the recorder's own cost. Budget: ``<= 1.10`` for trlrec
-(DESIGN.md); TorchRL's in-RAM recorder is measured in the same run for comparison.
+transform (DESIGN.md: "over the same rollout without it"); trlrec's rows are also
+given against the recorder replaced by a transform that does nothing, which TorchRL
+runs faster than an empty ``TransformedEnv`` (see ``benchmarks/baselines.py``).
+Budget: ``<= 1.10`` for trlrec, against the first; TorchRL's in-RAM recorder is
+measured in the same run for comparison.
 
 Torch runs single-threaded during the measurement (``torch.set_num_threads(1)``, as
 in an actor process): the step loop's tensors are tiny, and on a shared 2-core box
@@ -32,6 +35,7 @@ if __package__ in (None, ""):  # run as a script: its directory, not the repo, i
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import row
+from benchmarks.baselines import NOOP_NOTE, NoOp
 
 BUDGET = 1.10
 
@@ -155,11 +159,16 @@ def _median_ratio(
     run: Callable[[EnvBase, int], float],
     steps: int,
     reps: int,
-) -> float:
-    ratios = []
+    make_noop: Callable[[], EnvBase] | None = None,
+) -> tuple[float, float | None]:
+    """Median ratios of the recorded loop over the bare one (and over the no-op one)."""
+    ratios, noop_ratios = [], []
     with tempfile.TemporaryDirectory() as tmp:
         bare = make_bare()
         run(bare, max(10, steps // 10))  # warm up
+        noop = None if make_noop is None else make_noop()
+        if noop is not None:
+            run(noop, max(10, steps // 10))
         for r in range(reps):
             env, finish = make_rec(os.path.join(tmp, f"rep{r}"))
             run(env, max(10, steps // 10))
@@ -167,7 +176,9 @@ def _median_ratio(
             finish()
             t_bare = run(bare, steps)
             ratios.append(t_rec / t_bare)
-    return statistics.median(ratios)
+            if noop is not None:
+                noop_ratios.append(t_rec / run(noop, steps))
+    return statistics.median(ratios), statistics.median(noop_ratios) if noop_ratios else None
 
 
 def _trlrec(env_fn: Callable[[], EnvBase]) -> Callable[[str], tuple[EnvBase, Callable[[], None]]]:
@@ -206,28 +217,51 @@ def _run(steps: int, reps: int) -> list[dict]:
         "small": lambda: TrivialEnv(obs_shape=(4,)),
         "pixels84": lambda: TrivialEnv(obs_shape=(4,), pixels=(84, 84, 3)),
     }
-    rows = []
+    rows: list[dict] = []
+
+    def measure(env_fn: Callable[[], EnvBase], make, run, who: str, name: str) -> None:
+        with_noop = who != "torchrl"
+        ratio, vs_noop = _median_ratio(
+            lambda: TransformedEnv(env_fn()),
+            make,
+            run,
+            steps,
+            reps,
+            (lambda: TransformedEnv(env_fn(), NoOp())) if with_noop else None,
+        )
+        rows.append(_row(name, ratio, who))
+        if vs_noop is not None:
+            first = not any(r.get("note") == NOOP_NOTE for r in rows)
+            rows.append(
+                row(
+                    f"{name}, vs a no-op transform",
+                    round(vs_noop, 3),
+                    "x",
+                    note=NOOP_NOTE if first else None,
+                )
+            )
+
     for obs, env_fn in cases.items():
         for who, make in (
             ("trlrec", _trlrec(env_fn)),
             ("torchrl", _torchrl(env_fn)),
             ("floor", _floor(env_fn)),
         ):
-            ratio = _median_ratio(
-                lambda env_fn=env_fn: TransformedEnv(env_fn()), make, _loop, steps, reps
-            )
             name = (
                 f"floor: copy the step's leaves only, no store, {obs}"
                 if who == "floor"
                 else f"{who} TensorDictRecorder step_and_maybe_reset {obs}"
             )
-            rows.append(_row(name, ratio, who))
+            measure(env_fn, make, _loop, who, name)
     # DESIGN.md states the budget for env.rollout (the issue for the step loop above)
     for obs, env_fn in cases.items():
-        ratio = _median_ratio(
-            lambda env_fn=env_fn: TransformedEnv(env_fn()), _trlrec(env_fn), _rollout, steps, reps
+        measure(
+            env_fn,
+            _trlrec(env_fn),
+            _rollout,
+            "trlrec",
+            f"trlrec TensorDictRecorder env.rollout {obs}",
         )
-        rows.append(_row(f"trlrec TensorDictRecorder env.rollout {obs}", ratio, "trlrec"))
     # DESIGN.md's reference point: a real GymEnv("CartPole-v1") step (~250-450 us here).
     from torchrl.envs import GymEnv
 
@@ -235,12 +269,16 @@ def _run(steps: int, reps: int) -> list[dict]:
         return GymEnv("CartPole-v1")
 
     for who, make in (("trlrec", _trlrec(cartpole)), ("torchrl", _torchrl(cartpole))):
-        ratio = _median_ratio(lambda: TransformedEnv(cartpole()), make, _loop, steps, reps)
-        rows.append(_row(f"{who} TensorDictRecorder step_and_maybe_reset CartPole", ratio, who))
-    ratio = _median_ratio(
-        lambda: TransformedEnv(cartpole()), _trlrec(cartpole), _rollout, steps, reps
+        measure(
+            cartpole, make, _loop, who, f"{who} TensorDictRecorder step_and_maybe_reset CartPole"
+        )
+    measure(
+        cartpole,
+        _trlrec(cartpole),
+        _rollout,
+        "trlrec",
+        "trlrec TensorDictRecorder env.rollout CartPole",
     )
-    rows.append(_row("trlrec TensorDictRecorder env.rollout CartPole", ratio, "trlrec"))
     return rows
 
 
