@@ -208,6 +208,42 @@ def test_plan_aliases_unmodified_states_only():
     assert torch.equal(root[2], x0)
 
 
+@pytest.mark.parametrize("nbytes", [4095, 4096, 4133, 3 * 84 * 84])
+def test_plan_copies_frames_exactly_at_any_alignment(nbytes):
+    # frames of >= 4 KiB take the non-temporal copy: an unaligned head, 64-byte body, tail
+    rows = 3
+    buf = torch.zeros(rows * nbytes + 16, dtype=torch.uint8)
+    gen = torch.Generator().manual_seed(nbytes)
+    frames = [torch.randint(0, 256, (nbytes,), dtype=torch.uint8, generator=gen) for _ in range(3)]
+    for shift in (0, 1, 7):  # destinations at every alignment
+        dst = [buf[shift + i * nbytes : shift + (i + 1) * nbytes] for i in range(rows)]
+        plan = _capture.Plan(
+            torch.Tensor, ["f"], [1], [torch.uint8], [torch.Size([nbytes])], [nbytes],
+            [[d.data_ptr()] for d in dst], [], [], [bytearray(rows)], buf,
+        )  # fmt: skip
+        buf.zero_()
+        for i in range(rows):
+            assert plan.step({}, {"f": frames[i][:]}, i, False) == 0
+        for i in range(rows):
+            assert torch.equal(dst[i], frames[i])
+        assert not buf[:shift].any()  # nothing written outside the rows
+        assert not buf[shift + rows * nbytes :].any()
+
+
+def test_plan_reads_tensor_subclasses_through_their_attributes():
+    class Marked(torch.Tensor):
+        pass
+
+    plan, (root, nxt, _), _ = _plan()
+    x0 = torch.tensor([1.0, 2.0]).as_subclass(Marked)
+    x1 = torch.nn.Parameter(torch.tensor([3.0, 4.0]), requires_grad=False)
+    assert plan.step({"x": x0}, {"x": x1, "done": torch.tensor([False])}, 0, True) == 0
+    assert torch.equal(root[0], torch.tensor([1.0, 2.0]))
+    assert torch.equal(nxt[0], torch.tensor([3.0, 4.0]))
+    wrong = torch.zeros(3).as_subclass(Marked)  # a subclass's shape is checked as well
+    assert plan.step({"x": wrong}, {"x": x1, "done": torch.tensor([False])}, 1, True) == -1
+
+
 def test_plan_refuses_bad_calls():
     plan, _bufs, _flags = _plan()
     x = {"x": torch.zeros(2), "done": torch.tensor([False])}
