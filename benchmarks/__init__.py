@@ -8,12 +8,14 @@ The helpers here are shared by the modules; none of them is required.
 
 from __future__ import annotations
 
+import gc
+import os
 import statistics
 import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["row", "median", "timed", "interleaved"]
+__all__ = ["row", "median", "timed", "interleaved", "settle"]
 
 
 def row(
@@ -43,14 +45,28 @@ def timed(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - t0
 
 
+def settle() -> None:
+    """Start a timed run from the same state: no dirty pages, no garbage of the last run.
+
+    Without it, the kernel's writeback of what the previous case wrote (a recorder's
+    files, GBs after bench_memory) and the collection of its garbage land inside the
+    next case's timing, whichever case that is: per-repetition ratios then spread from
+    ~0.8 to ~1.2. What a case writes or leaves while it is timed still counts.
+    """
+    os.sync()
+    gc.collect()
+
+
 def interleaved(cases: dict[str, Callable[[], float]], reps: int) -> dict[str, list[float]]:
     """Run each case ``reps`` times, round-robin (a, b, a, b...), collecting what each returns.
 
     Interleaving spreads slow phases of a shared machine over all cases, so the
-    ratio of their medians is fairer than timing one case after the other.
+    ratio of their medians is fairer than timing one case after the other. Each run
+    starts :func:`settle`d.
     """
     out: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(reps):
         for name, fn in cases.items():
+            settle()
             out[name].append(fn())
     return out

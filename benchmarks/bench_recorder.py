@@ -1,9 +1,9 @@
 """Overhead of recording transitions: trlrec's TensorDictRecorder next to TorchRL's.
 
 Each case runs the same ``step_and_maybe_reset`` loop (or ``env.rollout``) on a
-trivial deterministic env without a recorder and with one, interleaving the
-repetitions; the reported value is the median of the per-repetition time ratios
-(with / without). The run without a recorder is the same ``TransformedEnv`` with no
+trivial deterministic env without a recorder and with one; each repetition
+alternates the cases in short segments, and the reported value is the median of the
+per-repetition time ratios (with / without), with their quartiles in the note. The run without a recorder is the same ``TransformedEnv`` with no
 transform (DESIGN.md: "over the same rollout without it"); trlrec's rows are also
 given against the recorder replaced by a transform that does nothing, which TorchRL
 runs faster than an empty ``TransformedEnv`` (see ``benchmarks/baselines.py``).
@@ -34,10 +34,11 @@ from torchrl.envs import EnvBase, Transform, TransformedEnv
 if __package__ in (None, ""):  # run as a script: its directory, not the repo, is on sys.path
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks import row
+from benchmarks import row, settle
 from benchmarks.baselines import NOOP_NOTE, NoOp
 
 BUDGET = 1.10
+SEGMENTS = 4  # per repetition, each case runs in this many alternating segments
 
 
 class TrivialEnv(EnvBase):
@@ -160,8 +161,8 @@ def _median_ratio(
     steps: int,
     reps: int,
     make_noop: Callable[[], EnvBase] | None = None,
-) -> tuple[float, float | None]:
-    """Median ratios of the recorded loop over the bare one (and over the no-op one)."""
+) -> tuple[list[float], list[float]]:
+    """Per-repetition ratios of the recorded loop over the bare one (and the no-op one)."""
     ratios, noop_ratios = [], []
     with tempfile.TemporaryDirectory() as tmp:
         bare = make_bare()
@@ -169,16 +170,26 @@ def _median_ratio(
         noop = None if make_noop is None else make_noop()
         if noop is not None:
             run(noop, max(10, steps // 10))
+        part = max(10, steps // SEGMENTS)
         for r in range(reps):
             env, finish = make_rec(os.path.join(tmp, f"rep{r}"))
             run(env, max(10, steps // 10))
-            t_rec = run(env, steps)
+            t_rec = t_bare = t_noop = 0.0
+            # a repetition alternates the cases in short segments (rec, bare, no-op, rec,
+            # ...): a slow phase of the machine then falls on all of them alike
+            for _ in range(SEGMENTS):
+                settle()
+                t_rec += run(env, part)
+                settle()
+                t_bare += run(bare, part)
+                if noop is not None:
+                    settle()
+                    t_noop += run(noop, part)
             finish()
-            t_bare = run(bare, steps)
             ratios.append(t_rec / t_bare)
             if noop is not None:
-                noop_ratios.append(t_rec / run(noop, steps))
-    return statistics.median(ratios), statistics.median(noop_ratios) if noop_ratios else None
+                noop_ratios.append(t_rec / t_noop)
+    return ratios, noop_ratios
 
 
 def _trlrec(env_fn: Callable[[], EnvBase]) -> Callable[[str], tuple[EnvBase, Callable[[], None]]]:
@@ -203,7 +214,7 @@ def _torchrl(env_fn: Callable[[], EnvBase]) -> Callable[[str], tuple[EnvBase, Ca
 
 def run(smoke: bool = False) -> list[dict]:
     """Measure the recorders' overhead; one row per case."""
-    steps, reps = (200, 3) if smoke else (2000, 7)
+    steps, reps = (200, 3) if smoke else (2000, 11)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -221,7 +232,7 @@ def _run(steps: int, reps: int) -> list[dict]:
 
     def measure(env_fn: Callable[[], EnvBase], make, run, who: str, name: str) -> None:
         with_noop = who != "torchrl"
-        ratio, vs_noop = _median_ratio(
+        ratios, vs_noop = _median_ratio(
             lambda: TransformedEnv(env_fn()),
             make,
             run,
@@ -229,15 +240,15 @@ def _run(steps: int, reps: int) -> list[dict]:
             reps,
             (lambda: TransformedEnv(env_fn(), NoOp())) if with_noop else None,
         )
-        rows.append(_row(name, ratio, who))
-        if vs_noop is not None:
+        rows.append(_row(name, ratios, who))
+        if vs_noop:
             first = not any(r.get("note") == NOOP_NOTE for r in rows)
             rows.append(
                 row(
                     f"{name}, vs a no-op transform",
-                    round(vs_noop, 3),
+                    round(statistics.median(vs_noop), 3),
                     "x",
-                    note=NOOP_NOTE if first else None,
+                    note=(NOOP_NOTE + "; " if first else "") + _spread(vs_noop),
                 )
             )
 
@@ -290,12 +301,22 @@ _TORCHRL_NOTE = (
 )
 
 
-def _row(name: str, ratio: float, who: str) -> dict:
+def _spread(ratios: list[float]) -> str:
+    """How the repetitions' ratios spread around their median (the machine is noisy)."""
+    q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+    return f"median of {len(ratios)} interleaved repetitions, quartiles {q1:.3f}-{q3:.3f}"
+
+
+def _row(name: str, ratios: list[float], who: str) -> dict:
     """A result row: trlrec's against its budget; TorchRL's and the floor for comparison."""
+    ratio = statistics.median(ratios)
     if who != "trlrec":
         first = who == "torchrl" and name.endswith(" small")  # the note once
-        return row(name, round(ratio, 3), "x", note=_TORCHRL_NOTE if first else None)
-    return row(name, round(ratio, 3), "x", f"<= {BUDGET:.2f}", ratio <= BUDGET)
+        note = (_TORCHRL_NOTE + "; " if first else "") + _spread(ratios)
+        return row(name, round(ratio, 3), "x", note=note)
+    return row(
+        name, round(ratio, 3), "x", f"<= {BUDGET:.2f}", ratio <= BUDGET, note=_spread(ratios)
+    )
 
 
 if __name__ == "__main__":
