@@ -3,8 +3,9 @@
 Each case runs the same ``step_and_maybe_reset`` loop (or ``env.rollout``) on a
 trivial deterministic env without a recorder and with one; each repetition
 alternates the cases in short segments, and the reported value is the median of the
-per-repetition time ratios (with / without), with their quartiles in the note. The run without a recorder is the same ``TransformedEnv`` with no
-transform (DESIGN.md: "over the same rollout without it"); trlrec's rows are also
+per-repetition time ratios (with / without), with their quartiles in the note. The
+run without a recorder is the same ``TransformedEnv`` with no transform (DESIGN.md:
+"over the same rollout without it"); trlrec's rows are also
 given against the recorder replaced by a transform that does nothing, which TorchRL
 runs faster than an empty ``TransformedEnv`` (see ``benchmarks/baselines.py``).
 Budget: ``<= 1.10`` for trlrec, against the first; TorchRL's in-RAM recorder is
