@@ -29,7 +29,7 @@ from trlrec.storage.layout import chunk_dir_name
 from trlrec.storage.native import extension
 from trlrec.storage.schema import Key, Schema
 
-__all__ = ["ChunkSeries", "PendingWrite", "drop_from", "run_writes"]
+__all__ = ["ChunkSeries", "PendingWrite", "drop_from", "run_writes", "write_at"]
 
 
 _DROP_BEHIND = 1 << 16  # writes of at least this many bytes are dropped from the cache
@@ -58,6 +58,21 @@ def _write(fd: int, data: memoryview, offset: int) -> None:
         data, offset = data[n:], offset + n
     if behind >= 0:
         os.posix_fadvise(fd, behind, end - behind, os.POSIX_FADV_DONTNEED)
+
+
+def write_at(fd: int, data: memoryview, offset: int) -> None:
+    """:func:`_write` with the native ``pwrite_all`` where it is built (the GIL taken once).
+
+    Raises:
+        OSError: the write or the drop failed (part of ``data`` may have landed).
+    """
+    native = extension("pwrite")
+    if native is None:
+        _write(fd, data, offset)
+        return
+    failed = native.pwrite_all([(fd, data, offset, drop_from(offset, len(data)))])
+    if failed is not None:
+        raise OSError(failed[1], os.strerror(failed[1]))
 
 
 def _write_error(path: str, err: OSError) -> StoreWriteError:

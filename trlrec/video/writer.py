@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from trlrec.prealloc import Reservation
-from trlrec.storage.chunks import drop_from
+from trlrec.storage.chunks import write_at
 from trlrec.storage.native import extension
 
 __all__ = ["CHUNK_BYTES", "ChunkWriter", "Chunk", "FramesFile"]
@@ -80,24 +80,15 @@ class FramesFile:
         fresh ones (measured: a 84x84x3 step loop 1.26x -> 1.18x). With the native
         ``pwrite_all`` the write and the drop take the GIL once.
         """
-        start, end = self.size, self.size + len(data)
+        end = self.size + len(data)
         self.reservation.ensure(self.fd, end)
-        behind = drop_from(start, len(data))
-        native = extension("pwrite")
-        if native is not None:
-            # O_APPEND: the write lands at the end of the file, which is ``start``
-            failed = native.pwrite_all([(self.fd, data, start, behind)])
-            if failed is not None:
-                self.size = os.fstat(self.fd).st_size  # what did land, for the whole frames
-                raise OSError(failed[1], os.strerror(failed[1]))
-            self.size = end
-            return
-        while data:
-            done = os.write(self.fd, data)
-            self.size += done
-            data = data[done:]
-        if behind >= 0:
-            os.posix_fadvise(self.fd, behind, end - behind, os.POSIX_FADV_DONTNEED)
+        try:
+            # O_APPEND: the write lands at the end of the file, which is self.size
+            write_at(self.fd, data, self.size)
+        except OSError:
+            self.size = os.fstat(self.fd).st_size  # what did land, for the whole frames
+            raise
+        self.size = end
 
     def close(self) -> None:
         """Gives back the disk reserved past the data and closes the file."""
