@@ -216,3 +216,31 @@ def test_step_loop_shape_change_names_key_and_shapes(tmp_path: Path) -> None:
     with pytest.raises(VideoError, match=r"'pixels'.*non-numeric dtype.*torch.bool"):
         vr._step(TensorDict(), TensorDict(pixels=torch.zeros(4, 4, 3, dtype=torch.bool), done=done))
     vr.close()
+
+
+def test_a_forked_child_writes_its_frames_with_a_writer_of_its_own(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, "fork")
+    spool.writer = ChunkWriter(chunk_bytes=2 * FRAME, queued=1)
+    parent = spool.open_segment(None, H, W, None)
+    for i in range(5):
+        parent.write(numbered(i))  # two chunks handed over, one frame still in the chunk
+    pid = os.fork()
+    if pid == 0:  # the child: the parent's writer thread does not exist here
+        code = 1
+        try:
+            child = spool.open_segment(1, H, W, None)
+            for i in range(7):
+                child.write(numbered(100 + i))
+            child.close()
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    parent.close()
+    spool.close()
+    sizes = {p.name.split(".")[0]: p for p in tmp_path.glob("*.frames")}
+    for path, count, start in ((sizes["fork"], 5, 0), (sizes["fork_env1"], 7, 100)):
+        data = torch.from_file(str(path), size=count * FRAME, dtype=torch.uint8)
+        assert path.stat().st_size == count * FRAME
+        assert_numbered(data.view(count, H, W, 3), start)

@@ -16,14 +16,24 @@ leaves a partial frame past the last whole one. A failed write is kept and repor
 by the segment's next call as :class:`~trlrec.errors.StoreWriteError`; nothing more
 is written to that file (a later write would land after the torn frame).
 
-The thread is a daemon, started with the first hand-over; an ``atexit`` hook writes
-out what is queued at interpreter exit, after which (and in a forked child, where the
-thread does not exist) chunks are written in the calling thread.
+Where the native extension is built, the thread is ``_pwrite.Writer``'s pthread: it
+never takes the GIL, so the step loop is not made to hand it over (a Python thread
+takes the GIL back after each write, which forces a switch in the step loop; measured
+at 84x84x3: VideoRecorder 1.11x its baseline with the Python thread, see
+BENCHMARKS.md for the native one). The step's thread submits each chunk and, at the
+next hand-over, reaps the written ones (they return to the pool) and their errors.
+Otherwise the thread is a Python daemon thread, started with the first hand-over. An
+``atexit`` hook writes out what is queued at interpreter exit, after which (and in a
+forked child, where the thread does not exist) chunks are written in the calling
+thread.
 """
 
 from __future__ import annotations
 
 import atexit
+import errno
+import itertools
+import logging
 import os
 import queue
 import threading
@@ -33,7 +43,7 @@ from typing import Any
 import torch
 
 from trlrec.prealloc import Reservation
-from trlrec.storage.chunks import write_at
+from trlrec.storage.chunks import drop_from, write_at
 from trlrec.storage.native import extension
 
 __all__ = ["CHUNK_BYTES", "ChunkWriter", "Chunk", "FramesFile"]
@@ -43,6 +53,8 @@ CHUNK_BYTES = 2 << 20
 _QUEUED = 4
 _RESERVE = 8 << 20  # bytes of disk reserved ahead of the writes of one file
 _WRITERS: weakref.WeakSet[ChunkWriter] = weakref.WeakSet()
+_log = logging.getLogger(__name__)
+_GROUPS = itertools.count()  # FramesFile ids: the native writer skips a failed file's writes
 
 
 class FramesFile:
@@ -58,11 +70,13 @@ class FramesFile:
     Attributes:
         path: the file.
         fd: its descriptor (-1 once closed).
-        size: the bytes written through this object.
+        size: the bytes written through this object (with the native writer: handed
+            to it; after a failure, what landed).
         error: the first write error, or None.
+        group: this file's id for the native writer.
     """
 
-    __slots__ = ("error", "fd", "path", "reservation", "size")
+    __slots__ = ("error", "fd", "group", "path", "reservation", "size")
 
     def __init__(self, path: os.PathLike | str) -> None:
         self.path = os.fspath(path)
@@ -71,6 +85,7 @@ class FramesFile:
         self.reservation = Reservation(_RESERVE)
         self.reservation.reserved = self.size
         self.error: Exception | None = None
+        self.group = next(_GROUPS)
 
     def append(self, data: memoryview) -> None:
         """Appends ``data`` (whole frames), then drops older pages from the page cache.
@@ -172,6 +187,7 @@ class ChunkWriter:
         self._stopped = False
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._native: Any = None
         self._fresh()
         _WRITERS.add(self)
 
@@ -179,11 +195,17 @@ class ChunkWriter:
         self._free: queue.SimpleQueue[Chunk] = queue.SimpleQueue()
         self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._slots = threading.BoundedSemaphore(self._queued)
+        native = extension("pwrite")
+        self._native = native.Writer() if native is not None else None
+        self._inflight: dict[int, tuple[FramesFile, Chunk]] = {}  # native jobs, by token
+        self._tokens = itertools.count()
 
     def chunk(self, min_bytes: int) -> Chunk:
         """A chunk of at least ``min_bytes``: a written one if any is free, else a new one."""
         if min_bytes > self.chunk_bytes:
             return Chunk(min_bytes)  # an oversized frame: a chunk of its own, not pooled
+        if self._inflight and self._native_writer() is not None:
+            self._reap()  # the written chunks come back to the pool
         try:
             return self._free.get_nowait()
         except queue.Empty:
@@ -200,15 +222,68 @@ class ChunkWriter:
         The chunk goes back to the pool once written; a write error is kept in
         ``target.error`` (and nothing more is written to that file).
         """
-        if self._running():
+        native = self._native_writer()
+        if native is not None:
+            self._submit_native(native, target, chunk, nbytes)
+        elif self._running():
             self._slots.acquire()
             self._jobs.put((target, chunk, nbytes))
         else:
             _write(target, chunk, nbytes)
             self.recycle(chunk)
 
+    def _submit_native(self, native: Any, target: FramesFile, chunk: Chunk, nbytes: int) -> None:
+        native.wait(self._queued - 1)  # (GIL released) at most `queued` chunks unwritten
+        self._reap()
+        if target.error is not None or target.fd < 0:
+            self.recycle(chunk)
+            return
+        offset, end = target.size, target.size + nbytes
+        try:
+            target.reservation.ensure(target.fd, end)
+        except OSError as err:
+            # Go on unreserved: the write, in its turn, reports what is wrong with the file
+            # (as the Python thread's would), or succeeds without the reservation.
+            _log.debug("no disk reservation for %r: %s", target.path, err)
+            target.reservation.enabled = False
+        token = next(self._tokens)
+        native.submit(
+            target.fd, chunk.memory[:nbytes], offset, drop_from(offset, nbytes), target.group, token
+        )
+        self._inflight[token] = (target, chunk)
+        target.size = end
+
+    def _reap(self) -> None:
+        """Takes back the chunks the native thread wrote; keeps each file's first error."""
+        for token, code in self._native.reap():
+            target, chunk = self._inflight.pop(token)
+            if code and code != errno.ECANCELED and target.error is None:
+                target.error = OSError(code, os.strerror(code))
+                target.size = os.fstat(target.fd).st_size  # what did land: the whole frames
+            self.recycle(chunk)
+
+    def _native_writer(self) -> Any:
+        """The native thread, if chunks go to it (not stopped, not in a forked child)."""
+        if self._native is None or self._stopped:
+            return None
+        self._after_fork()
+        return self._native
+
+    def _after_fork(self) -> None:
+        """In a forked child: a fresh queue and writer (the parent's thread is not here)."""
+        if self._pid != os.getpid():
+            with self._lock:
+                if self._pid != os.getpid():
+                    self._pid, self._thread = os.getpid(), None
+                    self._fresh()
+
     def sync(self) -> None:
         """Waits until every chunk handed over so far is written (or has failed)."""
+        native = self._native_writer()
+        if native is not None:
+            native.wait(0)
+            self._reap()
+            return
         if not self._running():
             return
         done = threading.Event()
@@ -223,6 +298,9 @@ class ChunkWriter:
         with self._lock:
             thread, self._thread = self._thread, None
             self._stopped = True
+        if self._native is not None and self._pid == os.getpid():
+            self._native.stop()
+            self._reap()
         if thread is not None and thread.is_alive() and self._pid == os.getpid():
             self._jobs.put(None)
             thread.join()
@@ -237,10 +315,8 @@ class ChunkWriter:
         thread = self._thread
         if thread is not None and self._pid == os.getpid() and thread.is_alive():
             return True
+        self._after_fork()
         with self._lock:
-            if self._pid != os.getpid():  # a forked child: the parent's queue is not ours
-                self._pid, self._thread = os.getpid(), None
-                self._fresh()
             if self._stopped:
                 return False
             if self._thread is None or not self._thread.is_alive():
