@@ -55,6 +55,7 @@ def test_plain_steps_take_the_native_path_and_end_episodes(tmp_path, stub_env_cl
         for t in range(10):
             w.append(rollout[t])
         assert _uses_native(w) == (path_kind == "native")
+        assert (w._native is not None) == (path_kind == "native")  # the native writer thread
     r = TrajectoryReader(tmp_path / "s")
     assert [len(r.episodes[i]) for i in range(len(r.episodes))] == [3, 3, 3, 1]
     assert_store_matches(r, rollout)

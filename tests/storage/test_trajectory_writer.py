@@ -389,7 +389,24 @@ def test_io_thread_write_error_rolls_back_to_the_last_commit(
         read_only.append(os.open(file, os.O_RDONLY))
         return read_only[-1]
 
-    monkeypatch.setattr(io_fds, "get", failing_get)
+    # The native thread opens the files itself: its pixel writes go to a directory.
+    unwritable = tmp_path / "elsewhere" / "pixels.memmap"
+    unwritable.mkdir(parents=True)
+    native_writes = w._native
+    if native == "1":
+        assert native_writes is not None
+        real_submit = native_writes.submit
+
+        def failing_submit(writes):
+            threads.add(threading.current_thread().name)
+            real_submit(
+                [x._replace(path=str(unwritable)) if "pixels" in x.path else x for x in writes]
+            )
+
+        monkeypatch.setattr(native_writes, "submit", failing_submit)
+    else:
+        assert native_writes is None
+        monkeypatch.setattr(io_fds, "get", failing_get)
 
     def append_and_flush():
         for t in range(10, 20):
@@ -398,8 +415,10 @@ def test_io_thread_write_error_rolls_back_to_the_last_commit(
 
     with pytest.raises(StoreWriteError, match=r"could not write '.*pixels\.memmap'.*committed"):
         append_and_flush()
-    assert threads == {f"trlrec-writer-{w.shard_path.name}"}
-    monkeypatch.setattr(io_fds, "get", real_get)
+    # the writes failed on the I/O thread (natively: they were handed over by the step's)
+    want = "MainThread" if native == "1" else f"trlrec-writer-{w.shard_path.name}"
+    assert threads == {want}
+    monkeypatch.undo()
     for fd in read_only:
         os.close(fd)
     r = TrajectoryReader(path)

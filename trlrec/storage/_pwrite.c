@@ -17,8 +17,10 @@
  * then forces a switch. At 84x84x3 frames those hand-offs cost the step loop ~5 %
  * (measured: VideoRecorder 1.11x with a 5 ms switch interval, 1.06x with 0.5 ms).
  * Jobs are reaped (their buffers released, their errors returned) by the submitting
- * thread, with the GIL held. A job of a group (a file) in which a write failed is
- * skipped (ECANCELED): nothing lands after a torn write.
+ * thread, with the GIL held. A job of a group (a file, or a whole store) in which a
+ * write failed is skipped (ECANCELED): nothing lands after a torn write. A job names
+ * its file by descriptor (submit) or by path (submit_path: the thread opens it and
+ * keeps up to FD_CACHE descriptors, its own, until close_files() or stop()).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -110,8 +112,12 @@ static PyObject *pwrite_all(PyObject *module, PyObject *items) {
 
 /* ------------------------------------------------------------------ Writer */
 
+#define FD_CACHE 64
+
 typedef struct Job {
     Write w;
+    char *path; /* or NULL: w.fd is the caller's */
+    int close_files;
     long long group, token;
     int err;
     struct Job *next;
@@ -124,6 +130,10 @@ typedef struct {
     Job *head, *tail;           /* submitted, not started */
     Job *done_head, *done_tail; /* finished, not reaped */
     Py_ssize_t pending;         /* submitted, not finished */
+    long long finished;         /* jobs finished since the start */
+    char *cache_path[FD_CACHE]; /* the thread's descriptors of submit_path's files */
+    int cache_fd[FD_CACHE];
+    unsigned long long cache_used[FD_CACHE], clock;
     int started, stopping, ready;
     pid_t pid;
     pthread_t thread;
@@ -135,6 +145,60 @@ static int group_failed(Writer *self, long long group) {
     for (size_t k = 0; k < self->nfailed; k++)
         if (self->failed[k] == group) return 1;
     return 0;
+}
+
+/* The thread's descriptor of path (opened, or reused from its cache); -errno on failure. */
+static int cached_fd(Writer *self, const char *path) {
+    int lru = 0;
+    for (int k = 0; k < FD_CACHE; k++) {
+        if (self->cache_path[k] && strcmp(self->cache_path[k], path) == 0) {
+            self->cache_used[k] = ++self->clock;
+            return self->cache_fd[k];
+        }
+        if (!self->cache_path[k] || self->cache_used[k] < self->cache_used[lru]) lru = k;
+        if (!self->cache_path[lru]) break;
+    }
+    char *copy = strdup(path);
+    if (!copy) return -ENOMEM;
+    int fd;
+    do fd = open(path, O_WRONLY | O_CLOEXEC);
+    while (fd < 0 && errno == EINTR);
+    if (fd < 0) {
+        int err = errno;
+        free(copy);
+        return -err;
+    }
+    if (self->cache_path[lru]) {
+        close(self->cache_fd[lru]);
+        free(self->cache_path[lru]);
+    }
+    self->cache_path[lru] = copy;
+    self->cache_fd[lru] = fd;
+    self->cache_used[lru] = ++self->clock;
+    return fd;
+}
+
+static void close_cached(Writer *self) {
+    for (int k = 0; k < FD_CACHE; k++)
+        if (self->cache_path[k]) {
+            close(self->cache_fd[k]);
+            free(self->cache_path[k]);
+            self->cache_path[k] = NULL;
+        }
+}
+
+static int do_job(Writer *self, Job *job) {
+    if (job->close_files) {
+        close_cached(self);
+        return 0;
+    }
+    if (job->path) {
+        int fd = cached_fd(self, job->path);
+        if (fd < 0) return -fd;
+        job->w.fd = fd;
+    }
+    Py_ssize_t index;
+    return run(&job->w, 1, &index);
 }
 
 static void *writer_main(void *arg) {
@@ -154,8 +218,7 @@ static void *writer_main(void *arg) {
         if (!self->head) self->tail = NULL;
         int skip = group_failed(self, job->group);
         pthread_mutex_unlock(&self->mu);
-        Py_ssize_t index;
-        job->err = skip ? ECANCELED : run(&job->w, 1, &index);
+        job->err = skip && !job->close_files ? ECANCELED : do_job(self, job);
         pthread_mutex_lock(&self->mu);
         if (job->err && !skip) {
             long long *grown = realloc(self->failed, (self->nfailed + 1) * sizeof(long long));
@@ -169,9 +232,11 @@ static void *writer_main(void *arg) {
         else self->done_head = job;
         self->done_tail = job;
         self->pending--;
+        self->finished++;
         pthread_cond_broadcast(&self->done);
     }
     pthread_mutex_unlock(&self->mu);
+    close_cached(self);
     return NULL;
 }
 
@@ -209,7 +274,8 @@ static void writer_stop(Writer *self) {
 static void free_jobs(Job *job) {
     while (job) {
         Job *next = job->next;
-        PyBuffer_Release(&job->w.buf);
+        if (job->w.buf.obj) PyBuffer_Release(&job->w.buf);
+        PyMem_Free(job->path);
         PyMem_Free(job);
         job = next;
     }
@@ -237,17 +303,45 @@ static int check_owner(Writer *self) {
     return 0;
 }
 
+/* Queue a job (taking it over): the thread is started with the first. */
+static PyObject *enqueue(Writer *self, Job *job) {
+    pthread_mutex_lock(&self->mu);
+    if (!self->started) {
+        int err = pthread_create(&self->thread, NULL, writer_main, self);
+        if (err) {
+            pthread_mutex_unlock(&self->mu);
+            job->next = NULL;
+            free_jobs(job);
+            errno = err;
+            return PyErr_SetFromErrno(PyExc_OSError);
+        }
+        self->started = 1;
+    }
+    if (self->tail) self->tail->next = job;
+    else self->head = job;
+    self->tail = job;
+    self->pending++;
+    pthread_cond_signal(&self->work);
+    pthread_mutex_unlock(&self->mu);
+    Py_RETURN_NONE;
+}
+
+static int check_open(Writer *self) {
+    if (check_owner(self) < 0) return -1;
+    if (self->stopping) {
+        PyErr_SetString(PyExc_RuntimeError, "this Writer is stopped");
+        return -1;
+    }
+    return 0;
+}
+
 /* submit(fd, buffer, offset, drop_from, group, token): queue one write. */
 static PyObject *Writer_submit(Writer *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 6) {
         PyErr_SetString(PyExc_TypeError, "submit(fd, buffer, offset, drop_from, group, token)");
         return NULL;
     }
-    if (check_owner(self) < 0) return NULL;
-    if (self->stopping) {
-        PyErr_SetString(PyExc_RuntimeError, "this Writer is stopped");
-        return NULL;
-    }
+    if (check_open(self) < 0) return NULL;
     long fd = PyLong_AsLong(args[0]);
     long long offset = PyLong_AsLongLong(args[2]), drop = PyLong_AsLongLong(args[3]);
     long long group = PyLong_AsLongLong(args[4]), token = PyLong_AsLongLong(args[5]);
@@ -267,25 +361,65 @@ static PyObject *Writer_submit(Writer *self, PyObject *const *args, Py_ssize_t n
     job->w.drop_from = drop;
     job->group = group;
     job->token = token;
-    pthread_mutex_lock(&self->mu);
-    if (!self->started) {
-        int err = pthread_create(&self->thread, NULL, writer_main, self);
-        if (err) {
-            pthread_mutex_unlock(&self->mu);
-            PyBuffer_Release(&job->w.buf);
-            PyMem_Free(job);
-            errno = err;
-            return PyErr_SetFromErrno(PyExc_OSError);
-        }
-        self->started = 1;
+    return enqueue(self, job);
+}
+
+/* submit_path(path, buffer, offset, drop_from, group, token): queue one write to a file
+ * the thread opens (O_WRONLY) and keeps open. */
+static PyObject *Writer_submit_path(Writer *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError,
+                        "submit_path(path, buffer, offset, drop_from, group, token)");
+        return NULL;
     }
-    if (self->tail) self->tail->next = job;
-    else self->head = job;
-    self->tail = job;
-    self->pending++;
-    pthread_cond_signal(&self->work);
-    pthread_mutex_unlock(&self->mu);
-    Py_RETURN_NONE;
+    if (check_open(self) < 0) return NULL;
+    PyObject *encoded = NULL;
+    if (!PyUnicode_FSConverter(args[0], &encoded)) return NULL;
+    long long offset = PyLong_AsLongLong(args[2]), drop = PyLong_AsLongLong(args[3]);
+    long long group = PyLong_AsLongLong(args[4]), token = PyLong_AsLongLong(args[5]);
+    if (PyErr_Occurred()) {
+        Py_DECREF(encoded);
+        return NULL;
+    }
+    if (offset < 0) {
+        Py_DECREF(encoded);
+        PyErr_SetString(PyExc_ValueError, "offset must be >= 0");
+        return NULL;
+    }
+    Job *job = PyMem_Calloc(1, sizeof(Job));
+    Py_ssize_t size = PyBytes_GET_SIZE(encoded);
+    if (job) job->path = PyMem_Malloc(size + 1);
+    if (!job || !job->path) {
+        Py_DECREF(encoded);
+        if (job) PyMem_Free(job);
+        return PyErr_NoMemory();
+    }
+    memcpy(job->path, PyBytes_AS_STRING(encoded), size + 1);
+    Py_DECREF(encoded);
+    if (PyObject_GetBuffer(args[1], &job->w.buf, PyBUF_SIMPLE) < 0) {
+        PyMem_Free(job->path);
+        PyMem_Free(job);
+        return NULL;
+    }
+    job->w.offset = offset;
+    job->w.drop_from = drop;
+    job->group = group;
+    job->token = token;
+    return enqueue(self, job);
+}
+
+/* close_files(token): queue the closing of the thread's descriptors (after the writes
+ * before it; reaped as (token, 0)). Files about to be deleted or replaced need it. */
+static PyObject *Writer_close_files(Writer *self, PyObject *arg) {
+    if (check_open(self) < 0) return NULL;
+    long long token = PyLong_AsLongLong(arg);
+    if (token == -1 && PyErr_Occurred()) return NULL;
+    Job *job = PyMem_Calloc(1, sizeof(Job));
+    if (!job) return PyErr_NoMemory();
+    job->close_files = 1;
+    job->token = token;
+    job->group = -1;
+    return enqueue(self, job);
 }
 
 /* reap() -> [(token, errno), ...] of the jobs finished since the last reap, in order. */
@@ -323,6 +457,34 @@ static PyObject *Writer_wait(Writer *self, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
+/* wait_done(n): block (GIL released) until at least n jobs have finished in all. */
+static PyObject *Writer_wait_done(Writer *self, PyObject *arg) {
+    if (check_owner(self) < 0) return NULL;
+    long long n = PyLong_AsLongLong(arg);
+    if (n == -1 && PyErr_Occurred()) return NULL;
+    pthread_mutex_lock(&self->mu);
+    int busy = self->finished < n && self->pending > 0;
+    pthread_mutex_unlock(&self->mu);
+    if (busy) {
+        Py_BEGIN_ALLOW_THREADS
+        pthread_mutex_lock(&self->mu);
+        while (self->finished < n && self->pending > 0) pthread_cond_wait(&self->done, &self->mu);
+        pthread_mutex_unlock(&self->mu);
+        Py_END_ALLOW_THREADS
+    }
+    Py_RETURN_NONE;
+}
+
+/* failed(group) -> whether a write of the group failed (so far). */
+static PyObject *Writer_failed(Writer *self, PyObject *arg) {
+    long long group = PyLong_AsLongLong(arg);
+    if (group == -1 && PyErr_Occurred()) return NULL;
+    pthread_mutex_lock(&self->mu);
+    int failed = group_failed(self, group);
+    pthread_mutex_unlock(&self->mu);
+    return PyBool_FromLong(failed);
+}
+
 static PyObject *Writer_stop(Writer *self, PyObject *unused) {
     if (check_owner(self) < 0) return NULL;
     writer_stop(self);
@@ -332,6 +494,15 @@ static PyObject *Writer_stop(Writer *self, PyObject *unused) {
 static PyMethodDef Writer_methods[] = {
     {"submit", (PyCFunction)(void (*)(void))Writer_submit, METH_FASTCALL,
      "submit(fd, buffer, offset, drop_from, group, token): queue a pwrite (and its drop)"},
+    {"submit_path", (PyCFunction)(void (*)(void))Writer_submit_path, METH_FASTCALL,
+     "submit_path(path, buffer, offset, drop_from, group, token): queue a pwrite to a file "
+     "the thread opens and keeps open"},
+    {"close_files", (PyCFunction)Writer_close_files, METH_O,
+     "close_files(token): queue the closing of the thread's own descriptors"},
+    {"wait_done", (PyCFunction)Writer_wait_done, METH_O,
+     "wait_done(n): until at least n jobs have finished since the start (GIL released)"},
+    {"failed", (PyCFunction)Writer_failed, METH_O,
+     "failed(group) -> whether a write of the group failed"},
     {"reap", (PyCFunction)Writer_reap, METH_NOARGS,
      "reap() -> [(token, errno)] of the finished jobs (errno 0: written; ECANCELED: skipped)"},
     {"wait", (PyCFunction)Writer_wait, METH_O,

@@ -2,8 +2,10 @@
 
 - ``_capture.c`` (:mod:`trlrec.storage.capture`): a step's leaves found, checked and
   copied into the staging row in one call.
-- ``_pwrite.c`` (:func:`trlrec.storage.chunks.run_writes`): a block's chunk writes
-  with the GIL released once.
+- ``_pwrite.c``: a block's chunk writes with the GIL released once
+  (:func:`trlrec.storage.chunks.run_writes`), and ``Writer``, a thread doing the
+  store's and the video spool's writes without ever taking the GIL
+  (:mod:`trlrec.storage.native_io`, :mod:`trlrec.video.writer`).
 
 Both use the CPython C API only (no torch headers) and are built at install where a C
 compiler is found (``pyproject.toml``'s ``ext-modules``, optional). Without them trlrec

@@ -58,6 +58,7 @@ class Stager:
         self.base = 0
         self.idle = threading.Event()  # set while no background job is writing this buffer
         self.idle.set()
+        self.written_at = 0  # with native writes: this buffer's are done at that job count
 
     def _row_views(self, buffer: torch.Tensor, entry: Entry) -> tuple[torch.Tensor, ...]:
         """``buffer``'s steps as views of the step's full shape (``[*batch, *shape]``)."""

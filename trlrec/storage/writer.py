@@ -18,7 +18,7 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 
 from trlrec.closing import Closeable
-from trlrec.errors import ClosedError, ConfigError, SchemaError
+from trlrec.errors import ClosedError, ConfigError, SchemaError, StoreWriteError
 from trlrec.storage.capture import native_capture
 from trlrec.storage.checks import StepChecker, fast_get, raise_mismatch, raise_missing
 from trlrec.storage.chunks import ChunkSeries, PendingWrite, run_writes
@@ -33,6 +33,8 @@ from trlrec.storage.layout import (
     SHARD_FILE,
     STREAMS_DIR,
 )
+from trlrec.storage.native import extension
+from trlrec.storage.native_io import NativeWrites
 from trlrec.storage.schema import Key, Schema
 from trlrec.storage.shard import ShardFiles, read_commit
 from trlrec.storage.staging import Stager
@@ -159,6 +161,7 @@ class TrajectoryWriter(Closeable):
         self._min_commit_interval = float(min_commit_interval)
         self._background = background
         self._worker: BlockWorker | None = None
+        self._native: NativeWrites | None = None  # chunk writes on the native thread
         self._fds = FdCache()
         self._io_fds = FdCache()  # used by the I/O thread only (closed once it is idle)
         self._durable = durable
@@ -244,6 +247,9 @@ class TrajectoryWriter(Closeable):
         self._next_entries = self._stager.next_entries
         if self._background and self._worker is None:
             self._worker = BlockWorker(f"trlrec-writer-{self.shard_path.name}")
+            native = extension("pwrite")
+            if native is not None:  # the chunk writes go there, the commits stay on the worker
+                self._native = NativeWrites(native.Writer())
         root = self.shard_path / STREAMS_DIR
         self._streams = [
             StreamWriter(b, ChunkSeries(root / str(b), schema, self._chunk_rows, self._fds), schema)
@@ -486,19 +492,37 @@ class TrajectoryWriter(Closeable):
             st.clear()
         worker = self._worker
         if worker is not None:
-            st.idle.clear()
-            worker.submit(st.idle.set, always=True)
             other = self._stagers[1] if st is self._stagers[0] else self._stagers[0]
-            other.idle.wait()
+            native = self._native
+            if native is not None:
+                st.written_at = native.submitted
+                native.wait(other.written_at)
+            else:
+                st.idle.clear()
+                worker.submit(st.idle.set, always=True)
+                other.idle.wait()
             self._stager = other
 
     def _check_io(self) -> None:
-        """Raise the I/O thread's error, if any, after rolling back to the last commit."""
-        if self._worker is None or self._worker.error is None:
+        """Raise the I/O threads' error, if any, after rolling back to the last commit.
+
+        A failed chunk write comes first: a commit after it fails for that reason.
+        """
+        if self._worker is None:
             return
+        failed = None if self._native is None else self._native.check()
+        if failed is None and self._worker.error is None:
+            return
+        self._worker.wait()  # a queued commit job fails too: none runs after the roll back
         err = self._worker.take_error()
         self._roll_back()
-        raise err
+        raise failed or err
+
+    def _wait_io(self) -> None:
+        """Wait until the I/O threads have done everything submitted."""
+        self._worker.wait()
+        if self._native is not None:
+            self._native.wait(self._native.submitted)
 
     def _roll_back(self) -> None:
         """Continue from the last commit on disk, as a writer reopening the shard would.
@@ -506,6 +530,8 @@ class TrajectoryWriter(Closeable):
         What was recorded since is dropped (a failed write may have torn it); the
         episodes open at that commit end there, flagged as cut.
         """
+        if self._native is not None:
+            self._native.reset()  # its files closed: chunks past the commit are deleted
         self._fds.close()
         self._io_fds.close()  # the worker is idle: take_error() waited for it
         self._files.discard_pending()
@@ -525,7 +551,7 @@ class TrajectoryWriter(Closeable):
         if self._stager is not None and self._stager.count:
             self._submit(False)
         if self._worker is not None:
-            self._worker.wait()
+            self._wait_io()
             self._check_io()
 
     def end_episode(self, streams: torch.Tensor | Sequence[bool] | None = None) -> None:
@@ -693,7 +719,10 @@ class TrajectoryWriter(Closeable):
                 )
         finally:
             if later:  # also after a failure: the streams before it counted these rows
-                self._worker.submit(functools.partial(run_writes, later, self._io_fds))
+                if self._native is not None:
+                    self._native.submit(later)
+                else:
+                    self._worker.submit(functools.partial(run_writes, later, self._io_fds))
 
     def _done(self, cols: list[torch.Tensor], n: int) -> torch.Tensor:
         """Whether a done flag ended each transition: ``[n]``, or ``[N, n]`` for staged steps."""
@@ -708,7 +737,7 @@ class TrajectoryWriter(Closeable):
         self._reset_commit_clock()
         worker = self._worker
         if worker is not None and (sync or self._durable):
-            worker.wait()  # the queued writes first
+            self._wait_io()  # the queued writes first
             self._check_io()
         if self._durable:
             for s in self._streams:
@@ -728,7 +757,18 @@ class TrajectoryWriter(Closeable):
             self._files.commit(streams, open_meta, self._chunk_rows or 1)
         else:
             prepared = self._files.prepare_commit(streams, open_meta, self._chunk_rows or 1)
-            worker.submit(functools.partial(self._files.write_commit, prepared))
+            if self._native is not None:
+                mark, group = self._native.submitted, self._native.group
+                worker.submit(functools.partial(self._commit_after, prepared, mark, group))
+            else:
+                worker.submit(functools.partial(self._files.write_commit, prepared))
+
+    def _commit_after(self, prepared: Any, mark: int, group: int) -> None:
+        """On the worker: write a commit once the native thread wrote the rows it covers."""
+        self._native.wait(mark)
+        if self._native.failed(group):
+            raise StoreWriteError(None, "a chunk write before this commit failed; not committed")
+        self._files.write_commit(prepared)
 
     def flush(self) -> None:
         """Write staged steps and commit: everything appended so far survives a crash."""
@@ -737,7 +777,7 @@ class TrajectoryWriter(Closeable):
             return
         self._submit(True)
         if self._worker is not None:
-            self._worker.wait()
+            self._wait_io()
             self._check_io()
 
     def close(self) -> None:
@@ -757,6 +797,8 @@ class TrajectoryWriter(Closeable):
             _OPEN_WRITERS.discard(self)
             if self._worker is not None:
                 self._worker.stop()
+            if self._native is not None:
+                self._native.stop()
             self._fds.close()
             self._io_fds.close()
             self._files.release()
