@@ -373,7 +373,9 @@ def test_io_thread_write_error_rolls_back_to_the_last_commit(
     env = stub_env_cls(episode_lengths=(5,), pixels=(84, 84, 3))
     rollout = env.rollout(30, break_when_any_done=False)
     path = tmp_path / "io"
-    w = TrajectoryWriter(path, stage_steps=4, min_commit_interval=3600)
+    # chunks of 4 rows: the roll back deletes chunks that the I/O thread had open, and
+    # recreates them (the native thread must not write through its stale descriptors)
+    w = TrajectoryWriter(path, stage_steps=4, chunk_rows=4, min_commit_interval=3600)
     for t in range(10):
         w.append(rollout[t])
     w.flush()
