@@ -367,6 +367,36 @@ def test_skip_changed_while_recording_takes_effect(tmp_path, env_factory):
     assert_same(reader.episodes[2], second[3:4])
 
 
+@pytest.mark.parametrize("native", ["1", "0"])
+def test_the_native_lane_stands_in_for_step_until_a_setting_changes(
+    tmp_path, env_factory, monkeypatch, native
+):
+    monkeypatch.setenv("TRLREC_NATIVE", native)
+    rec = TensorDictRecorder(tmp_path / "s")
+    env = env_factory((3,), recorder=rec)
+    first = env.rollout(7, break_when_any_done=False)  # episode ends, resets, a commit
+    lane = rec.__dict__.get("_step")
+    assert (type(lane).__name__ == "Lane") == (native == "1")
+    assert "_step" not in rec.clone().__dict__  # a clone records to its own writer
+    assert "_step" not in rec.__getstate__()
+    rec.episode_fn = lambda td: None  # a setting the lane skips: the lane goes
+    assert "_step" not in rec.__dict__
+    second = env.rollout(2, break_when_any_done=False)
+    # an extra key mid-recording: through the lane, append_step names it
+    rec.episode_fn = None
+    env.rollout(1)
+    assert ("_step" in rec.__dict__) == (native == "1")
+    extra = TensorDict(observation=torch.zeros(4), surprise=torch.ones(1))
+    with pytest.raises(SchemaError, match="surprise"):
+        rec._step(first[0].exclude("next"), first[0]["next"].update(extra.select("surprise")))
+    rec.close()
+    reader = TrajectoryReader(tmp_path / "s")
+    stored = [reader.episodes[i] for i in range(reader.num_episodes)]
+    assert [len(e) for e in stored] == [3, 3, 1, 2, 1]
+    assert_same(torch.cat(stored[:3]), first)
+    assert_same(stored[3], second)
+
+
 def test_metadata_step_fn_episode_fn(tmp_path, env_factory):
     def step_fn(td):
         return {"t": td["next", "observation"][..., 0], "one": 1, "flag": True}

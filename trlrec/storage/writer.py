@@ -10,7 +10,7 @@ import os
 import shutil
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -391,6 +391,25 @@ class TrajectoryWriter(Closeable):
         )
         if commit or st.count >= st.capacity:
             self._submit(commit)
+
+    def _lane_done(self) -> None:
+        """The native lane staged a step that ended an episode: as append_step does then."""
+        self._prev_next = None
+        self._episode_ended()
+
+    def step_lane(self) -> Callable[[TensorDictBase, TensorDictBase], TensorDictBase] | None:
+        """A native transform ``_step`` doing :meth:`append_step`, or None where not built.
+
+        ``lane(root, next_)`` stages a plain step as :meth:`append_step` does, with the
+        writer's bookkeeping, in one C call (``_capture.Lane``); any other step goes to
+        :meth:`append_step` itself. It returns ``next_``. Valid once a step was appended.
+        """
+        native = extension("capture")
+        st = self._stager
+        if native is None or st is None or st.capture is None:
+            return None
+        ck = self._checker
+        return native.Lane(self, TensorDict, self.append_step, ck.root_top, ck.next_top)
 
     def _stage_python(
         self,

@@ -11,12 +11,22 @@ class FastLane:
     """Mixin for a transform whose ``_step`` takes the cached shortcut ``self._fast``.
 
     The general path sets ``_fast`` up when the settings allow it; setting any attribute
-    named in ``LANE_SETTINGS`` drops it, so the next step takes the general path again.
+    named in ``LANE_SETTINGS`` (or ``_fast`` to None) drops it, so the next step takes the
+    general path again. A native lane may stand in for ``_step`` itself (an instance
+    attribute, found before the method): it is dropped with ``_fast``.
     """
 
     LANE_SETTINGS: frozenset[str] = frozenset()
 
     def __setattr__(self, name: str, value: Any) -> None:
         super().__setattr__(name, value)
-        if name in self.LANE_SETTINGS:
-            self.__dict__["_fast"] = None
+        if name in self.LANE_SETTINGS or (name == "_fast" and value is None):
+            self._drop_lane()
+
+    def _set_step_lane(self, lane: Any) -> None:
+        """Let ``lane(tensordict, next_tensordict)`` be this transform's ``_step``."""
+        self.__dict__["_step"] = lane
+
+    def _drop_lane(self) -> None:
+        self.__dict__["_fast"] = None
+        self.__dict__.pop("_step", None)

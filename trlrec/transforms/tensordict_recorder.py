@@ -210,6 +210,7 @@ class TensorDictRecorder(FastLane, Transform, Closeable):
     def _new_runtime(self) -> None:
         """State that belongs to one recording process (never shared by clones/pickles)."""
         self._writer: TrajectoryWriter | None = None
+        self._drop_lane()
         self._fast: Callable[[TensorDictBase, TensorDictBase], None] | None = None
         self._select: tuple[list[Key], list[Key]] | None = None
         self._seen = 0
@@ -230,7 +231,7 @@ class TensorDictRecorder(FastLane, Transform, Closeable):
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
-        for name in ("_writer", "_fast", "_select", "_prev", "_async", "_inflight"):
+        for name in ("_writer", "_fast", "_step", "_select", "_prev", "_async", "_inflight"):
             state.pop(name, None)
         return state
 
@@ -361,6 +362,9 @@ class TensorDictRecorder(FastLane, Transform, Closeable):
         writer.append_transition(root, next_, episode_metadata=meta)
         if self._plain():
             self._fast = writer.append_step
+            lane = writer.step_lane()  # native: the same as _step's fast path, in one call
+            if lane is not None:
+                self._set_step_lane(lane)
 
     def _plain(self) -> bool:
         """Whether steps go to the writer as they come (no selection, skip, functions, device)."""
