@@ -366,6 +366,39 @@ def test_background_io_is_the_default_and_records_the_same(tmp_path, stub_env_cl
 
 
 @pytest.mark.parametrize("native", ["1", "0"], ids=["native", "python"])
+def test_a_commit_failing_on_the_io_thread_rolls_back_and_names_commit(
+    tmp_path, stub_env_cls, monkeypatch, native
+):
+    monkeypatch.setenv("TRLREC_NATIVE", native)
+    env = stub_env_cls(episode_lengths=(5,), pixels=(6, 5, 3))
+    rollout = env.rollout(30, break_when_any_done=False)
+    path = tmp_path / "c"
+    w = TrajectoryWriter(path, stage_steps=4, commit_every_steps=4, min_commit_interval=0)
+    for t in range(10):
+        w.append(rollout[t])
+    w.flush()
+    blocker = w.shard_path / ".COMMIT.tmp"
+    blocker.mkdir()  # the next commit's temporary file cannot be written: EISDIR
+
+    def append_and_flush():
+        for t in range(10, 20):  # commits every block, on the I/O thread
+            w.append(rollout[t])
+        w.flush()
+
+    with pytest.raises(StoreWriteError, match=r"could not write '.*COMMIT'"):
+        append_and_flush()
+    blocker.rmdir()
+    assert TrajectoryReader(path).num_steps == 10  # the last good commit
+    for t in range(20, 30):  # the writer goes on from its last commit
+        w.append(rollout[t])
+    w.close()
+    r = TrajectoryReader(path)
+    assert [len(e) for e in r.episodes] == [5, 5, 5, 5]
+    for i, start in enumerate((0, 5, 20, 25)):
+        assert_td_identical(r.episodes[i], rollout[start : start + 5])
+
+
+@pytest.mark.parametrize("native", ["1", "0"], ids=["native", "python"])
 def test_io_thread_write_error_rolls_back_to_the_last_commit(
     tmp_path, stub_env_cls, monkeypatch, native
 ):

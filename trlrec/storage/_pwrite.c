@@ -21,6 +21,8 @@
  * write failed is skipped (ECANCELED): nothing lands after a torn write. A job names
  * its file by descriptor (submit) or by path (submit_path: the thread opens it and
  * keeps up to FD_CACHE descriptors, its own, until close_files() or stop()).
+ * submit_replace writes a whole small file and renames it over another (a commit
+ * record), after the writes before it, and skipped like them after a failure.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -116,7 +118,8 @@ static PyObject *pwrite_all(PyObject *module, PyObject *items) {
 
 typedef struct Job {
     Write w;
-    char *path; /* or NULL: w.fd is the caller's */
+    char *path;  /* or NULL: w.fd is the caller's */
+    char *final; /* submit_replace: path is the temporary file, renamed to this */
     int close_files;
     long long group, token;
     int err;
@@ -187,11 +190,28 @@ static void close_cached(Writer *self) {
         }
 }
 
+/* Write the job's buffer as the whole file job->path, then rename it to job->final. */
+static int replace_file(Job *job) {
+    int fd;
+    do fd = open(job->path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    while (fd < 0 && errno == EINTR);
+    if (fd < 0) return errno;
+    Py_ssize_t index;
+    job->w.fd = fd;
+    job->w.offset = 0;
+    job->w.drop_from = -1;
+    int err = run(&job->w, 1, &index);
+    if (close(fd) < 0 && !err) err = errno;
+    if (!err && rename(job->path, job->final) < 0) err = errno;
+    return err;
+}
+
 static int do_job(Writer *self, Job *job) {
     if (job->close_files) {
         close_cached(self);
         return 0;
     }
+    if (job->final) return replace_file(job);
     if (job->path) {
         int fd = cached_fd(self, job->path);
         if (fd < 0) return -fd;
@@ -276,6 +296,7 @@ static void free_jobs(Job *job) {
         Job *next = job->next;
         if (job->w.buf.obj) PyBuffer_Release(&job->w.buf);
         PyMem_Free(job->path);
+        PyMem_Free(job->final);
         PyMem_Free(job);
         job = next;
     }
@@ -408,6 +429,42 @@ static PyObject *Writer_submit_path(Writer *self, PyObject *const *args, Py_ssiz
     return enqueue(self, job);
 }
 
+/* A copy of path (str or os.PathLike) as a C string; NULL with an exception set. */
+static char *fs_path(PyObject *path) {
+    PyObject *encoded = NULL;
+    if (!PyUnicode_FSConverter(path, &encoded)) return NULL;
+    Py_ssize_t size = PyBytes_GET_SIZE(encoded);
+    char *out = PyMem_Malloc(size + 1);
+    if (out) memcpy(out, PyBytes_AS_STRING(encoded), size + 1);
+    else PyErr_NoMemory();
+    Py_DECREF(encoded);
+    return out;
+}
+
+/* submit_replace(tmp_path, final_path, buffer, group, token): queue writing buffer as the
+ * file tmp_path and renaming it to final_path (atomic for readers; not fsync'ed). */
+static PyObject *Writer_submit_replace(Writer *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError,
+                        "submit_replace(tmp_path, final_path, buffer, group, token)");
+        return NULL;
+    }
+    if (check_open(self) < 0) return NULL;
+    long long group = PyLong_AsLongLong(args[3]), token = PyLong_AsLongLong(args[4]);
+    if (PyErr_Occurred()) return NULL;
+    Job *job = PyMem_Calloc(1, sizeof(Job));
+    if (!job) return PyErr_NoMemory();
+    if (!(job->path = fs_path(args[0])) || !(job->final = fs_path(args[1])) ||
+        PyObject_GetBuffer(args[2], &job->w.buf, PyBUF_SIMPLE) < 0) {
+        job->next = NULL;
+        free_jobs(job);
+        return NULL;
+    }
+    job->group = group;
+    job->token = token;
+    return enqueue(self, job);
+}
+
 /* close_files(token): queue the closing of the thread's descriptors (after the writes
  * before it; reaped as (token, 0)). Files about to be deleted or replaced need it. */
 static PyObject *Writer_close_files(Writer *self, PyObject *arg) {
@@ -497,6 +554,9 @@ static PyMethodDef Writer_methods[] = {
     {"submit_path", (PyCFunction)(void (*)(void))Writer_submit_path, METH_FASTCALL,
      "submit_path(path, buffer, offset, drop_from, group, token): queue a pwrite to a file "
      "the thread opens and keeps open"},
+    {"submit_replace", (PyCFunction)(void (*)(void))Writer_submit_replace, METH_FASTCALL,
+     "submit_replace(tmp_path, final_path, buffer, group, token): queue writing a whole file "
+     "and renaming it over another"},
     {"close_files", (PyCFunction)Writer_close_files, METH_O,
      "close_files(token): queue the closing of the thread's own descriptors"},
     {"wait_done", (PyCFunction)Writer_wait_done, METH_O,

@@ -20,6 +20,8 @@ from typing import Any
 
 from trlrec.errors import StoreWriteError
 from trlrec.storage.chunks import PendingWrite, drop_from
+from trlrec.storage.layout import COMMIT_FILE
+from trlrec.storage.shard import PreparedCommit, ShardFiles
 
 __all__ = ["NativeWrites"]
 
@@ -51,13 +53,24 @@ class NativeWrites:
             paths[token] = w.path
         self.submitted += len(writes)
 
+    def commit(self, files: ShardFiles, prepared: PreparedCommit) -> None:
+        """Queues a commit after the writes before it: the index appends, then COMMIT.
+
+        Skipped, like every later write of the group, if a write before it failed.
+        """
+        appends, record = files.commit_parts(prepared)
+        self.submit([PendingWrite(str(path), memoryview(data), at) for path, data, at in appends])
+        final = files.directory / COMMIT_FILE
+        token = next(self._tokens)
+        self._writer.submit_replace(
+            str(final.with_name(f".{final.name}.tmp")), str(final), record, self.group, token
+        )
+        self._paths[token] = str(final)
+        self.submitted += 1
+
     def wait(self, mark: int) -> None:
         """Blocks (GIL released) until the first ``mark`` jobs are done."""
         self._writer.wait_done(mark)
-
-    def failed(self, group: int) -> bool:
-        """Whether a write of ``group`` failed (callable from any thread)."""
-        return self._writer.failed(group)
 
     def check(self) -> StoreWriteError | None:
         """Reaps the finished writes; the first failure, naming its file, or None."""

@@ -213,6 +213,26 @@ class ShardFiles:
         }
         return metas, meta_at, records, episodes_at, record
 
+    def commit_parts(self, prepared: PreparedCommit) -> tuple[list[tuple[Path, bytes, int]], bytes]:
+        """A prepared commit as bytes: its index appends, then its commit record.
+
+        The appends are ``(file, data, offset)`` (empty ones left out); the record
+        replaces COMMIT after them. For a writer that does the file writes elsewhere
+        (the native writer thread); :meth:`write_commit` writes the same bytes itself.
+        """
+        metas, meta_at, records, episodes_at, record = prepared
+        appends = [
+            (self.directory / name, b"".join(parts), offset)
+            for name, parts, offset in (
+                (EPISODE_META_FILE, metas, meta_at),
+                (EPISODES_FILE, records, episodes_at * EPISODE_RECORD_BYTES),
+            )
+        ]
+        for path, _, _ in appends:
+            if not path.exists():  # the writer thread opens it without creating it
+                path.touch()
+        return [a for a in appends if a[1]], dumps(record, COMMIT_FILE).encode()
+
     def write_commit(self, prepared: PreparedCommit) -> None:
         """Append a prepared commit's episodes to the index, then replace COMMIT atomically."""
         metas, meta_at, records, episodes_at, record = prepared

@@ -18,7 +18,7 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 
 from trlrec.closing import Closeable
-from trlrec.errors import ClosedError, ConfigError, SchemaError, StoreWriteError
+from trlrec.errors import ClosedError, ConfigError, SchemaError
 from trlrec.storage.capture import native_capture
 from trlrec.storage.checks import StepChecker, fast_get, raise_mismatch, raise_missing
 from trlrec.storage.chunks import ChunkSeries, PendingWrite, run_writes
@@ -777,17 +777,9 @@ class TrajectoryWriter(Closeable):
         else:
             prepared = self._files.prepare_commit(streams, open_meta, self._chunk_rows or 1)
             if self._native is not None:
-                mark, group = self._native.submitted, self._native.group
-                worker.submit(functools.partial(self._commit_after, prepared, mark, group))
+                self._native.commit(self._files, prepared)
             else:
                 worker.submit(functools.partial(self._files.write_commit, prepared))
-
-    def _commit_after(self, prepared: Any, mark: int, group: int) -> None:
-        """On the worker: write a commit once the native thread wrote the rows it covers."""
-        self._native.wait(mark)
-        if self._native.failed(group):
-            raise StoreWriteError(None, "a chunk write before this commit failed; not committed")
-        self._files.write_commit(prepared)
 
     def flush(self) -> None:
         """Write staged steps and commit: everything appended so far survives a crash."""
