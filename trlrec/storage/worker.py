@@ -7,9 +7,8 @@ episode logic of a block): a thread running that too would trade the GIL with th
 loop at every tensor operation and cost more than it saves.
 
 The queue is bounded: a producer faster than the disk waits instead of piling up.
-Where the native extension is built, the chunk writes go to its GIL-free thread
-instead (:mod:`trlrec.storage.native_io`) and this one only writes the commits, each
-once the native thread has written the rows it covers.
+Where the native extension is built, the chunk writes and the commits go to its
+GIL-free thread instead (:mod:`trlrec.storage.native_io`), and this thread stays idle.
 """
 
 from __future__ import annotations
