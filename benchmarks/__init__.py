@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["row", "median", "timed", "interleaved", "settle"]
+__all__ = ["row", "median", "timed", "interleaved", "segmented", "settle"]
 
 
 def row(
@@ -69,4 +69,31 @@ def interleaved(cases: dict[str, Callable[[], float]], reps: int) -> dict[str, l
         for name, fn in cases.items():
             settle()
             out[name].append(fn())
+    return out
+
+
+def segmented(
+    cases: dict[str, Callable[[], float]],
+    reps: int,
+    segments: int,
+    after: Callable[[], None] | None = None,
+) -> dict[str, list[float]]:
+    """:func:`interleaved`, with each repetition cut into ``segments`` rounds (a, b, a, b...).
+
+    A repetition's value for a case is the sum of what its runs in that repetition
+    return: a slow phase of a shared machine, seconds long, then falls on every case of
+    the repetition alike instead of on one. ``after`` runs after each repetition,
+    untimed (e.g. a recorder's ``dump()``).
+    """
+    out: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(reps):
+        total = dict.fromkeys(cases, 0.0)
+        for _ in range(segments):
+            for name, fn in cases.items():
+                settle()
+                total[name] += fn()
+        for name, value in total.items():
+            out[name].append(value)
+        if after is not None:
+            after()
     return out

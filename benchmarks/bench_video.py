@@ -13,8 +13,10 @@ for the step loop; both are reported):
   (frames kept in RAM, as TorchRL does; ``skip=1`` so both record every frame).
 
 The ratios are medians of per-repetition ratios (each recorder's loop over the bare
-loop run just before it). Videos are dumped between repetitions, outside the timing,
-to a logger that discards them (encoding is the logger's cost, not the recorder's).
+loop of the same repetition); a repetition alternates the cases in 4 segments of 250
+steps, as bench_recorder does, so that a slow phase of the shared machine falls on all
+of them. Videos are dumped between repetitions, outside the timing, to a logger that
+discards them (encoding is the logger's cost, not the recorder's).
 
 Run: ``.venv/bin/python -m benchmarks.bench_video [--smoke]`` or
 ``.venv/bin/python benchmarks/bench_video.py [--smoke]``.
@@ -36,12 +38,13 @@ from torchrl.envs import EnvBase, TransformedEnv
 if __package__ in (None, ""):  # run as a script: its directory, not the repo, is on sys.path
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import interleaved, median, row
+from benchmarks import median, row, segmented
 from benchmarks.baselines import NOOP_NOTE, NoOp
 from benchmarks.disk import scratch
 
 PIXELS = (84, 84, 3)
 BUDGET = 1.10
+SEGMENTS = 4  # per repetition, the cases alternate in this many runs (as bench_recorder)
 
 
 class _PixelEnv(EnvBase):
@@ -110,14 +113,7 @@ def _rollout(env: EnvBase, steps: int) -> float:
 
 
 def _case(env: EnvBase, steps: int, run: Any = _loop) -> Any:
-    def run_once() -> float:
-        dt = run(env, steps)
-        dump = getattr(env, "transform", None)
-        if dump is not None:
-            env.transform.dump()
-        return dt
-
-    return run_once
+    return lambda: run(env, steps)
 
 
 def step_loop_rows(spool: Path, smoke: bool) -> list[dict[str, Any]]:
@@ -125,23 +121,30 @@ def step_loop_rows(spool: Path, smoke: bool) -> list[dict[str, Any]]:
 
     from trlrec import VideoRecorder
 
-    steps, reps = (50, 2) if smoke else (1000, 9)
+    steps, reps = (48, 2) if smoke else (1000, 11)
     rows = []
     for mode, run in (("step loop", _loop), ("env.rollout", _rollout)):
         ours = VideoRecorder(_NullLogger(), "bench", spool_dir=spool / mode.replace(" ", "-"))
         theirs = TorchRLVideoRecorder(None, "bench", skip=1)
+        part = steps // SEGMENTS
         cases = {
-            "env": _case(_PixelEnv(), steps, run),
-            "bare": _case(TransformedEnv(_PixelEnv()), steps, run),
-            "noop": _case(_PixelEnv().append_transform(NoOp()), steps, run),
-            "trlrec": _case(_PixelEnv().append_transform(ours), steps, run),
-            "torchrl": _case(_PixelEnv().append_transform(theirs), steps, run),
+            "env": _case(_PixelEnv(), part, run),
+            "bare": _case(TransformedEnv(_PixelEnv()), part, run),
+            "noop": _case(_PixelEnv().append_transform(NoOp()), part, run),
+            "trlrec": _case(_PixelEnv().append_transform(ours), part, run),
+            "torchrl": _case(_PixelEnv().append_transform(theirs), part, run),
         }
+
+        def dump(ours: Any = ours, theirs: Any = theirs) -> None:  # untimed, between reps
+            ours.dump()
+            theirs.dump()
+
         for fn in cases.values():  # warm-up
             fn()
-        times = interleaved(cases, reps)
+        dump()
+        times = segmented(cases, reps, SEGMENTS, after=dump)
         ours.close()
-        rows += _rows(mode, times, steps, reps)
+        rows += _rows(mode, {k: [t / SEGMENTS for t in v] for k, v in times.items()}, steps, reps)
     return rows
 
 
@@ -158,7 +161,8 @@ def _rows(mode: str, times: dict[str, list[float]], steps: int, reps: int) -> li
         f"baseline: the same TransformedEnv without the recorder, {bare_us:.0f} µs per step "
         f"(with a no-op transform instead: {noop_us:.0f} µs; the env alone: {env_us:.0f} µs); "
         f"trlrec adds {ours_us:.1f} µs per frame, torchrl {theirs_us:.1f} µs; {reps} "
-        f"interleaved repetitions of {steps} steps; load average {os.getloadavg()[0]:.2f} on "
+        f"interleaved repetitions of {steps} steps in {SEGMENTS} segments; load average "
+        f"{os.getloadavg()[0]:.2f} on "
         f"{os.cpu_count()} CPUs (the spool's writer thread needs a CPU of its own to take the "
         "disk writes off the step)"
     )
