@@ -50,7 +50,9 @@ __all__ = ["CHUNK_BYTES", "ChunkWriter", "Chunk", "FramesFile"]
 
 CHUNK_BYTES = 2 << 20
 """The default size of a chunk: one system call per ~2 MB of frames."""
-_QUEUED = 4
+# chunks that may wait for the thread: 32 MiB, ~1500 frames of 84x84x3 (~0.15 s of a fast
+# step loop) before a slow disk blocks the step; taken only while the disk lags behind
+_QUEUED = 16
 _RESERVE = 8 << 20  # bytes of disk reserved ahead of the writes of one file
 _WRITERS: weakref.WeakSet[ChunkWriter] = weakref.WeakSet()
 _log = logging.getLogger(__name__)
