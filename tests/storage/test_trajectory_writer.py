@@ -365,6 +365,18 @@ def test_background_io_is_the_default_and_records_the_same(tmp_path, stub_env_cl
         assert_store_matches(TrajectoryReader(path), rollout)
 
 
+def assert_goes_on_from_the_commit_at_10(w, path, rollout):
+    """After a roll back to the commit at step 10 (5-step episodes), steps 20-30 are
+    recorded: the store holds episodes 0-10 and 20-30, bit for bit."""
+    for t in range(20, 30):
+        w.append(rollout[t])
+    w.close()
+    r = TrajectoryReader(path)
+    assert [len(e) for e in r.episodes] == [5, 5, 5, 5]
+    for i, start in enumerate((0, 5, 20, 25)):
+        assert_td_identical(r.episodes[i], rollout[start : start + 5])
+
+
 @pytest.mark.parametrize("native", ["1", "0"], ids=["native", "python"])
 def test_a_commit_failing_on_the_io_thread_rolls_back_and_names_commit(
     tmp_path, stub_env_cls, monkeypatch, native
@@ -389,13 +401,7 @@ def test_a_commit_failing_on_the_io_thread_rolls_back_and_names_commit(
         append_and_flush()
     blocker.rmdir()
     assert TrajectoryReader(path).num_steps == 10  # the last good commit
-    for t in range(20, 30):  # the writer goes on from its last commit
-        w.append(rollout[t])
-    w.close()
-    r = TrajectoryReader(path)
-    assert [len(e) for e in r.episodes] == [5, 5, 5, 5]
-    for i, start in enumerate((0, 5, 20, 25)):
-        assert_td_identical(r.episodes[i], rollout[start : start + 5])
+    assert_goes_on_from_the_commit_at_10(w, path, rollout)
 
 
 @pytest.mark.parametrize("native", ["1", "0"], ids=["native", "python"])
@@ -459,13 +465,7 @@ def test_io_thread_write_error_rolls_back_to_the_last_commit(
     r = TrajectoryReader(path)
     assert r.num_steps == 10
     assert_td_identical(r.episodes[1], rollout[5:10])
-    for t in range(20, 30):  # the writer goes on from its last commit
-        w.append(rollout[t])
-    w.close()
-    r = TrajectoryReader(path)
-    assert [len(e) for e in r.episodes] == [5, 5, 5, 5]
-    for i, start in enumerate((0, 5, 20, 25)):
-        assert_td_identical(r.episodes[i], rollout[start : start + 5])
+    assert_goes_on_from_the_commit_at_10(w, path, rollout)
 
 
 def test_a_forked_child_exiting_leaves_the_parents_writer_alone(tmp_path):
