@@ -441,7 +441,7 @@ static PyTypeObject PlanType = {
  */
 static PyObject *s_closed, *s_pending_force, *s_stager, *s_count, *s_base, *s_capacity,
     *s_capture, *s_check_keys_at, *s_num_steps, *s_since_commit, *s_commit_steps,
-    *s_commit_deadline, *s_tensordict, *s_next, *s_lane_done, *s_submit;
+    *s_commit_deadline, *s_tensordict, *s_next, *s_ended_by_done, *s_submit;
 
 typedef struct {
     PyObject_HEAD
@@ -513,7 +513,7 @@ static int lane_step(Lane *self, PyObject *root, PyObject *next) {
     if (get_ssize(w, s_since_commit, &since) < 0 || set_ssize(w, s_since_commit, since + 1) < 0)
         goto out;
     if (done) {
-        if (!(v = PyObject_CallMethodNoArgs(w, s_lane_done))) goto out;
+        if (!(v = PyObject_CallMethodNoArgs(w, s_ended_by_done))) goto out;
         Py_DECREF(v);
     }
     if (get_ssize(w, s_commit_steps, &every) < 0) goto out;
@@ -616,16 +616,21 @@ PyMODINIT_FUNC PyInit__capture(void) {
     s_version = PyUnicode_InternFromString("_version");
     if (!s_dtype || !s_shape || !s_is_cpu || !s_is_contiguous || !s_data_ptr || !s_version)
         return NULL;
-    PyObject **lane_names[] = {&s_closed,        &s_pending_force, &s_stager,       &s_count,
-                               &s_base,          &s_capacity,      &s_capture,      &s_check_keys_at,
-                               &s_num_steps,     &s_since_commit,  &s_commit_steps, &s_commit_deadline,
-                               &s_tensordict,    &s_next,          &s_lane_done,    &s_submit};
-    const char *lane_strings[] = {"_closed",       "_pending_force", "_stager",       "count",
-                                  "base",          "capacity",       "capture",       "_check_keys_at",
-                                  "num_steps",     "_since_commit",  "_commit_steps", "_commit_deadline",
-                                  "_tensordict",   "next",           "_lane_done",    "_submit"};
+    struct {
+        PyObject **name;
+        const char *text;
+    } lane_names[] = {
+        {&s_closed, "_closed"},           {&s_pending_force, "_pending_force"},
+        {&s_stager, "_stager"},           {&s_count, "count"},
+        {&s_base, "base"},                {&s_capacity, "capacity"},
+        {&s_capture, "capture"},          {&s_check_keys_at, "_check_keys_at"},
+        {&s_num_steps, "num_steps"},      {&s_since_commit, "_since_commit"},
+        {&s_commit_steps, "_commit_steps"}, {&s_commit_deadline, "_commit_deadline"},
+        {&s_tensordict, "_tensordict"},   {&s_next, "next"},
+        {&s_ended_by_done, "_ended_by_done"}, {&s_submit, "_submit"},
+    };
     for (size_t k = 0; k < sizeof(lane_names) / sizeof(lane_names[0]); k++)
-        if (!(*lane_names[k] = PyUnicode_InternFromString(lane_strings[k]))) return NULL;
+        if (!(*lane_names[k].name = PyUnicode_InternFromString(lane_names[k].text))) return NULL;
     if (PyType_Ready(&PlanType) < 0 || PyType_Ready(&LaneType) < 0) return NULL;
     PyObject *m = PyModule_Create(&capture_module);
     if (!m) return NULL;

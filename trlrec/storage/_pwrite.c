@@ -331,8 +331,7 @@ static PyObject *enqueue(Writer *self, Job *job) {
         int err = pthread_create(&self->thread, NULL, writer_main, self);
         if (err) {
             pthread_mutex_unlock(&self->mu);
-            job->next = NULL;
-            free_jobs(job);
+            free_jobs(job); /* a new job: its next is NULL */
             errno = err;
             return PyErr_SetFromErrno(PyExc_OSError);
         }
@@ -356,79 +355,6 @@ static int check_open(Writer *self) {
     return 0;
 }
 
-/* submit(fd, buffer, offset, drop_from, group, token): queue one write. */
-static PyObject *Writer_submit(Writer *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 6) {
-        PyErr_SetString(PyExc_TypeError, "submit(fd, buffer, offset, drop_from, group, token)");
-        return NULL;
-    }
-    if (check_open(self) < 0) return NULL;
-    long fd = PyLong_AsLong(args[0]);
-    long long offset = PyLong_AsLongLong(args[2]), drop = PyLong_AsLongLong(args[3]);
-    long long group = PyLong_AsLongLong(args[4]), token = PyLong_AsLongLong(args[5]);
-    if (PyErr_Occurred()) return NULL;
-    if (fd < 0 || fd > INT_MAX || offset < 0) {
-        PyErr_SetString(PyExc_ValueError, "fd and offset must be >= 0");
-        return NULL;
-    }
-    Job *job = PyMem_Calloc(1, sizeof(Job));
-    if (!job) return PyErr_NoMemory();
-    if (PyObject_GetBuffer(args[1], &job->w.buf, PyBUF_SIMPLE) < 0) {
-        PyMem_Free(job);
-        return NULL;
-    }
-    job->w.fd = (int)fd;
-    job->w.offset = offset;
-    job->w.drop_from = drop;
-    job->group = group;
-    job->token = token;
-    return enqueue(self, job);
-}
-
-/* submit_path(path, buffer, offset, drop_from, group, token): queue one write to a file
- * the thread opens (O_WRONLY) and keeps open. */
-static PyObject *Writer_submit_path(Writer *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 6) {
-        PyErr_SetString(PyExc_TypeError,
-                        "submit_path(path, buffer, offset, drop_from, group, token)");
-        return NULL;
-    }
-    if (check_open(self) < 0) return NULL;
-    PyObject *encoded = NULL;
-    if (!PyUnicode_FSConverter(args[0], &encoded)) return NULL;
-    long long offset = PyLong_AsLongLong(args[2]), drop = PyLong_AsLongLong(args[3]);
-    long long group = PyLong_AsLongLong(args[4]), token = PyLong_AsLongLong(args[5]);
-    if (PyErr_Occurred()) {
-        Py_DECREF(encoded);
-        return NULL;
-    }
-    if (offset < 0) {
-        Py_DECREF(encoded);
-        PyErr_SetString(PyExc_ValueError, "offset must be >= 0");
-        return NULL;
-    }
-    Job *job = PyMem_Calloc(1, sizeof(Job));
-    Py_ssize_t size = PyBytes_GET_SIZE(encoded);
-    if (job) job->path = PyMem_Malloc(size + 1);
-    if (!job || !job->path) {
-        Py_DECREF(encoded);
-        if (job) PyMem_Free(job);
-        return PyErr_NoMemory();
-    }
-    memcpy(job->path, PyBytes_AS_STRING(encoded), size + 1);
-    Py_DECREF(encoded);
-    if (PyObject_GetBuffer(args[1], &job->w.buf, PyBUF_SIMPLE) < 0) {
-        PyMem_Free(job->path);
-        PyMem_Free(job);
-        return NULL;
-    }
-    job->w.offset = offset;
-    job->w.drop_from = drop;
-    job->group = group;
-    job->token = token;
-    return enqueue(self, job);
-}
-
 /* A copy of path (str or os.PathLike) as a C string; NULL with an exception set. */
 static char *fs_path(PyObject *path) {
     PyObject *encoded = NULL;
@@ -439,6 +365,50 @@ static char *fs_path(PyObject *path) {
     else PyErr_NoMemory();
     Py_DECREF(encoded);
     return out;
+}
+
+/* submit(fd, buffer, offset, drop_from, group, token) and submit_path(path, ...): queue
+ * one write, to the caller's descriptor or to a file the thread opens (O_WRONLY) and
+ * keeps open. */
+static PyObject *submit_write(Writer *self, PyObject *const *args, Py_ssize_t nargs,
+                              int by_path) {
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError,
+                        by_path ? "submit_path(path, buffer, offset, drop_from, group, token)"
+                                : "submit(fd, buffer, offset, drop_from, group, token)");
+        return NULL;
+    }
+    if (check_open(self) < 0) return NULL;
+    long fd = by_path ? 0 : PyLong_AsLong(args[0]);
+    long long offset = PyLong_AsLongLong(args[2]), drop = PyLong_AsLongLong(args[3]);
+    long long group = PyLong_AsLongLong(args[4]), token = PyLong_AsLongLong(args[5]);
+    if (PyErr_Occurred()) return NULL;
+    if (fd < 0 || fd > INT_MAX || offset < 0) {
+        PyErr_SetString(PyExc_ValueError,
+                        by_path ? "offset must be >= 0" : "fd and offset must be >= 0");
+        return NULL;
+    }
+    Job *job = PyMem_Calloc(1, sizeof(Job));
+    if (!job) return PyErr_NoMemory();
+    if ((by_path && !(job->path = fs_path(args[0]))) ||
+        PyObject_GetBuffer(args[1], &job->w.buf, PyBUF_SIMPLE) < 0) {
+        free_jobs(job);
+        return NULL;
+    }
+    job->w.fd = (int)fd;
+    job->w.offset = offset;
+    job->w.drop_from = drop;
+    job->group = group;
+    job->token = token;
+    return enqueue(self, job);
+}
+
+static PyObject *Writer_submit(Writer *self, PyObject *const *args, Py_ssize_t nargs) {
+    return submit_write(self, args, nargs, 0);
+}
+
+static PyObject *Writer_submit_path(Writer *self, PyObject *const *args, Py_ssize_t nargs) {
+    return submit_write(self, args, nargs, 1);
 }
 
 /* submit_replace(tmp_path, final_path, buffer, group, token): queue writing buffer as the
@@ -456,7 +426,6 @@ static PyObject *Writer_submit_replace(Writer *self, PyObject *const *args, Py_s
     if (!job) return PyErr_NoMemory();
     if (!(job->path = fs_path(args[0])) || !(job->final = fs_path(args[1])) ||
         PyObject_GetBuffer(args[2], &job->w.buf, PyBUF_SIMPLE) < 0) {
-        job->next = NULL;
         free_jobs(job);
         return NULL;
     }

@@ -33,6 +33,11 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def atomic_tmp(path: Path) -> Path:
+    """The temporary file that :func:`write_json_atomic` writes, then renames to ``path``."""
+    return path.with_name(f".{path.name}.tmp")
+
+
 def write_json_atomic(path: Path, value: Any, *, durable: bool = False, what: str = "") -> None:
     """Write ``value`` as JSON to ``path`` atomically (temp file + rename).
 
@@ -41,7 +46,7 @@ def write_json_atomic(path: Path, value: Any, *, durable: bool = False, what: st
     rename are fsync'ed.
     """
     text = dumps(value, what or path.name)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = atomic_tmp(path)
     try:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)

@@ -20,6 +20,7 @@ from typing import Any
 
 from trlrec.errors import StoreWriteError
 from trlrec.storage.chunks import PendingWrite, drop_from
+from trlrec.storage.jsonio import atomic_tmp, dumps
 from trlrec.storage.layout import COMMIT_FILE
 from trlrec.storage.shard import PreparedCommit, ShardFiles
 
@@ -42,31 +43,37 @@ class NativeWrites:
         self._paths: dict[int, str] = {}  # unreaped writes: token -> file
         self._error: StoreWriteError | None = None
 
+    def _job(self, path: str | None) -> int:
+        """The token of the next job (``path``: the file an error of it names)."""
+        token = next(self._tokens)
+        if path is not None:
+            self._paths[token] = path
+        self.submitted += 1
+        return token
+
     def submit(self, writes: list[PendingWrite]) -> None:
         """Queues ``writes``; their buffers must stay unchanged until they are done."""
-        writer, paths, group = self._writer, self._paths, self.group
+        writer, group = self._writer, self.group
         for w in writes:
-            token = next(self._tokens)
-            writer.submit_path(
-                w.path, w.data, w.offset, drop_from(w.offset, len(w.data)), group, token
-            )
-            paths[token] = w.path
-        self.submitted += len(writes)
+            drop = drop_from(w.offset, len(w.data))
+            writer.submit_path(w.path, w.data, w.offset, drop, group, self._job(w.path))
 
     def commit(self, files: ShardFiles, prepared: PreparedCommit) -> None:
         """Queues a commit after the writes before it: the index appends, then COMMIT.
 
         Skipped, like every later write of the group, if a write before it failed.
         """
-        appends, record = files.commit_parts(prepared)
-        self.submit([PendingWrite(str(path), memoryview(data), at) for path, data, at in appends])
+        writes = []
+        for path, data, offset in files.commit_appends(prepared):
+            if not path.exists():  # the thread opens files without creating them
+                path.touch()
+            if data:
+                writes.append(PendingWrite(str(path), memoryview(data), offset))
+        self.submit(writes)
         final = files.directory / COMMIT_FILE
-        token = next(self._tokens)
-        self._writer.submit_replace(
-            str(final.with_name(f".{final.name}.tmp")), str(final), record, self.group, token
-        )
-        self._paths[token] = str(final)
-        self.submitted += 1
+        record = dumps(prepared[-1], COMMIT_FILE).encode()
+        token = self._job(str(final))
+        self._writer.submit_replace(str(atomic_tmp(final)), str(final), record, self.group, token)
 
     def wait(self, mark: int) -> None:
         """Blocks (GIL released) until the first ``mark`` jobs are done."""
@@ -86,9 +93,7 @@ class NativeWrites:
 
     def reset(self) -> None:
         """After a failure: waits for the thread, closes its files, starts a new group."""
-        self._writer.wait(0)
-        self._writer.close_files(next(self._tokens))
-        self.submitted += 1
+        self._writer.close_files(self._job(None))  # queued after every write before it
         self._writer.wait(0)
         self.check()
         self._paths.clear()

@@ -145,10 +145,9 @@ class ShardFiles:
             )
         )
 
-    def _append(self, name: str, parts: list[bytes], committed: int) -> int:
-        data = b"".join(parts)
+    def _append(self, path: Path, data: bytes, committed: int) -> None:
         if data:
-            with open(self.directory / name, "ab") as f:
+            with open(path, "ab") as f:
                 if f.tell() != committed:  # a torn tail of a failed append: drop it first
                     f.truncate(committed)
                 f.write(data)
@@ -213,37 +212,28 @@ class ShardFiles:
         }
         return metas, meta_at, records, episodes_at, record
 
-    def commit_parts(self, prepared: PreparedCommit) -> tuple[list[tuple[Path, bytes, int]], bytes]:
-        """A prepared commit as bytes: its index appends, then its commit record.
+    def commit_appends(self, prepared: PreparedCommit) -> list[tuple[Path, bytes, int]]:
+        """A prepared commit's appends to the index, ``(file, data, offset)``.
 
-        The appends are ``(file, data, offset)`` (empty ones left out); the record
-        replaces COMMIT after them. For a writer that does the file writes elsewhere
-        (the native writer thread); :meth:`write_commit` writes the same bytes itself.
+        Both files are listed, an empty ``data`` where nothing is appended. The commit
+        record (``prepared[-1]``) replaces COMMIT once they are written.
         """
-        metas, meta_at, records, episodes_at, record = prepared
-        appends = [
-            (self.directory / name, b"".join(parts), offset)
-            for name, parts, offset in (
-                (EPISODE_META_FILE, metas, meta_at),
-                (EPISODES_FILE, records, episodes_at * EPISODE_RECORD_BYTES),
-            )
+        metas, meta_at, records, episodes_at, _ = prepared
+        return [
+            (self.directory / EPISODE_META_FILE, b"".join(metas), meta_at),
+            (self.directory / EPISODES_FILE, b"".join(records), episodes_at * EPISODE_RECORD_BYTES),
         ]
-        for path, _, _ in appends:
-            if not path.exists():  # the writer thread opens it without creating it
-                path.touch()
-        return [a for a in appends if a[1]], dumps(record, COMMIT_FILE).encode()
 
     def write_commit(self, prepared: PreparedCommit) -> None:
         """Append a prepared commit's episodes to the index, then replace COMMIT atomically."""
-        metas, meta_at, records, episodes_at, record = prepared
         try:
-            self._append(EPISODE_META_FILE, metas, meta_at)
-            self._append(EPISODES_FILE, records, episodes_at * EPISODE_RECORD_BYTES)
+            for path, data, offset in self.commit_appends(prepared):
+                self._append(path, data, offset)
         except OSError as err:
             raise StoreWriteError(
                 err.errno, f"could not append to the index of {str(self.directory)!r}: {err}"
             ) from err
-        write_json_atomic(self.directory / COMMIT_FILE, record, durable=self.durable)
+        write_json_atomic(self.directory / COMMIT_FILE, prepared[-1], durable=self.durable)
 
     def release(self) -> None:
         """Release the lock."""

@@ -161,7 +161,7 @@ class TrajectoryWriter(Closeable):
         self._min_commit_interval = float(min_commit_interval)
         self._background = background
         self._worker: BlockWorker | None = None
-        self._native: NativeWrites | None = None  # chunk writes on the native thread
+        self._native: NativeWrites | None = None  # writes and commits on the native thread
         self._fds = FdCache()
         self._io_fds = FdCache()  # used by the I/O thread only (closed once it is idle)
         self._durable = durable
@@ -248,7 +248,7 @@ class TrajectoryWriter(Closeable):
         if self._background and self._worker is None:
             self._worker = BlockWorker(f"trlrec-writer-{self.shard_path.name}")
             native = extension("pwrite")
-            if native is not None:  # the chunk writes go there, the commits stay on the worker
+            if native is not None:  # the chunk writes and commits go there; the worker idles
                 self._native = NativeWrites(native.Writer())
         root = self.shard_path / STREAMS_DIR
         self._streams = [
@@ -383,8 +383,7 @@ class TrajectoryWriter(Closeable):
         self.num_steps += 1
         self._since_commit += 1
         if done:
-            self._prev_next = None
-            self._episode_ended()
+            self._ended_by_done()
         # _commit_due(), inlined: a call costs ~1 us in TorchRL's step loop
         commit = (
             self._since_commit >= self._commit_steps or time.monotonic() >= self._commit_deadline
@@ -392,8 +391,8 @@ class TrajectoryWriter(Closeable):
         if commit or st.count >= st.capacity:
             self._submit(commit)
 
-    def _lane_done(self) -> None:
-        """The native lane staged a step that ended an episode: as append_step does then."""
+    def _ended_by_done(self) -> None:
+        """A staged step ended an episode (append_step's, or the native lane's)."""
         self._prev_next = None
         self._episode_ended()
 
