@@ -368,26 +368,20 @@ def test_skip_changed_while_recording_takes_effect(tmp_path, env_factory):
 
 
 @pytest.mark.parametrize("native", ["1", "0"])
-def test_the_native_lane_stands_in_for_step_until_a_setting_changes(
+def test_settings_changed_mid_recording_apply_at_the_next_step(
     tmp_path, env_factory, monkeypatch, native
 ):
     monkeypatch.setenv("TRLREC_NATIVE", native)
     rec = TensorDictRecorder(tmp_path / "s")
     env = env_factory((3,), recorder=rec)
     first = env.rollout(7, break_when_any_done=False)  # episode ends, resets, a commit
-    lane = rec.__dict__.get("_step")
-    assert (type(lane).__name__ == "Lane") == (native == "1")
-    assert "_step" not in rec.clone().__dict__  # a clone records to its own writer
-    assert "_step" not in rec.__getstate__()
-    rec.episode_fn = lambda td: None  # a setting the lane skips: the lane goes
-    assert "_step" not in rec.__dict__
+    assert "_step" not in rec.__dict__  # no per-instance shortcut stands in for _step
+    rec.episode_fn = lambda td: {"tagged": True}  # applies from the next step on
     second = env.rollout(2, break_when_any_done=False)
-    # an extra key mid-recording: through the lane, append_step names it
     rec.episode_fn = None
     env.rollout(1)
-    assert ("_step" in rec.__dict__) == (native == "1")
     extra = TensorDict(observation=torch.zeros(4), surprise=torch.ones(1))
-    with pytest.raises(SchemaError, match="surprise"):
+    with pytest.raises(SchemaError, match="surprise"):  # an extra key, named at once
         rec._step(first[0].exclude("next"), first[0]["next"].update(extra.select("surprise")))
     rec.close()
     reader = TrajectoryReader(tmp_path / "s")
@@ -395,6 +389,8 @@ def test_the_native_lane_stands_in_for_step_until_a_setting_changes(
     assert [len(e) for e in stored] == [3, 3, 1, 2, 1]
     assert_same(torch.cat(stored[:3]), first)
     assert_same(stored[3], second)
+    assert reader.episode_metadata(3) == {"tagged": True}
+    assert reader.episode_metadata(4) == {}  # no metadata: an empty dict
 
 
 def test_metadata_step_fn_episode_fn(tmp_path, env_factory):

@@ -21,7 +21,6 @@ from trlrec.errors import ClosedError, ConfigError, SchemaError, UnsupportedData
 from trlrec.naming import safe_name
 from trlrec.storage.dataset import check_metadata
 from trlrec.storage.writer import TrajectoryWriter
-from trlrec.transforms.fast_lane import FastLane
 
 __all__ = ["TensorDictRecorder"]
 
@@ -48,7 +47,7 @@ def _leaves(td: TensorDictBase) -> list[Key]:
     return [(k,) if isinstance(k, str) else tuple(k) for k in td.keys(True, True)]
 
 
-class TensorDictRecorder(FastLane, Transform, Closeable):
+class TensorDictRecorder(Transform, Closeable):
     """Records every transition of a TorchRL rollout to a memory-mapped trlrec store.
 
     A transition is a rollout row: the root keys (observation, action, done flags,
@@ -146,9 +145,6 @@ class TensorDictRecorder(FastLane, Transform, Closeable):
         (20, {'agent': 'random'})
     """
 
-    # what the direct lane to the writer skips: changing one takes the general path again
-    LANE_SETTINGS = frozenset({"skip", "step_fn", "episode_fn", "_keep", "_closed"})
-
     def __init__(
         self,
         path: str | os.PathLike[str] | None = None,
@@ -210,8 +206,6 @@ class TensorDictRecorder(FastLane, Transform, Closeable):
     def _new_runtime(self) -> None:
         """State that belongs to one recording process (never shared by clones/pickles)."""
         self._writer: TrajectoryWriter | None = None
-        self._drop_lane()
-        self._fast: Callable[[TensorDictBase, TensorDictBase], None] | None = None
         self._select: tuple[list[Key], list[Key]] | None = None
         self._seen = 0
         self._prev: TensorDictBase | None = None
@@ -231,7 +225,7 @@ class TensorDictRecorder(FastLane, Transform, Closeable):
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
-        for name in ("_writer", "_fast", "_step", "_select", "_prev", "_async", "_inflight"):
+        for name in ("_writer", "_select", "_prev", "_async", "_inflight"):
             state.pop(name, None)
         return state
 
@@ -286,10 +280,6 @@ class TensorDictRecorder(FastLane, Transform, Closeable):
 
     # -------------------------------------------------------- transform hooks
     def _step(self, tensordict: TensorDictBase, next_tensordict: TensorDictBase) -> TensorDictBase:
-        fast = self._fast
-        if fast is not None:  # nothing to select, skip or call: straight to the writer
-            fast(tensordict, next_tensordict)
-            return next_tensordict
         self._check_open()
         self._record(tensordict, next_tensordict)
         return next_tensordict
@@ -360,22 +350,6 @@ class TensorDictRecorder(FastLane, Transform, Closeable):
             self._record_async(writer, root, next_, meta)
             return
         writer.append_transition(root, next_, episode_metadata=meta)
-        if self._plain():
-            self._fast = writer.append_step
-            lane = writer.step_lane()  # native: the same as _step's fast path, in one call
-            if lane is not None:
-                self._set_step_lane(lane)
-
-    def _plain(self) -> bool:
-        """Whether steps go to the writer as they come (no selection, skip, functions, device)."""
-        return (
-            self.skip == 1
-            and self.step_fn is None
-            and self.episode_fn is None
-            and self._keep is None
-            and self._async is False
-            and not self._closed
-        )
 
     def _record_async(
         self, writer: TrajectoryWriter, root: TensorDictBase, next_: TensorDictBase, meta: Any
@@ -550,7 +524,6 @@ class TensorDictRecorder(FastLane, Transform, Closeable):
         if self._closed:
             return
         self._closed = True
-        self._fast = None
         writer = self._writer
         if writer is not None:
             try:

@@ -87,7 +87,7 @@ class Segment:
         tmp = sidecar.with_name(sidecar.name + ".tmp")
         tmp.write_text(json.dumps(meta))
         os.replace(tmp, sidecar)
-        self._file: FramesFile | None = FramesFile(stem.with_name(stem.name + ".frames"))
+        self._file: FramesFile | None = writer.open(stem.with_name(stem.name + ".frames"))
         self._writer = writer
         self.frames = 0
         self.height, self.width = meta["height"], meta["width"]
@@ -157,7 +157,7 @@ class Segment:
         self._chunk = None  # not reused if acquiring the next one fails
         self._slot = 0
         self._writer.submit(file, chunk, slot * frame_bytes)
-        if file.error is not None:  # written inline (no thread) and failed
+        if file.error is not None:  # written already (inline) and failed
             self._fail()
         chunk = self._chunk = self._writer.chunk(frame_bytes)
         self._views = chunk.views((self.height, self.width, 3))
@@ -170,8 +170,7 @@ class Segment:
         if chunk is not None:
             self._writer.recycle(chunk)
         if file is not None:
-            self._writer.sync()  # nothing queued may reach the fd once closed (and reused)
-            file.close()
+            self._writer.release(file)  # after its queued chunks are written
 
     def _fail(self) -> None:
         """Stops this segment and raises its write error as a trlrec error."""
@@ -180,7 +179,7 @@ class Segment:
             raise ClosedError("this video segment is closed; a new one takes the next frames")
         error = file.error
         errno = getattr(error, "errno", None)
-        reason = getattr(error, "strerror", None) or str(error)
+        reason = os.strerror(errno) if errno else str(error)
         late: Exception | None = None
         try:
             self._release()  # waits for the writer: no queued chunk reaches a closed fd
