@@ -99,7 +99,8 @@ class StepChecker:
         """Refuse a step's extra keys.
 
         Top-level ones at every step (two ``len()``), nested ones with the full walk
-        (~10 us) at every 16th block start (``block``). A missing key is named by the copy into the staging buffer.
+        (~10 us) at every 16th block start (``block``). A missing key is named by the
+        copy into the staging buffer.
         """
         rkeys = root._tensordict if type(root) is TensorDict else root.keys()
         nkeys = next_._tensordict if type(next_) is TensorDict else next_.keys()
