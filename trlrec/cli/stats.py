@@ -11,7 +11,7 @@ import torch
 from trlrec.cli.columns import episode_column, key_name
 from trlrec.cli.progress import Progress
 from trlrec.storage.dtypes import dtype_name
-from trlrec.storage.layout import FLAG_CUT, FLAG_DONE, FLAG_OPEN, FORMAT_VERSION
+from trlrec.storage.format import FLAG_CUT, FLAG_DONE, FLAG_OPEN, FORMAT_VERSION
 from trlrec.storage.reader import TrajectoryReader
 from trlrec.storage.schema import Entry
 

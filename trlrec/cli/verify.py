@@ -21,7 +21,7 @@ import torch
 from trlrec.cli.progress import Progress
 from trlrec.errors import CorruptStoreError
 from trlrec.storage.dataset import open_dataset
-from trlrec.storage.layout import (
+from trlrec.storage.format import (
     COMMIT_FILE,
     FLAG_CUT,
     FLAG_DONE,

@@ -25,7 +25,7 @@ import torch
 
 from trlrec.errors import StoreWriteError
 from trlrec.storage.fdcache import FdCache
-from trlrec.storage.layout import chunk_dir_name
+from trlrec.storage.format import chunk_dir_name
 from trlrec.storage.native import extension
 from trlrec.storage.schema import Key, Schema
 

@@ -20,8 +20,8 @@ from typing import Any
 
 from trlrec.errors import StoreWriteError
 from trlrec.storage.chunks import PendingWrite, drop_from
+from trlrec.storage.format import COMMIT_FILE
 from trlrec.storage.jsonio import atomic_tmp, dumps
-from trlrec.storage.layout import COMMIT_FILE
 from trlrec.storage.shard import PreparedCommit, ShardFiles
 
 __all__ = ["NativeWrites"]

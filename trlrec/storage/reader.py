@@ -12,7 +12,7 @@ from tensordict import TensorDict
 
 from trlrec.closing import Closeable
 from trlrec.storage.dataset import open_dataset
-from trlrec.storage.layout import COMMIT_FILE, SHARDS_DIR
+from trlrec.storage.format import COMMIT_FILE, SHARDS_DIR
 from trlrec.storage.shard_reader import EpisodeInfo, ShardReader
 
 __all__ = ["TrajectoryReader", "EpisodeSequence"]

@@ -14,8 +14,7 @@ import torch
 from tensordict import MemoryMappedTensor, TensorDict
 
 from trlrec.errors import CorruptStoreError
-from trlrec.storage.jsonio import read_json
-from trlrec.storage.layout import (
+from trlrec.storage.format import (
     COMMIT_FILE,
     EPISODE_FIELDS,
     EPISODE_META_FILE,
@@ -27,6 +26,7 @@ from trlrec.storage.layout import (
     STREAMS_DIR,
     chunk_dir_name,
 )
+from trlrec.storage.jsonio import read_json
 from trlrec.storage.schema import Entry, Key, Schema
 from trlrec.storage.shard import read_commit
 

@@ -24,8 +24,7 @@ from trlrec.storage.checks import StepChecker, fast_get, raise_mismatch, raise_m
 from trlrec.storage.chunks import ChunkSeries, PendingWrite, run_writes
 from trlrec.storage.dataset import check_metadata, create_dataset, new_shard_dir
 from trlrec.storage.fdcache import FdCache
-from trlrec.storage.jsonio import read_json, write_json_atomic
-from trlrec.storage.layout import (
+from trlrec.storage.format import (
     COMMIT_FILE,
     FLAG_CUT,
     FORMAT_VERSION,
@@ -33,6 +32,7 @@ from trlrec.storage.layout import (
     SHARD_FILE,
     STREAMS_DIR,
 )
+from trlrec.storage.jsonio import read_json, write_json_atomic
 from trlrec.storage.native import extension
 from trlrec.storage.native_io import NativeWrites
 from trlrec.storage.schema import Key, Schema
