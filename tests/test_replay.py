@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from tensordict import TensorDict
 
-from trlrec import TrajectoryReader, TrajectoryWriter
+from trlrec import TrajectoryReader, TrajectoryWriter, as_replay_buffer
 from trlrec.errors import ConfigError, SchemaError, StoreError
-from trlrec.replay import StoreStorage, as_replay_buffer
+from trlrec.replay import StoreStorage
 
 
 def _record(path, env, steps, **kw):
@@ -117,3 +120,10 @@ def test_empty_missing_and_mixed_stores(tmp_path, stub_env_cls):
     _record(tmp_path / "mixed", stub_env_cls(obs_shape=(3,)), 5)
     with pytest.raises(SchemaError, match="another schema"):
         as_replay_buffer(tmp_path / "mixed", batch_size=4)
+
+
+def test_the_replay_module_does_not_import_the_reader():
+    """One direction only: the reader offers as_replay_buffer; replay.py never imports it."""
+    code = "import sys, trlrec.replay; assert 'trlrec.storage.reader' not in sys.modules"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr

@@ -18,7 +18,7 @@ _EXPORTS: dict[str, str] = {
     "VideoRecorder": "trlrec.transforms.video_recorder",
     "PixelRenderTransform": "trlrec.transforms.pixel_render",
     "PlaybackEnv": "trlrec.playback",
-    "as_replay_buffer": "trlrec.replay",
+    "as_replay_buffer": "trlrec.storage.reader",
 }
 
 __all__ = [*_EXPORTS, "errors", "__version__"]

@@ -14,8 +14,7 @@ What is zero-copy and what is not:
 
 from __future__ import annotations
 
-import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tensordict import TensorDict
@@ -30,10 +29,13 @@ from torchrl.data import (
 from torchrl.data.replay_buffers.storages import Storage
 
 from trlrec.errors import ConfigError, SchemaError, StoreError
-from trlrec.storage.reader import TrajectoryReader
+from trlrec.storage.format import NEXT, ROOT, placements, row_chunk
 from trlrec.storage.schema import Entry, Key
 
-__all__ = ["StoreStorage", "as_replay_buffer"]
+if TYPE_CHECKING:  # the reader imports this module (its as_replay_buffer), never the reverse
+    from trlrec.storage.reader import TrajectoryReader
+
+__all__ = ["StoreStorage", "replay_buffer"]
 
 EPISODE_KEY = "episode"
 
@@ -117,21 +119,18 @@ class StoreStorage(Storage):
         ep = torch.searchsorted(self._offsets, idx, right=True) - 1
         row = self._ep_start[ep] + (idx - self._offsets[ep])
         shard, stream = self._ep_shard[ep], self._ep_stream[ep]
-        out = TensorDict({}, batch_size=[idx.numel()])
-        nxt = TensorDict({}, batch_size=[idx.numel()])
-        cols = {e: torch.empty((idx.numel(), *e.shape), dtype=e.dtype) for e in self.entries}
-        ncols = {
-            e: torch.empty((idx.numel(), *e.shape), dtype=e.dtype)
-            for e in self.entries
-            if e.role == "state"
-        }
-        self._fill(shard, stream, row, cols)
-        self._fill(shard, stream, row + 1, ncols)
-        for e, v in cols.items():
-            (nxt if e.role == "next" else out).set(e.key, v)
-        for e, v in ncols.items():
-            nxt.set(e.key, v)
-        out.set("next", nxt)
+        n = idx.numel()
+        parts = {ROOT: TensorDict({}, batch_size=[n]), NEXT: TensorDict({}, batch_size=[n])}
+        by_shift: dict[int, list[tuple[Key, torch.Tensor]]] = {}
+        for e in self.entries:
+            for part, shift in placements(e.role):
+                col = torch.empty((n, *e.shape), dtype=e.dtype)
+                parts[part].set(e.key, col)
+                by_shift.setdefault(shift, []).append((e.stored_key, col))
+        for shift, cols in by_shift.items():
+            self._fill(shard, stream, row + shift, cols)
+        out = parts[ROOT]
+        out.set("next", parts[NEXT])
         if self.episode_key is not None:
             out.set(self.episode_key, ep)
         return out
@@ -141,12 +140,11 @@ class StoreStorage(Storage):
         shard: torch.Tensor,
         stream: torch.Tensor,
         row: torch.Tensor,
-        cols: dict[Entry, torch.Tensor],
+        cols: list[tuple[Key, torch.Tensor]],
     ) -> None:
-        if not cols or row.numel() == 0:
+        if row.numel() == 0:
             return
-        crows = self._chunk_rows[shard]
-        chunk, offset = row // crows, row % crows
+        chunk, offset = row_chunk(row, self._chunk_rows[shard])
         code = (shard * self._num_streams + stream) * (int(chunk.max()) + 1) + chunk
         groups, inverse = torch.unique(code, return_inverse=True)
         for g in range(groups.numel()):
@@ -155,8 +153,8 @@ class StoreStorage(Storage):
             s, b, c = int(shard[first]), int(stream[first]), int(chunk[first])
             leaves: dict[Key, torch.Tensor] = self.reader.shards[s].chunk(b, c)
             rows = offset[mask]
-            for e, col in cols.items():
-                col[mask] = leaves[e.stored_key][rows]
+            for key, col in cols:
+                col[mask] = leaves[key][rows]
 
     def set(self, cursor: Any, data: Any, *, set_cursor: bool = True) -> None:
         """Refused: a store is read through this storage, written with a TrajectoryWriter."""
@@ -184,8 +182,8 @@ def _identity(batch: TensorDict) -> TensorDict:
     return batch  # StoreStorage.get already returns one [N] tensordict
 
 
-def as_replay_buffer(
-    reader_or_path: TrajectoryReader | str | os.PathLike[str],
+def replay_buffer(
+    reader: TrajectoryReader,
     *,
     batch_size: int,
     slice_len: int | None = None,
@@ -203,7 +201,8 @@ def as_replay_buffer(
     The data is read from the memory maps; nothing is copied but the sampled rows.
 
     Args:
-        reader_or_path: a :class:`~trlrec.TrajectoryReader` or a store directory.
+        reader: an open :class:`~trlrec.TrajectoryReader` (``trlrec.as_replay_buffer``
+            and ``TrajectoryReader.as_replay_buffer`` open one and call this).
         batch_size: transitions per sample.
         slice_len: length of each slice (``batch_size`` must be a multiple of it).
         num_slices: number of slices per sample (exclusive with ``slice_len``).
@@ -233,11 +232,6 @@ def as_replay_buffer(
             raise ConfigError(f"{name} must be a positive int, got {value!r}")
         if batch_size % value:
             raise ConfigError(f"batch_size ({batch_size}) must be a multiple of {name} ({value})")
-    reader = (
-        reader_or_path
-        if isinstance(reader_or_path, TrajectoryReader)
-        else TrajectoryReader(reader_or_path)
-    )
     return _build(reader, batch_size, slice_len, num_slices, replacement, strict_length,
                   episode_key, kwargs)  # fmt: skip
 

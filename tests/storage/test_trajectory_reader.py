@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -102,6 +104,23 @@ def test_future_format_version(store):
         TrajectoryReader(path)
 
 
+@pytest.mark.parametrize("name", ["COMMIT", "shard.json"])
+def test_a_shard_file_of_another_version_is_refused(store, name):
+    path, _ = store
+    f = path / "shards" / "shard-000000" / name
+    f.write_text(json.dumps({**json.loads(f.read_text()), "version": 2}))
+    with pytest.raises(FormatVersionError, match=rf"{name}' has format version 2.*reads versions"):
+        TrajectoryReader(path)
+
+
+def test_shard_metadata_that_is_not_an_object(store):
+    path, _ = store
+    f = path / "shards" / "shard-000000" / "shard.json"
+    f.write_text(json.dumps({**json.loads(f.read_text()), "metadata": [1]}))
+    with pytest.raises(CorruptStoreError, match=r"shard.json': 'metadata' is a list"):
+        TrajectoryReader(path)
+
+
 @pytest.mark.parametrize("name", ["dataset.json", "shards/shard-000000/COMMIT"])
 def test_truncated_metadata_names_the_file(store, name):
     path, _ = store
@@ -143,3 +162,38 @@ def test_reader_merges_shards_of_several_writers(tmp_path, stub_env_cls):
     assert r.num_steps == 12
     assert_td_identical(torch.cat([r.episodes[0], r.episodes[1]]), a)
     assert_td_identical(r.episodes[2], b)
+
+
+WRITE_SIDE = [
+    "trlrec.storage.writer",
+    "trlrec.storage.shard",
+    "trlrec.storage.stream",
+    "trlrec.storage.chunks",
+    "trlrec.storage.staging",
+    "trlrec.storage.batches",
+    "trlrec.storage.checks",
+    "trlrec.storage.commit_clock",
+    "trlrec.native",
+    "trlrec.io",
+    "trlrec.storage._capture",
+    "trlrec.io._pwrite",
+]
+
+
+def test_reading_loads_no_writer_code_and_no_c_extension():
+    """Reading a store (open, episodes, metadata, info) imports nothing of the write side."""
+    code = f"""
+import sys, trlrec
+r = trlrec.TrajectoryReader({str(PINNED)!r})
+[ep["next", "observation"].sum() for ep in r.episodes]
+r.episode_metadata(0), r.episode_info(-1), r.refresh()
+loaded = sorted(n for n in sys.modules if n.startswith("trlrec"))
+print(loaded)
+bad = [n for n in loaded if n in {WRITE_SIDE!r}]
+bad += [n for n in loaded if str(getattr(sys.modules[n], "__file__", "")).endswith(".so")]
+bad += [n for n in sys.modules if n.split(".")[-1] in ("_capture", "_pwrite")]
+assert not bad, bad
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "trlrec.storage.format" in out.stdout  # the check saw the read path

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import torch
 
 from trlrec.errors import SchemaError
+from trlrec.storage.format import chunk_spans
 from trlrec.storage.reader import TrajectoryReader
 from trlrec.storage.schema import Entry
 
@@ -46,15 +47,13 @@ def episode_column(
     A state key has ``T + 1`` rows per episode: the ``T`` root observations, then the
     final ``next`` one when ``with_last`` is true. Root and next keys have ``T`` rows.
     """
-    info = reader.episode_info(episode)
-    shard = next(s for s in reader.shards if s.name == info["shard"])
-    count = info["num_steps"] + (1 if with_last and entry.role == "state" else 0)
-    row, end = info["start_row"], info["start_row"] + count
-    while row < end:
-        index, offset = divmod(row, shard.chunk_rows)
-        n = min(end - row, shard.chunk_rows - offset)
-        yield shard.chunk(info["stream"], index)[entry.stored_key][offset : offset + n]
-        row += n
+    shard, j = reader.shard_of(episode)
+    rec = shard.record(j)
+    rows = rec.stored_rows(entry.role)
+    if not with_last:
+        rows = rows[: rec.num_steps]
+    for index, offset, n in chunk_spans(rows.start, len(rows), shard.chunk_rows):
+        yield shard.chunk(rec.stream, index)[entry.stored_key][offset : offset + n]
 
 
 def require_entries(reader: TrajectoryReader) -> tuple[Entry, ...]:

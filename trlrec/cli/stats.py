@@ -11,7 +11,7 @@ import torch
 from trlrec.cli.columns import episode_column, key_name
 from trlrec.cli.progress import Progress
 from trlrec.storage.dtypes import dtype_name
-from trlrec.storage.layout import FLAG_CUT, FLAG_DONE, FLAG_OPEN, FORMAT_VERSION
+from trlrec.storage.format import FLAG_CUT, FLAG_DONE, FLAG_OPEN
 from trlrec.storage.reader import TrajectoryReader
 from trlrec.storage.schema import Entry
 
@@ -79,7 +79,7 @@ def summarize(reader: TrajectoryReader, *, progress: bool = True) -> dict[str, A
     used, apparent = disk_usage(reader.path)
     return {
         "path": str(reader.path),
-        "format_version": FORMAT_VERSION,
+        "format_version": reader.format_version,
         "steps": reader.num_steps,
         "episodes": reader.num_episodes,
         "episode_ends": flags,

@@ -11,7 +11,6 @@ an observation goes unnoticed.
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,14 +20,17 @@ import torch
 from trlrec.cli.progress import Progress
 from trlrec.errors import CorruptStoreError
 from trlrec.storage.dataset import open_dataset
-from trlrec.storage.layout import (
+from trlrec.storage.format import (
     COMMIT_FILE,
     FLAG_CUT,
     FLAG_DONE,
     FLAG_OPEN,
+    NEXT,
     SHARDS_DIR,
-    STREAMS_DIR,
-    chunk_dir_name,
+    EpisodeRecord,
+    chunk_count,
+    chunk_path,
+    column_file,
 )
 from trlrec.storage.shard_reader import ShardReader
 
@@ -88,19 +90,19 @@ def _check_shard(shard: ShardReader, report: VerifyReport, progress: bool) -> No
     _check_chunks(shard, report)
     if len(report.problems) > before:
         return  # reading a short file through a memory map would crash; stop here
-    episodes = []
+    episodes: list[tuple[int, EpisodeRecord]] = []
     for j in range(shard.num_episodes):
         try:
-            info = shard.info(j)
+            rec = shard.record(j)
             shard.episode_metadata(j)
         except CorruptStoreError as err:
             report.problems.append(f"{shard.name}: {err}")
             continue
-        episodes.append(info)
+        episodes.append((j, rec))
         closed = j < shard.num_closed
-        if closed and info["flags"] not in (FLAG_DONE, FLAG_CUT):
+        if closed and rec.flags not in (FLAG_DONE, FLAG_CUT):
             report.problems.append(
-                f"{shard.name}: episode {j} has flags {info['flags']}, expected done (1) or "
+                f"{shard.name}: episode {j} has flags {rec.flags}, expected done (1) or "
                 "cut (2); the index is damaged"
             )
     _check_layout(shard, episodes, report)
@@ -112,11 +114,10 @@ def _check_shard(shard: ShardReader, report: VerifyReport, progress: bool) -> No
 
 def _check_chunks(shard: ShardReader, report: VerifyReport) -> None:
     for b, stream in enumerate(shard.streams):
-        for c in range(math.ceil(stream[0] / shard.chunk_rows)):
-            directory = shard.directory / STREAMS_DIR / str(b) / chunk_dir_name(c)
+        for c in range(chunk_count(stream.next_row, shard.chunk_rows)):
+            directory = chunk_path(shard.directory, b, c)
             for e in shard.schema.entries:
-                *parents, last = e.stored_key
-                file = directory.joinpath(*parents, f"{last}.memmap")
+                file = column_file(directory, e.stored_key)
                 need = shard.chunk_rows * e.nbytes
                 report.files += 1
                 if not file.is_file():
@@ -128,22 +129,24 @@ def _check_chunks(shard: ShardReader, report: VerifyReport) -> None:
                     )
 
 
-def _check_layout(shard: ShardReader, episodes: list[dict], report: VerifyReport) -> None:
-    for b, (_next_row, transitions, *_open) in enumerate(shard.streams):
-        mine = sorted((e for e in episodes if e["stream"] == b), key=lambda e: e["start_row"])
+def _check_layout(
+    shard: ShardReader, episodes: list[tuple[int, EpisodeRecord]], report: VerifyReport
+) -> None:
+    for b, stream in enumerate(shard.streams):
+        mine = sorted((e for e in episodes if e[1].stream == b), key=lambda e: e[1].start_row)
         end = -1
-        for e in mine:
-            if e["start_row"] <= end:
+        for j, rec in mine:
+            if rec.start_row <= end:
                 report.problems.append(
-                    f"{shard.name}: episode {e['index']} (stream {b}) starts at row "
-                    f"{e['start_row']}, inside the previous episode; the index is damaged"
+                    f"{shard.name}: episode {j} (stream {b}) starts at row "
+                    f"{rec.start_row}, inside the previous episode; the index is damaged"
                 )
-            end = e["start_row"] + e["num_steps"]
-        total = sum(e["num_steps"] for e in mine)
-        if len(episodes) == shard.num_episodes and total != transitions:
+            end = rec.end_row
+        total = sum(rec.num_steps for _j, rec in mine)
+        if len(episodes) == shard.num_episodes and total != stream.transitions:
             report.problems.append(
-                f"{shard.name}: stream {b} has {transitions} committed transitions but its "
-                f"episodes hold {total}; the index is damaged"
+                f"{shard.name}: stream {b} has {stream.transitions} committed transitions but "
+                f"its episodes hold {total}; the index is damaged"
             )
 
 
@@ -151,11 +154,11 @@ def _read_all(shard: ShardReader, report: VerifyReport, progress: bool) -> None:
     chunks = [
         (b, c)
         for b, s in enumerate(shard.streams)
-        for c in range(math.ceil(s[0] / shard.chunk_rows))
+        for c in range(chunk_count(s.next_row, shard.chunk_rows))
     ]
     with Progress(f"reading {shard.name}", len(chunks)) as bar:
         for i, (b, c) in enumerate(chunks):
-            rows = min(shard.chunk_rows, shard.streams[b][0] - c * shard.chunk_rows)
+            rows = min(shard.chunk_rows, shard.streams[b].next_row - c * shard.chunk_rows)
             try:
                 for leaf in shard.chunk(b, c).values():
                     part = leaf[:rows].contiguous()
@@ -167,22 +170,23 @@ def _read_all(shard: ShardReader, report: VerifyReport, progress: bool) -> None:
                 bar.update(i + 1)
 
 
-def _check_done_flags(shard: ShardReader, episodes: list[dict], report: VerifyReport) -> None:
+def _check_done_flags(
+    shard: ShardReader, episodes: list[tuple[int, EpisodeRecord]], report: VerifyReport
+) -> None:
     entry = next((e for e in shard.schema.entries if e.is_done), None)
     if entry is None:
         return
-    shift = 1 if entry.role == "state" else 0
-    for e in episodes:
-        steps = e["num_steps"]
-        rows = shard.rows(e["stream"], e["start_row"] + shift, steps)[entry.stored_key]
-        done = rows.reshape(steps, -1).any(1)
-        ended = bool(e["flags"] & FLAG_DONE)
+    for j, rec in episodes:
+        rows = rec.column_rows(entry.role, NEXT)  # the done flag each transition ended with
+        values = shard.rows(rec.stream, rows.start, len(rows))[entry.stored_key]
+        done = values.reshape(len(rows), -1).any(1)
+        ended = bool(rec.flags & FLAG_DONE)
         early = bool(done[:-1].any())
         last = bool(done[-1])
         if early or last != ended:
-            what = "cut" if e["flags"] & FLAG_CUT else "open" if e["flags"] & FLAG_OPEN else "done"
+            what = "cut" if rec.flags & FLAG_CUT else "open" if rec.flags & FLAG_OPEN else "done"
             report.problems.append(
-                f"{shard.name}: episode {e['index']} is marked {what} but its done flags are "
+                f"{shard.name}: episode {j} is marked {what} but its done flags are "
                 f"{'set before its last step' if early else f'{last} at its last step'}; "
                 "the index or the data is damaged"
             )

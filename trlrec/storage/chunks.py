@@ -17,7 +17,7 @@ import torch
 
 from trlrec.errors import StoreWriteError
 from trlrec.io.backend import IOBackend
-from trlrec.storage.layout import chunk_dir_name
+from trlrec.storage.format import chunk_dir_name
 from trlrec.storage.schema import Key, Schema
 
 __all__ = ["ChunkSeries"]

@@ -9,14 +9,19 @@ from typing import Any
 
 from trlrec.errors import (
     CorruptStoreError,
-    FormatVersionError,
     NotAStoreError,
     StoreWriteError,
     UnsupportedDataError,
 )
 from trlrec.naming import safe_name
+from trlrec.storage.format import (
+    DATASET_FILE,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    SHARDS_DIR,
+    store_format,
+)
 from trlrec.storage.jsonio import dumps, read_json
-from trlrec.storage.layout import DATASET_FILE, FORMAT_NAME, FORMAT_VERSION, SHARDS_DIR
 
 __all__ = ["open_dataset", "create_dataset", "new_shard_dir", "check_metadata"]
 
@@ -49,12 +54,7 @@ def open_dataset(path: Path) -> dict[str, Any]:
     info = read_json(marker)
     if info.get("format") != FORMAT_NAME:
         raise NotAStoreError(f"{str(marker)!r} is not a trlrec dataset file")
-    version = info.get("version")
-    if version != FORMAT_VERSION:
-        raise FormatVersionError(
-            f"{str(marker)!r} has format version {version!r}; this trlrec reads version "
-            f"{FORMAT_VERSION}. Upgrade trlrec to read it"
-        )
+    store_format(info.get("version"), marker)
     if not isinstance(info.get("metadata", {}), dict):
         raise NotAStoreError(f"{str(marker)!r}: 'metadata' is not an object")
     return info

@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from trlrec.errors import CorruptStoreError, NotAStoreError, StoreWriteError
-from trlrec.storage.layout import MAX_JSON_BYTES
 
-__all__ = ["dumps", "write_json_atomic", "read_json", "fsync_dir"]
+__all__ = ["MAX_JSON_BYTES", "dumps", "write_json_atomic", "read_json", "fsync_dir"]
+
+MAX_JSON_BYTES = 64 * 2**20  # metadata files larger than this are refused as damaged
 
 
 def dumps(value: Any, what: str) -> str:

@@ -12,10 +12,10 @@ from tensordict import TensorDict
 
 from trlrec.closing import Closeable
 from trlrec.storage.dataset import open_dataset
-from trlrec.storage.layout import COMMIT_FILE, SHARDS_DIR
+from trlrec.storage.format import COMMIT_FILE, SHARDS_DIR
 from trlrec.storage.shard_reader import EpisodeInfo, ShardReader
 
-__all__ = ["TrajectoryReader", "EpisodeSequence"]
+__all__ = ["TrajectoryReader", "EpisodeSequence", "as_replay_buffer"]
 
 
 class EpisodeSequence(Sequence[TensorDict]):
@@ -37,7 +37,7 @@ class EpisodeSequence(Sequence[TensorDict]):
     def __getitem__(self, i: int | slice) -> TensorDict | list[TensorDict]:
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
-        shard, j = self._reader._locate(i)
+        shard, j = self._reader.shard_of(i)
         return shard.episode(j)
 
     def __iter__(self) -> Iterator[TensorDict]:
@@ -69,6 +69,7 @@ class TrajectoryReader(Closeable):
         """Re-read the commit records: see what writers committed since."""
         info = open_dataset(self.path)
         self.metadata: dict[str, Any] = info.get("metadata", {})
+        self.format_version: int = info["version"]  # checked: one of SUPPORTED_VERSIONS
         root = Path(os.path.realpath(self.path))
         shards_dir = self.path / SHARDS_DIR
         names = sorted(p.name for p in shards_dir.iterdir()) if shards_dir.is_dir() else []
@@ -97,7 +98,13 @@ class TrajectoryReader(Closeable):
         """The episodes, each a ``[T]`` TensorDict backed by memory maps."""
         return EpisodeSequence(self)
 
-    def _locate(self, i: int) -> tuple[ShardReader, int]:
+    def shard_of(self, i: int) -> tuple[ShardReader, int]:
+        """The shard holding episode ``i`` (negative counts from the end) and its index there.
+
+        Raises:
+            IndexError: ``i`` is out of range.
+            TypeError: ``i`` is not an int.
+        """
         n = self.num_episodes
         if not isinstance(i, int):
             raise TypeError(f"episode indices are ints, got {type(i).__name__}")
@@ -110,19 +117,19 @@ class TrajectoryReader(Closeable):
 
     def episode_metadata(self, i: int) -> dict[str, Any]:
         """What ``episode_fn`` gave for episode ``i`` (``{}`` if nothing)."""
-        shard, j = self._locate(i)
+        shard, j = self.shard_of(i)
         return shard.episode_metadata(j)
 
     def episode_info(self, i: int) -> EpisodeInfo:
         """Where episode ``i`` lives and how it ended (``flags``: 1 done, 2 cut, 4 open)."""
-        shard, j = self._locate(i)
+        shard, j = self.shard_of(i)
         return shard.info(j)
 
     def as_replay_buffer(self, *, batch_size: int, **kwargs: Any) -> Any:
-        """A TorchRL replay buffer over this store, see :func:`trlrec.replay.as_replay_buffer`."""
-        from trlrec.replay import as_replay_buffer
+        """A TorchRL replay buffer over this store, see :func:`trlrec.replay.replay_buffer`."""
+        from trlrec.replay import replay_buffer  # imports TorchRL's data package: only now
 
-        return as_replay_buffer(self, batch_size=batch_size, **kwargs)
+        return replay_buffer(self, batch_size=batch_size, **kwargs)
 
     def close(self) -> None:
         """Drop the mapped chunks."""
@@ -134,3 +141,18 @@ class TrajectoryReader(Closeable):
             f"TrajectoryReader({str(self.path)!r}, episodes={self.num_episodes}, "
             f"steps={self.num_steps}, shards={len(self.shards)})"
         )
+
+
+def as_replay_buffer(
+    reader_or_path: TrajectoryReader | str | os.PathLike[str], *, batch_size: int, **kwargs: Any
+) -> Any:
+    """A read-only TorchRL replay buffer over a store (a reader or its directory).
+
+    The arguments are those of :func:`trlrec.replay.replay_buffer`.
+    """
+    reader = (
+        reader_or_path
+        if isinstance(reader_or_path, TrajectoryReader)
+        else TrajectoryReader(reader_or_path)
+    )
+    return reader.as_replay_buffer(batch_size=batch_size, **kwargs)

@@ -12,65 +12,30 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import struct
 from pathlib import Path
 from typing import Any
 
 from trlrec.errors import CorruptStoreError, ShardLockedError, StoreWriteError
 from trlrec.io.backend import IOBackend
-from trlrec.storage.jsonio import dumps, fsync_dir, read_json
-from trlrec.storage.layout import (
+from trlrec.storage.format import (
     COMMIT_FILE,
-    EPISODE_FIELDS,
     EPISODE_META_FILE,
     EPISODE_RECORD_BYTES,
     EPISODES_FILE,
-    FORMAT_VERSION,
     LOCK_FILE,
+    CommitRecord,
+    EpisodeRecord,
+    StreamEntry,
 )
+from trlrec.storage.jsonio import dumps, fsync_dir
 from trlrec.storage.stream import Episode
 
 __all__ = ["ShardFiles", "read_commit"]
 
-_RECORD = struct.Struct("<" + "q" * len(EPISODE_FIELDS))
-
-
-def _nonneg_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**62
-
 
 def read_commit(path: Path) -> dict[str, Any]:
-    """Read and check a shard's COMMIT record."""
-    data = read_json(path)
-
-    def bad(what: str) -> CorruptStoreError:
-        return CorruptStoreError(f"{str(path)!r}: {what}; the commit record is damaged")
-
-    if data.get("version") != FORMAT_VERSION:
-        raise bad(f"version {data.get('version')!r}, expected {FORMAT_VERSION}")
-    for name in ("seq", "episodes", "episode_meta_bytes", "chunk_rows"):
-        if not _nonneg_int(data.get(name)):
-            raise bad(f"{name!r} is {data.get(name)!r}, expected a non-negative int")
-    if data["chunk_rows"] < 1:
-        raise bad("'chunk_rows' must be at least 1")
-    streams = data.get("streams")
-    if not isinstance(streams, list):
-        raise bad("'streams' is not a list")
-    for s in streams:
-        if not (isinstance(s, list) and len(s) == 5):
-            raise bad(f"stream entry {s!r} is not [next_row, transitions, start, steps, first]")
-        if not all(_nonneg_int(v) for v in s[:2]) or not all(
-            v == -1 or _nonneg_int(v) for v in s[2:]
-        ):
-            raise bad(f"stream entry {s!r} holds a value that is not a count")
-        if s[1] > 0 and s[1] >= s[0]:  # T transitions span at least T + 1 rows
-            raise bad(f"stream entry {s!r} counts more transitions than rows")
-        if s[2] >= 0 and s[2] + s[3] >= s[0]:
-            raise bad(f"stream entry {s!r}: the open episode ends past the stream's rows")
-    metas = data.get("open_meta", {})
-    if not isinstance(metas, dict):
-        raise bad("'open_meta' is not an object")
-    return data
+    """Read and check a shard's COMMIT record (:meth:`CommitRecord.parse`), as its JSON dict."""
+    return CommitRecord.parse(path).to_json()
 
 
 class ShardFiles:
@@ -133,16 +98,9 @@ class ShardFiles:
             length = len(line)
             self._pending_meta.append(line + b"\n")
         self._pending.append(
-            _RECORD.pack(
-                ep.stream,
-                ep.start_row,
-                ep.num_steps,
-                ep.flags,
-                ep.first_transition,
-                offset,
-                length,
-                0,
-            )
+            EpisodeRecord(
+                ep.stream, ep.start_row, ep.num_steps, ep.flags, ep.first_transition, offset, length
+            ).pack()
         )
 
     def _check_present(self) -> None:
@@ -188,15 +146,14 @@ class ShardFiles:
         self.meta_bytes += sum(len(x) for x in metas)
         self.num_episodes += len(records)
         self.seq += 1
-        record = {
-            "version": FORMAT_VERSION,
-            "seq": self.seq,
-            "episodes": self.num_episodes,
-            "episode_meta_bytes": self.meta_bytes,
-            "chunk_rows": chunk_rows,
-            "streams": streams,
-            "open_meta": open_meta,
-        }
+        record = CommitRecord(
+            seq=self.seq,
+            episodes=self.num_episodes,
+            episode_meta_bytes=self.meta_bytes,
+            chunk_rows=chunk_rows,
+            streams=tuple(StreamEntry(*s) for s in streams),
+            open_meta=open_meta,
+        ).to_json()
         for path, data, offset in appends:
             if not path.exists():  # the backend writes into existing files only
                 path.touch()
@@ -222,8 +179,3 @@ class ShardFiles:
             self._lock_fd = -1
             if self.durable:
                 fsync_dir(self.directory)
-
-
-def unpack_records(data: bytes) -> list[tuple[int, ...]]:
-    """Decode episode records (used by the reader and tests)."""
-    return [r for r in _RECORD.iter_unpack(data)]

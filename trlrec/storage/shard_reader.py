@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -14,21 +15,27 @@ import torch
 from tensordict import MemoryMappedTensor, TensorDict
 
 from trlrec.errors import CorruptStoreError
-from trlrec.storage.jsonio import read_json
-from trlrec.storage.layout import (
+from trlrec.storage.format import (
     COMMIT_FILE,
-    EPISODE_FIELDS,
     EPISODE_META_FILE,
     EPISODE_RECORD_BYTES,
     EPISODES_FILE,
-    FLAG_OPEN,
+    NEXT,
+    ROOT,
     SCHEMA_FILE,
     SHARD_FILE,
-    STREAMS_DIR,
-    chunk_dir_name,
+    CommitRecord,
+    EpisodeRecord,
+    StreamEntry,
+    chunk_count,
+    chunk_path,
+    chunk_spans,
+    column_file,
+    placements,
+    store_format,
 )
+from trlrec.storage.jsonio import read_json
 from trlrec.storage.schema import Entry, Key, Schema
-from trlrec.storage.shard import read_commit
 
 __all__ = ["ShardReader", "EpisodeInfo"]
 
@@ -36,7 +43,7 @@ _CACHE = 16
 
 
 class EpisodeInfo(dict):
-    """Where an episode lives: shard, stream, rows, steps and flags."""
+    """Where an episode lives: shard, index, and the fields of its :class:`EpisodeRecord`."""
 
 
 def _inside(root: Path, path: Path) -> Path:
@@ -56,44 +63,53 @@ class ShardReader:
         self.root = root
         self.directory = _inside(root, directory)
         self.name = directory.name
-        self.commit = read_commit(_inside(root, directory / COMMIT_FILE))
+        self.commit = CommitRecord.parse(_inside(root, directory / COMMIT_FILE))
         self.schema = Schema.from_json(
             read_json(_inside(root, directory / SCHEMA_FILE)), directory / SCHEMA_FILE
         )
-        shard_file = directory / SHARD_FILE
-        self.metadata: dict[str, Any] = (
-            read_json(_inside(root, shard_file)).get("metadata", {}) if shard_file.exists() else {}
-        )
-        self.chunk_rows: int = self.commit["chunk_rows"]
-        self.streams: list[list[int]] = self.commit["streams"]
+        self.metadata: dict[str, Any] = self._read_metadata(directory / SHARD_FILE)
+        self.chunk_rows: int = self.commit.chunk_rows
+        self.streams: tuple[StreamEntry, ...] = self.commit.streams
         if len(self.streams) != self.schema.num_streams:
             raise CorruptStoreError(
                 f"{str(directory / COMMIT_FILE)!r} lists {len(self.streams)} streams, the schema "
                 f"{self.schema.num_streams}; the shard is damaged"
             )
-        self.num_closed = self.commit["episodes"]
+        self.num_closed = self.commit.episodes
         self._check_rows()
-        self._records = self._map_records()
-        self.open_episodes = [
-            (b, s[2], s[3], s[4]) for b, s in enumerate(self.streams) if s[2] >= 0 and s[3] > 0
-        ]
+        self._index = self._read_index()
+        self.open_episodes = self.commit.open_episodes()
         self.num_episodes = self.num_closed + len(self.open_episodes)
-        self.num_steps = sum(s[1] for s in self.streams)
+        self.num_steps = self.commit.num_transitions
         self._chunks: OrderedDict[tuple[int, int], dict[Key, torch.Tensor]] = OrderedDict()
+
+    def _read_metadata(self, path: Path) -> dict[str, Any]:
+        """The ``metadata`` of ``shard.json`` (``{}`` without the file), its version checked."""
+        if not path.exists():
+            return {}
+        data = read_json(_inside(self.root, path))
+        store_format(data.get("version"), path)
+        metadata = data.get("metadata", {})
+        if not isinstance(metadata, dict):
+            raise CorruptStoreError(
+                f"{str(path)!r}: 'metadata' is a {type(metadata).__name__}, not an object; "
+                "the file is damaged"
+            )
+        return metadata
 
     def _check_rows(self) -> None:
         """Check the commit's row counts against the chunks and index files that exist."""
         commit = self.directory / COMMIT_FILE
-        for b, (next_row, *_rest) in enumerate(self.streams):
-            if next_row == 0:
+        for b, s in enumerate(self.streams):
+            if s.next_row == 0:
                 continue
-            last = chunk_dir_name((next_row - 1) // self.chunk_rows)
-            if not (self.directory / STREAMS_DIR / str(b) / last).is_dir():
+            last = chunk_path(self.directory, b, chunk_count(s.next_row, self.chunk_rows) - 1)
+            if not last.is_dir():
                 raise CorruptStoreError(
-                    f"{str(commit)!r} counts {next_row} rows in stream {b}, but its chunk "
-                    f"{last} does not exist; the commit record or the chunks are damaged"
+                    f"{str(commit)!r} counts {s.next_row} rows in stream {b}, but its chunk "
+                    f"{last.name} does not exist; the commit record or the chunks are damaged"
                 )
-        meta_bytes = self.commit["episode_meta_bytes"]
+        meta_bytes = self.commit.episode_meta_bytes
         if meta_bytes:
             path = _inside(self.root, self.directory / EPISODE_META_FILE)
             size = path.stat().st_size if path.exists() else 0
@@ -103,9 +119,10 @@ class ShardReader:
                     "The file is truncated"
                 )
 
-    def _map_records(self) -> torch.Tensor | None:
+    def _read_index(self) -> bytes:
+        """The committed records of ``episodes.bin`` (checked against the file's size first)."""
         if self.num_closed == 0:
-            return None
+            return b""
         path = _inside(self.root, self.directory / EPISODES_FILE)
         need = self.num_closed * EPISODE_RECORD_BYTES
         size = path.stat().st_size if path.exists() else 0
@@ -114,57 +131,46 @@ class ShardReader:
                 f"{str(path)!r} is {size} bytes; its commit record counts {self.num_closed} "
                 f"episodes ({need} bytes). The file is truncated"
             )
-        data = torch.from_file(str(path), shared=False, size=need // 8, dtype=torch.int64)
-        return data.view(self.num_closed, len(EPISODE_FIELDS))
+        with open(path, "rb") as f:
+            data = f.read(need)
+        if len(data) != need:
+            raise CorruptStoreError(
+                f"{str(path)!r} ended at {len(data)} bytes while being read; it counts "
+                f"{self.num_closed} episodes ({need} bytes). The file is truncated"
+            )
+        return data
+
+    def record(self, i: int) -> EpisodeRecord:
+        """Episode ``i`` of this shard (finished ones, then the open ones), checked."""
+        if i < self.num_closed:
+            rec = EpisodeRecord.unpack_from(self._index, i)
+        else:
+            rec = self.open_episodes[i - self.num_closed]
+        return self.commit.check_episode(rec, i, self.directory / EPISODES_FILE)
 
     def info(self, i: int) -> EpisodeInfo:
         """Where episode ``i`` of this shard lives, checked against the commit record."""
-        if i < self.num_closed:
-            rec = dict(zip(EPISODE_FIELDS, self._records[i].tolist(), strict=True))
-        else:
-            b, start, steps, first = self.open_episodes[i - self.num_closed]
-            rec = dict(
-                stream=b, start_row=start, num_steps=steps, flags=FLAG_OPEN,
-                first_transition=first, meta_offset=-1, meta_length=0, reserved=0,
-            )  # fmt: skip
-        b, start, steps = rec["stream"], rec["start_row"], rec["num_steps"]
-        if not (0 <= b < len(self.streams)) or start < 0 or steps < 1:
-            raise CorruptStoreError(
-                f"{str(self.directory / EPISODES_FILE)!r}: episode {i} has stream {b}, start "
-                f"{start}, {steps} steps; the index is damaged"
-            )
-        if start + steps >= self.streams[b][0]:
-            raise CorruptStoreError(
-                f"{str(self.directory / EPISODES_FILE)!r}: episode {i} ends at row {start + steps}"
-                f", past the {self.streams[b][0]} committed rows of stream {b}; index damaged"
-            )
-        return EpisodeInfo(shard=self.name, index=i, **rec)
+        return EpisodeInfo(shard=self.name, index=i, **dataclasses.asdict(self.record(i)))
 
     def episode_metadata(self, i: int) -> dict[str, Any]:
         """The metadata attached to episode ``i`` (``{}`` when none)."""
-        info = self.info(i)
+        rec = self.record(i)
         if i >= self.num_closed:
-            b = info["stream"]
-            return dict(self.commit["open_meta"].get(str(b), {}))
-        offset, length = info["meta_offset"], info["meta_length"]
-        if offset < 0:
-            return {}
+            return self.commit.stream_meta(rec.stream)
         path = _inside(self.root, self.directory / EPISODE_META_FILE)
-        if length < 0 or offset + length > self.commit["episode_meta_bytes"]:
-            raise CorruptStoreError(
-                f"{str(path)!r}: episode {i} points at bytes {offset}..{offset + length}, past "
-                f"the {self.commit['episode_meta_bytes']} committed; the index is damaged"
-            )
+        span = rec.meta_span(self.commit.episode_meta_bytes, path, i)
+        if span is None:
+            return {}
         try:
             with open(path, "rb") as f:
                 size = os.fstat(f.fileno()).st_size
-                if offset + length > size:  # never read (allocate) past the file's real end
+                if span.stop > size:  # never read (allocate) past the file's real end
                     raise CorruptStoreError(
                         f"{str(path)!r} is {size} bytes; episode {i}'s metadata lies at bytes "
-                        f"{offset}..{offset + length}. The file is truncated"
+                        f"{span.start}..{span.stop}. The file is truncated"
                     )
-                f.seek(offset)
-                raw = f.read(length)
+                f.seek(span.start)
+                raw = f.read(len(span))
         except OSError as err:
             raise CorruptStoreError(f"cannot read {str(path)!r}: {err.strerror}") from err
         try:
@@ -176,8 +182,7 @@ class ShardReader:
         return value
 
     def _leaf(self, directory: Path, e: Entry) -> torch.Tensor:
-        *parents, last = e.stored_key
-        path = directory.joinpath(*parents, f"{last}.memmap")
+        path = column_file(directory, e.stored_key)
         real = _inside(self.root, path)
         numel = self.chunk_rows * math.prod(e.shape)  # Python ints: no int64 overflow
         need = numel * torch.empty((), dtype=e.dtype).element_size()
@@ -206,7 +211,7 @@ class ShardReader:
         key = (stream, index)
         leaves = self._chunks.get(key)
         if leaves is None:
-            directory = self.directory / STREAMS_DIR / str(stream) / chunk_dir_name(index)
+            directory = chunk_path(self.directory, stream, index)
             leaves = {e.stored_key: self._leaf(directory, e) for e in self.schema.entries}
             self._chunks[key] = leaves
             if len(self._chunks) > _CACHE:
@@ -218,29 +223,20 @@ class ShardReader:
     def rows(self, stream: int, start: int, count: int) -> dict[Key, torch.Tensor]:
         """Rows ``[start, start + count)`` of a stream: zero-copy unless they span chunks."""
         pieces: dict[Key, list[torch.Tensor]] = {e.stored_key: [] for e in self.schema.entries}
-        row, end = start, start + count
-        while row < end:
-            index, offset = divmod(row, self.chunk_rows)
-            n = min(end - row, self.chunk_rows - offset)
+        for index, offset, n in chunk_spans(start, count, self.chunk_rows):
             for k, v in self.chunk(stream, index).items():
                 pieces[k].append(v[offset : offset + n])
-            row += n
         return {k: v[0] if len(v) == 1 else torch.cat(v) for k, v in pieces.items()}
 
     def episode(self, i: int) -> TensorDict:
         """Episode ``i`` as a ``[T]`` TensorDict of rollout rows (root keys + ``"next"``)."""
-        info = self.info(i)
-        steps = info["num_steps"]
-        rows = self.rows(info["stream"], info["start_row"], steps + 1)
-        out = TensorDict({}, batch_size=[steps])
+        rec = self.record(i)
+        steps = rec.num_steps
+        rows = self.rows(rec.stream, rec.rows.start, len(rec.rows))
+        parts = {ROOT: TensorDict({}, batch_size=[steps]), NEXT: TensorDict({}, batch_size=[steps])}
         for e in self.schema.entries:
-            if e.role != "next":
-                out.set(e.key, rows[e.stored_key][:-1])
-        nxt = TensorDict({}, batch_size=[steps])
-        for e in self.schema.entries:
-            if e.role == "state":
-                nxt.set(e.key, rows[e.stored_key][1:])
-            elif e.role == "next":
-                nxt.set(e.key, rows[e.stored_key][:-1])
-        out.set("next", nxt)
+            for part, shift in placements(e.role):
+                parts[part].set(e.key, rows[e.stored_key][shift : shift + steps])
+        out = parts[ROOT]
+        out.set("next", parts[NEXT])
         return out

@@ -17,7 +17,7 @@ import torch
 
 from trlrec.storage.chunks import ChunkSeries
 from trlrec.storage.dtypes import bits_view
-from trlrec.storage.layout import FLAG_CUT, FLAG_DONE
+from trlrec.storage.format import FLAG_CUT, FLAG_DONE
 from trlrec.storage.schema import Entry, Key, Schema
 
 __all__ = ["SMALL_ROW", "Block", "Episode", "StreamWriter", "write_columns"]

@@ -31,8 +31,7 @@ from trlrec.storage.batches import batch_columns, check_episode_metadata
 from trlrec.storage.chunks import ChunkSeries
 from trlrec.storage.commit_clock import CommitClock, IdleCommitter
 from trlrec.storage.dataset import check_metadata, create_dataset, new_shard_dir
-from trlrec.storage.jsonio import read_json, write_json_atomic
-from trlrec.storage.layout import (
+from trlrec.storage.format import (
     COMMIT_FILE,
     FLAG_CUT,
     FORMAT_VERSION,
@@ -40,6 +39,7 @@ from trlrec.storage.layout import (
     SHARD_FILE,
     STREAMS_DIR,
 )
+from trlrec.storage.jsonio import read_json, write_json_atomic
 from trlrec.storage.schema import Key, Schema
 from trlrec.storage.shard import ShardFiles, read_commit
 from trlrec.storage.staging import Stager, StepStaging

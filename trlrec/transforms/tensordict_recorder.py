@@ -497,7 +497,7 @@ class TensorDictRecorder(Transform, Closeable):
 
     def _finished_episodes(self) -> tuple[list[float], list[float]]:
         """Return and length of the episodes of this shard ended by done since the last call."""
-        from trlrec.storage.layout import FLAG_DONE
+        from trlrec.storage.format import FLAG_DONE
         from trlrec.storage.shard_reader import ShardReader
 
         writer = self._writer

@@ -1,0 +1,495 @@
+"""The on-disk format in one place: names, versions, records and row arithmetic.
+
+Everything that says how a store is laid out lives here (docs/FORMAT.md is its
+prose): the file names, the version constants and the dispatch of each supported
+version to its parser, the typed records of ``episodes.bin`` and ``COMMIT`` and
+their checks, where a row lives (chunk and offset) and the T + 1 layout (which
+rows of a stream hold an episode's root and ``"next"`` values). The reader, the
+replay buffer, the CLI and the writer all use it; it imports nothing of either
+side, nor torch (the arithmetic works on ints and tensors alike).
+
+Reading version 1 is one code path (:data:`SUPPORTED_VERSIONS` maps it to its
+parser); a version 2 is added beside it as another entry, and
+:data:`FORMAT_VERSION` names the version writers write.
+
+Example:
+    >>> rec = EpisodeRecord(stream=1, start_row=10, num_steps=3, flags=FLAG_DONE,
+    ...                     first_transition=7)
+    >>> EpisodeRecord.unpack_many(rec.pack() * 2) == [rec, rec]
+    True
+    >>> list(rec.rows), list(rec.column_rows("state", "next"))
+    ([10, 11, 12, 13], [11, 12, 13])
+    >>> list(chunk_spans(rec.rows.start, len(rec.rows), chunk_rows=12))
+    [(0, 10, 2), (1, 0, 2)]
+    >>> StreamEntry.from_json([14, 3, 10, 3, 7], "COMMIT").open_episode(1).flags == FLAG_OPEN
+    True
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from trlrec.errors import CorruptStoreError, FormatVersionError
+from trlrec.storage.jsonio import read_json
+
+__all__ = [
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "SUPPORTED_VERSIONS",
+    "StoreFormat",
+    "store_format",
+    "DATASET_FILE",
+    "SHARDS_DIR",
+    "SHARD_FILE",
+    "SCHEMA_FILE",
+    "COMMIT_FILE",
+    "LOCK_FILE",
+    "EPISODES_FILE",
+    "EPISODE_META_FILE",
+    "STREAMS_DIR",
+    "EPISODE_FIELDS",
+    "EPISODE_RECORD_BYTES",
+    "FLAG_DONE",
+    "FLAG_CUT",
+    "FLAG_OPEN",
+    "ROOT",
+    "NEXT",
+    "EpisodeRecord",
+    "StreamEntry",
+    "CommitRecord",
+    "chunk_dir_name",
+    "chunk_path",
+    "column_file",
+    "row_chunk",
+    "chunk_spans",
+    "chunk_count",
+    "placements",
+]
+
+# ------------------------------------------------------------------ names
+FORMAT_NAME = "trlrec"
+FORMAT_VERSION = 1
+"""The version this trlrec writes (dataset.json, shard.json and COMMIT)."""
+
+DATASET_FILE = "dataset.json"
+SHARDS_DIR = "shards"
+SHARD_FILE = "shard.json"
+SCHEMA_FILE = "schema.json"
+COMMIT_FILE = "COMMIT"
+LOCK_FILE = "LOCK"
+EPISODES_FILE = "episodes.bin"
+EPISODE_META_FILE = "episode_meta.jsonl"
+STREAMS_DIR = "streams"
+
+# episodes.bin: little-endian int64 records of these fields, in this order.
+EPISODE_FIELDS = (
+    "stream",  # sub-environment index within the shard
+    "start_row",  # logical row of the episode's first timestep in its stream
+    "num_steps",  # transitions T; the episode spans T + 1 rows
+    "flags",  # FLAG_* bits
+    "first_transition",  # index of the first transition among the stream's transitions
+    "meta_offset",  # byte offset of its JSON line in episode_meta.jsonl, or -1
+    "meta_length",  # byte length of that line (without newline), or 0
+    "reserved",
+)
+_RECORD = struct.Struct("<" + "q" * len(EPISODE_FIELDS))
+EPISODE_RECORD_BYTES = _RECORD.size
+
+# Flags of an episode record.
+FLAG_DONE = 1  # ended by a done flag of the environment
+FLAG_CUT = 2  # ended because the next transition did not continue it (rollout cut, reset)
+FLAG_OPEN = 4  # still being written when the commit was made (or the writer died)
+
+# The two parts of a rollout row (a transition): its root keys and its "next" keys.
+ROOT = "root"
+NEXT = "next"
+
+_COUNT_LIMIT = 2**62  # counts at or above this are damage, never a real store
+
+
+def chunk_dir_name(index: int) -> str:
+    """The directory name of chunk ``index`` of a stream."""
+    return f"chunk-{index:06d}"
+
+
+def chunk_path(shard_dir: Path, stream: int, index: int) -> Path:
+    """The directory of chunk ``index`` of stream ``stream`` of the shard at ``shard_dir``."""
+    return shard_dir / STREAMS_DIR / str(stream) / chunk_dir_name(index)
+
+
+def column_file(chunk_dir: Path, stored_key: tuple[str, ...]) -> Path:
+    """The ``.memmap`` file of a column (its key as stored in a chunk) in a chunk directory."""
+    *parents, last = stored_key
+    return chunk_dir.joinpath(*parents, f"{last}.memmap")
+
+
+# -------------------------------------------------------- row arithmetic
+_N = TypeVar("_N")  # an int, or an integer tensor (the replay buffer's gathers)
+
+
+def row_chunk(row: _N, chunk_rows: _N | int) -> tuple[_N, _N]:
+    """``(chunk index, offset in the chunk)`` of a stream's logical ``row``.
+
+    Works element-wise on integer tensors as well as on ints.
+    """
+    return row // chunk_rows, row % chunk_rows  # type: ignore[operator]
+
+
+def chunk_spans(start: int, count: int, chunk_rows: int) -> Iterator[tuple[int, int, int]]:
+    """The pieces of rows ``[start, start + count)``: ``(chunk index, offset, rows)`` each."""
+    row, end = start, start + count
+    while row < end:
+        index, offset = row_chunk(row, chunk_rows)
+        n = min(end - row, chunk_rows - offset)
+        yield index, offset, n
+        row += n
+
+
+def chunk_count(rows: int, chunk_rows: int) -> int:
+    """How many chunks hold the rows ``[0, rows)`` of a stream."""
+    return -(-rows // chunk_rows)
+
+
+# The T + 1 layout: where each stored column's values go in a rollout row. Row
+# start_row + t of an episode holds the state of timestep t and the root-only and
+# next-only values of transition t, so transition t reads state columns at shift 0
+# (its root) and shift 1 (its "next"), the other columns at shift 0.
+_PLACEMENTS: dict[str, tuple[tuple[str, int], ...]] = {
+    "state": ((ROOT, 0), (NEXT, 1)),
+    "root": ((ROOT, 0),),
+    "next": ((NEXT, 0),),
+}
+
+
+def placements(role: str) -> tuple[tuple[str, int], ...]:
+    """Where a column of ``role`` goes in a transition: ``(part, row shift)`` pairs.
+
+    ``part`` is :data:`ROOT` or :data:`NEXT`; transition ``t`` of an episode takes the
+    value from row ``start_row + t + shift``.
+    """
+    try:
+        return _PLACEMENTS[role]
+    except KeyError:
+        raise ValueError(f"role {role!r} is not one of {sorted(_PLACEMENTS)}") from None
+
+
+def _shift(role: str, part: str) -> int:
+    for p, shift in placements(role):
+        if p == part:
+            return shift
+    raise ValueError(f"a {role!r} column has no value in the {part!r} part of a transition")
+
+
+# ------------------------------------------------------------ checking
+def _is_count(v: Any) -> bool:
+    return type(v) is int and 0 <= v < _COUNT_LIMIT
+
+
+def _damaged(path: str | os.PathLike[str], what: str, fix: str) -> CorruptStoreError:
+    return CorruptStoreError(f"{str(path)!r}: {what}; {fix}")
+
+
+# ------------------------------------------------------- episode records
+@dataclass(frozen=True, slots=True)
+class EpisodeRecord:
+    """One episode of a stream: rows ``start_row .. start_row + num_steps`` (T + 1 rows).
+
+    On disk (``episodes.bin``) a record is eight little-endian int64 fields, in the
+    order of :data:`EPISODE_FIELDS`. An open episode of a commit is an ``EpisodeRecord``
+    with :data:`FLAG_OPEN` that is never written to ``episodes.bin``.
+    """
+
+    stream: int
+    start_row: int
+    num_steps: int
+    flags: int
+    first_transition: int
+    meta_offset: int = -1
+    meta_length: int = 0
+    reserved: int = 0
+
+    def pack(self) -> bytes:
+        """The record's 64 bytes in ``episodes.bin``."""
+        return _RECORD.pack(
+            self.stream, self.start_row, self.num_steps, self.flags, self.first_transition,
+            self.meta_offset, self.meta_length, self.reserved,
+        )  # fmt: skip
+
+    @classmethod
+    def unpack_from(cls, data: bytes | memoryview, index: int) -> EpisodeRecord:
+        """Record ``index`` of the packed records ``data``."""
+        return cls(*_RECORD.unpack_from(data, index * EPISODE_RECORD_BYTES))
+
+    @classmethod
+    def unpack_many(
+        cls, data: bytes | memoryview, path: str | os.PathLike[str] = EPISODES_FILE
+    ) -> list[EpisodeRecord]:
+        """Decode packed records (``path`` names the file in the error).
+
+        Raises:
+            CorruptStoreError: ``data`` is not a whole number of records.
+        """
+        if len(data) % EPISODE_RECORD_BYTES:
+            raise _damaged(
+                path,
+                f"{len(data)} bytes is not a whole number of {EPISODE_RECORD_BYTES}-byte records",
+                "the episode index is truncated",
+            )
+        return [cls(*fields) for fields in _RECORD.iter_unpack(data)]
+
+    @property
+    def rows(self) -> range:
+        """The episode's rows in its stream: ``T + 1`` timesteps."""
+        return range(self.start_row, self.start_row + self.num_steps + 1)
+
+    @property
+    def end_row(self) -> int:
+        """The episode's last row (its final ``"next"`` state)."""
+        return self.start_row + self.num_steps
+
+    def column_rows(self, role: str, part: str) -> range:
+        """The ``T`` rows holding the ``part`` values (:data:`ROOT`/:data:`NEXT`) of a column.
+
+        A state column's root values are rows ``start .. start + T - 1``, its ``"next"``
+        values rows ``start + 1 .. start + T``; root and next columns are in the first
+        ``T`` rows (the last row holds zeros there).
+        """
+        first = self.start_row + _shift(role, part)
+        return range(first, first + self.num_steps)
+
+    def stored_rows(self, role: str) -> range:
+        """The rows of the episode that hold values of a ``role`` column (T + 1 for state)."""
+        return self.rows if role == "state" else self.rows[: self.num_steps]
+
+    def meta_span(self, committed: int, path: str | os.PathLike[str], index: int) -> range | None:
+        """The bytes of ``episode_meta.jsonl`` holding this episode's metadata, or None.
+
+        Raises:
+            CorruptStoreError: the span lies outside the ``committed`` bytes.
+        """
+        if self.meta_offset == -1:
+            return None
+        end = self.meta_offset + self.meta_length
+        if self.meta_offset < 0 or self.meta_length < 0 or end > committed:
+            raise _damaged(
+                path,
+                f"episode {index} points at bytes {self.meta_offset}..{end}, outside the "
+                f"{committed} committed",
+                "the episode index is damaged",
+            )
+        return range(self.meta_offset, end)
+
+
+# --------------------------------------------------------- COMMIT streams
+@dataclass(frozen=True, slots=True)
+class StreamEntry:
+    """A stream's state at a commit: its rows, transitions and open episode.
+
+    On disk it is the list ``[next_row, transitions, open_start, open_steps, open_first]``
+    (the open episode is ``-1, -1, -1`` when there is none).
+    """
+
+    next_row: int  # rows below it are written
+    transitions: int  # transitions committed in the stream
+    open_start: int = -1  # the episode still open at the commit: its first row,
+    open_steps: int = -1  # its transitions so far,
+    open_first: int = -1  # and the index of its first transition
+
+    def to_json(self) -> list[int]:
+        """The positional list COMMIT stores."""
+        return [self.next_row, self.transitions, self.open_start, self.open_steps, self.open_first]
+
+    @classmethod
+    def from_json(cls, value: Any, path: str | os.PathLike[str]) -> StreamEntry:
+        """Parse and check one entry of COMMIT's ``streams`` (``path`` names the file).
+
+        Raises:
+            CorruptStoreError: the entry is not five counts that fit together.
+        """
+        fix = "the commit record is damaged"
+        if not (isinstance(value, list) and len(value) == 5):
+            raise _damaged(
+                path,
+                f"stream entry {value!r} is not [next_row, transitions, open_start, "
+                "open_steps, open_first]",
+                fix,
+            )
+        next_row, transitions, *opened = value
+        if not (_is_count(next_row) and _is_count(transitions)) or not all(
+            v == -1 or _is_count(v) for v in opened
+        ):
+            raise _damaged(path, f"stream entry {value!r} holds a value that is not a count", fix)
+        if (opened[0] == -1) != (opened[1] == -1) or (opened[0] == -1) != (opened[2] == -1):
+            raise _damaged(
+                path, f"stream entry {value!r}: its open episode is partly -1 (none)", fix
+            )
+        if transitions > 0 and transitions >= next_row:  # T transitions span >= T + 1 rows
+            raise _damaged(path, f"stream entry {value!r} counts more transitions than rows", fix)
+        if opened[0] >= 0 and opened[0] + opened[1] >= next_row:
+            raise _damaged(
+                path, f"stream entry {value!r}: the open episode ends past the stream's rows", fix
+            )
+        return cls(next_row, transitions, *opened)
+
+    def open_episode(self, stream: int) -> EpisodeRecord | None:
+        """The episode open at the commit, when it has a transition (flag ``open``)."""
+        if self.open_start < 0 or self.open_steps < 1:
+            return None
+        return EpisodeRecord(stream, self.open_start, self.open_steps, FLAG_OPEN, self.open_first)
+
+
+# ------------------------------------------------------------------ COMMIT
+@dataclass(frozen=True)
+class CommitRecord:
+    """A shard's commit record: every count a reader may trust (see docs/FORMAT.md).
+
+    Example:
+        >>> rec = CommitRecord(seq=1, episodes=0, episode_meta_bytes=0, chunk_rows=8,
+        ...                    streams=(StreamEntry(4, 3, 0, 3, 0),))
+        >>> rec.to_json()["streams"], rec.num_transitions, len(rec.open_episodes())
+        ([[4, 3, 0, 3, 0]], 3, 1)
+    """
+
+    seq: int
+    episodes: int  # records of episodes.bin committed
+    episode_meta_bytes: int  # bytes of episode_meta.jsonl committed
+    chunk_rows: int
+    streams: tuple[StreamEntry, ...]
+    open_meta: dict[str, dict[str, Any]] = field(default_factory=dict)  # str(stream) -> meta
+    version: int = FORMAT_VERSION
+
+    @classmethod
+    def parse(cls, path: Path) -> CommitRecord:
+        """Read and check the COMMIT file at ``path``, by the parser of its version.
+
+        Raises:
+            NotAStoreError: the file is missing.
+            CorruptStoreError: it is damaged (the message names it and what is wrong).
+            FormatVersionError: its version is not in :data:`SUPPORTED_VERSIONS`.
+        """
+        data = read_json(path)
+        return store_format(data.get("version"), path).parse_commit(data, path)
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object written to COMMIT."""
+        return {
+            "version": self.version,
+            "seq": self.seq,
+            "episodes": self.episodes,
+            "episode_meta_bytes": self.episode_meta_bytes,
+            "chunk_rows": self.chunk_rows,
+            "streams": [s.to_json() for s in self.streams],
+            "open_meta": self.open_meta,
+        }
+
+    @property
+    def num_transitions(self) -> int:
+        """Transitions committed, all streams together."""
+        return sum(s.transitions for s in self.streams)
+
+    def open_episodes(self) -> list[EpisodeRecord]:
+        """The episodes open at the commit that have a transition, in stream order."""
+        out = []
+        for b, s in enumerate(self.streams):
+            ep = s.open_episode(b)
+            if ep is not None:
+                out.append(ep)
+        return out
+
+    def stream_meta(self, stream: int) -> dict[str, Any]:
+        """The metadata attached so far to the open episode of ``stream`` (``{}`` if none)."""
+        return dict(self.open_meta.get(str(stream), {}))
+
+    def check_episode(
+        self, rec: EpisodeRecord, index: int, path: str | os.PathLike[str]
+    ) -> EpisodeRecord:
+        """``rec`` (episode ``index`` of the index file at ``path``) if it fits this commit.
+
+        Raises:
+            CorruptStoreError: it names a stream that does not exist, is empty, or lies
+                past its stream's committed rows.
+        """
+        b, start, steps = rec.stream, rec.start_row, rec.num_steps
+        fix = "the episode index is damaged"
+        if not (0 <= b < len(self.streams)) or start < 0 or steps < 1:
+            raise _damaged(
+                path, f"episode {index} has stream {b}, start {start}, {steps} steps", fix
+            )
+        if rec.end_row >= self.streams[b].next_row:
+            raise _damaged(
+                path,
+                f"episode {index} ends at row {rec.end_row}, past the "
+                f"{self.streams[b].next_row} committed rows of stream {b}",
+                fix,
+            )
+        return rec
+
+
+def _parse_commit_v1(data: dict[str, Any], path: Path) -> CommitRecord:
+    """Version 1 of COMMIT: see docs/FORMAT.md."""
+    fix = "the commit record is damaged"
+    for name in ("seq", "episodes", "episode_meta_bytes", "chunk_rows"):
+        if not _is_count(data.get(name)):
+            raise _damaged(
+                path, f"{name!r} is {data.get(name)!r}, expected a non-negative int", fix
+            )
+    if data["chunk_rows"] < 1:
+        raise _damaged(path, "'chunk_rows' must be at least 1", fix)
+    streams = data.get("streams")
+    if not isinstance(streams, list):
+        raise _damaged(path, "'streams' is not a list", fix)
+    metas = data.get("open_meta", {})
+    if not isinstance(metas, dict):
+        raise _damaged(path, "'open_meta' is not an object", fix)
+    for key, meta in metas.items():
+        if not isinstance(meta, dict):
+            raise _damaged(
+                path,
+                f"'open_meta' of stream {key!r} is a {type(meta).__name__}, not an object",
+                fix,
+            )
+    return CommitRecord(
+        seq=data["seq"],
+        episodes=data["episodes"],
+        episode_meta_bytes=data["episode_meta_bytes"],
+        chunk_rows=data["chunk_rows"],
+        streams=tuple(StreamEntry.from_json(s, path) for s in streams),
+        open_meta=metas,
+        version=1,
+    )
+
+
+# ---------------------------------------------------------------- versions
+@dataclass(frozen=True)
+class StoreFormat:
+    """One readable version of the format: its number and the parsers of its records."""
+
+    version: int
+    parse_commit: Callable[[dict[str, Any], Path], CommitRecord]
+
+
+SUPPORTED_VERSIONS: Mapping[int, StoreFormat] = {1: StoreFormat(1, _parse_commit_v1)}
+"""The versions this trlrec reads, each to its parsers (a new version is a new entry)."""
+
+
+def store_format(version: Any, path: str | os.PathLike[str]) -> StoreFormat:
+    """The format of ``version``, read from the file at ``path``.
+
+    Raises:
+        FormatVersionError: this trlrec does not read ``version`` (the message names the
+            file, the version found and the versions supported).
+    """
+    if type(version) is int and version in SUPPORTED_VERSIONS:
+        return SUPPORTED_VERSIONS[version]
+    supported = sorted(SUPPORTED_VERSIONS)
+    newer = type(version) is int and version > supported[-1]
+    raise FormatVersionError(
+        f"{str(path)!r} has format version {version!r}; this trlrec reads versions "
+        f"{supported}. "
+        + ("Upgrade trlrec to read it" if newer else "The file is damaged or not a trlrec file")
+    )
