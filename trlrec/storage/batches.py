@@ -1,7 +1,8 @@
-"""Checking what ``TrajectoryWriter.extend`` and ``append`` are given besides the leaves.
+"""Checking what ``TrajectoryWriter`` is given, besides each step's leaves (staging's).
 
-A ``[*batch, T]`` batch's batch size, keys and columns, and episode metadata (one
-dict, or one per stream; for a batch, one such entry per time index).
+A rollout row, a ``(root, next)`` pair, a ``[*batch, T]`` batch (its batch size, keys
+and columns), a mask of streams, and episode metadata (one dict, or one per stream;
+for a batch, one such entry per time index).
 """
 
 from __future__ import annotations
@@ -15,7 +16,58 @@ from trlrec.errors import SchemaError
 from trlrec.storage.dataset import check_metadata
 from trlrec.storage.staging import StepStaging
 
-__all__ = ["batch_columns", "check_episode_metadata"]
+__all__ = [
+    "batch_columns",
+    "check_batch",
+    "check_episode_metadata",
+    "check_pair",
+    "check_row",
+    "stream_mask",
+]
+
+
+def check_row(step: Any) -> TensorDictBase:
+    """A rollout row's ``"next"``, or the SchemaError saying what the row lacks."""
+    if not isinstance(step, TensorDictBase):
+        raise SchemaError(f"append takes a TensorDict, got {type(step).__name__}")
+    next_ = step.get("next", None)
+    if not isinstance(next_, TensorDictBase):
+        raise SchemaError(
+            "the step has no 'next' sub-tensordict; append takes a rollout row (root keys "
+            "plus 'next'), as env.rollout(..., break_when_any_done=False) returns"
+        )
+    return next_
+
+
+def check_pair(root: Any, next_: Any) -> None:
+    """Refuse a transition's two parts unless both are TensorDicts."""
+    if not isinstance(root, TensorDictBase) or not isinstance(next_, TensorDictBase):
+        raise SchemaError(
+            f"append_transition takes two TensorDicts, got {type(root).__name__} and "
+            f"{type(next_).__name__}"
+        )
+
+
+def check_batch(batch: Any) -> int:
+    """A batch's time length ``T``, or the SchemaError saying why it is not a batch."""
+    if not isinstance(batch, TensorDictBase) or batch.batch_dims < 1:
+        raise SchemaError(
+            "extend takes a TensorDict with a time dimension last ([T] or [B, T]), got "
+            f"{type(batch).__name__} of batch size {getattr(batch, 'batch_size', None)}"
+        )
+    if not isinstance(batch.get("next", None), TensorDictBase):
+        raise SchemaError("the batch has no 'next' sub-tensordict; extend takes rollout rows")
+    return batch.batch_size[-1]
+
+
+def stream_mask(streams: Any, num_streams: int) -> torch.Tensor:
+    """A bool mask over the streams from a mask-like (None: every stream)."""
+    n = num_streams
+    mask = torch.ones(n, dtype=torch.bool) if streams is None else torch.as_tensor(streams)
+    mask = mask.reshape(-1).to(torch.bool)
+    if mask.numel() != n:
+        raise SchemaError(f"end_episode got a mask of {mask.numel()} entries, expected {n}")
+    return mask
 
 
 def check_episode_metadata(meta: Any, num_streams: int) -> list[dict[str, Any] | None]:

@@ -20,7 +20,15 @@ from trlrec.io.backend import IOBackend
 from trlrec.storage.format import chunk_dir_name
 from trlrec.storage.schema import Key, Schema
 
-__all__ = ["ChunkSeries"]
+__all__ = ["ChunkSeries", "default_chunk_rows"]
+
+_CHUNK_BYTES = 128 * 2**20  # a chunk holds about this much data ...
+_MAX_CHUNK_ROWS = 2**16  # ... in at most this many rows, and at least 16
+
+
+def default_chunk_rows(schema: Schema) -> int:
+    """Rows per chunk for a recording of ``schema``: about 128 MiB of data."""
+    return max(16, min(_MAX_CHUNK_ROWS, _CHUNK_BYTES // max(1, schema.row_bytes())))
 
 
 class ChunkSeries:

@@ -1,5 +1,8 @@
 """The commit rule, in one place: when what a writer appended must be committed.
 
+And the writer's life outside of its calls: the commits while it is idle, and its
+close at interpreter exit (a forgotten ``close()``).
+
 A commit is due every ``every_steps`` transitions, ``every_seconds`` after the last
 commit, and ``min_interval`` after it once an episode has ended (with ``on_done``).
 The writer asks :meth:`CommitClock.tick` after each append. So that the rule also
@@ -10,6 +13,8 @@ earliest deadline of the writers with uncommitted steps and has each commit then
 
 from __future__ import annotations
 
+import atexit
+import logging
 import math
 import os
 import threading
@@ -78,6 +83,8 @@ class _Committing(Protocol):
 
     def commit_if_idle(self) -> bool: ...
 
+    def close(self) -> None: ...
+
 
 class IdleCommitter:
     """One daemon thread per process committing writers whose deadline passed while idle.
@@ -140,8 +147,19 @@ class IdleCommitter:
             self._wake.wait(None if sleep == math.inf else sleep)
 
 
+@atexit.register
+def _close_at_exit() -> None:
+    """Commit and close writers still open when the interpreter exits (a forgotten close())."""
+    inst = IdleCommitter._instance
+    for writer in [] if inst is None else list(inst._writers):
+        try:
+            writer.close()
+        except Exception:  # at exit there is no caller left to raise to: log it
+            logging.getLogger(__name__).exception("closing %r at exit failed", writer)
+
+
 def _after_fork_in_child() -> None:
-    """A forked child has no committer thread: it starts one when a writer needs it."""
+    """A forked child has no committer thread (and must not close the parent's writers)."""
     IdleCommitter._instance = None
     IdleCommitter._lock = threading.Lock()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +23,17 @@ from trlrec.storage.format import (
     EPISODE_META_FILE,
     EPISODE_RECORD_BYTES,
     EPISODES_FILE,
+    FORMAT_VERSION,
     LOCK_FILE,
+    SCHEMA_FILE,
+    SHARD_FILE,
+    STREAMS_DIR,
     CommitRecord,
     EpisodeRecord,
     StreamEntry,
 )
-from trlrec.storage.jsonio import dumps, fsync_dir
+from trlrec.storage.jsonio import dumps, fsync_dir, read_json, write_json_atomic
+from trlrec.storage.schema import Schema
 from trlrec.storage.stream import Episode
 
 __all__ = ["ShardFiles", "read_commit"]
@@ -65,6 +71,31 @@ class ShardFiles:
         self.meta_bytes = 0
         self._pending: list[bytes] = []
         self._pending_meta: list[bytes] = []
+
+    def open(self, metadata: dict[str, Any]) -> tuple[dict[str, Any] | None, Schema | None]:
+        """Write ``shard.json``; the last commit and the schema to continue after, if any.
+
+        A shard without a commit starts afresh: rows left without one are removed.
+        """
+        write_json_atomic(
+            self.directory / SHARD_FILE,
+            {"version": FORMAT_VERSION, "metadata": metadata, "pid": os.getpid()},
+            durable=self.durable,
+        )
+        commit = self.last_commit()
+        if commit is None:
+            return None, None
+        schema = Schema.from_json(read_json(self.directory / SCHEMA_FILE), self.directory)
+        return commit, schema
+
+    def last_commit(self) -> dict[str, Any] | None:
+        """The commit on disk, or None: then the shard starts afresh (its rows are removed)."""
+        path = self.directory / COMMIT_FILE
+        if path.exists():
+            return read_commit(path)
+        self.resume({"seq": 0, "episodes": 0, "episode_meta_bytes": 0})
+        shutil.rmtree(self.directory / STREAMS_DIR, ignore_errors=True)
+        return None
 
     def resume(self, commit: dict[str, Any]) -> None:
         """Continue after ``commit``: drop any uncommitted tail of the index files."""

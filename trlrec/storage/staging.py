@@ -24,6 +24,9 @@ from trlrec.storage.stream import SMALL_ROW
 
 __all__ = ["Stager", "StepStaging"]
 
+_STAGE_BYTES = 8 * 2**20  # a staging buffer holds about this much (at most 1024 steps):
+_STAGE_STEPS = 1024  # a block costs ~0.5-1 ms of fixed work, spread over its steps
+
 
 class Stager:
     """Holds up to ``capacity`` steps of a ``[*batch]`` recording, root and ``"next"`` leaves.
@@ -76,11 +79,14 @@ class StepStaging:
 
     Args:
         schema: the recording's schema.
-        capacity: steps per buffer.
+        capacity: steps per buffer (None: up to 1024, ~8 MiB).
         buffers: 1, or 2 to fill one while the other is written.
     """
 
-    def __init__(self, schema: Schema, capacity: int, buffers: int):
+    def __init__(self, schema: Schema, capacity: int | None, buffers: int):
+        if capacity is None:
+            row = max(1, schema.row_bytes()) * schema.num_streams
+            capacity = max(1, min(_STAGE_STEPS, _STAGE_BYTES // row))
         self.schema = schema
         self.num_streams = schema.num_streams
         # root-state entries first: a step whose root state is aliased copies a tail slice
@@ -126,24 +132,46 @@ class StepStaging:
         if self._plan is not None:
             self._plan.forget()
 
-    def stage(self, root: TensorDictBase, next_: TensorDictBase, force: bool) -> bool:
+    def full(self) -> bool:
+        """Whether the current buffer is full (it is to be written)."""
+        return self.current.count >= self.current.capacity
+
+    def stage(
+        self,
+        root: TensorDictBase,
+        next_: TensorDictBase,
+        force: torch.Tensor | None,
+        metas: list[Any] | None,
+    ) -> bool:
         """Copy a step into the current buffer's next row; whether a done flag is set.
 
-        ``force``: a new episode starts here (the root state is not aliased). The row
-        is counted by the caller (``current.count``).
+        Args:
+            root: the step's root.
+            next_: its "next".
+            force: the streams where a new episode starts at this step (a reset), or None.
+            metas: the checked episode metadata of each stream, or None.
 
         Raises:
-            SchemaError: a key of the schema is missing, or its shape or dtype differs.
+            SchemaError: a key of the schema is missing or extra, or a shape or dtype differs.
         """
         st = self.current
         i = st.count
+        self.checker.check_step_keys(root, next_, i == 0)
+        done = -1
         if self._plan is not None:
             rtop = root._tensordict if type(root) is TensorDict else None  # plain: a dict
             ntop = next_._tensordict if type(next_) is TensorDict else None
-            done = self._plan.step(rtop, ntop, st.base + i, not force)
-            if done >= 0:
-                return bool(done)
-        return self._stage_python(root, next_, st, force, i)
+            done = self._plan.step(rtop, ntop, st.base + i, force is None)
+        if done < 0:
+            done = self._stage_python(root, next_, st, force is not None, i)
+        if force is not None:
+            st.force_new[:, i] = force
+        if metas is not None:
+            st.metas[i] = metas
+        st.count = i + 1
+        if done:
+            self.forget()
+        return bool(done)
 
     def _stage_python(
         self, root: TensorDictBase, next_: TensorDictBase, st: Stager, force: bool, i: int

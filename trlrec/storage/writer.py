@@ -10,13 +10,9 @@ through the writer's I/O backend (:mod:`trlrec.io`), chosen once when it opens.
 
 from __future__ import annotations
 
-import atexit
-import logging
-import math
 import os
 import shutil
 import threading
-import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,44 +21,27 @@ import torch
 from tensordict import TensorDictBase
 
 from trlrec.closing import Closeable
-from trlrec.errors import ClosedError, ConfigError, SchemaError, StoreWriteError
+from trlrec.errors import ClosedError, ConfigError, StoreWriteError
 from trlrec.io import IOBackend, open_backend
-from trlrec.storage.batches import batch_columns, check_episode_metadata
-from trlrec.storage.chunks import ChunkSeries
+from trlrec.storage.batches import (
+    batch_columns,
+    check_batch,
+    check_episode_metadata,
+    check_pair,
+    check_row,
+    stream_mask,
+)
+from trlrec.storage.chunks import default_chunk_rows
 from trlrec.storage.commit_clock import CommitClock, IdleCommitter
 from trlrec.storage.dataset import check_metadata, create_dataset, new_shard_dir
-from trlrec.storage.format import (
-    COMMIT_FILE,
-    FLAG_CUT,
-    FORMAT_VERSION,
-    SCHEMA_FILE,
-    SHARD_FILE,
-    STREAMS_DIR,
-)
-from trlrec.storage.jsonio import read_json, write_json_atomic
+from trlrec.storage.format import COMMIT_FILE, SCHEMA_FILE
+from trlrec.storage.jsonio import write_json_atomic
 from trlrec.storage.schema import Key, Schema
-from trlrec.storage.shard import ShardFiles, read_commit
-from trlrec.storage.staging import Stager, StepStaging
-from trlrec.storage.stream import Episode, StreamWriter, write_columns
+from trlrec.storage.shard import ShardFiles
+from trlrec.storage.staging import StepStaging
+from trlrec.storage.stream_set import StreamSet
 
 __all__ = ["TrajectoryWriter"]
-
-_CHUNK_BYTES = 128 * 2**20  # a chunk holds about this much data (at most 65536 rows)
-_STAGE_BYTES = 8 * 2**20  # a staging buffer holds about this much (at most 1024 steps)
-_STAGE_STEPS = 1024
-_OPEN_WRITERS: weakref.WeakSet[TrajectoryWriter] = weakref.WeakSet()
-# A forked child inherits the parent's writers, not their I/O: it never closes them.
-os.register_at_fork(after_in_child=_OPEN_WRITERS.clear)
-
-
-@atexit.register
-def _close_open_writers() -> None:
-    """Commit and close writers still open when the interpreter exits (a forgotten close())."""
-    for writer in list(_OPEN_WRITERS):
-        try:
-            writer.close()
-        except Exception:  # at exit there is no caller left to raise to: log it
-            logging.getLogger(__name__).exception("closing %r at exit failed", writer)
 
 
 class TrajectoryWriter(Closeable):
@@ -151,18 +130,18 @@ class TrajectoryWriter(Closeable):
         self._durable = durable
         self._episode_key = (episode_key,) if isinstance(episode_key, str) else episode_key
         self._lock = threading.Lock()  # the caller's thread vs. the idle committer
-        self._io = io if isinstance(io, IOBackend) else open_backend(io or _kind(background))
+        kind = io or ("auto" if background else "inline")
+        self._io = io if isinstance(io, IOBackend) else open_backend(kind)
         self._group = self._io.new_group()
         self._error: BaseException | None = None  # an idle commit's failure, raised next call
         create_dataset(self.path, self.metadata)
         self.shard_path = new_shard_dir(self.path, shard)
         self._files = ShardFiles(self.shard_path, durable=durable)
         self.schema: Schema | None = None
-        # set with the schema (_setup), and read only after it: typed as always there
+        # set with the schema (_setup), and read only after it: typed as always set
         self._staging: StepStaging = None  # type: ignore[assignment]
-        self._streams: list[StreamWriter] = []
+        self._streams: StreamSet = None  # type: ignore[assignment]
         self._pending_force: torch.Tensor | None = None
-        self._last_ids: torch.Tensor | None = None
         self._closed = False
         self.num_steps = 0
         try:
@@ -171,77 +150,39 @@ class TrajectoryWriter(Closeable):
             self._files.release()
             self._io.close()
             raise
-        _OPEN_WRITERS.add(self)
-        IdleCommitter.get().add(self)
+        IdleCommitter.get().add(self)  # commits it while idle, closes it at exit
 
     @property
     def background(self) -> bool:
         """Whether blocks are written on a background thread."""
         return self._io.name in ("thread", "native")
 
-    # ----------------------------------------------------------------- set-up
     def _open_shard(self) -> None:
-        write_json_atomic(
-            self.shard_path / SHARD_FILE,
-            {"version": FORMAT_VERSION, "metadata": self.metadata, "pid": os.getpid()},
-            durable=self._durable,
-        )
-        commit_path = self.shard_path / COMMIT_FILE
-        if not commit_path.exists():
-            shutil.rmtree(self.shard_path / STREAMS_DIR, ignore_errors=True)
-            return
-        commit = read_commit(commit_path)
-        self._chunk_rows = commit["chunk_rows"]
-        self._setup(Schema.from_json(read_json(self.shard_path / SCHEMA_FILE), self.shard_path))
-        self._resume(commit)
+        """Start the shard, or continue it after its last commit (its schema and sizes)."""
+        commit, schema = self._files.open(self.metadata)
+        if commit is not None and schema is not None:
+            self._chunk_rows = commit["chunk_rows"]
+            self._setup(schema)
+            self._resume(commit)
 
     def _resume(self, commit: dict[str, Any], *, commit_now: bool = True) -> None:
-        """Continue the streams after ``commit``; its open episodes end there (cut).
+        """Continue after ``commit``; its open episodes end there (cut).
 
         ``commit_now``: commit that at once (opening a shard), or with the next commit
         (a roll back, whose cause may fail a commit now too).
         """
         self._files.resume(commit)
-        if len(commit["streams"]) != len(self._streams):
-            raise SchemaError(
-                f"{str(self.shard_path / COMMIT_FILE)!r} lists {len(commit['streams'])} streams, "
-                f"its schema {len(self._streams)}"
-            )
-        for stream, (next_row, transitions, start, steps, first) in zip(
-            self._streams, commit["streams"], strict=True
-        ):
-            # Continue on a fresh chunk: anything past the commit is a torn tail.
-            chunk = math.ceil(next_row / stream.chunks.capacity)
-            stream.chunks.discard_from(chunk)
-            stream.next_row = chunk * stream.chunks.capacity
-            stream.transitions = transitions
-            if start >= 0:
-                meta = commit["open_meta"].get(str(stream.index))
-                self._files.add_episode(Episode(stream.index, start, first, steps, FLAG_CUT, meta))
+        for ep in self._streams.resume(commit, self.shard_path / COMMIT_FILE):
+            self._files.add_episode(ep)
         if commit_now:
             self._commit(sync=True)
 
     def _setup(self, schema: Schema) -> None:
         self.schema = schema
-        row_bytes = max(1, schema.row_bytes())
-        if self._chunk_rows is None:
-            self._chunk_rows = max(16, min(2**16, _CHUNK_BYTES // row_bytes))
-        n = schema.num_streams
-        stage = self._stage_steps or max(1, min(_STAGE_STEPS, _STAGE_BYTES // (row_bytes * n)))
-        self._staging = StepStaging(schema, stage, 2 if self.background else 1)
-        root = self.shard_path / STREAMS_DIR
-        self._streams = [
-            StreamWriter(
-                b,
-                ChunkSeries(root / str(b), schema, self._chunk_rows, self._io, self._group),
-                schema,
-            )
-            for b in range(n)
-        ]
-        self._id_slot = next(
-            (i for i, e in enumerate(self._staging.root_entries) if e.key == self._episode_key),
-            None,
-        )
+        self._chunk_rows = self._chunk_rows or default_chunk_rows(schema)
+        self._staging = StepStaging(schema, self._stage_steps, 2 if self.background else 1)
+        sizes = (self._chunk_rows, self._io, self._group, self._episode_key)
+        self._streams = StreamSet(self.shard_path, self._staging, *sizes)
 
     def _init_schema(self, root: TensorDictBase, next_: TensorDictBase) -> None:
         schema = Schema.from_transition(root, next_)
@@ -255,7 +196,6 @@ class TrajectoryWriter(Closeable):
             err, self._error = self._error, None
             raise err
 
-    # ------------------------------------------------------------------ append
     def append(
         self, step: TensorDictBase, *, episode_metadata: dict | Sequence[dict | None] | None = None
     ) -> None:
@@ -269,15 +209,7 @@ class TrajectoryWriter(Closeable):
         Raises:
             SchemaError: a key, shape or dtype differs from the recording's schema.
         """
-        if not isinstance(step, TensorDictBase):
-            raise SchemaError(f"append takes a TensorDict, got {type(step).__name__}")
-        next_ = step.get("next", None)
-        if not isinstance(next_, TensorDictBase):
-            raise SchemaError(
-                "the step has no 'next' sub-tensordict; append takes a rollout row (root keys "
-                "plus 'next'), as env.rollout(..., break_when_any_done=False) returns"
-            )
-        self.append_transition(step, next_, episode_metadata=episode_metadata)
+        self.append_transition(step, check_row(step), episode_metadata=episode_metadata)
 
     def append_transition(
         self,
@@ -292,11 +224,7 @@ class TrajectoryWriter(Closeable):
         it is ignored) and ``next_`` its outputs. Same rules as :meth:`append`.
         """
         self._check_open()
-        if not isinstance(root, TensorDictBase) or not isinstance(next_, TensorDictBase):
-            raise SchemaError(
-                f"append_transition takes two TensorDicts, got {type(root).__name__} and "
-                f"{type(next_).__name__}"
-            )
+        check_pair(root, next_)
         with self._lock:
             self._append(root, next_, episode_metadata)
 
@@ -305,22 +233,14 @@ class TrajectoryWriter(Closeable):
         if self.schema is None:
             self._init_schema(root, next_)
         staging = self._staging
-        st = staging.current
-        staging.checker.check_step_keys(root, next_, st.count == 0)
-        force = self._pending_force
-        done = staging.stage(root, next_, force is not None)
-        i = st.count
-        if force is not None:
-            st.force_new[:, i] = force
-            self._pending_force = None
-        if episode_metadata is not None:
-            st.metas[i] = check_episode_metadata(episode_metadata, staging.num_streams)
-        st.count = i + 1
+        meta = episode_metadata
+        if meta is not None:
+            meta = check_episode_metadata(meta, staging.num_streams)
+        done = staging.stage(root, next_, self._pending_force, meta)
+        self._pending_force = None
         self.num_steps += 1
-        if done:
-            staging.forget()
         due = self.clock.tick(1, done)
-        if due or st.count >= st.capacity:
+        if due or staging.full():
             self._submit(due)
 
     def end_episode(self, streams: torch.Tensor | Sequence[bool] | None = None) -> None:
@@ -332,17 +252,12 @@ class TrajectoryWriter(Closeable):
         self._check_open()
         if self.schema is None:
             return
-        n = self.schema.num_streams
-        mask = torch.ones(n, dtype=torch.bool) if streams is None else torch.as_tensor(streams)
-        mask = mask.reshape(-1).to(torch.bool)
-        if mask.numel() != n:
-            raise SchemaError(f"end_episode got a mask of {mask.numel()} entries, expected {n}")
+        mask = stream_mask(streams, self.schema.num_streams)
         with self._lock:
             self._pending_force = (
                 mask if self._pending_force is None else self._pending_force | mask
             )
 
-    # ------------------------------------------------------------------ extend
     def extend(
         self,
         batch: TensorDictBase,
@@ -360,14 +275,7 @@ class TrajectoryWriter(Closeable):
             SchemaError: a key, shape or dtype differs from the recording's schema.
         """
         self._check_open()
-        if not isinstance(batch, TensorDictBase) or batch.batch_dims < 1:
-            raise SchemaError(
-                "extend takes a TensorDict with a time dimension last ([T] or [B, T]), got "
-                f"{type(batch).__name__} of batch size {getattr(batch, 'batch_size', None)}"
-            )
-        if not isinstance(batch.get("next", None), TensorDictBase):
-            raise SchemaError("the batch has no 'next' sub-tensordict; extend takes rollout rows")
-        if batch.batch_size[-1] == 0:
+        if check_batch(batch) == 0:
             return
         with self._lock:
             self._extend(batch, episode_metadata)
@@ -382,68 +290,23 @@ class TrajectoryWriter(Closeable):
         self._drain()
         staging.forget()
         n = staging.num_streams
-        force = torch.zeros(n, T, dtype=torch.bool)
-        if self._pending_force is not None:
-            force[:, 0], self._pending_force = self._pending_force, None
-        if self._id_slot is not None:
-            ids = cols[self._id_slot].reshape(n, T, -1)
-            force[:, 1:] |= (ids[:, 1:] != ids[:, :-1]).any(-1)
-            if self._last_ids is not None:
-                force[:, 0] |= (ids[:, 0] != self._last_ids).any(-1)
-            self._last_ids = ids[:, -1].clone()
-        closed = False
-        step = max(1, staging.current.capacity * 16)
-        for t0 in range(0, T, step):
-            t1 = min(T, t0 + step)
-            for b, stream in enumerate(self._streams):
-                block_cols = [c[b, t0:t1] for c in cols]
-                block_metas = {
-                    t - t0: m[b] for t, m in metas.items() if t0 <= t < t1 and m[b] is not None
-                }
-                done = staging.done(block_cols, t1 - t0)
-                closed |= self._write(stream, block_cols, done, force[b, t0:t1], block_metas)
+        closed = self._streams.write_batch(cols, metas, self._pending_force)
+        self._pending_force = None
+        for ep in closed:
+            self._files.add_episode(ep)
         self.num_steps += n * T
         self._io.barrier()  # the batch's memory is the caller's again when extend returns
         self._check_io()
-        if self.clock.tick(n * T, closed):
+        if self.clock.tick(n * T, bool(closed)):
             self._commit()
-
-    # ------------------------------------------------------------------ writing
-    def _write(
-        self,
-        stream: StreamWriter,
-        cols: list[torch.Tensor],
-        done: torch.Tensor,
-        force: torch.Tensor,
-        metas: dict[int, Any],
-        aliased: torch.Tensor | None = None,
-    ) -> bool:
-        """Write one stream's columns as rows; whether an episode closed."""
-        staging = self._staging
-        episodes = write_columns(
-            stream, staging.root_entries, staging.next_entries, cols, done, force, metas, aliased
-        )
-        for ep in episodes:
-            self._files.add_episode(ep)
-        return bool(episodes)
-
-    def _write_staged(self, st: Stager) -> None:
-        n = st.count
-        if n == 0:
-            return
-        cols = st.columns()
-        done = self._staging.done(cols, n)
-        aliased = torch.tensor(list(st.alias[:n]), dtype=torch.bool)
-        for b, stream in enumerate(self._streams):
-            metas = {i: m[b] for i, m in st.metas.items() if m[b] is not None}
-            self._write(stream, [c[b] for c in cols], done[b], st.force_new[b, :n], metas, aliased)
-        st.written_at = self._io.submitted
 
     def _submit(self, commit: bool) -> None:
         """Write the staged steps as a block (and commit); stage into the other buffer."""
         st = self._staging.current
         try:
-            self._write_staged(st)
+            for ep in self._streams.write_staged(st):
+                self._files.add_episode(ep)
+            st.written_at = self._io.submitted
             if commit:
                 self._commit()
         finally:
@@ -465,19 +328,8 @@ class TrajectoryWriter(Closeable):
         if self._durable:
             self._io.barrier()
             self._check_io()
-            for s in self._streams:
-                s.chunks.sync()
-        streams, open_meta = [], {}
-        for s in self._streams:
-            ep = s.open
-            if ep is None:
-                streams.append([s.next_row, s.transitions, -1, -1, -1])
-            else:
-                streams.append(
-                    [s.next_row, s.transitions, ep.start_row, ep.num_steps, ep.first_transition]
-                )
-                if ep.meta is not None:
-                    open_meta[str(s.index)] = ep.meta
+            self._streams.sync()
+        streams, open_meta = self._streams.entries()
         self._files.commit(self._io, self._group, streams, open_meta, self._chunk_rows or 1)
         if sync:
             self._io.barrier()
@@ -500,15 +352,11 @@ class TrajectoryWriter(Closeable):
         self._group = self._io.new_group()
         self._files.discard_pending()
         self._pending_force = None
-        self._last_ids = None
         self.clock.committed()
         self._setup(self._staging.schema)
-        commit_path = self.shard_path / COMMIT_FILE
-        if commit_path.exists():
-            self._resume(read_commit(commit_path), commit_now=False)
-        else:
-            self._files.resume({"seq": 0, "episodes": 0, "episode_meta_bytes": 0})
-            shutil.rmtree(self.shard_path / STREAMS_DIR, ignore_errors=True)
+        commit = self._files.last_commit()
+        if commit is not None:
+            self._resume(commit, commit_now=False)
 
     def commit_if_idle(self) -> bool:
         """The idle committer's call: commit if the clock says so; False if busy appending.
@@ -545,14 +393,11 @@ class TrajectoryWriter(Closeable):
             with self._lock:
                 if self.schema is not None:
                     self._drain()
-                    for s in self._streams:
-                        ep = s.cut()
-                        if ep is not None:
-                            self._files.add_episode(ep)
+                    for ep in self._streams.cut():
+                        self._files.add_episode(ep)
                     self._commit(sync=True)
         finally:
             self._closed = True
-            _OPEN_WRITERS.discard(self)
             self._io.close()
             empty = self.schema is None and not (self.shard_path / COMMIT_FILE).exists()
             if empty:  # nothing recorded: the shard goes, while its lock is still held
@@ -562,7 +407,3 @@ class TrajectoryWriter(Closeable):
     def __repr__(self) -> str:
         shard = self.shard_path.name
         return f"TrajectoryWriter({str(self.path)!r}, shard={shard!r}, steps={self.num_steps})"
-
-
-def _kind(background: bool) -> str:
-    return "auto" if background else "inline"
