@@ -21,7 +21,7 @@ from trlrec.naming import safe_name
 
 __all__ = ["RecordResult", "record", "load_policy", "new_run_dir"]
 
-VIDEO_TAG = "episode"
+VIDEO_TAG = "rollout"
 
 
 @dataclass
@@ -124,7 +124,7 @@ def record(
 
     Layout: ``<run>/transitions`` (the store, through a
     :class:`~trlrec.TensorDictRecorder`), ``<run>/scalars/*.csv`` (episode statistics)
-    and, with ``video``, ``<run>/videos/episode_<frames>.mp4`` (a
+    and, with ``video``, ``<run>/videos/rollout_<steps>.mp4`` (a
     :class:`~trlrec.VideoRecorder` over a :class:`~trlrec.PixelRenderTransform`), all
     through one :class:`~trlrec.loggers.CSVLogger` whose experiment directory is the run
     directory. With ``pixels`` the rendered frames are also kept in the store under
