@@ -202,6 +202,9 @@ def record(
         logger.close()
         if failure is not None:
             _after_failure(result, failure)
+    if result.interrupted and _committed_steps(result.dataset) == 0:
+        shutil.rmtree(run_dir)  # interrupted before a step was kept: nothing to show
+        raise KeyboardInterrupt
     _remove_if_empty(run_dir / "videos")  # the logger makes it whether a video comes or not
     result.videos = sorted((run_dir / "videos").glob("*.mp4"))
     from trlrec.storage.reader import TrajectoryReader
