@@ -106,6 +106,7 @@ def test_record_video_writes_a_decodable_mp4(tmp_path, capsys):
     code, out, _ = run(capsys, "record", "--steps", 12, "--video", "--out", tmp_path, "--seed", 3)
     assert code == 0
     (video,) = tmp_path.glob("*/videos/*.mp4")
+    assert video.name == "rollout_12.mp4"  # every frame, named for the env frame of the dump
     assert f"video      {video}" in out
     frames = iio.imread(video)
     episodes = TrajectoryReader(next(tmp_path.glob("*/transitions"))).num_episodes
@@ -229,6 +230,26 @@ def test_ctrl_c_keeps_the_steps_and_says_where(tmp_path):
     )
     assert f"recorded {r.num_steps} steps" in out
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        ("    return td", "the policy returned no action at step 0; a TorchRL policy returns"),
+        (
+            "    td['action'] = torch.zeros(3, 5)\n    return td",
+            "stepping the env with its action failed at step 0",
+        ),
+    ],
+)
+def test_record_a_policy_without_a_usable_action(tmp_path, capsys, body, needle):
+    (tmp_path / "pol.py").write_text(f"import torch\ndef act(td):\n{body}\n")
+    code, _, err = run(
+        capsys, "record", "--policy", tmp_path / "pol.py:act", "--out", tmp_path / "r"
+    )
+    assert code == 2
+    one_error_line(err, "trlrec record: error: --policy", needle, "nothing was recorded")
+    assert list((tmp_path / "r").iterdir()) == []
 
 
 # ------------------------------------------------------------------ info
