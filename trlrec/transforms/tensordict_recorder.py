@@ -532,7 +532,9 @@ class TensorDictRecorder(FastLane, Transform, Closeable):
 
         return ShardReader(Path(os.path.realpath(self.path)), self._writer.shard_path)
 
-    def _log_episodes(self, name: str, episodes: list[tuple[int, float | None, int]], at: int):
+    def _log_episodes(
+        self, name: str, episodes: list[tuple[int, float | None, int]], at: int
+    ) -> None:
         """Each episode's return and length at its frame; their means and count at ``at``."""
         if not episodes:
             return

@@ -185,7 +185,7 @@ class VideoRecorder(FastLane, Transform):
         self._key = self.in_keys[0]
         self._top_key = self._key if isinstance(self._key, str) else None
         self._closed = False
-        self._clock = FrameClock()
+        self._clock = _FrameClock()
 
     @property
     def spool_dir(self) -> Path:
@@ -569,7 +569,7 @@ def _flags(value: Any, lead: int) -> list[bool] | None:
     return value.reshape(_numel(value.shape[:lead]), -1).any(-1).tolist()
 
 
-class FrameClock:
+class _FrameClock:
     """The env frames a recorder has seen: its default logging step (see ``dump``)."""
 
     __slots__ = ("frames",)
