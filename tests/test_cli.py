@@ -139,6 +139,7 @@ def test_record_with_a_policy_from_a_file(tmp_path, capsys):
         (["--policy", "os:sep"], "is a str, not a callable"),
         (["--policy", "missing.py:f"], "no such file"),
         (["--steps", "0"], "--steps must be a positive int"),
+        (["--fps", "10"], "--fps 10.0 is the frame rate of the video: add --video"),
     ],
 )
 def test_record_errors(tmp_path, capsys, argv, needle):

@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs", help="parent of the run directory (default ./runs)")
     p.add_argument("--policy", help="module:callable (or file.py:callable); default random")
     p.add_argument("--seed", type=int, help="seed of the env and of torch")
-    p.add_argument("--fps", type=float, help="frames per second of the video")
+    p.add_argument("--fps", type=float, help="frames per second of the video (with --video)")
 
     p = sub.add_parser("info", help="summarise a store")
     p.add_argument("path")

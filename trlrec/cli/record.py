@@ -151,7 +151,11 @@ def record(
     if seed is not None:
         torch.manual_seed(seed)
     env = _make_env(env_id, video or pixels, seed)
-    run_dir = new_run_dir(Path(out), env_id)
+    try:
+        run_dir = new_run_dir(Path(out), env_id)
+    except BaseException:
+        env.close()
+        raise
     result = RecordResult(run_dir, run_dir / "transitions")
     metadata = {
         "env_id": env_id,
@@ -237,7 +241,9 @@ def _after_failure(result: RecordResult, error: Exception) -> None:
             error.add_note(f"(nothing was recorded; removing {result.run_dir} failed: {err})")
         else:
             error.add_note(f"(nothing was recorded: removed {result.run_dir})")
-    elif kept is not None:
+    elif kept is None:
+        error.add_note(f"(the store {result.dataset} could not be read back; it was left)")
+    else:
         error.add_note(f"({kept} steps recorded before it are kept in {result.dataset})")
 
 
