@@ -458,15 +458,24 @@ class TensorDictRecorder(Transform, Closeable):
     def dump(self, suffix: str | None = None, step: int | None = None) -> None:
         """Commits everything recorded so far; with a logger, also logs to it.
 
-        Logs ``<tag>/episode_return``, ``<tag>/episode_length`` (means) and
-        ``<tag>/episodes`` (count) over the episodes that ended with a done flag since
-        the last dump (not with ``skip > 1``), then tells the logger where the
-        trajectories are (``log_trajectory``, or a line in its experiment directory
-        for a logger without that method).
+        For the episodes that ended with a done flag since the last dump (not with
+        ``skip > 1``), logs each one's ``<tag>/return`` and ``<tag>/length`` at the env
+        frame it ended at (as TorchRL users plot them), and ``<tag>/episode_return``,
+        ``<tag>/episode_length`` (their means) and ``<tag>/episodes`` (their count) at
+        the dump's step; then tells the logger where the trajectories are
+        (``log_trajectory``, or a line in its experiment directory for a logger without
+        that method).
+
+        Steps are env frames, as TorchRL's trainers count them and as
+        :meth:`VideoRecorder.dump <trlrec.VideoRecorder.dump>` logs: the transitions
+        this recorder has committed, all sub-envs together (with ``skip=1``, the env
+        frames). An episode of sub-env ``b`` of ``B`` (stepping together) that ended at
+        its ``k``-th transition is logged at frame ``B * k``.
 
         Args:
             suffix: appended to the scalar names' tag as ``<tag>_<suffix>``.
-            step: the step of the logged values (default: transitions recorded).
+            step: the step of the means, the count and the trajectory line (default:
+                the transitions committed); each episode stays at its own frame.
         """
         self._check_open()
         if suffix is not None and not isinstance(suffix, str):
@@ -485,36 +494,58 @@ class TensorDictRecorder(Transform, Closeable):
         from trlrec.loggers.base import log_trajectory_to
 
         name = self.tag if suffix is None else f"{self.tag}_{suffix}"
-        at = writer.num_steps if step is None else step
+        shard = self._committed_shard()
+        at = shard.num_steps if step is None else step
         if self.skip == 1:
-            returns, lengths = self._finished_episodes()
-            if lengths:
-                if returns:
-                    self.logger.log_scalar(f"{name}/episode_return", _mean(returns), step=at)
-                self.logger.log_scalar(f"{name}/episode_length", _mean(lengths), step=at)
-                self.logger.log_scalar(f"{name}/episodes", float(len(lengths)), step=at)
+            self._log_episodes(name, self._finished_episodes(shard), at)
         log_trajectory_to(self.logger, name, self.path, step=at)
 
-    def _finished_episodes(self) -> tuple[list[float], list[float]]:
-        """Return and length of the episodes of this shard ended by done since the last call."""
-        from trlrec.storage.format import FLAG_DONE
+    def _committed_shard(self) -> Any:
+        """What this recorder's shard holds as committed (a fresh :class:`ShardReader`)."""
         from trlrec.storage.shard_reader import ShardReader
 
-        writer = self._writer
-        shard = ShardReader(Path(os.path.realpath(self.path)), writer.shard_path)
-        returns: list[float] = []
-        lengths: list[float] = []
+        return ShardReader(Path(os.path.realpath(self.path)), self._writer.shard_path)
+
+    def _log_episodes(
+        self, name: str, episodes: list[tuple[int, float | None, int]], at: int
+    ) -> None:
+        """Each episode's return and length at its frame; their means and count at ``at``."""
+        if not episodes:
+            return
+        returns = [ret for _, ret, _ in episodes if ret is not None]
+        for frame, ret, length in episodes:
+            if ret is not None:
+                self.logger.log_scalar(f"{name}/return", ret, step=frame)
+            self.logger.log_scalar(f"{name}/length", float(length), step=frame)
+        if returns:
+            self.logger.log_scalar(f"{name}/episode_return", _mean(returns), step=at)
+        lengths = [float(length) for _, _, length in episodes]
+        self.logger.log_scalar(f"{name}/episode_length", _mean(lengths), step=at)
+        self.logger.log_scalar(f"{name}/episodes", float(len(episodes)), step=at)
+
+    def _finished_episodes(self, shard: Any) -> list[tuple[int, float | None, int]]:
+        """Episodes of the shard ended by done since the last call, oldest first.
+
+        Returns:
+            ``(end frame, return, length)`` each; the return is None when the store has
+            no ``("next", "reward")``.
+        """
+        from trlrec.storage.format import FLAG_DONE
+
+        streams = len(shard.streams)
         has_reward = any(e.key == ("reward",) and e.role == "next" for e in shard.schema.entries)
+        out: list[tuple[int, float | None, int]] = []
         for i in range(self._stats_from, shard.num_closed):
             info = shard.info(i)
             if not info["flags"] & FLAG_DONE:
                 continue
-            lengths.append(float(info["num_steps"]))
+            ret = None
             if has_reward:
-                reward = shard.episode(i).get(("next", "reward"))
-                returns.append(float(reward.double().sum()))
+                ret = float(shard.episode(i).get(("next", "reward")).double().sum())
+            end = streams * (info["first_transition"] + info["num_steps"])
+            out.append((end, ret, int(info["num_steps"])))
         self._stats_from = shard.num_closed
-        return returns, lengths
+        return out
 
     def close(self) -> None:
         """Commits, ends the open episodes and releases the shard. Idempotent.
