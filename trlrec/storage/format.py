@@ -132,12 +132,12 @@ def column_file(chunk_dir: Path, stored_key: tuple[str, ...]) -> Path:
 _N = TypeVar("_N")  # an int, or an integer tensor (the replay buffer's gathers)
 
 
-def row_chunk(row: _N, chunk_rows: _N | int) -> tuple[_N, _N]:
+def row_chunk(row: Any, chunk_rows: Any) -> tuple[Any, Any]:
     """``(chunk index, offset in the chunk)`` of a stream's logical ``row``.
 
     Works element-wise on integer tensors as well as on ints.
     """
-    return row // chunk_rows, row % chunk_rows  # type: ignore[operator]
+    return row // chunk_rows, row % chunk_rows
 
 
 def chunk_spans(start: int, count: int, chunk_rows: int) -> Iterator[tuple[int, int, int]]:
