@@ -97,6 +97,18 @@ class TrajectoryReader(Closeable):
         """The episodes, each a ``[T]`` TensorDict backed by memory maps."""
         return EpisodeSequence(self)
 
+    @property
+    def specs(self) -> Any:
+        """The recording env's specs (``env.specs``: a ``Composite``), or ``None``.
+
+        Rebuilt from the store's ``specs.json`` at each access, equal to what the
+        writer was given; ``None`` for a store written without specs (such as format
+        version 1 stores made before specs were recorded). See :mod:`trlrec.specs`.
+        """
+        from trlrec.specs import read_specs
+
+        return read_specs(self.path)
+
     def _locate(self, i: int) -> tuple[ShardReader, int]:
         n = self.num_episodes
         if not isinstance(i, int):

@@ -102,6 +102,9 @@ class TrajectoryWriter(Closeable):
             back to its last commit (what came after it is dropped; ``flush()`` waits
             for the disk, so everything flushed is kept). ``False`` writes and commits
             in the calling thread, raising an error at the call that hit it.
+        specs: the recording env's specs (``env.specs``), stored as JSON in the
+            store's ``specs.json`` (the first writer's are kept) and read back by
+            :attr:`TrajectoryReader.specs <trlrec.TrajectoryReader.specs>`.
 
     Examples:
         >>> import tempfile, torch
@@ -139,6 +142,7 @@ class TrajectoryWriter(Closeable):
         durable: bool = False,
         background: bool = True,
         episode_key: Key | str | None = ("collector", "traj_ids"),
+        specs: Any = None,
     ):
         for name, value in (
             ("chunk_rows", chunk_rows),
@@ -167,6 +171,10 @@ class TrajectoryWriter(Closeable):
         self._durable = durable
         self._episode_key = (episode_key,) if isinstance(episode_key, str) else episode_key
         create_dataset(self.path, self.metadata)
+        if specs is not None:  # the env's specs (env.specs), see trlrec.specs
+            from trlrec.specs import write_specs
+
+            write_specs(self.path, specs, durable=durable)
         self.shard_path = new_shard_dir(self.path, shard)
         self._files = ShardFiles(self.shard_path, durable=durable)
         self.schema: Schema | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 import numbers
 import os
 from collections import deque
@@ -219,8 +220,11 @@ class TensorDictRecorder(FastLane, Transform, Closeable):
         self._inflight: deque[tuple[Any, ...]] = deque()
         self._stats_from = 0
 
-    def _open_writer(self) -> TrajectoryWriter:
-        self._writer = TrajectoryWriter(self.path, metadata=self.metadata, **self.writer_kwargs)
+    def _open_writer(self, env: EnvBase | None = None) -> TrajectoryWriter:
+        kwargs = self.writer_kwargs
+        if env is not None and kwargs.get("specs") is None:
+            kwargs = {**kwargs, "specs": _storable_specs(env)}
+        self._writer = TrajectoryWriter(self.path, metadata=self.metadata, **kwargs)
         return self._writer
 
     def clone(self) -> TensorDictRecorder:
@@ -314,10 +318,14 @@ class TensorDictRecorder(FastLane, Transform, Closeable):
     # ------------------------------------------------------------- recording
     def _record_callback(self, env: EnvBase, td: TensorDictBase) -> None:
         if isinstance(td.get("next", None), TensorDictBase):
+            if self._writer is None:
+                self._open_writer(env)
             self._record_row(td)
             return
         # A step-MDP'd root: the observation after action a_k, and a_k. Pair it with the
         # previous call's: (obs_k, a_k) -> obs_k+1, without reward.
+        if self._writer is None:
+            self._open_writer(env)
         current = td.exclude("_step", "_reset").clone()
         actions = [k for k in env.action_keys if k in current.keys(True)]
         if self._prev is not None:
@@ -336,7 +344,7 @@ class TensorDictRecorder(FastLane, Transform, Closeable):
 
     def _record(self, root: TensorDictBase, next_: TensorDictBase) -> None:
         """Records one transition given as its two parts (``root`` may hold ``"next"``)."""
-        writer = self._writer or self._open_writer()
+        writer = self._writer or self._open_writer(getattr(self, "parent", None))
         if self.skip > 1:  # counted only when needed: nn.Module.__setattr__ costs ~1.5 us
             self._seen += 1
             if self._seen % self.skip:
@@ -403,7 +411,7 @@ class TensorDictRecorder(FastLane, Transform, Closeable):
             self._append_inflight(self._writer)
 
     def _extend(self, batch: TensorDictBase) -> None:
-        writer = self._writer or self._open_writer()
+        writer = self._writer or self._open_writer(getattr(self, "parent", None))
         if batch.get("next", None) is None:
             raise SchemaError("the batch has no 'next' sub-tensordict; extend takes rollout rows")
         self._drain()
@@ -571,6 +579,19 @@ class TensorDictRecorder(FastLane, Transform, Closeable):
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def _storable_specs(env: EnvBase) -> Any:
+    """``env.specs`` if they can be stored as JSON, else None (logged: recording goes on)."""
+    from trlrec.specs import specs_to_json
+
+    specs = env.specs
+    try:
+        specs_to_json(specs)
+    except UnsupportedDataError as err:
+        logging.getLogger(__name__).warning("the env's specs are not recorded: %s", err)
+        return None
+    return specs
 
 
 def _key_list(in_keys: Any) -> list[Any]:
