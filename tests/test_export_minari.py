@@ -1,0 +1,185 @@
+"""trlrec.export to_minari / from_minari, checked with Minari's own loader."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torchrl.envs import GymEnv
+
+from trlrec import PlaybackEnv, TensorDictRecorder, TrajectoryReader, TrajectoryWriter
+from trlrec.errors import ConfigError, MissingDependencyError, UnsupportedDataError
+from trlrec.export import from_minari, to_minari
+
+minari = pytest.importorskip("minari")
+
+
+@pytest.fixture(autouse=True)
+def _minari_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+
+
+def _record_cartpole(path, steps=60):
+    with TensorDictRecorder(path, metadata={"agent": "random"}) as rec:
+        env = GymEnv("CartPole-v1").append_transform(rec)
+        env.set_seed(0)
+        env.rollout(steps, break_when_any_done=False)
+
+
+def _record_pixels(path, stub_env_cls, steps=23):
+    env = stub_env_cls(episode_lengths=(6, 9), pixels=(40, 36, 3))
+    with TensorDictRecorder(path, episode_fn=lambda td: {"len": int(td["observation"][0])}) as rec:
+        env.append_transform(rec).rollout(steps, break_when_any_done=False)
+
+
+def _same_store(a, b):
+    ra, rb = TrajectoryReader(a), TrajectoryReader(b)
+    assert (ra.num_steps, ra.num_episodes) == (rb.num_steps, rb.num_episodes)
+    assert ra.metadata == rb.metadata
+    assert ra.specs == rb.specs
+    for i in range(ra.num_episodes):
+        ea, eb = ra.episodes[i], rb.episodes[i]
+        keys = sorted(ea.keys(True, True), key=str)
+        assert keys == sorted(eb.keys(True, True), key=str)
+        for k in keys:
+            x, y = ea.get(k), eb.get(k)
+            assert (x.dtype, x.shape) == (y.dtype, y.shape), k
+            assert torch.equal(x.reshape(-1).view(torch.uint8), y.reshape(-1).view(torch.uint8)), k
+        assert ra.episode_metadata(i) == rb.episode_metadata(i)
+        assert ra.episode_info(i)["flags"] == rb.episode_info(i)["flags"]
+
+
+def test_cartpole_to_minari_is_what_minari_loads(tmp_path):
+    _record_cartpole(tmp_path / "a")
+    result = to_minari(tmp_path / "a", "cartpole/random-v0", env="CartPole-v1", progress=False)
+    assert result.notes == []
+    ds = minari.load_dataset("cartpole/random-v0")
+    env = GymEnv("CartPole-v1")
+    reader = TrajectoryReader(tmp_path / "a")
+    assert (ds.total_episodes, ds.total_steps) == (reader.num_episodes, reader.num_steps)
+    assert (result.episodes, result.steps) == (reader.num_episodes, reader.num_steps)
+    # spaces from the recorded specs: the bounds and n of CartPole's
+    gym_env = ds.recover_environment()
+    assert ds.observation_space == gym_env.observation_space
+    assert ds.action_space == gym_env.action_space
+    np.testing.assert_array_equal(
+        ds.observation_space.low, env.observation_spec["observation"].low.numpy()
+    )
+    for i, ep in enumerate(ds.iterate_episodes()):
+        td = reader.episodes[i]
+        obs = torch.cat([td["observation"], td["next", "observation"][-1:]]).numpy()
+        np.testing.assert_array_equal(ep.observations, obs)
+        np.testing.assert_array_equal(ep.actions, td["action"].argmax(-1).numpy())
+        np.testing.assert_array_equal(ep.rewards, td["next", "reward"].reshape(-1).numpy())
+        np.testing.assert_array_equal(ep.terminations, td["next", "terminated"].reshape(-1).numpy())
+        np.testing.assert_array_equal(ep.truncations, td["next", "truncated"].reshape(-1).numpy())
+        done = torch.cat([td["done"], td["next", "done"][-1:]]).numpy()
+        np.testing.assert_array_equal(ep.infos["done"], done)
+
+
+def test_cartpole_round_trip_is_bit_exact(tmp_path):
+    _record_cartpole(tmp_path / "a")
+    to_minari(tmp_path / "a", "cartpole/rt-v0", progress=False)
+    result = from_minari("cartpole/rt-v0", tmp_path / "b", progress=False)
+    assert result.notes == []
+    _same_store(tmp_path / "a", tmp_path / "b")
+    # what users train from works on it
+    pb = PlaybackEnv(tmp_path / "b")
+    assert pb.action_spec == GymEnv("CartPole-v1").action_spec
+
+
+def test_pixel_round_trip_is_bit_exact(tmp_path, stub_env_cls):
+    _record_pixels(tmp_path / "a", stub_env_cls)
+    to_minari(tmp_path / "a", "stub/pixels-v0", progress=False)
+    ds = minari.load_dataset("stub/pixels-v0")
+    assert set(ds.observation_space.spaces) == {"observation", "pixels"}
+    assert ds.observation_space["pixels"].dtype == np.uint8
+    ep = ds[0]
+    td = TrajectoryReader(tmp_path / "a").episodes[0]
+    np.testing.assert_array_equal(ep.observations["pixels"][:-1], td["pixels"].numpy())
+    np.testing.assert_array_equal(ep.actions, td["action"].reshape(-1).numpy())  # Discrete
+    from_minari("stub/pixels-v0", tmp_path / "b", progress=False)
+    _same_store(tmp_path / "a", tmp_path / "b")
+
+
+def test_jpeg_is_lossy_and_said_so(tmp_path, stub_env_cls):
+    _record_pixels(tmp_path / "a", stub_env_cls, steps=8)
+    result = to_minari(tmp_path / "a", "stub/jpeg-v0", jpeg=True, progress=False)
+    assert any("JPEG" in n and "lossy" in n for n in result.notes)
+    ep = minari.load_dataset("stub/jpeg-v0")[0]
+    assert ep.observations["pixels"].shape == (7, 40, 36, 3)
+
+
+@pytest.mark.filterwarnings(
+    "ignore:.*eval_env:UserWarning", "ignore:.*env_spec is None:UserWarning"
+)
+def test_a_foreign_minari_dataset_becomes_a_store(tmp_path):
+    from gymnasium import spaces
+    from minari.data_collector import EpisodeBuffer
+
+    rng = np.random.default_rng(0)
+    episodes = []
+    for T in (5, 7):
+        episodes.append(
+            EpisodeBuffer(
+                observations=rng.normal(size=(T + 1, 3)).astype(np.float32),
+                actions=rng.integers(0, 4, size=T),
+                rewards=rng.normal(size=T),
+                terminations=np.arange(T) == T - 1,
+                truncations=np.zeros(T, bool),
+                infos={"speed": rng.normal(size=(T + 1, 2)), "name": ["x"] * (T + 1)},
+            )
+        )
+    minari.create_dataset_from_buffers(
+        "other/ds-v0",
+        episodes,
+        observation_space=spaces.Box(-10, 10, (3,), np.float32),
+        action_space=spaces.Discrete(4),
+        author="a",
+        author_email="a@b",
+        code_permalink="x",
+        algorithm_name="random",
+        description="d",
+    )
+    result = from_minari("other/ds-v0", tmp_path / "s", progress=False)
+    assert any("'name'" in n for n in result.notes)
+    r = TrajectoryReader(tmp_path / "s")
+    assert (r.num_episodes, r.num_steps) == (2, 12)
+    assert r.metadata == {"minari_dataset_id": "other/ds-v0"}
+    for i, buf in enumerate(episodes):
+        td = r.episodes[i]
+        obs = torch.cat([td["observation"], td["next", "observation"][-1:]])
+        assert torch.equal(obs, torch.from_numpy(buf.observations))
+        assert torch.equal(td["action"], torch.from_numpy(buf.actions))
+        assert torch.equal(td["next", "reward"].reshape(-1), torch.from_numpy(buf.rewards))
+        assert td["next", "reward"].dtype == torch.float64
+        assert torch.equal(td["next", "terminated"].reshape(-1), torch.from_numpy(buf.terminations))
+        speed = torch.cat([td["info", "speed"], td["next", "info", "speed"][-1:]])
+        assert torch.equal(speed, torch.from_numpy(buf.infos["speed"]))
+        assert r.episode_info(i)["flags"] == 1  # ended by its termination
+    pb = PlaybackEnv(r)
+    assert pb.action_spec.space.n == 4
+    assert pb.observation_spec["observation"].space.high.max() == 10
+    pb.rollout(5)
+
+
+def test_errors(tmp_path, stub_env_cls, monkeypatch):
+    _record_cartpole(tmp_path / "a", steps=5)
+    to_minari(tmp_path / "a", "dup-v0", progress=False)
+    with pytest.raises(ConfigError, match="dup-v0.*already exists"):
+        to_minari(tmp_path / "a", "dup-v0", progress=False)
+    with pytest.raises(ConfigError, match="cannot open the Minari dataset 'nope-v0'"):
+        from_minari("nope-v0", tmp_path / "b", progress=False)
+    # a one-hot action that is not one-hot cannot become an index
+    env = GymEnv("CartPole-v1")
+    td = env.rollout(3, break_when_any_done=False)
+    td["action"] = torch.zeros_like(td["action"])
+    with TrajectoryWriter(tmp_path / "z", specs=env.specs) as w:
+        w.extend(td)
+    with pytest.raises(UnsupportedDataError, match="'action' is a one-hot action"):
+        to_minari(tmp_path / "z", "z-v0", progress=False)
+    monkeypatch.setitem(sys.modules, "minari", None)
+    with pytest.raises(MissingDependencyError, match=r"pip install 'trlrec\[minari\]'"):
+        to_minari(tmp_path / "a", "x-v0", progress=False)
