@@ -140,3 +140,15 @@ def test_errors(tmp_path, stub_env_cls, monkeypatch):
     monkeypatch.setitem(sys.modules, "pyarrow", None)
     with pytest.raises(MissingDependencyError, match=r"pip install 'trlrec\[lerobot\]'"):
         to_lerobot(tmp_path / "a", tmp_path / "c", progress=False)
+
+
+def test_command_line(tmp_path, stub_env_cls, capsys):
+    from trlrec.cli import main
+
+    _record_pixels(tmp_path / "a", stub_env_cls, steps=8)
+    code = main(["export", "lerobot", str(tmp_path / "a"), str(tmp_path / "lr"), "--fps", "15"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "wrote 2 episodes, 8 steps to LeRobot v3.0 dataset" in out
+    assert "note       image keys are H.264 videos (yuv420p): lossy" in out
+    assert _info(tmp_path / "lr")["fps"] == 15

@@ -183,3 +183,25 @@ def test_errors(tmp_path, stub_env_cls, monkeypatch):
     monkeypatch.setitem(sys.modules, "minari", None)
     with pytest.raises(MissingDependencyError, match=r"pip install 'trlrec\[minari\]'"):
         to_minari(tmp_path / "a", "x-v0", progress=False)
+
+
+def test_command_line_export_and_import(tmp_path, capsys):
+    from trlrec.cli import main
+
+    _record_cartpole(tmp_path / "a", steps=20)
+    assert (
+        main(["export", "minari", str(tmp_path / "a"), "cli/cartpole-v0", "--env", "CartPole-v1"])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "episodes, 20 steps to Minari dataset cli/cartpole-v0" in out
+    assert "exact copy" in out
+    assert minari.load_dataset("cli/cartpole-v0").total_steps == 20
+    assert main(["import", "minari", "cli/cartpole-v0", str(tmp_path / "b")]) == 0
+    assert "20 steps to store" in capsys.readouterr().out
+    _same_store(tmp_path / "a", tmp_path / "b")
+    assert main(["export", "minari", str(tmp_path / "a"), "cli/cartpole-v0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert "trlrec export: error:" in err[0]
+    assert "already exists" in err[0]
