@@ -205,3 +205,30 @@ def test_command_line_export_and_import(tmp_path, capsys):
     assert len(err) == 1
     assert "trlrec export: error:" in err[0]
     assert "already exists" in err[0]
+
+
+def test_rendered_cartpole_round_trip_is_bit_exact(tmp_path):
+    with TensorDictRecorder(tmp_path / "a") as rec:
+        env = GymEnv("CartPole-v1", from_pixels=True, pixels_only=False).append_transform(rec)
+        env.set_seed(1)
+        env.rollout(6, break_when_any_done=False)
+    to_minari(tmp_path / "a", "cartpole/pixels-v0", env="CartPole-v1", progress=False)
+    ds = minari.load_dataset("cartpole/pixels-v0")
+    assert ds.observation_space["pixels"].shape == (400, 600, 3)
+    assert ds[0].observations["pixels"].shape == (7, 400, 600, 3)
+    from_minari("cartpole/pixels-v0", tmp_path / "b", progress=False)
+    _same_store(tmp_path / "a", tmp_path / "b")
+
+
+def test_readme_export_lines_run(tmp_path, monkeypatch):
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    code = re.search(r"## Export.*?```python\n(.*?)```", readme, re.S).group(1)
+    assert len(code.strip().splitlines()) == 3
+    monkeypatch.chdir(tmp_path)
+    _record_cartpole("runs/cartpole/transitions", steps=10)
+    exec(compile(code, "README.md", "exec"), {})
+    assert minari.load_dataset("cartpole/random-v0").total_steps == 10
+    assert (tmp_path / "runs/cartpole-lerobot/meta/info.json").is_file()

@@ -216,3 +216,20 @@ def test_check_env_specs_checks_the_recorded_bounds(tmp_path, stub_env_cls):
     assert isinstance(pb.observation_spec["observation"], Bounded)
     with pytest.raises(AssertionError, match="spec check failed"):
         check_env_specs(pb)
+
+
+def test_batched_recording_plays_with_one_sub_envs_specs(tmp_path):
+    from torchrl.envs import SerialEnv
+
+    from trlrec import TensorDictRecorder
+
+    env = SerialEnv(2, lambda: GymEnv("CartPole-v1"))
+    with TensorDictRecorder(tmp_path / "a") as rec:
+        env.rollout(12, callback=rec, break_when_any_done=False)
+    assert TrajectoryReader(tmp_path / "a").specs.shape == (2,)
+    pb = PlaybackEnv(tmp_path / "a", loop=True)
+    single = GymEnv("CartPole-v1")
+    assert pb.batch_size == ()
+    assert pb.action_spec == single.action_spec
+    assert pb.observation_spec == single.observation_spec
+    check_env_specs(pb)
