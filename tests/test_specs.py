@@ -25,7 +25,7 @@ from torchrl.data import (
 from torchrl.envs import GymEnv, SerialEnv
 
 from trlrec import TensorDictRecorder, TrajectoryReader, TrajectoryWriter
-from trlrec.errors import CorruptStoreError, FormatVersionError, UnsupportedDataError
+from trlrec.errors import ConfigError, CorruptStoreError, FormatVersionError, UnsupportedDataError
 from trlrec.specs import (
     SPECS_FILE,
     read_specs,
@@ -245,3 +245,26 @@ def test_recorder_records_without_specs_it_cannot_store(tmp_path, stub_env_cls, 
     r = TrajectoryReader(tmp_path / "o")
     assert r.specs is None
     assert r.num_steps == 3
+
+
+def _on(node, device):
+    """The document with every recorded device replaced (a GPU recording, here on a CPU)."""
+    if isinstance(node, dict):
+        return {
+            k: device if k == "device" and v is not None else _on(v, device)
+            for k, v in node.items()
+        }
+    if isinstance(node, list):
+        return [_on(v, device) for v in node]
+    return node
+
+
+def test_a_gpu_recording_reads_on_the_cpu():
+    spec = GymEnv("CartPole-v1").specs
+    doc = _on(specs_to_json(spec), "cuda:0")
+    assert specs_from_json(doc, device="cpu") == spec
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match=r"recorded on 'cuda:0'.*device='cpu'"):
+            specs_from_json(doc)
+    else:
+        assert specs_from_json(doc) == spec.to("cuda:0")

@@ -58,6 +58,7 @@ from torchrl.data.tensor_specs import (
 )
 
 from trlrec.errors import (
+    ConfigError,
     CorruptStoreError,
     FormatVersionError,
     StoreWriteError,
@@ -322,9 +323,15 @@ def _decode(node: Any, where: str, device: torch.device | None) -> TensorSpec | 
         )
     try:
         return build(node, where, device)
-    except (KeyError, TypeError, ValueError, RuntimeError) as err:
-        if isinstance(err, CorruptStoreError):
+    except (KeyError, TypeError, ValueError, RuntimeError, AssertionError) as err:
+        if isinstance(err, CorruptStoreError | ConfigError):  # a nested spec's, already said
             raise
+        dev = node.get("device")
+        if device is None and isinstance(dev, str) and dev != "cpu":
+            raise ConfigError(
+                f"{where}: the {node['class']} spec was recorded on {dev!r}, which is not "
+                f"usable here ({err}); read the specs with device='cpu'"
+            ) from err
         raise CorruptStoreError(f"{where}: cannot rebuild the {node['class']} spec: {err}") from err
 
 
