@@ -92,6 +92,10 @@ def test_pixel_store_to_lerobot_layout(tmp_path, stub_env_cls):
         )
         mean = td["observation"].double().mean(0).numpy()
         np.testing.assert_allclose(ep["stats/observation.state/mean"], mean)
+        pixels = td["pixels"].double().numpy() / 255
+        for stat, fn in (("mean", np.mean), ("std", np.std), ("min", np.min), ("max", np.max)):
+            expected = fn(pixels, axis=(0, 1, 2)).reshape(3, 1, 1)
+            np.testing.assert_allclose(ep[f"stats/observation.images.pixels/{stat}"], expected)
         # one video per episode, T frames of the recorded size, close to the recorded pixels
         assert ep["videos/observation.images.pixels/from_timestamp"] == 0.0
         assert ep["videos/observation.images.pixels/to_timestamp"] == pytest.approx(T / 10)

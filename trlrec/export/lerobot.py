@@ -179,23 +179,23 @@ def _features(layout: Any) -> tuple[list[_Feature], list[str]]:
     return feats, notes
 
 
-def _stats(x: np.ndarray, video: bool) -> dict[str, Any]:
+def _stats(x: torch.Tensor, video: bool) -> dict[str, Any]:
     """The min / max / mean / std / count of one episode's values of a feature."""
+    n = x.shape[0]
     if video:  # per channel, in [0, 1], shaped (C, 1, 1) as LeRobot's image stats
-        x = x.astype(np.float64) / 255.0
-        axes = (0, 1, 2)
-        reshape = (-1, 1, 1)
+        per = x.reshape(n, -1, x.shape[-1] if x.ndim == 4 else 1).permute(2, 0, 1)
+        per = per.reshape(per.shape[0], -1)  # [C, N] uint8: exact integer sums
+        count = per.shape[1]
+        mean = per.sum(1, dtype=torch.int64).double() / count
+        square = (per.to(torch.int64) ** 2).sum(1).double() / count
+        std = (square - mean**2).clamp_min(0).sqrt()
+        out = [per.amin(1).double(), per.amax(1).double(), mean, std]
+        mn, mx, mean, std = (v.numpy().reshape(-1, 1, 1) / 255.0 for v in out)
     else:
-        x = x.astype(np.float64).reshape(x.shape[0], -1)
-        axes = (0,)
-        reshape = (-1,)
-    return {
-        "min": x.min(axes).reshape(reshape),
-        "max": x.max(axes).reshape(reshape),
-        "mean": x.mean(axes).reshape(reshape),
-        "std": x.std(axes).reshape(reshape),
-        "count": np.array([x.shape[0]]),
-    }
+        flat = x.reshape(n, -1).double()
+        mn, mx = flat.amin(0).numpy(), flat.amax(0).numpy()
+        mean, std = flat.mean(0).numpy(), flat.std(0, unbiased=False).numpy()
+    return {"min": mn, "max": mx, "mean": mean, "std": std, "count": np.array([n])}
 
 
 def _merge(total: dict[str, Any] | None, s: dict[str, Any]) -> dict[str, Any]:
@@ -318,8 +318,8 @@ def to_lerobot(
                 row: dict[str, Any] = {"episode_index": ep_index, "tasks": [task], "length": T}
                 for f in table_feats:
                     x = f.values(reader, i, T)
-                    x = (x.float() if x.dtype is torch.bfloat16 else x).numpy()
-                    cols[f.name] = _arrow_column(pa, x, f)
+                    x = x.float() if x.dtype is torch.bfloat16 else x
+                    cols[f.name] = _arrow_column(pa, x.numpy(), f)
                     s = _stats(x, False)
                     totals[f.name] = _merge(totals[f.name], s)
                     row.update({f"stats/{f.name}/{k}": v.tolist() for k, v in s.items()})
@@ -361,7 +361,7 @@ def to_lerobot(
                     with Mp4Writer(path, w, h, fps, crf=crf) as mp4:
                         for frame in _rgb(frames):
                             mp4.write(frame)
-                    s = _stats(frames.numpy().reshape(T, h, w, -1), True)
+                    s = _stats(frames.reshape(T, h, w, -1), True)
                     totals[f.name] = _merge(totals[f.name], s)
                     row.update({f"stats/{f.name}/{k}": v.tolist() for k, v in s.items()})
                     row.update({

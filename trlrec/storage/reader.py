@@ -103,7 +103,9 @@ class TrajectoryReader(Closeable):
 
         Rebuilt from the store's ``specs.json`` at each access, equal to what the
         writer was given; ``None`` for a store written without specs (such as format
-        version 1 stores made before specs were recorded). See :mod:`trlrec.specs`.
+        version 1 stores made before specs were recorded). Specs recorded on a GPU are
+        rebuilt there; on a machine without it, ``trlrec.specs.read_specs(path,
+        device="cpu")``. See :mod:`trlrec.specs`.
         """
         from trlrec.specs import read_specs
 
