@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from torchrl.envs import GymEnv
+from torchrl.envs.utils import check_env_specs
 
 from trlrec import PlaybackEnv, TensorDictRecorder, TrajectoryReader, TrajectoryWriter
 from trlrec.errors import ConfigError, MissingDependencyError, UnsupportedDataError
@@ -102,6 +103,15 @@ def test_pixel_round_trip_is_bit_exact(tmp_path, stub_env_cls):
     np.testing.assert_array_equal(ep.actions, td["action"].reshape(-1).numpy())  # Discrete
     from_minari("stub/pixels-v0", tmp_path / "b", progress=False)
     _same_store(tmp_path / "a", tmp_path / "b")
+    # what works on a recording works on the import: video, replay buffer, playback
+    from trlrec.cli.video import export_video
+
+    path, frames = export_video(tmp_path / "b", tmp_path / "ep.mp4", key="pixels")
+    assert frames == 7
+    assert path.stat().st_size > 0
+    batch = TrajectoryReader(tmp_path / "b").as_replay_buffer(batch_size=4).sample()
+    assert batch["pixels"].shape == (4, 40, 36, 3)
+    check_env_specs(PlaybackEnv(tmp_path / "b", loop=True))
 
 
 def test_jpeg_is_lossy_and_said_so(tmp_path, stub_env_cls):
@@ -232,3 +242,21 @@ def test_readme_export_lines_run(tmp_path, monkeypatch):
     exec(compile(code, "README.md", "exec"), {})
     assert minari.load_dataset("cartpole/random-v0").total_steps == 10
     assert (tmp_path / "runs/cartpole-lerobot/meta/info.json").is_file()
+
+
+def test_progress_is_drawn_on_a_terminal(tmp_path, monkeypatch):
+    import io
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    _record_cartpole(tmp_path / "a", steps=40)
+    n = TrajectoryReader(tmp_path / "a").num_episodes
+    tty = Tty()
+    monkeypatch.setattr(sys, "stderr", tty)
+    to_minari(tmp_path / "a", "progress/cartpole-v0")
+    assert f"export progress/cartpole-v0: {n}/{n}" in tty.getvalue()
+    tty.truncate(0)
+    to_minari(tmp_path / "a", "progress/quiet-v0", progress=False)
+    assert tty.getvalue().strip("\x00") == ""
