@@ -34,6 +34,7 @@ from trlrec.specs import (
     store_specs,
     write_specs,
 )
+from trlrec.storage.dtypes import bits_view
 
 PINNED = "tests/data/store_v1"
 
@@ -44,6 +45,9 @@ def _leaves():
         "BoundedContinuous": Bounded(-1.5, 2.25, shape=(3,), dtype=torch.float64),
         "BoundedContinuous_inf": Bounded(
             torch.tensor([-1.0, -torch.inf]), torch.tensor([0.1, torch.inf]), shape=(2,)
+        ),
+        "BoundedContinuous_signed_zero": Bounded(
+            torch.tensor([-0.0, 0.0]), torch.tensor([0.0, 0.0]), shape=(2,)
         ),
         "BoundedContinuous_bf16": Bounded(-0.3, 0.7, shape=(2,), dtype=torch.bfloat16),
         "BoundedDiscrete": Bounded(0, 255, shape=(6, 5, 3), dtype=torch.uint8),
@@ -98,9 +102,9 @@ def _same(a, b):
     """Stricter than ``==`` (which compares bounds with isclose): same class, bits, fields."""
     assert type(a) is type(b)
     assert specs_to_json(a) == specs_to_json(b)
-    if isinstance(a, ts.Bounded):
-        assert torch.equal(a.space.low, b.space.low)
-        assert torch.equal(a.space.high, b.space.high)
+    if isinstance(a, ts.Bounded):  # bit for bit: -0.0 is not 0.0 here
+        assert torch.equal(bits_view(a.space.low), bits_view(b.space.low))
+        assert torch.equal(bits_view(a.space.high), bits_view(b.space.high))
 
 
 @pytest.mark.parametrize(("name", "spec"), list(_all_specs().items()))

@@ -61,6 +61,7 @@ from trlrec.errors import (
     ConfigError,
     CorruptStoreError,
     FormatVersionError,
+    SchemaError,
     StoreWriteError,
     UnsupportedDataError,
 )
@@ -107,7 +108,8 @@ def _encode_tensor(t: torch.Tensor, where: str) -> dict[str, Any]:
         [_encode_number(v) for v in row] if isinstance(row, list) else _encode_number(row)
         for row in flat.tolist()
     ]
-    if values and all(v == values[0] for v in values) and values[0] == values[0]:
+    first = repr(values[0]) if values else None  # repr: -0.0 and 0.0 differ
+    if values and all(repr(v) == first for v in values):
         out["fill"] = values[0]
     else:
         out["values"] = values
@@ -618,10 +620,6 @@ class StoreSpecs:
     entries: dict[Key, Entry]
     recorded: bool
 
-    def composite(self, category: str) -> Composite:
-        """The spec of one category (``"observation"``, ``"action"``...)."""
-        return getattr(self, category)
-
 
 def _schema_spec(e: Entry) -> TensorSpec:
     if e.dtype is torch.bool:
@@ -660,8 +658,6 @@ def store_specs(reader: TrajectoryReader, *, device: str | torch.device = "cpu")
     Raises:
         SchemaError: the store has no shard with a schema, or shards with different ones.
     """
-    from trlrec.errors import SchemaError
-
     shards = [s for s in reader.shards if s.schema is not None]
     if not shards:
         raise SchemaError(f"the store {str(reader.path)!r} holds no recorded step yet")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from trlrec.cli.columns import episode_column, key_name
+from trlrec.cli.columns import episode_column
 from trlrec.cli.progress import Progress
 from trlrec.errors import MissingDependencyError
 from trlrec.specs import StoreSpecs, store_specs
@@ -28,7 +28,6 @@ __all__ = [
     "require",
     "episodes_with_steps",
     "progress_bar",
-    "names",
 ]
 
 
@@ -109,8 +108,3 @@ def require(module: str, extra: str, package: str | None = None) -> object:
             f"{package or module} is needed for this ({err}); install it with "
             f"pip install 'trlrec[{extra}]'"
         ) from err
-
-
-def names(entries: list[Entry]) -> list[str]:
-    """The entries' keys as ``a/b`` names."""
-    return [key_name(e.key) for e in entries]

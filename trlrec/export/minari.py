@@ -363,15 +363,15 @@ def _single(values: dict[tuple[str, ...], np.ndarray], single: tuple[str, ...]) 
 
 
 def _scalar(
-    reader: TrajectoryReader, i: int, e: Entry | None, T: int, dtype: Any, shift: bool = False
+    reader: TrajectoryReader, i: int, e: Entry | None, T: int, default: Any, shift: bool = False
 ) -> np.ndarray:
+    """A column of one value per transition (zeros of dtype ``default`` when absent)."""
     if e is None:
-        return np.zeros(T, dtype)
+        return np.zeros(T, default)
     values = column(reader, i, e)
     if shift:  # a state flag: the transition's is the "next" one, rows 1..T
         values = values[1:]
-    out = _as_np(values.reshape(T))
-    return out if out.dtype == np.dtype(dtype) or dtype is np.float32 else out.astype(dtype)
+    return _as_np(values.reshape(T))
 
 
 # ------------------------------------------------------------------ import
@@ -447,7 +447,16 @@ class _TrlrecPlan:
                 f"the dataset's 'trlrec' metadata has version {version!r}; this trlrec reads "
                 f"version {LAYOUT_VERSION}. Upgrade trlrec"
             )
-        self.meta = meta
+        try:
+            self._read(meta)
+        except (KeyError, TypeError) as err:
+            raise UnsupportedDataError(
+                f"the dataset's 'trlrec' metadata is damaged ({type(err).__name__}: {err}); "
+                "export the store again with this trlrec"
+            ) from err
+        self.notes: list[str] = []
+
+    def _read(self, meta: dict[str, Any]) -> None:
         key_specs = specs_from_json(meta["key_specs"])
         self.obs = [_entry(d) for d in meta["observation"]]
         self.act = [_entry(d) for d in meta["action"]]
@@ -463,7 +472,6 @@ class _TrlrecPlan:
         self.infos = [_entry(d) for d in meta["infos"]]
         self.env_specs = None if meta["env_specs"] is None else specs_from_json(meta["env_specs"])
         self.metadata = meta.get("metadata") or {}
-        self.notes: list[str] = []
 
     def transitions(self, ep: Any) -> Any:
         T = len(ep.rewards)
