@@ -609,6 +609,18 @@ class StoreSpecs:
     state keys are observations or done flags, root-only ``action`` keys actions,
     next-only ``reward`` keys rewards, other next-only keys observations).
     ``category`` maps each stored key to its category, ``entries`` to its column.
+
+    Examples:
+        >>> import tempfile
+        >>> from torchrl.envs import GymEnv
+        >>> from trlrec import TensorDictRecorder, TrajectoryReader
+        >>> from trlrec.specs import store_specs
+        >>> path = tempfile.mkdtemp() + "/run"
+        >>> with TensorDictRecorder(path) as rec:
+        ...     _ = GymEnv("CartPole-v1").append_transform(rec).rollout(5)
+        >>> s = store_specs(TrajectoryReader(path))
+        >>> s.recorded, type(s.action["action"]).__name__, s.category[("reward",)]
+        (True, 'OneHot', 'reward')
     """
 
     observation: Composite

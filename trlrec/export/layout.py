@@ -43,6 +43,20 @@ class StoreLayout:
         terminated: the done-category state key ``terminated`` (else ``done``), or None.
         truncated: the state key ``truncated``, or None.
         extra: every other column (done flags included), kept as extras / infos.
+
+    Examples:
+        >>> import tempfile
+        >>> from torchrl.envs import GymEnv
+        >>> from trlrec import TensorDictRecorder, TrajectoryReader
+        >>> from trlrec.export.layout import store_layout
+        >>> path = tempfile.mkdtemp() + "/run"
+        >>> with TensorDictRecorder(path) as rec:
+        ...     _ = GymEnv("CartPole-v1").append_transform(rec).rollout(5)
+        >>> layout = store_layout(TrajectoryReader(path))
+        >>> [e.key for e in layout.observation], layout.reward.key, layout.terminated.key
+        ([('observation',)], ('reward',), ('terminated',))
+        >>> [e.key for e in layout.extra]
+        [('done',)]
     """
 
     specs: StoreSpecs

@@ -19,6 +19,12 @@ class ExportResult:
         steps: transitions written.
         notes: each step that was not exact (lossy encodings, dropped keys, changed
             episode flags), in words; empty when the copy is exact.
+
+    Examples:
+        >>> from trlrec.export import ExportResult
+        >>> r = ExportResult("cartpole/random-v0", Path("/data/cartpole/random-v0"), 9, 200)
+        >>> r.episodes, r.steps, r.notes
+        (9, 200, [])
     """
 
     target: str
