@@ -156,3 +156,61 @@ def test_command_line(tmp_path, stub_env_cls, capsys):
     assert "wrote 2 episodes, 8 steps to LeRobot v3.0 dataset" in out
     assert "note       image keys are H.264 videos (yuv420p): lossy" in out
     assert _info(tmp_path / "lr")["fps"] == 15
+
+
+def _hf_features(features):
+    """LeRobot's feature -> datasets.Features mapping (lerobot/datasets/feature_utils.py)."""
+    import datasets
+
+    out = {}
+    for key, ft in features.items():
+        shape = tuple(ft["shape"])
+        if ft["dtype"] == "video":
+            continue
+        if shape == (1,):
+            out[key] = datasets.Value(dtype=ft["dtype"])
+        elif len(shape) == 1:
+            out[key] = datasets.Sequence(length=shape[0], feature=datasets.Value(dtype=ft["dtype"]))
+        else:
+            raise AssertionError(f"unexpected feature shape {shape} for {key}")
+    return datasets.Features(out)
+
+
+def test_loads_the_way_lerobot_loads_it(tmp_path, stub_env_cls):
+    """What LeRobotDatasetMetadata / LeRobotDataset do on open, with the same libraries."""
+    datasets = pytest.importorskip("datasets")
+    pd = pytest.importorskip("pandas")
+    _record_pixels(tmp_path / "a", stub_env_cls)
+    root = tmp_path / "lr"
+    to_lerobot(tmp_path / "a", root, progress=False)
+    info = _info(root)
+    # load_tasks: pandas, indexed by the task text
+    tasks = pd.read_parquet(root / "meta/tasks.parquet")
+    tasks.index.name = "task"
+    assert tasks.iloc[0].name == "count up"
+    assert int(tasks.loc["count up"].task_index) == 0
+    # load_episodes / load_nested_dataset: Dataset.from_parquet over chunk-*/file-*.parquet
+    cache = str(tmp_path / "hf-cache")  # not ~/.cache
+    episodes = datasets.Dataset.from_parquet(
+        sorted(str(p) for p in (root / "meta/episodes").glob("*/*.parquet")), cache_dir=cache
+    )
+    episodes = episodes.select_columns([k for k in episodes.features if not k.startswith("stats/")])
+    frames = datasets.Dataset.from_parquet(
+        sorted(str(p) for p in (root / "data").glob("*/*.parquet")),
+        features=_hf_features(info["features"]),
+        cache_dir=cache,
+    ).with_format("torch")
+    assert len(frames) == info["total_frames"]
+    reader = TrajectoryReader(tmp_path / "a")
+    for ep in episodes:
+        td = reader.episodes[ep["episode_index"]]
+        item = frames[ep["dataset_from_index"] + 2]
+        assert torch.equal(item["observation.state"], td["observation"][2])
+        assert torch.equal(item["action"], td["action"][2, 0])
+        assert item["timestamp"] == pytest.approx(2 / 30)
+        video = root / info["video_path"].format(
+            video_key="observation.images.pixels",
+            chunk_index=ep["videos/observation.images.pixels/chunk_index"],
+            file_index=ep["videos/observation.images.pixels/file_index"],
+        )
+        assert video.is_file()
