@@ -139,8 +139,8 @@ def test_errors(tmp_path, stub_env_cls, monkeypatch):
     (tmp_path / "full" / "x").write_text("x")
     with pytest.raises(ConfigError, match="full.*not an empty directory"):
         to_lerobot(tmp_path / "a", tmp_path / "full", progress=False)
-    with pytest.raises(ConfigError, match="fps must be > 0"):
-        to_lerobot(tmp_path / "a", tmp_path / "b", fps=0, progress=False)
+    with pytest.raises(ConfigError, match="fps must be a positive whole number"):
+        to_lerobot(tmp_path / "a", tmp_path / "b", fps=12.5, progress=False)
     monkeypatch.setitem(sys.modules, "pyarrow", None)
     with pytest.raises(MissingDependencyError, match=r"pip install 'trlrec\[lerobot\]'"):
         to_lerobot(tmp_path / "a", tmp_path / "c", progress=False)

@@ -24,7 +24,7 @@ def add_parsers(sub: Any) -> None:
     lr = to.add_parser("lerobot", help="a LeRobot v3.0 dataset directory")
     lr.add_argument("store")
     lr.add_argument("dir", help="the dataset directory to create")
-    lr.add_argument("--fps", type=float, default=30.0, help="frame rate (default 30)")
+    lr.add_argument("--fps", type=int, default=30, help="frame rate (default 30)")
     lr.add_argument("--task", help="the task description of the episodes")
     lr.add_argument("--robot-type", help="LeRobot's robot_type")
     lr.add_argument(

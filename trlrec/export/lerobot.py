@@ -258,7 +258,7 @@ def to_lerobot(
     store: str | os.PathLike[str] | TrajectoryReader,
     out: str | os.PathLike[str],
     *,
-    fps: float = 30.0,
+    fps: int = 30,
     task: str | None = None,
     robot_type: str | None = None,
     crf: int = 18,
@@ -287,8 +287,9 @@ def to_lerobot(
     pq = require("pyarrow.parquet", "lerobot", "pyarrow")
     from trlrec.loggers.mp4 import Mp4Writer
 
-    if not fps > 0:
-        raise ConfigError(f"fps must be > 0, got {fps!r}")
+    if not (isinstance(fps, int | float) and fps > 0 and float(fps).is_integer()):
+        raise ConfigError(f"fps must be a positive whole number (LeRobot's is an int), got {fps!r}")
+    fps = int(fps)
     reader = store if isinstance(store, TrajectoryReader) else TrajectoryReader(store)
     root = Path(out)
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
@@ -398,7 +399,7 @@ def _write_meta(
     feats: list[_Feature],
     totals: dict[str, Any],
     episode_rows: list[dict[str, Any]],
-    fps: float,
+    fps: int,
     task: str,
     robot_type: str | None,
     frames: int,
@@ -424,7 +425,7 @@ def _write_meta(
         "chunks_size": CHUNKS_SIZE,
         "data_files_size_in_mb": DATA_FILES_SIZE_IN_MB,
         "video_files_size_in_mb": VIDEO_FILES_SIZE_IN_MB,
-        "fps": fps if fps != int(fps) else int(fps),
+        "fps": fps,
         "splits": {"train": f"0:{n}"},
         "data_path": DATA_PATH,
         "video_path": VIDEO_PATH if any(f.video for f in feats) else None,

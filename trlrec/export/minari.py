@@ -549,7 +549,8 @@ class _ForeignPlan:
         self.dict_act = isinstance(dataset.action_space, spaces.Dict)
         obs = obs_spec if self.dict_obs else Composite(observation=obs_spec)
         act = act_spec if self.dict_act else Composite(action=act_spec)
-        first = next(iter(dataset.iterate_episodes([dataset.episode_indices[0]])), None)
+        ids = dataset.episode_indices
+        first = next(iter(dataset.iterate_episodes([ids[0]])), None) if len(ids) else None
         reward_dtype = (
             torch.float64 if first is None else torch.from_numpy(np.asarray(first.rewards)).dtype
         )
