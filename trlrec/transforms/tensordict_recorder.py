@@ -123,6 +123,8 @@ class TensorDictRecorder(FastLane, Transform, Closeable):
             non-None one kept (``TrajectoryReader.episode_metadata(i)``).
         **writer_kwargs: passed to :class:`~trlrec.TrajectoryWriter` (``chunk_rows``,
             ``commit_every_steps``, ``commit_every_seconds``, ``durable``, ``shard``...).
+            The env's specs are recorded from the transform's parent or the rollout
+            callback's env; for collector batches pass ``specs=collector.env.specs``.
 
     Raises:
         ConfigError: for an invalid argument, or no ``path`` and a logger without an
@@ -317,15 +319,13 @@ class TensorDictRecorder(FastLane, Transform, Closeable):
 
     # ------------------------------------------------------------- recording
     def _record_callback(self, env: EnvBase, td: TensorDictBase) -> None:
+        if self._writer is None:
+            self._open_writer(env)  # the callback's env: its specs are recorded
         if isinstance(td.get("next", None), TensorDictBase):
-            if self._writer is None:
-                self._open_writer(env)
             self._record_row(td)
             return
         # A step-MDP'd root: the observation after action a_k, and a_k. Pair it with the
         # previous call's: (obs_k, a_k) -> obs_k+1, without reward.
-        if self._writer is None:
-            self._open_writer(env)
         current = td.exclude("_step", "_reset").clone()
         actions = [k for k in env.action_keys if k in current.keys(True)]
         if self._prev is not None:
