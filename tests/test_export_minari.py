@@ -260,3 +260,21 @@ def test_progress_is_drawn_on_a_terminal(tmp_path, monkeypatch):
     tty.truncate(0)
     to_minari(tmp_path / "a", "progress/quiet-v0", progress=False)
     assert tty.getvalue().strip("\x00") == ""
+
+
+def test_torchrl_minari_replay_opens_the_export(tmp_path):
+    from torchrl.data.datasets.minari_data import MinariExperienceReplay
+
+    _record_cartpole(tmp_path / "a", steps=30)
+    to_minari(tmp_path / "a", "cartpole/torchrl-v0", env="CartPole-v1", progress=False)
+    rb = MinariExperienceReplay(
+        "cartpole/torchrl-v0", batch_size=4, root=tmp_path / "trl", load_from_local_minari=True
+    )
+    data = rb.storage._storage
+    # TorchRL 0.14.1 rebuilds the layout (it checks T + 1 observations per episode) but
+    # then replaces the values by zeros (memmap_like after filling), for any Minari
+    # dataset: only the layout can be compared.
+    assert len(rb) == 30
+    assert (data["observation"].shape, data["observation"].dtype) == ((30, 4), torch.float32)
+    assert (data["next", "reward"].shape, data["action"].dtype) == ((30, 1), torch.int64)
+    assert rb.sample()["next", "observation"].shape == (4, 4)
