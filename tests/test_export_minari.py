@@ -278,3 +278,17 @@ def test_torchrl_minari_replay_opens_the_export(tmp_path):
     assert (data["observation"].shape, data["observation"].dtype) == ((30, 4), torch.float32)
     assert (data["next", "reward"].shape, data["action"].dtype) == ((30, 1), torch.int64)
     assert rb.sample()["next", "observation"].shape == (4, 4)
+
+
+def test_a_gpu_recording_exports_and_imports_on_a_cpu(tmp_path):
+    import json
+
+    _record_cartpole(tmp_path / "a", steps=10)
+    path = tmp_path / "a" / "specs.json"
+    doc = json.loads(path.read_text())
+    # a device no machine here has (a recording from a bigger machine)
+    path.write_text(json.dumps(doc).replace('"device": "cpu"', '"device": "cuda:99"'))
+    to_minari(tmp_path / "a", "gpu/cartpole-v0", progress=False)
+    result = from_minari("gpu/cartpole-v0", tmp_path / "b", progress=False)
+    assert any("specs are stored on the CPU" in n and "cuda:99" in n for n in result.notes)
+    assert TrajectoryReader(tmp_path / "b").specs == GymEnv("CartPole-v1").specs

@@ -57,8 +57,9 @@ from trlrec.export.layout import (
     store_layout,
 )
 from trlrec.export.result import ExportResult
-from trlrec.specs import specs_from_json, specs_to_json
+from trlrec.specs import SPECS_FILE, specs_from_json, specs_to_json
 from trlrec.storage.dtypes import dtype_from_name, dtype_name
+from trlrec.storage.jsonio import read_json
 from trlrec.storage.reader import TrajectoryReader
 from trlrec.storage.schema import Entry
 from trlrec.storage.writer import TrajectoryWriter
@@ -281,7 +282,7 @@ def to_minari(
         notes.append("bfloat16 keys are written as float32 (exact; read back as bfloat16)")
     if layout.reward is None:
         notes.append("the store has no scalar reward: Minari rewards are written as 0")
-    recorded = reader.specs
+    recorded = reader.path / SPECS_FILE  # embedded as written: devices and all
     meta = {
         "version": LAYOUT_VERSION,
         "observation": [_entry_json(e) for e in layout.observation],
@@ -293,7 +294,7 @@ def to_minari(
         "key_specs": specs_to_json(
             Composite(observation=specs.observation, action=specs.action, shape=())
         ),
-        "env_specs": None if recorded is None else specs_to_json(recorded),
+        "env_specs": read_json(recorded) if recorded.is_file() else None,
         "metadata": reader.metadata,
     }
     try:
@@ -454,7 +455,6 @@ class _TrlrecPlan:
                 f"the dataset's 'trlrec' metadata is damaged ({type(err).__name__}: {err}); "
                 "export the store again with this trlrec"
             ) from err
-        self.notes: list[str] = []
 
     def _read(self, meta: dict[str, Any]) -> None:
         key_specs = specs_from_json(meta["key_specs"])
@@ -470,7 +470,14 @@ class _TrlrecPlan:
         self.terminated = None if meta["terminated"] is None else _entry(meta["terminated"])
         self.truncated = None if meta["truncated"] is None else _entry(meta["truncated"])
         self.infos = [_entry(d) for d in meta["infos"]]
-        self.env_specs = None if meta["env_specs"] is None else specs_from_json(meta["env_specs"])
+        self.env_specs = None
+        self.notes: list[str] = []
+        if meta["env_specs"] is not None:
+            try:
+                self.env_specs = specs_from_json(meta["env_specs"])
+            except ConfigError as err:  # recorded on a device this machine lacks
+                self.env_specs = specs_from_json(meta["env_specs"], device="cpu")
+                self.notes.append(f"the specs are stored on the CPU: {err}")
         self.metadata = meta.get("metadata") or {}
 
     def transitions(self, ep: Any) -> Any:
