@@ -292,3 +292,22 @@ def test_a_gpu_recording_exports_and_imports_on_a_cpu(tmp_path):
     result = from_minari("gpu/cartpole-v0", tmp_path / "b", progress=False)
     assert any("specs are stored on the CPU" in n and "cuda:99" in n for n in result.notes)
     assert TrajectoryReader(tmp_path / "b").specs == GymEnv("CartPole-v1").specs
+
+
+def test_the_pinned_v1_store_without_specs_goes_and_comes_back(tmp_path):
+    pinned = "tests/data/store_v1"
+    result = to_minari(pinned, "pinned/v1-v0", progress=False)
+    ds = minari.load_dataset("pinned/v1-v0")
+    r = TrajectoryReader(pinned)
+    assert ds.total_steps == r.num_steps == result.steps
+    from_minari("pinned/v1-v0", tmp_path / "b", progress=False)
+    b = TrajectoryReader(tmp_path / "b")
+    assert b.specs is None
+    for i in range(r.num_episodes):
+        x, y = r.episodes[i], b.episodes[i]
+        assert sorted(x.keys(True, True), key=str) == sorted(y.keys(True, True), key=str)
+        for k in x.keys(True, True):
+            assert x[k].dtype == y[k].dtype
+            assert torch.equal(x[k], y[k]), k
+        flags = r.episode_info(i)["flags"]
+        assert b.episode_info(i)["flags"] == (2 if flags == 4 else flags)  # open -> cut
