@@ -214,3 +214,32 @@ def test_loads_the_way_lerobot_loads_it(tmp_path, stub_env_cls):
             file_index=ep["videos/observation.images.pixels/file_index"],
         )
         assert video.is_file()
+
+
+def test_bfloat16_is_written_as_float32(tmp_path):
+    from tensordict import TensorDict
+
+    from trlrec import TrajectoryWriter
+
+    with TrajectoryWriter(tmp_path / "a") as w:
+        for t in range(4):
+            obs = torch.full((2,), t / 3, dtype=torch.bfloat16)
+            nxt = torch.full((2,), (t + 1) / 3, dtype=torch.bfloat16)
+            w.append(
+                TensorDict(
+                    observation=obs,
+                    action=torch.tensor([1]),
+                    next={
+                        "observation": nxt,
+                        "reward": torch.ones(1),
+                        "done": torch.tensor([t == 3]),
+                    },
+                )
+            )
+    result = to_lerobot(tmp_path / "a", tmp_path / "lr", progress=False)
+    assert any("bfloat16" in n for n in result.notes)
+    assert _info(tmp_path / "lr")["features"]["observation.state"]["dtype"] == "float32"
+    data = pq.read_table(tmp_path / "lr/data/chunk-000/file-000.parquet")
+    td = TrajectoryReader(tmp_path / "a").episodes[0]
+    got = torch.tensor(data["observation.state"].to_pylist())
+    assert torch.equal(got.to(torch.bfloat16), td["observation"])

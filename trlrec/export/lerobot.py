@@ -80,15 +80,13 @@ class _Feature:
     ):
         self.name, self.entry, self.video, self.shift = name, entry, video, shift
         self.spec = spec
-        self.np_dtype = (
-            np.float32
-            if entry.dtype is torch.bfloat16
-            else torch.empty((), dtype=entry.dtype).numpy().dtype
-        )
         if entry.dtype.is_complex:
             raise UnsupportedDataError(
                 f"key {key_name(entry.key)!r} is complex; LeRobot cannot hold it"
             )
+        # numpy has no bfloat16: float32 holds it exactly
+        dtype = torch.float32 if entry.dtype is torch.bfloat16 else entry.dtype
+        self.np_dtype = torch.empty((), dtype=dtype).numpy().dtype
 
     def values(self, reader: TrajectoryReader, episode: int, T: int) -> torch.Tensor:
         """The ``T`` values of one episode (a state flag: those after each transition)."""
