@@ -311,3 +311,26 @@ def test_the_pinned_v1_store_without_specs_goes_and_comes_back(tmp_path):
             assert torch.equal(x[k], y[k]), k
         flags = r.episode_info(i)["flags"]
         assert b.episode_info(i)["flags"] == (2 if flags == 4 else flags)  # open -> cut
+
+
+def test_bfloat16_round_trip_is_bit_exact(tmp_path):
+    from tensordict import TensorDict
+
+    with TrajectoryWriter(tmp_path / "a") as w:
+        for t in range(5):
+            w.append(
+                TensorDict(
+                    observation=torch.full((2,), t / 3, dtype=torch.bfloat16),
+                    action=torch.tensor([t % 2]),
+                    next={
+                        "observation": torch.full((2,), (t + 1) / 3, dtype=torch.bfloat16),
+                        "reward": torch.ones(1),
+                        "done": torch.tensor([t == 4]),
+                    },
+                )
+            )
+    result = to_minari(tmp_path / "a", "bf16/ds-v0", progress=False)
+    assert any("bfloat16" in n for n in result.notes)
+    assert minari.load_dataset("bf16/ds-v0")[0].observations.dtype == np.float32
+    from_minari("bf16/ds-v0", tmp_path / "b", progress=False)
+    _same_store(tmp_path / "a", tmp_path / "b")
