@@ -334,3 +334,68 @@ def test_bfloat16_round_trip_is_bit_exact(tmp_path):
     assert minari.load_dataset("bf16/ds-v0")[0].observations.dtype == np.float32
     from_minari("bf16/ds-v0", tmp_path / "b", progress=False)
     _same_store(tmp_path / "a", tmp_path / "b")
+
+
+def test_nested_observations_and_multi_encodings_round_trip(tmp_path):
+    from gymnasium import spaces
+    from tensordict import TensorDict
+    from torchrl.data import (
+        Binary,
+        Bounded,
+        Categorical,
+        Composite,
+        MultiCategorical,
+        MultiOneHot,
+        Unbounded,
+    )
+
+    torch.manual_seed(0)
+    obs_spec = Composite(
+        agent=Composite(pos=Bounded(-1.0, 1.0, shape=(3,)), flags=Binary(4, dtype=torch.bool)),
+        grid=MultiCategorical([3, 4]),
+        mode=Categorical(5, shape=(2,), dtype=torch.int32),
+    )
+    act_spec = MultiOneHot([2, 3], dtype=torch.int64)
+    flag = Categorical(2, shape=(1,), dtype=torch.bool)
+    specs = Composite(
+        output_spec=Composite(
+            full_observation_spec=obs_spec,
+            full_reward_spec=Composite(reward=Unbounded(shape=(1,))),
+            full_done_spec=Composite(done=flag, terminated=flag.clone(), truncated=flag.clone()),
+        ),
+        input_spec=Composite(
+            full_action_spec=Composite(action=act_spec), full_state_spec=Composite()
+        ),
+    )
+    with TrajectoryWriter(tmp_path / "a", specs=specs) as w:
+        obs = obs_spec.rand()
+        for t in range(12):
+            nxt = obs_spec.rand()
+            end = torch.tensor([t in (4, 11)])
+            step = obs.clone().update({"action": act_spec.rand(), "done": torch.tensor([False])})
+            step["terminated"] = torch.tensor([False])
+            step["truncated"] = torch.tensor([False])
+            step["next"] = nxt.clone().update(
+                {
+                    "reward": torch.rand(1),
+                    "done": end,
+                    "terminated": end,
+                    "truncated": torch.tensor([False]),
+                }
+            )
+            w.append(TensorDict(step.to_dict(), batch_size=[]))
+            obs = obs_spec.rand() if end else nxt
+    to_minari(tmp_path / "a", "nested/ds-v0", progress=False)
+    ds = minari.load_dataset("nested/ds-v0")
+    space = ds.observation_space
+    assert isinstance(space["agent"], spaces.Dict)
+    assert space["agent"]["pos"] == spaces.Box(-1.0, 1.0, (3,), np.float32)
+    assert space["agent"]["flags"] == spaces.MultiBinary([4])
+    assert space["grid"] == spaces.MultiDiscrete([3, 4])
+    assert space["mode"] == spaces.MultiDiscrete([5, 5])
+    assert ds.action_space == spaces.MultiDiscrete([2, 3])
+    ep = ds[0]
+    td = TrajectoryReader(tmp_path / "a").episodes[0]
+    np.testing.assert_array_equal(ep.actions[:, 1], td["action"][:, 2:].argmax(-1).numpy())
+    from_minari("nested/ds-v0", tmp_path / "b", progress=False)
+    _same_store(tmp_path / "a", tmp_path / "b")
