@@ -73,6 +73,9 @@ class TrajectoryWriter(Closeable):
             "auto", or an :class:`~trlrec.io.IOBackend` (the writer closes it).
         episode_key: a root key whose change starts a new episode (a collector's
             trajectory ids), used when present.
+        specs: the recording env's specs (``env.specs``), stored as JSON in the
+            store's ``specs.json`` (the first writer's are kept) and read back by
+            :attr:`TrajectoryReader.specs <trlrec.TrajectoryReader.specs>`.
 
     Examples:
         >>> import tempfile, torch
@@ -111,6 +114,7 @@ class TrajectoryWriter(Closeable):
         background: bool = True,
         io: str | IOBackend | None = None,
         episode_key: Key | str | None = ("collector", "traj_ids"),
+        specs: Any = None,
     ):
         for name, value in (("chunk_rows", chunk_rows), ("stage_steps", stage_steps)):
             if value is not None and (not isinstance(value, int) or value < 1):
@@ -132,6 +136,10 @@ class TrajectoryWriter(Closeable):
         self._group = self._io.new_group()
         self._error: BaseException | None = None  # an idle commit's failure, raised next call
         create_dataset(self.path, self.metadata)
+        if specs is not None:  # the env's specs (env.specs), see trlrec.specs
+            from trlrec.specs import write_specs
+
+            write_specs(self.path, specs, durable=durable)
         self.shard_path = new_shard_dir(self.path, shard)
         self._files = ShardFiles(self.shard_path, durable=durable)
         self.schema: Schema | None = None

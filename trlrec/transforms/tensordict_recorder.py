@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 import numbers
 import os
 from collections import deque
@@ -121,6 +122,8 @@ class TensorDictRecorder(Transform, Closeable):
             non-None one kept (``TrajectoryReader.episode_metadata(i)``).
         **writer_kwargs: passed to :class:`~trlrec.TrajectoryWriter` (``chunk_rows``,
             ``commit_every_steps``, ``commit_every_seconds``, ``durable``, ``shard``...).
+            The env's specs are recorded from the transform's parent or the rollout
+            callback's env; for collector batches pass ``specs=collector.env.specs``.
 
     Raises:
         ConfigError: for an invalid argument, or no ``path`` and a logger without an
@@ -212,8 +215,11 @@ class TensorDictRecorder(Transform, Closeable):
         self._async: bool | None = None
         self._inflight: deque[tuple[Any, ...]] = deque()
 
-    def _open_writer(self) -> TrajectoryWriter:
-        self._writer = TrajectoryWriter(self.path, metadata=self.metadata, **self.writer_kwargs)
+    def _open_writer(self, env: EnvBase | None = None) -> TrajectoryWriter:
+        kwargs = self.writer_kwargs
+        if env is not None and kwargs.get("specs") is None:
+            kwargs = {**kwargs, "specs": _storable_specs(env)}
+        self._writer = TrajectoryWriter(self.path, metadata=self.metadata, **kwargs)
         return self._writer
 
     def clone(self) -> TensorDictRecorder:
@@ -302,6 +308,8 @@ class TensorDictRecorder(Transform, Closeable):
 
     # ------------------------------------------------------------- recording
     def _record_callback(self, env: EnvBase, td: TensorDictBase) -> None:
+        if self._writer is None:
+            self._open_writer(env)  # the callback's env: its specs are recorded
         if isinstance(td.get("next", None), TensorDictBase):
             self._record_row(td)
             return
@@ -325,7 +333,7 @@ class TensorDictRecorder(Transform, Closeable):
 
     def _record(self, root: TensorDictBase, next_: TensorDictBase) -> None:
         """Records one transition given as its two parts (``root`` may hold ``"next"``)."""
-        writer = self._writer or self._open_writer()
+        writer = self._writer or self._open_writer(getattr(self, "parent", None))
         if self.skip > 1:  # counted only when needed: nn.Module.__setattr__ costs ~1.5 us
             self._seen += 1
             if self._seen % self.skip:
@@ -377,7 +385,7 @@ class TensorDictRecorder(Transform, Closeable):
             self._append_inflight(writer)
 
     def _extend(self, batch: TensorDictBase) -> None:
-        writer = self._writer or self._open_writer()
+        writer = self._writer or self._open_writer(getattr(self, "parent", None))
         if batch.get("next", None) is None:
             raise SchemaError("the batch has no 'next' sub-tensordict; extend takes rollout rows")
         self._drain()
@@ -545,6 +553,19 @@ class TensorDictRecorder(Transform, Closeable):
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def _storable_specs(env: EnvBase) -> Any:
+    """``env.specs`` if they can be stored as JSON, else None (logged: recording goes on)."""
+    from trlrec.specs import specs_to_json
+
+    specs = env.specs
+    try:
+        specs_to_json(specs)
+    except UnsupportedDataError as err:
+        logging.getLogger(__name__).warning("the env's specs are not recorded: %s", err)
+        return None
+    return specs
 
 
 def _key_list(in_keys: Any) -> list[Any]:
