@@ -285,8 +285,8 @@ def test_trlrec_loggers_in_torchrl_video_recorder(backend: Backend) -> None:
 
 def test_a_torchrl_script_runs_after_the_import_swap(tmp_path: Path) -> None:
     """TorchRL's documented recorder pattern, with only the imports changed to trlrec."""
-    from trlrec import PixelRenderTransform, VideoRecorder  # was: from torchrl.record import ...
-    from trlrec.loggers import CSVLogger  # was: from torchrl.record.loggers import CSVLogger
+    # was: from torchrl.record import CSVLogger, PixelRenderTransform, VideoRecorder
+    from trlrec import CSVLogger, PixelRenderTransform, VideoRecorder
 
     # -- the script, as written against torchrl.record --
     logger = CSVLogger("dummy", log_dir=str(tmp_path), video_format="mp4")

@@ -23,7 +23,7 @@ from trlrec.loggers.tensorboard import GifWriter
 from trlrec.loggers.video import Video
 from trlrec.naming import safe_name, safe_path
 
-__all__ = ["WandbLogger"]
+__all__ = ["WandbLogger", "step_key"]
 
 _INSTALL = "pip install 'trlrec[wandb]'"
 _STEP = "step"
