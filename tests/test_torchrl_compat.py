@@ -173,7 +173,9 @@ def test_process_logger_runs_a_trlrec_logger_and_takes_recorder_videos(tmp_path:
     assert owner.service_backend == "process"
     try:
         client = owner.client()
-        env = stub_pixels_env().append_transform(VideoRecorder(client, tag="eval/video"))
+        env = stub_pixels_env(length=3)
+        env = env.append_transform(VideoRecorder(client, tag="eval/video"))
+        env = env.append_transform(TensorDictRecorder(logger=client, tag="transitions"))
         td = env.rollout(3)
         env.transform.dump()  # a memory map of the spool would fail here (EBADF)
         client.log_scalar("eval/reward", 1.5, step=7)
@@ -186,6 +188,11 @@ def test_process_logger_runs_a_trlrec_logger_and_takes_recorder_videos(tmp_path:
     video = torch.load(exp / "videos" / "eval" / "video_0.pt", weights_only=True)
     frames = torch.cat([td["pixels"][:1], td["next", "pixels"]])
     assert torch.equal(hwc(video), frames)
+    # the transitions went beside the service's experiment, their statistics to it
+    assert TrajectoryReader(exp / "transitions").num_steps == 3
+    assert (exp / "scalars" / "transitions" / "episode_length.csv").read_text() == "3,3.0\n"
+    (record,) = (exp / "trajectories.jsonl").read_text().splitlines()
+    assert json.loads(record)["path"] == str((exp / "transitions").resolve())
 
 
 def test_ray_logger_service_runs_a_trlrec_logger(tmp_path: Path) -> None:

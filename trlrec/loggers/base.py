@@ -37,7 +37,7 @@ from trlrec.errors import (
 )
 from trlrec.loggers.mp4 import DEFAULT_FPS, _check_fps
 from trlrec.loggers.video import Video
-from trlrec.naming import safe_name
+from trlrec.naming import safe_join, safe_name
 
 __all__ = ["Logger", "is_logger", "experiment_dir_of", "log_trajectory_to"]
 
@@ -479,8 +479,10 @@ def is_logger(obj: Any) -> bool:
 def experiment_dir_of(logger: Any) -> Path | None:
     """The directory a logger writes its experiment to, or ``None`` if it has none.
 
-    Understands trlrec loggers (``experiment_dir``) and TorchRL's CSV, TensorBoard
-    and W&B loggers (``logger.experiment.log_dir`` or the W&B run directory).
+    Understands trlrec loggers (``experiment_dir``), TorchRL's CSV, TensorBoard and W&B
+    loggers (``logger.experiment.log_dir`` or the W&B run directory), and TorchRL's
+    logger service clients (``ProcessLogger.client()``, Ray's), which have no
+    experiment here: ``<log_dir>/<exp_name>`` of the logger they talk to.
     """
     directory = getattr(logger, "experiment_dir", None)
     if directory is not None:
@@ -492,6 +494,9 @@ def experiment_dir_of(logger: Any) -> Path | None:
     run_dir = getattr(experiment, "dir", None)  # a wandb Run: <run>/files is uploaded
     if isinstance(run_dir, str | os.PathLike):
         return Path(run_dir).parent / "trlrec"
+    log_dir, exp_name = getattr(logger, "log_dir", None), getattr(logger, "exp_name", None)
+    if isinstance(log_dir, str | os.PathLike) and isinstance(exp_name, str):
+        return safe_join(log_dir, exp_name)
     return None
 
 
