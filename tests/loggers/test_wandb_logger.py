@@ -50,6 +50,8 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
         lg.log_scalar("batch/b", 2.0, step=6)
         lg.log_metrics({"global/x": 7.0}, step=100, override_global_step=True)
         lg.log_metrics({"m/p": 1.0, "m/q": 2.0}, step=8)
+        explicit = lg.log_metrics({"x/reward": 1.0, "x/step": 4}, step=99)  # the key wins
+        lg.log_metrics({"x/reward": 2.0})  # and the counter goes on from it
         lg.log_video("episode", FRAMES, step=2)
         lg.log_video("eval/clip", FRAMES, step=1, format="gif")
         with pytest.raises(VideoError) as refused:
@@ -69,6 +71,7 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
             "root": root,
             "env_mode": env_mode,
             "refused": str(refused.value),
+            "explicit": explicit,
         }
 
 
@@ -88,8 +91,12 @@ def test_offline_run_under_save_dir(finished: dict[str, Any]) -> None:
 
 def test_scalars_on_per_group_step_axes(finished: dict[str, Any]) -> None:
     rows = wandb_history(finished["run_dir"])
-    got = [(k, int(r[step_key(k)]), float(r[k])) for r in rows for k in r if k.endswith("/reward")]
-    assert got == [("train/reward", 0, 1.0), ("train/reward", 10, 2.0), ("eval/reward", 3, 5.0)]
+
+    def series(name: str) -> list[tuple[int, float]]:
+        return [(int(r[step_key(name)]), float(r[name])) for r in rows if name in r]
+
+    assert series("train/reward") == [(0, 1.0), (10, 2.0)]
+    assert series("eval/reward") == [(3, 5.0)]
     metrics = {m.metric.name: m.metric.step_metric for m in _of_kind(finished["records"], "metric")}
     # TorchRL 0.14's axes: <group>/step, and "step" for names without a group
     assert metrics["train/reward"] == "train/step"
@@ -106,6 +113,10 @@ def test_scalars_on_per_group_step_axes(finished: dict[str, Any]) -> None:
     }
     (m,) = [r for r in rows if "m/p" in r]
     assert (json.loads(m["m/q"]), json.loads(m["m/step"])) == (2.0, 8)
+    # a step key among the metrics is its group's step, as TorchRL
+    got = [(json.loads(r["x/step"]), json.loads(r["x/reward"])) for r in rows if "x/reward" in r]
+    assert got == [(4, 1.0), (5, 2.0)]
+    assert finished["explicit"] == {"x/reward": 1.0, "x/step": 4}
     # override_global_step: W&B's own step, no group axis
     (glob,) = [r for r in rows if "global/x" in r]
     assert json.loads(glob["_step"]) == 100

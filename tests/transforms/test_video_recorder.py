@@ -444,6 +444,27 @@ def test_other_loggers_get_a_tensor_they_may_keep_and_pickle(tmp_path: Path) -> 
     assert ForkingPickler.dumps(kept.frames)  # what a ProcessLogger's queue does with it
 
 
+def test_log_video_is_called_as_torchrl_does(tmp_path: Path) -> None:
+    class KeywordsOnly:  # TorchRL's VideoRecorder calls log_video(name=, video=, step=)
+        def __init__(self) -> None:
+            self.calls: list[dict[str, Any]] = []
+
+        def log_video(self, **kwargs: Any) -> None:
+            self.calls.append(kwargs)
+
+    logger = KeywordsOnly()
+    vr = VideoRecorder(logger, "kw", spool_dir=tmp_path, fps=9)
+    vr.extend(TensorDict(pixels=solid(2), batch_size=[2]))
+    vr.dump(step=3)
+    ((call,),) = [logger.calls]
+    assert (call["name"], call["step"], call["fps"], call["video"].shape) == (
+        "kw",
+        3,
+        9,
+        (1, 2, 3, 16, 24),
+    )
+
+
 def test_close_does_not_raise_an_error_dump_raised(tmp_path: Path) -> None:
     logger = ListLogger(tmp_path / "exp")
     vr = VideoRecorder(logger, "again")

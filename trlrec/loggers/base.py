@@ -121,11 +121,11 @@ def _append_trajectory_record(directory: Path, name: str, path: Path, step: int 
         fh.write(json.dumps(record) + "\n")
 
 
-def flat_metrics(metrics: Any, keys_sep: str = "/") -> dict[str, float]:
-    """``{name: float}`` of a dict or ``TensorDict`` of numbers, nested keys joined by ``keys_sep``.
+def flat_metrics(metrics: Any, keys_sep: str = "/") -> dict[str, Any]:
+    """A dict or ``TensorDict`` of metrics as a flat dict, nested keys joined by ``keys_sep``.
 
     Raises:
-        UnsupportedDataError: for a value that is not one number.
+        UnsupportedDataError: for something that is neither.
     """
     flatten = getattr(metrics, "flatten_keys", None)
     if callable(flatten):
@@ -134,7 +134,7 @@ def flat_metrics(metrics: Any, keys_sep: str = "/") -> dict[str, float]:
         raise UnsupportedDataError(
             f"metrics must be a dict or TensorDict of numbers, got {type(metrics).__name__}"
         )
-    return {str(k): _as_float(v, str(k)) for k, v in metrics.items()}
+    return {str(k): v for k, v in metrics.items()}
 
 
 def _histogram_values(data: Any, name: str) -> np.ndarray:
@@ -354,7 +354,7 @@ class Logger(TorchRLLogger, Closeable, metaclass=_LoggerMeta):
             The logged values as floats.
         """
         self._check_open("log_metrics")
-        out = flat_metrics(metrics, keys_sep)
+        out = {k: _as_float(v, k) for k, v in flat_metrics(metrics, keys_sep).items()}
         for name, value in out.items():
             self.log_scalar(name, value, step=step)
         return out

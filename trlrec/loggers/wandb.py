@@ -23,11 +23,16 @@ from trlrec.loggers.tensorboard import GifWriter
 from trlrec.loggers.video import Video
 from trlrec.naming import safe_name, safe_path
 
-__all__ = ["WandbLogger", "step_key"]
+__all__ = ["WandbLogger", "is_step_key", "step_key"]
 
 _INSTALL = "pip install 'trlrec[wandb]'"
 _STEP = "step"
 _FORMATS = ("mp4", "gif")
+
+
+def is_step_key(name: str) -> bool:
+    """Whether ``name`` is a step axis (``step`` or ``<group>/step``), as in TorchRL."""
+    return name == _STEP or name.endswith(f"/{_STEP}")
 
 
 def step_key(name: str) -> str:
@@ -39,6 +44,11 @@ def step_key(name: str) -> str:
     """
     group, sep, _ = name.rpartition("/")
     return f"{group}{sep}{_STEP}"
+
+
+def _commit(commit: bool | None) -> dict[str, bool]:
+    """``wandb.Run.log``'s ``commit=``, only when the caller gave one (as TorchRL)."""
+    return {} if commit is None else {"commit": commit}
 
 
 def _collect_env_metadata() -> dict[str, Any]:
@@ -185,67 +195,83 @@ class WandbLogger(Logger):
         *,
         keys_sep: str = "/",
         override_global_step: bool = False,
-    ) -> dict[str, float]:
+    ) -> dict[str, Any]:
         """Log several scalars in one W&B history row (see :meth:`Logger.log_metrics`).
 
+        A step key among the metrics (``<group>/step``, or ``step``) is the step of its
+        group's values, as in TorchRL.
+
         Returns:
-            The logged values as floats.
+            The logged values as floats, and the step keys as ints.
         """
         self._check_open("log_metrics")
-        values = flat_metrics(metrics, keys_sep)
-        self._log_values(values, step, True, override_global_step)
-        return values
+        return self._log_values(flat_metrics(metrics, keys_sep), step, None, override_global_step)
 
     def _log_values(
-        self, values: dict[str, Any], step: Any, commit: bool, override_global_step: bool
-    ) -> None:
+        self,
+        values: dict[str, Any],
+        step: Any,
+        commit: bool | None,
+        override_global_step: bool,
+    ) -> dict[str, Any]:
         for name in values:
             safe_name(name)
-        floats = {name: _as_float(v, name) for name, v in values.items()}
+        axes = {n: _as_step(v, f"step key {n!r}") for n, v in values.items() if is_step_key(n)}
+        floats = {n: _as_float(v, n) for n, v in values.items() if n not in axes}
         if override_global_step:
             at = _as_step(step, f"scalars {sorted(floats)}")
-            self.experiment.log(floats, step=at, commit=commit)
+            self.experiment.log(floats, step=at, **_commit(commit))
             if at is not None:
                 for name in floats:
                     self._advance("scalar", name, at)
-            return
-        steps = {name: self._step("scalar", name, step) for name in floats}
+            return {**floats, **axes}
+        if not floats:  # only step keys: log them as they are
+            for key in axes:
+                self._define(key, key)
+            self.experiment.log(dict(axes), **_commit(commit))
+            return dict(axes)
+        steps = {}
+        for name in floats:
+            axis = axes.get(step_key(name))
+            steps[name] = self._step("scalar", name, step if axis is None else axis)
         self._emit([(name, v, steps[name]) for name, v in floats.items()], commit=commit)
         for name, at in steps.items():
             self._advance("scalar", name, at)
+        return {**floats, **axes}
 
     def _emit(
         self,
         items: list[tuple[str, Any, int]],
         *,
-        commit: bool = True,
+        commit: bool | None = None,
         override_global_step: bool = False,
     ) -> None:
         """Log ``(name, value, step)`` items, each with its ``<group>/step`` key.
 
-        Items whose group already has another step in the row go to a new row.
+        Items whose group already has another step in the row go to a new row;
+        ``commit`` is passed to ``wandb.Run.log`` when given, as TorchRL.
         """
         if override_global_step:
             for name, value, step in items:
-                self.experiment.log({name: value}, step=step, commit=commit)
+                self.experiment.log({name: value}, step=step, **_commit(commit))
             return
         row: dict[str, Any] = {}
         for name, value, step in items:
             key = step_key(name)
             if key in row and row[key] != step:
-                self.experiment.log(row, commit=commit)
+                self.experiment.log(row, **_commit(commit))
                 row = {}
             self._define(name, key)
             row[name] = value
             row[key] = step
         if row:
-            self.experiment.log(row, commit=commit)
+            self.experiment.log(row, **_commit(commit))
 
     def _define(self, name: str, key: str) -> None:
         if key not in self._defined:
             self._defined.add(key)
             self.experiment.define_metric(key)
-        if name not in self._defined:
+        if name not in self._defined:  # a step key is defined once, above
             self._defined.add(name)
             self.experiment.define_metric(name, step_metric=key)
 
@@ -262,7 +288,7 @@ class WandbLogger(Logger):
         fps: float,
         *,
         format: str = "mp4",
-        commit: bool = True,
+        commit: bool | None = None,
         override_global_step: bool = False,
     ) -> None:
         if format not in _FORMATS:
@@ -285,7 +311,7 @@ class WandbLogger(Logger):
         step: int,
         bins: Any,
         *,
-        commit: bool = True,
+        commit: bool | None = None,
         override_global_step: bool = False,
     ) -> None:
         bins = 64 if bins is None else bins

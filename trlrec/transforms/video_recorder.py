@@ -496,7 +496,8 @@ class VideoRecorder(FastLane, Transform):
             if meta.get("fps") is not None:
                 kwargs.setdefault("fps", meta["fps"])
             at = self._spool.next_step(name) if step is None else step
-            self.logger.log_video(name, video.permute(0, 3, 1, 2).unsqueeze(0), step=at, **kwargs)
+            frames = video.permute(0, 3, 1, 2).unsqueeze(0)
+            self.logger.log_video(name=name, video=frames, step=at, **kwargs)  # TorchRL's call
             del video
         path.unlink(missing_ok=True)
         sidecar.unlink(missing_ok=True)
