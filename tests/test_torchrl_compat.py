@@ -161,13 +161,9 @@ def test_process_logger_runs_a_trlrec_logger_and_takes_recorder_videos(tmp_path:
     """The pattern TorchRL's Evaluator documents: a recorder in front of a logger service."""
     from torchrl.record.loggers import ProcessLogger
 
-    owner = CSVLogger(
-        "run",
-        log_dir=tmp_path,
-        video_format="pt",
-        service_backend="process",
-        service_backend_options={"context": "fork"},  # spawn works too, in ~15 s more
-    )
+    # TorchRL's default "spawn" context (~10 s to start: a fresh interpreter imports torch);
+    # "fork" would be quicker but is unsafe in a test process that already runs threads
+    owner = CSVLogger("run", log_dir=tmp_path, video_format="pt", service_backend="process")
     assert isinstance(owner, ProcessLogger)
     assert isinstance(owner, Logger)  # TorchRL's metaclass sees the class it runs
     assert owner.service_backend == "process"

@@ -179,10 +179,12 @@ class Backend:
             return [(e.step, e.tensor_proto.string_val[0].decode()) for e in events]
         run_dir = Path(lg.experiment.dir).parent
         out = []
-        for r in wandb_history(run_dir):
+        for r in wandb_history(run_dir):  # as TorchRL: a str at an explicit step, else a table
             if f"{name}/_type" in r:
                 table = json.loads((run_dir / "files" / json.loads(r[f"{name}/path"])).read_text())
                 out.append((int(r[step_key(name)]), table["data"][0][0]))
+            elif name in r:
+                out.append((int(r[step_key(name)]), json.loads(r[name])))
         return out
 
     # -- videos ------------------------------------------------------------------------

@@ -192,6 +192,8 @@ class Logger(TorchRLLogger, Closeable, metaclass=_LoggerMeta):
     """``log_video`` keyword arguments (besides ``fps``) the backend uses."""
     _HISTOGRAM_OPTIONS: ClassVar[frozenset[str]] = frozenset()
     """``log_histogram`` keyword arguments (besides ``step`` and ``bins``) the backend uses."""
+    _TEXT_OPTIONS: ClassVar[frozenset[str]] = frozenset()
+    """``log_str`` keyword arguments the backend uses."""
 
     def __init__(
         self,
@@ -326,8 +328,8 @@ class Logger(TorchRLLogger, Closeable, metaclass=_LoggerMeta):
         self._log_histogram(name, values, at, bins, **options)
         self._advance("histogram", name, at)
 
-    def log_str(self, name: str, value: str, step: int | None = None) -> None:
-        """Log a text (TorchRL's ``log_str``).
+    def log_str(self, name: str, value: str, step: int | None = None, **kwargs: Any) -> None:
+        """Log a text (TorchRL's ``log_str``); ``kwargs`` are the backend's options.
 
         Raises:
             UnsupportedDataError: for a value that is not a str.
@@ -339,8 +341,9 @@ class Logger(TorchRLLogger, Closeable, metaclass=_LoggerMeta):
             raise UnsupportedDataError(
                 f"log_str {name!r} takes a str, got {type(value).__name__}; use str(value)"
             )
+        options = self._options("log_str", kwargs, self._TEXT_OPTIONS)
         at = self._step("text", name, step)
-        self._log_text(name, value, at)
+        self._log_text(name, value, at, **options)
         self._advance("text", name, at)
 
     def log_metrics(
@@ -450,7 +453,7 @@ class Logger(TorchRLLogger, Closeable, metaclass=_LoggerMeta):
         )
 
     @abc.abstractmethod
-    def _log_text(self, name: str, text: str, step: int) -> None: ...
+    def _log_text(self, name: str, text: str, step: int, **options: Any) -> None: ...
 
     def _log_trajectory(self, name: str, path: Path, step: int) -> None:
         """Default: append a JSON line to ``<experiment_dir>/trajectories.jsonl``."""

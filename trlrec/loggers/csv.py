@@ -181,7 +181,7 @@ class CSVLogger(Logger):
         side_tmp.write_text(json.dumps(meta), encoding="utf-8")
         os.replace(side_tmp, side)
 
-    def _log_text(self, name: str, text: str, step: int) -> None:
+    def _log_text(self, name: str, text: str, step: int, **options: Any) -> None:
         path = self.text_path(name, step)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.part")

@@ -83,7 +83,7 @@ class MemoryLogger(Logger):
     def _log_histogram(self, name: str, values: np.ndarray, step: int, bins: Any) -> None:
         self.histograms[name].append((step, values))
 
-    def _log_text(self, name: str, text: str, step: int) -> None:
+    def _log_text(self, name: str, text: str, step: int, **options: Any) -> None:
         self.texts[name].append((step, text))
 
     def _log_hparams(self, cfg: dict[str, Any]) -> None:

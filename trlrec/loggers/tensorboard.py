@@ -117,7 +117,7 @@ class TensorBoardLogger(Logger):
         bins = "tensorflow" if bins is None else bins
         self.experiment.add_histogram(name, values, global_step=step, bins=bins)
 
-    def _log_text(self, name: str, text: str, step: int) -> None:
+    def _log_text(self, name: str, text: str, step: int, **options: Any) -> None:
         self.experiment.add_text(name, text, global_step=step)
 
     def _log_hparams(self, cfg: dict[str, Any]) -> None:

@@ -105,6 +105,7 @@ class WandbLogger(Logger):
 
     _VIDEO_OPTIONS = frozenset({"format", "commit", "override_global_step"})
     _HISTOGRAM_OPTIONS = frozenset({"commit", "override_global_step"})
+    _TEXT_OPTIONS = frozenset({"as_value", "override_global_step"})
 
     def __init__(
         self,
@@ -227,7 +228,7 @@ class WandbLogger(Logger):
             return {**floats, **axes}
         if not floats:  # only step keys: log them as they are
             for key in axes:
-                self._define(key, key)
+                self._define(key)
             self.experiment.log(dict(axes), **_commit(commit))
             return dict(axes)
         steps = {}
@@ -255,25 +256,30 @@ class WandbLogger(Logger):
             for name, value, step in items:
                 self.experiment.log({name: value}, step=step, **_commit(commit))
             return
+        for name, _, _ in items:  # the axes first, then the values on them (as TorchRL)
+            self._define(step_key(name))
+        for name, _, _ in items:
+            self._define(name, step_key(name))
         row: dict[str, Any] = {}
         for name, value, step in items:
             key = step_key(name)
             if key in row and row[key] != step:
                 self.experiment.log(row, **_commit(commit))
                 row = {}
-            self._define(name, key)
             row[name] = value
             row[key] = step
         if row:
             self.experiment.log(row, **_commit(commit))
 
-    def _define(self, name: str, key: str) -> None:
-        if key not in self._defined:
-            self._defined.add(key)
-            self.experiment.define_metric(key)
-        if name not in self._defined:  # a step key is defined once, above
-            self._defined.add(name)
-            self.experiment.define_metric(name, step_metric=key)
+    def _define(self, name: str, axis: str | None = None) -> None:
+        """``define_metric`` once per name: an axis (``axis=None``), or a value on ``axis``."""
+        if name in self._defined:
+            return
+        self._defined.add(name)
+        if axis is None:
+            self.experiment.define_metric(name)
+        else:
+            self.experiment.define_metric(name, step_metric=axis)
 
     # -- backend hooks -------------------------------------------------------------------
 
@@ -320,8 +326,33 @@ class WandbLogger(Logger):
             [(name, histogram, step)], commit=commit, override_global_step=override_global_step
         )
 
-    def _log_text(self, name: str, text: str, step: int) -> None:
-        self._emit([(name, self._wandb.Table(columns=["text"], data=[[text]]), step)])
+    def log_str(
+        self,
+        name: str,
+        value: str,
+        step: int | None = None,
+        *,
+        override_global_step: bool = False,
+    ) -> None:
+        """Log a text: the string itself at an explicit ``step``, else a one-cell table.
+
+        As TorchRL's; ``override_global_step`` as in :meth:`log_scalar`.
+        """
+        as_value = step is not None
+        options = {"as_value": as_value, "override_global_step": override_global_step}
+        super().log_str(name, value, step, **options)
+
+    def _log_text(
+        self,
+        name: str,
+        text: str,
+        step: int,
+        *,
+        as_value: bool = False,
+        override_global_step: bool = False,
+    ) -> None:
+        media = text if as_value else self._wandb.Table(columns=["text"], data=[[text]])
+        self._emit([(name, media, step)], override_global_step=override_global_step)
 
     def _log_hparams(self, cfg: dict[str, Any]) -> None:
         self.experiment.config.update(cfg, allow_val_change=True)
