@@ -45,7 +45,7 @@ def build_store(path: Path) -> None:
     for t in range(6):
         w2.append(roll[:, t], episode_metadata={"open": t})
     w2.flush()
-    w2._files.release()  # abandon it: COMMIT keeps the open episodes, like a killed writer
+    w2._rec.files.release()  # abandon it: COMMIT keeps the open episodes, like a killed writer
 
 
 @pytest.fixture(scope="module")

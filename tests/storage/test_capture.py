@@ -27,7 +27,7 @@ def path_kind(request, monkeypatch):
 
 
 def _uses_native(w: TrajectoryWriter) -> bool:
-    return w._staging.native
+    return w._rec.staging.native
 
 
 @pytest.mark.parametrize("name", ["capture", "pwrite"])
@@ -58,7 +58,7 @@ def test_plain_steps_take_the_native_path_and_end_episodes(tmp_path, stub_env_cl
         for t in range(10):
             w.append(rollout[t])
         assert _uses_native(w) == (path_kind == "native")
-        assert (w._io.name == "native") == (path_kind == "native")  # the native writer thread
+        assert (w._rec.io.name == "native") == (path_kind == "native")  # the native writer thread
     r = TrajectoryReader(tmp_path / "s")
     assert [len(r.episodes[i]) for i in range(len(r.episodes))] == [3, 3, 3, 1]
     assert_store_matches(r, rollout)

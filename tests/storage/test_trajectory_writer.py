@@ -360,7 +360,7 @@ def test_background_io_is_the_default_and_records_the_same(tmp_path, stub_env_cl
             assert w.background is background
             for t in range(9):
                 w.append(rollout[:, t])
-            assert w._io.name in (("thread", "native") if background else ("inline",))
+            assert w._rec.io.name in (("thread", "native") if background else ("inline",))
         assert_store_matches(TrajectoryReader(path), rollout)
 
 
@@ -384,7 +384,7 @@ def test_a_commit_failing_on_the_io_backend_rolls_back_and_names_commit(
     rollout = env.rollout(30, break_when_any_done=False)
     path = tmp_path / "c"
     w = TrajectoryWriter(path, io=kind, stage_steps=4, commit_every_steps=4, min_commit_interval=0)
-    assert w._io.name == kind
+    assert w._rec.io.name == kind
     for t in range(10):
         w.append(rollout[t])
     w.flush()
@@ -417,12 +417,12 @@ def test_io_write_error_rolls_back_to_the_last_commit(tmp_path, stub_env_cls, mo
     # the pixel writes go to a directory: EISDIR, on whichever thread does them
     unwritable = tmp_path / "elsewhere" / "pixels.memmap"
     unwritable.mkdir(parents=True)
-    real_write = w._io.write
+    real_write = w._rec.io.write
 
     def write(file, data, offset, group):
         return real_write(str(unwritable) if "pixels" in file else file, data, offset, group)
 
-    monkeypatch.setattr(w._io, "write", write)
+    monkeypatch.setattr(w._rec.io, "write", write)
 
     def append_and_flush():
         for t in range(10, 20):

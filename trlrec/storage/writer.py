@@ -2,16 +2,16 @@
 
 One step goes one way: :meth:`TrajectoryWriter.append` checks it, the staging copies
 it into a buffer (:mod:`~trlrec.storage.staging`), full buffers become rows of each
-sub-environment's stream (:mod:`~trlrec.storage.stream`, into chunk files:
-:mod:`~trlrec.storage.chunks`), and the commit clock (:mod:`~trlrec.storage.commit_clock`)
-says when the shard commits (:mod:`~trlrec.storage.shard`). Every byte goes to disk
-through the writer's I/O backend (:mod:`trlrec.io`), chosen once when it opens.
+sub-environment's stream (:mod:`~trlrec.storage.stream_set`, into chunk files), and the
+commit clock (:mod:`~trlrec.storage.commit_clock`) says when the shard commits. The
+machinery under it (set-up, writes, commits, roll back) is
+:mod:`~trlrec.storage.recording`; every byte goes to disk through the writer's I/O
+backend (:mod:`trlrec.io`), chosen once when it opens.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,22 +24,16 @@ from trlrec.closing import Closeable
 from trlrec.errors import ClosedError, ConfigError, StoreWriteError
 from trlrec.io import IOBackend, open_backend
 from trlrec.storage.batches import (
-    batch_columns,
     check_batch,
     check_episode_metadata,
     check_pair,
     check_row,
     stream_mask,
 )
-from trlrec.storage.chunks import default_chunk_rows
 from trlrec.storage.commit_clock import CommitClock, IdleCommitter
 from trlrec.storage.dataset import check_metadata, create_dataset, new_shard_dir
-from trlrec.storage.format import COMMIT_FILE, SCHEMA_FILE
-from trlrec.storage.jsonio import write_json_atomic
+from trlrec.storage.recording import Recording
 from trlrec.storage.schema import Key, Schema
-from trlrec.storage.shard import ShardFiles
-from trlrec.storage.staging import StepStaging
-from trlrec.storage.stream_set import StreamSet
 
 __all__ = ["TrajectoryWriter"]
 
@@ -124,83 +118,54 @@ class TrajectoryWriter(Closeable):
         )
         self.path = Path(path)
         self.metadata = check_metadata(metadata)
-        self._chunk_rows = chunk_rows
-        self._stage_steps = stage_steps
-        self._durable = durable
-        self._episode_key = (episode_key,) if isinstance(episode_key, str) else episode_key
         self._lock = threading.Lock()  # the caller's thread vs. the idle committer
-        if isinstance(io, IOBackend):
-            self._io = io
-        else:
-            self._io = open_backend(io or ("auto" if background else "inline"))
-        self._group = self._io.new_group()
         self._error: BaseException | None = None  # an idle commit's failure, raised next call
+        self._pending_force: torch.Tensor | None = None  # streams reset before the next step
+        self._closed = False
+        self.num_steps = 0
         create_dataset(self.path, self.metadata)
         if specs is not None:  # the env's specs (env.specs), see trlrec.specs
             from trlrec.specs import write_specs
 
             write_specs(self.path, specs, durable=durable)
         self.shard_path = new_shard_dir(self.path, shard)
-        self._files = ShardFiles(self.shard_path, durable=durable)
-        self.schema: Schema | None = None
-        # set with the schema (_setup), and read only after it: typed as always set
-        self._staging: StepStaging = None  # type: ignore[assignment]
-        self._streams: StreamSet = None  # type: ignore[assignment]
-        self._pending_force: torch.Tensor | None = None
-        self._closed = False
-        self.num_steps = 0
+        if not isinstance(io, IOBackend):
+            io = open_backend(io or ("auto" if background else "inline"))
+        key = (episode_key,) if isinstance(episode_key, str) else episode_key
         try:
-            self._open_shard()
+            self._rec = Recording(
+                self.shard_path,
+                self.metadata,
+                io,
+                self.clock,
+                chunk_rows=chunk_rows,
+                stage_steps=stage_steps,
+                durable=durable,
+                episode_key=key,
+            )
         except BaseException:
-            self._files.release()
-            self._io.close()
+            io.close()
             raise
         IdleCommitter.get().add(self)  # commits it while idle, closes it at exit
 
     @property
+    def schema(self) -> Schema | None:
+        """The recording's schema (keys, shapes, dtypes), once a transition was appended."""
+        return self._rec.schema
+
+    @property
     def num_transitions(self) -> int:
         """Transitions appended so far, all streams together (a ``[B]`` step counts B)."""
-        if self._streams is None:
+        rec = self._rec
+        if rec.schema is None:
             return 0
-        staged = self._staging.current.count * self._staging.num_streams
-        return sum(s.transitions for s in self._streams.streams) + staged
+        staged = rec.staging.current.count * rec.staging.num_streams
+        return sum(s.transitions for s in rec.streams.streams) + staged
 
     @property
     def background(self) -> bool:
         """Whether blocks are written on a background thread."""
-        return self._io.name in ("thread", "native")
-
-    def _open_shard(self) -> None:
-        """Start the shard, or continue it after its last commit (its schema and sizes)."""
-        commit, schema = self._files.open(self.metadata)
-        if commit is not None and schema is not None:
-            self._chunk_rows = commit["chunk_rows"]
-            self._setup(schema)
-            self._resume(commit)
-
-    def _resume(self, commit: dict[str, Any], *, commit_now: bool = True) -> None:
-        """Continue after ``commit``; its open episodes end there (cut).
-
-        ``commit_now``: commit that at once (opening a shard), or with the next commit
-        (a roll back, whose cause may fail a commit now too).
-        """
-        self._files.resume(commit)
-        for ep in self._streams.resume(commit, self.shard_path / COMMIT_FILE):
-            self._files.add_episode(ep)
-        if commit_now:
-            self._commit(sync=True)
-
-    def _setup(self, schema: Schema) -> None:
-        self.schema = schema
-        self._chunk_rows = self._chunk_rows or default_chunk_rows(schema)
-        self._staging = StepStaging(schema, self._stage_steps, 2 if self.background else 1)
-        sizes = (self._chunk_rows, self._io, self._group, self._episode_key)
-        self._streams = StreamSet(self.shard_path, self._staging, *sizes)
-
-    def _init_schema(self, root: TensorDictBase, next_: TensorDictBase) -> None:
-        schema = Schema.from_transition(root, next_)
-        write_json_atomic(self.shard_path / SCHEMA_FILE, schema.to_json(), durable=self._durable)
-        self._setup(schema)
+        return self._rec.io.name in ("thread", "native")
 
     def finished_episodes(self) -> list[tuple[int, float | None, int]]:
         """The episodes a done flag ended since the last call, oldest first (at most 65536).
@@ -210,7 +175,7 @@ class TrajectoryWriter(Closeable):
             streams up to the episode's end, the return is None without a "reward" key.
         """
         with self._lock:
-            return [] if self._streams is None else self._streams.take_finished()
+            return [] if self._rec.schema is None else self._rec.streams.take_finished()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -253,9 +218,10 @@ class TrajectoryWriter(Closeable):
 
     def _append(self, root: TensorDictBase, next_: TensorDictBase, episode_metadata: Any) -> None:
         """Stage one checked transition; write a block and commit when due."""
-        if self.schema is None:
-            self._init_schema(root, next_)
-        staging = self._staging
+        rec = self._rec
+        if rec.schema is None:
+            rec.init_schema(root, next_)
+        staging = rec.staging
         meta = episode_metadata
         if meta is not None:
             meta = check_episode_metadata(meta, staging.num_streams)
@@ -264,7 +230,7 @@ class TrajectoryWriter(Closeable):
         self.num_steps += 1
         due = self.clock.tick(1, done)
         if due or staging.full():
-            self._submit(due)
+            rec.submit(due)
 
     def end_episode(self, streams: torch.Tensor | Sequence[bool] | None = None) -> None:
         """Mark that the next transition of these streams starts a new episode (a reset).
@@ -273,13 +239,13 @@ class TrajectoryWriter(Closeable):
             streams: a bool mask over the streams (the env's batch), or None for all.
         """
         self._check_open()
-        if self.schema is None:
+        schema = self._rec.schema
+        if schema is None:
             return
-        mask = stream_mask(streams, self.schema.num_streams)
+        mask = stream_mask(streams, schema.num_streams)
         with self._lock:
-            self._pending_force = (
-                mask if self._pending_force is None else self._pending_force | mask
-            )
+            pending = self._pending_force
+            self._pending_force = mask if pending is None else pending | mask
 
     def extend(
         self,
@@ -298,88 +264,16 @@ class TrajectoryWriter(Closeable):
             SchemaError: a key, shape or dtype differs from the recording's schema.
         """
         self._check_open()
-        if check_batch(batch) == 0:
+        T = check_batch(batch)
+        if T == 0:
             return
         with self._lock:
-            self._extend(batch, episode_metadata)
-
-    def _extend(self, batch: TensorDictBase, episode_metadata: Any) -> None:
-        if self.schema is None:
-            first = batch[..., 0]
-            self._init_schema(first, first.get("next"))
-        T = batch.batch_size[-1]
-        staging = self._staging
-        cols, metas = batch_columns(staging, batch, episode_metadata)
-        self._drain()
-        staging.forget()
-        n = staging.num_streams
-        closed = self._streams.write_batch(cols, metas, self._pending_force)
-        self._pending_force = None
-        for ep in closed:
-            self._files.add_episode(ep)
-        self.num_steps += n * T
-        self._io.barrier()  # the batch's memory is the caller's again when extend returns
-        self._check_io()
-        if self.clock.tick(n * T, bool(closed)):
-            self._commit()
-
-    def _submit(self, commit: bool) -> None:
-        """Write the staged steps as a block (and commit); stage into the other buffer."""
-        st = self._staging.current
-        try:
-            for ep in self._streams.write_staged(st):
-                self._files.add_episode(ep)
-            st.written_at = self._io.submitted
-            if commit:
-                self._commit()
-        finally:
-            st.clear()
-        nxt = self._staging.swap()
-        self._io.wait(nxt.written_at)  # its last block is written: it may be overwritten
-        self._check_io()
-
-    def _drain(self) -> None:
-        """Write everything staged and wait for the I/O."""
-        if self._staging is not None and self._staging.current.count:
-            self._submit(False)
-        self._io.barrier()
-        self._check_io()
-
-    def _commit(self, sync: bool = False) -> None:
-        """Commit what was written (queued on the I/O backend; ``sync``: and wait for it)."""
-        self.clock.committed()
-        if self._durable:
-            self._io.barrier()
-            self._check_io()
-            self._streams.sync()
-        streams, open_meta = self._streams.entries()
-        self._files.commit(self._io, self._group, streams, open_meta, self._chunk_rows or 1)
-        if sync:
-            self._io.barrier()
-            self._check_io()
-
-    def _check_io(self) -> None:
-        """Raise the I/O backend's error, if any, after rolling back to the last commit."""
-        err = self._io.error(self._group)
-        if err is not None:
-            self._roll_back()
-            raise err
-
-    def _roll_back(self) -> None:
-        """Continue from the last commit on disk, as a writer reopening the shard would.
-
-        What was recorded since is dropped (a failed write may have torn it); the
-        episodes open at that commit end there, flagged as cut.
-        """
-        self._io.close_files()  # its files closed: chunks past the commit are deleted
-        self._group = self._io.new_group()
-        self._files.discard_pending()
-        self._pending_force = None
-        self.clock.committed()
-        self._setup(self._staging.schema)
-        commit = self._files.last_commit()
-        if commit is not None:
-            self._resume(commit, commit_now=False)
+            closed = self._rec.extend(batch, episode_metadata, self._pending_force)
+            self._pending_force = None
+            n = self._rec.staging.num_streams
+            self.num_steps += n * T
+            if self.clock.tick(n * T, closed):
+                self._rec.commit()
 
     def commit_if_idle(self) -> bool:
         """The idle committer's call: commit if the clock says so; False if busy appending.
@@ -389,8 +283,8 @@ class TrajectoryWriter(Closeable):
         if not self._lock.acquire(blocking=False):
             return False
         try:
-            if not self._closed and self.schema is not None and self.clock.pending > 0:
-                self._submit(True)
+            if not self._closed and self._rec.schema is not None and self.clock.pending > 0:
+                self._rec.submit(True)
         except (StoreWriteError, OSError) as err:
             self._error = err
         finally:
@@ -400,12 +294,10 @@ class TrajectoryWriter(Closeable):
     def flush(self) -> None:
         """Write staged steps and commit: everything appended so far survives a crash."""
         self._check_open()
-        if self.schema is None:
-            return
         with self._lock:
-            self._submit(True)
-            self._io.barrier()
-            self._check_io()
+            if self._rec.schema is not None:
+                self._rec.submit(True)
+                self._rec.drain()
 
     def close(self) -> None:
         """Commit, end the open episodes (flagged as cut) and release the shard."""
@@ -414,18 +306,10 @@ class TrajectoryWriter(Closeable):
         IdleCommitter.get().discard(self)
         try:
             with self._lock:
-                if self.schema is not None:
-                    self._drain()
-                    for ep in self._streams.cut():
-                        self._files.add_episode(ep)
-                    self._commit(sync=True)
+                self._rec.finish()
         finally:
             self._closed = True
-            self._io.close()
-            empty = self.schema is None and not (self.shard_path / COMMIT_FILE).exists()
-            if empty:  # nothing recorded: the shard goes, while its lock is still held
-                shutil.rmtree(self.shard_path, ignore_errors=True)
-            self._files.release()
+            self._rec.release()
 
     def __repr__(self) -> str:
         shard = self.shard_path.name
