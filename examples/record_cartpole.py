@@ -3,7 +3,8 @@
     python examples/record_cartpole.py --steps 200 --out runs
 
 Leaves ``<out>/<exp_name>/transitions`` (read it with ``trlrec info``) and
-``<out>/<exp_name>/videos/episode_<n>.mp4``. Running it again adds a shard and a video.
+``<out>/<exp_name>/videos/rollout_<frames>.mp4`` (every frame, named for the env frame
+count at the dump). Running it again adds a shard and a video.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def main(args: Args) -> dict[str, Path]:
     keep = [*env.observation_spec.keys(), "action", "reward"]
     # frames at half size (300x200) keep the rollout small in RAM
     env = env.append_transform(PixelRenderTransform(preproc=lambda img: img[::2, ::2]))
-    env = env.append_transform(VideoRecorder(logger, tag="episode", fps=30))
+    env = env.append_transform(VideoRecorder(logger, tag="rollout", fps=30))
     recorder = TensorDictRecorder(
         logger=logger, tag="transitions", in_keys=keep, metadata=dataclasses.asdict(args)
     )
@@ -69,7 +70,7 @@ def main(args: Args) -> dict[str, Path]:
     env.close()
 
     reader = TrajectoryReader(recorder.path)
-    video = max(logger.videos_dir.glob("episode_*.mp4"), key=lambda p: p.stat().st_mtime)
+    video = max(logger.videos_dir.glob("rollout_*.mp4"), key=lambda p: p.stat().st_mtime)
     print(f"{reader.num_steps} steps, {reader.num_episodes} episodes -> {recorder.path}")
     print(f"video -> {video}")
     return {"dataset": recorder.path, "video": video}

@@ -6,9 +6,11 @@ import io
 import json
 import os
 import runpy
+import signal
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -49,6 +51,39 @@ def chunk_dir(path: Path) -> Path:
     return path / "shards" / "shard-000000" / "streams" / "0" / "chunk-000000"
 
 
+TRLREC = Path(sys.executable).with_name("trlrec")  # the console script a user runs
+
+
+def cli(*argv, cwd=None, stdout=subprocess.PIPE) -> subprocess.CompletedProcess:
+    """``trlrec ARGV`` in a subprocess, as a user runs it (PYTHONPATH is inherited)."""
+    done = subprocess.run(
+        [str(TRLREC), *map(str, argv)],
+        cwd=cwd,
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=180,
+    )
+    assert "Traceback" not in done.stderr, done.stderr
+    return done
+
+
+def failed_with(done, *needles):
+    """The command failed as docs/CLI.md promises: exit 2, one line on stderr."""
+    assert done.returncode == 2, (done.returncode, done.stderr)
+    one_error_line(done.stderr, *needles)
+
+
+@pytest.fixture(scope="module")
+def pixel_run(tmp_path_factory):
+    """``trlrec record --pixels --steps 12`` (no --video): the run directory."""
+    out = tmp_path_factory.mktemp("pixel_run")
+    done = cli("record", "--pixels", "--steps", 12, "--seed", 1, "--out", out)
+    assert done.returncode == 0, done.stderr
+    (run_dir,) = out.iterdir()
+    return run_dir
+
+
 # ---------------------------------------------------------------- record
 def test_record_defaults_to_cartpole_and_never_overwrites(tmp_path, capsys):
     code, out, _ = run(capsys, "record", "--steps", 30, "--out", tmp_path, "--seed", 0)
@@ -71,6 +106,7 @@ def test_record_video_writes_a_decodable_mp4(tmp_path, capsys):
     code, out, _ = run(capsys, "record", "--steps", 12, "--video", "--out", tmp_path, "--seed", 3)
     assert code == 0
     (video,) = tmp_path.glob("*/videos/*.mp4")
+    assert video.name == "rollout_12.mp4"  # every frame, named for the env frame of the dump
     assert f"video      {video}" in out
     frames = iio.imread(video)
     episodes = TrajectoryReader(next(tmp_path.glob("*/transitions"))).num_episodes
@@ -103,12 +139,118 @@ def test_record_with_a_policy_from_a_file(tmp_path, capsys):
         (["--policy", "os:sep"], "is a str, not a callable"),
         (["--policy", "missing.py:f"], "no such file"),
         (["--steps", "0"], "--steps must be a positive int"),
+        (["--fps", "10"], "--fps 10.0 is the frame rate of the video: add --video"),
     ],
 )
 def test_record_errors(tmp_path, capsys, argv, needle):
     code, _, err = run(capsys, "record", *argv, "--out", tmp_path)
     assert code == 2
     one_error_line(err, "trlrec record: error:", needle)
+
+
+def test_record_pixels_keeps_the_frames_and_makes_no_video_dir(pixel_run):
+    r = TrajectoryReader(pixel_run / "transitions")
+    pixels = next(e for e in r.shards[0].schema.entries if e.key == ("pixels",))
+    assert (pixels.role, pixels.shape, pixels.dtype) == ("state", (400, 600, 3), torch.uint8)
+    assert r.episodes[0]["pixels"].float().std() > 1  # real renders, not zeros
+    assert r.metadata["pixels"] is True
+    assert not (pixel_run / "videos").exists()  # no --video: nothing made for one
+    assert not (pixel_run / "video_spool").exists()
+
+
+def test_record_failing_before_a_step_leaves_no_run_directory(tmp_path):
+    done = cli("record", "--video", "--fps", 0, "--steps", 3, "--out", tmp_path)
+    failed_with(done, "trlrec record: error:", "fps must be a positive number, got 0", "removed")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        ("    raise RuntimeError('kaboom')", "the policy raised RuntimeError at step 0: kaboom"),
+        ("    return None", "the policy returned None at step 0"),
+    ],
+)
+def test_record_a_policy_that_fails_is_one_line_and_no_debris(tmp_path, body, needle):
+    (tmp_path / "pol.py").write_text(f"def act(td):\n{body}\n")
+    done = cli("record", "--policy", "pol.py:act", "--out", "runs", cwd=tmp_path)
+    failed_with(done, "trlrec record: error: --policy pol.py:act:", needle)
+    assert list((tmp_path / "runs").iterdir()) == []
+
+
+def test_record_a_policy_failing_later_keeps_what_was_recorded(tmp_path):
+    (tmp_path / "pol.py").write_text(
+        "import torch\n"
+        "calls = []\n"
+        "def act(td):\n"
+        "    calls.append(1)\n"
+        "    if len(calls) > 7:\n"
+        "        raise ValueError('tired')\n"
+        "    td['action'] = torch.tensor([1, 0])\n"
+        "    return td\n"
+    )
+    done = cli("record", "--policy", "pol.py:act", "--out", "runs", cwd=tmp_path)
+    failed_with(done, "at step 7: tired", "7 steps recorded before it are kept in runs/")
+    (dataset,) = (tmp_path / "runs").glob("*/transitions")
+    assert TrajectoryReader(dataset).num_steps == 7
+
+
+def test_record_out_pointing_at_a_file(tmp_path):
+    (tmp_path / "taken").write_text("x")
+    done = cli("record", "--steps", 2, "--out", tmp_path / "taken")
+    failed_with(done, f"--out '{tmp_path / 'taken'}' is a file")
+    assert (tmp_path / "taken").read_text() == "x"
+
+
+def test_ctrl_c_keeps_the_steps_and_says_where(tmp_path):
+    proc = subprocess.Popen(
+        [str(TRLREC), "record", "--steps", "10000000", "--out", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not list(tmp_path.glob("*/transitions/shards/*/COMMIT")):  # recording has begun
+            assert time.monotonic() < deadline
+            assert proc.poll() is None
+            time.sleep(0.1)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130
+    (dataset,) = tmp_path.glob("*/transitions")
+    r = TrajectoryReader(dataset)
+    assert 0 < r.num_steps < 10_000_000
+    one_error_line(
+        err,
+        f"trlrec record: interrupted: {r.num_steps} steps ({r.num_episodes} episodes) "
+        f"kept in {dataset}",
+    )
+    assert f"recorded {r.num_steps} steps" in out
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        ("    return td", "the policy returned no action at step 0; a TorchRL policy returns"),
+        (
+            "    td['action'] = torch.zeros(3, 5)\n    return td",
+            "stepping the env with its action failed at step 0",
+        ),
+    ],
+)
+def test_record_a_policy_without_a_usable_action(tmp_path, capsys, body, needle):
+    (tmp_path / "pol.py").write_text(f"import torch\ndef act(td):\n{body}\n")
+    code, _, err = run(
+        capsys, "record", "--policy", tmp_path / "pol.py:act", "--out", tmp_path / "r"
+    )
+    assert code == 2
+    one_error_line(err, "trlrec record: error: --policy", needle, "nothing was recorded")
+    assert list((tmp_path / "r").iterdir()) == []
 
 
 # ------------------------------------------------------------------ info
@@ -158,7 +300,59 @@ def test_info_errors(tmp_path, store, capsys):
     one_error_line(err, "COMMIT")
 
 
+@pytest.mark.parametrize("argv", [["info"], ["info", "--json"]])
+def test_a_closed_pipe_ends_quietly(store, argv):
+    """``trlrec info STORE | head -n 2``: the reader is gone before trlrec writes."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = cli(*argv, store, stdout=write)
+    finally:
+        os.close(write)
+    assert done.returncode == 141
+    assert done.stderr == ""
+
+
+def test_a_pipe_to_head_prints_the_first_lines(store):
+    done = subprocess.run(
+        f"'{TRLREC}' info '{store}' | head -n 2",
+        shell=True, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.stdout == f"store      {store}\nformat     trlrec v1\n"
+    assert done.stderr == ""
+
+
 # ----------------------------------------------------------------- video
+def test_video_writes_what_the_extension_says(pixel_run, tmp_path):
+    store = pixel_run / "transitions"
+    steps = TrajectoryReader(store).episodes[0].shape[0]
+    done = cli("video", store, "-o", tmp_path / "ep0.gif")
+    assert done.returncode == 0, done.stderr
+    assert f"wrote {steps + 1} frames to {tmp_path / 'ep0.gif'}" in done.stdout
+    assert (tmp_path / "ep0.gif").read_bytes()[:6] == b"GIF89a"
+    frames = iio.imread(tmp_path / "ep0.gif", plugin="pillow", mode="RGB")
+    assert frames.shape == (steps + 1, 400, 600, 3)
+    stored = TrajectoryReader(store).episodes[0]["pixels"].numpy()
+    assert np.abs(frames[0].astype(int) - stored[0]).mean() < 8  # a palette, near the frame
+
+
+def test_video_of_next_pixels_is_the_next_frames(pixel_run, tmp_path):
+    store = pixel_run / "transitions"
+    done = cli("video", store, "--key", "next/pixels", "-o", tmp_path / "next.mp4")
+    assert done.returncode == 0, done.stderr
+    ep = TrajectoryReader(store).episodes[0]
+    frames = iio.imread(tmp_path / "next.mp4")
+    assert frames.shape == (ep.shape[0], 400, 600, 3)
+    want = ep["next", "pixels"].numpy().astype(int)
+    assert np.abs(frames.astype(int) - want).mean() < 3  # H.264 at crf 18
+
+
+def test_video_help_says_the_default_key():
+    done = cli("video", "--help")
+    assert done.returncode == 0
+    assert "default pixels" in " ".join(done.stdout.split())
+
+
 def test_video_of_hwc_uint8_frames(store, tmp_path, capsys):
     out_file = tmp_path / "ep.mp4"
     code, out, _ = run(capsys, "video", store, "--key", "pixels", "--episode", 1, "-o", out_file)
@@ -200,15 +394,20 @@ def test_video_of_chw_float_frames_with_odd_size_keeps_content(tmp_path, capsys)
     ("argv", "needle"),
     [
         (["--key", "nope"], "key 'nope' is not in the store; it has ["),
-        (["--episode", "99"], "episode 99 is out of range: the store has 7 episodes"),
+        (["--episode", "99"], "error: episode 99 is out of range: the store has 7 episodes"),
         (["--key", "observation"], "has frames of shape (4,)"),
+        (["--key", "next/observation"], "has frames of shape (4,)"),
+        (["--key", "next/nope"], "key 'next/nope' is not in the store"),
+        (["-o", "x.avi"], "the extension '.avi' is not one trlrec writes; name the file with"),
+        (["-o", "x"], "the extension '(none)' is not one trlrec writes"),
     ],
 )
-def test_video_errors(store, tmp_path, capsys, argv, needle):
-    code, _, err = run(capsys, "video", store, *argv, "-o", tmp_path / "x.mp4")
+def test_video_errors(store, tmp_path, capsys, monkeypatch, argv, needle):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capsys, "video", store, "-o", "x.mp4", *argv)
     assert code == 2
     one_error_line(err, "trlrec video: error:", needle)
-    assert not (tmp_path / "x.mp4").exists()
+    assert list(tmp_path.iterdir()) == [tmp_path / "store"]  # nothing written
 
 
 # ---------------------------------------------------------------- verify

@@ -29,7 +29,8 @@ def test_record_cartpole(tmp_path):
     assert reader.num_steps == 40
     assert reader.metadata["steps"] == 40
     frames = iio.imread(out["video"])
-    assert frames.shape[0] >= 40
+    assert out["video"].name == "rollout_40.mp4"  # named for the env frame count at the dump
+    assert frames.shape[0] == 40 + reader.num_episodes  # every step and each reset
     assert frames.shape[1:] == (200, 300, 3)
     assert out["dataset"].is_relative_to(tmp_path)
 

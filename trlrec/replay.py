@@ -222,6 +222,22 @@ def replay_buffer(
     Raises:
         ConfigError: for a bad ``batch_size``, ``slice_len`` or ``num_slices``.
         StoreError: the store is empty (and the reader's errors for a missing or damaged store).
+
+    Examples:
+        >>> import tempfile
+        >>> from torchrl.envs import GymEnv
+        >>> from trlrec import TensorDictRecorder, as_replay_buffer
+        >>> path = tempfile.mkdtemp() + "/cartpole"
+        >>> with TensorDictRecorder(path) as rec:
+        ...     _ = GymEnv("CartPole-v1").append_transform(rec).rollout(
+        ...         100, break_when_any_done=False)
+        >>> rb = as_replay_buffer(path, batch_size=32)
+        >>> rb.sample()["next", "reward"].shape
+        torch.Size([32, 1])
+        >>> slices = as_replay_buffer(path, batch_size=32, slice_len=8).sample()
+        >>> episodes = slices["episode"].view(4, 8)  # 4 slices of 8 steps, each in one episode
+        >>> bool((episodes == episodes[:, :1]).all())
+        True
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive int, got {batch_size!r}")

@@ -150,7 +150,9 @@ def record(cfg: dict[str, Any], ack_fd: int | None = None) -> None:
 
     ``cfg``: num_envs, steps, lengths, obs_shape, pixels (rollout); path, shard,
     chunk_rows, commit_every_steps, durable (writer); mode ("append" | "extend"),
-    block (extend block length), flush_every, start (first rollout step), sleep.
+    block (extend block length), flush_every, start (first rollout step), sleep, idle
+    (seconds to wait without a call before closing), io, commit_on_done,
+    min_commit_interval, commit_every_seconds.
     """
     from trlrec.storage.writer import TrajectoryWriter
 
@@ -170,6 +172,9 @@ def record(cfg: dict[str, Any], ack_fd: int | None = None) -> None:
         commit_every_seconds=cfg.get("commit_every_seconds", 3600.0),
         durable=cfg.get("durable", False),
         stage_steps=cfg.get("stage_steps"),
+        commit_on_done=cfg.get("commit_on_done", True),
+        min_commit_interval=cfg.get("min_commit_interval", 0.2),
+        io=cfg.get("io"),
     )
     flush_every = cfg.get("flush_every", 0)
     start, stop = cfg.get("start", 0), cfg["steps"]
@@ -193,6 +198,10 @@ def record(cfg: dict[str, Any], ack_fd: int | None = None) -> None:
             os.write(ack_fd, f"{t}\n".encode())
         if cfg.get("sleep"):
             time.sleep(cfg["sleep"])
+    if cfg.get("idle"):  # no more calls: only the writer's own clock may commit now
+        if ack_fd is not None:
+            os.write(ack_fd, b"idle\n")
+        time.sleep(cfg["idle"])
     w.close()
     if ack_fd is not None:
         os.write(ack_fd, f"{t}\nclosed\n".encode())
@@ -208,12 +217,14 @@ def _kill_self() -> None:
 def install_crashpoint(target: str, nth: int, when: str) -> None:
     """SIGKILL this process at the ``nth`` call of ``target``, ``before`` or ``after`` it runs.
 
+    The recording takes the inline I/O backend, so every step runs in this thread.
     Targets are the steps of the commit protocol: ``chunk`` (creating a chunk),
     ``write_rows`` (copying rows into a chunk), ``append`` (appending to an index
     file), ``replace`` (the rename of an atomic JSON write, COMMIT included),
     ``link`` (publishing dataset.json), ``fsync``.
     """
-    from trlrec.storage import chunks, shard
+    from trlrec.io import inline
+    from trlrec.storage import chunks
 
     calls = {"n": 0}
 
@@ -233,8 +244,16 @@ def install_crashpoint(target: str, nth: int, when: str) -> None:
         chunks.ChunkSeries._chunk = wrap(chunks.ChunkSeries._chunk)
     elif target == "write_rows":
         chunks.ChunkSeries.write = wrap(chunks.ChunkSeries.write)
-    elif target == "append":
-        shard.ShardFiles._append = wrap(shard.ShardFiles._append)
+    elif target == "append":  # the index appends, as the inline I/O backend writes them
+        real = inline.InlineBackend._do_write
+        counted = wrap(real)
+
+        def index_write(self, path, data, offset):
+            if path.endswith(("episodes.bin", "episode_meta.jsonl")):
+                return counted(self, path, data, offset)
+            return real(self, path, data, offset)
+
+        inline.InlineBackend._do_write = index_write
     elif target == "replace":
         os.replace = wrap(os.replace)
     elif target == "link":
@@ -542,7 +561,7 @@ def handle(cmd: dict[str, Any]) -> dict[str, Any]:
 
         def child(fd: int) -> None:
             install_crashpoint(cmd["target"], cmd["nth"], cmd["when"])
-            record(cfg, fd)
+            record(dict(cfg, io="inline"), fd)
 
         return _fork(child, timeout=60)
     if op == "probe":  # open and read stores, each in a child with bounded memory and time

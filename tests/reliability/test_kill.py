@@ -48,6 +48,8 @@ CONFIGS = [
     ),
     # fsync'ed commits
     dict(num_envs=0, steps=300, chunk_rows=2, commit_every_steps=1, durable=True, flush_every=2),
+    # the Python I/O thread (what a machine without a compiler gets)
+    dict(num_envs=2, steps=300, chunk_rows=4, commit_every_steps=3, flush_every=4, io="thread"),
 ]
 ITERATIONS = 40
 BUDGET_S = 35
@@ -195,3 +197,34 @@ def test_kill_between_chunk_rows_and_commit_keeps_previous_commit(worker, tmp_pa
     rows = sorted((tmp_path / "s" / "shards" / "shard-000000" / "streams" / "0").iterdir())
     assert rows, "the killed writer created no chunk"
     _continue(cfg, committed, same_shard=True)
+
+
+@pytest.mark.parametrize(
+    "clock",
+    [
+        dict(commit_every_seconds=0.5, commit_on_done=False),  # the time trigger
+        dict(commit_every_seconds=3600.0, min_commit_interval=0.3),  # the episode-end one
+    ],
+    ids=["every_seconds", "episode_end"],
+)
+def test_a_writer_idle_after_recording_commits_by_its_own_clock(worker, tmp_path, clock):
+    """A collect-then-train loop: steps appended, then no call at all, then SIGKILL.
+
+    What was appended is committed within commit_every_seconds (finished episodes
+    within min_commit_interval) although nothing calls the writer.
+    """
+    cfg = dict(
+        path=str(tmp_path / "idle"),
+        num_envs=2,
+        lengths=[5, 5],
+        steps=300,
+        commit_every_steps=10**6,
+        idle=60,
+        **clock,
+    )
+    res = worker.call({"op": "kill_at", "cfg": cfg, "delay": 4.0})
+    assert res["exc"] is None, res["exc"]
+    assert res["killed_by_us"], res
+    assert "idle" in res["out"].split(), res
+    assert _verify(cfg, 0) == 300  # every step, bit for bit, of both streams
+    assert TrajectoryReader(cfg["path"]).num_episodes == 2 * 300 // 5

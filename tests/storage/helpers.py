@@ -73,3 +73,13 @@ def record_rows(path, rollout: TensorDictBase, **writer_kwargs):
             for t in range(rollout.shape[1]):
                 w.append(rollout[:, t])
     return TrajectoryReader(path)
+
+
+def io_kinds() -> list[str]:
+    """The I/O backends this machine has: inline and thread always, native where built."""
+    from trlrec.native import extension
+
+    return ["inline", "thread"] + (["native"] if extension("pwrite") is not None else [])
+
+
+IO_KINDS = io_kinds()

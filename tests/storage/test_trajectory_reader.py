@@ -170,13 +170,13 @@ WRITE_SIDE = [
     "trlrec.storage.stream",
     "trlrec.storage.chunks",
     "trlrec.storage.staging",
-    "trlrec.storage.capture",
-    "trlrec.storage.native",
-    "trlrec.storage.worker",
-    "trlrec.storage.native_io",
-    "trlrec.storage.fdcache",
+    "trlrec.storage.batches",
+    "trlrec.storage.checks",
+    "trlrec.storage.commit_clock",
+    "trlrec.native",
+    "trlrec.io",
     "trlrec.storage._capture",
-    "trlrec.storage._pwrite",
+    "trlrec.io._pwrite",
 ]
 
 

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -14,7 +12,7 @@ import pytest
 import torch
 from tensordict import TensorDict
 
-from tests.storage.helpers import assert_store_matches, assert_td_identical, record_rows
+from tests.storage.helpers import IO_KINDS, assert_store_matches, assert_td_identical, record_rows
 from trlrec import TrajectoryReader, TrajectoryWriter
 from trlrec.errors import (
     ClosedError,
@@ -25,6 +23,7 @@ from trlrec.errors import (
     StoreWriteError,
     UnsupportedDataError,
 )
+from trlrec.io.fault import FaultBackend
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -361,7 +360,7 @@ def test_background_io_is_the_default_and_records_the_same(tmp_path, stub_env_cl
             assert w.background is background
             for t in range(9):
                 w.append(rollout[:, t])
-            assert (w._worker is not None) is background
+            assert w._io.name in (("thread", "native") if background else ("inline",))
         assert_store_matches(TrajectoryReader(path), rollout)
 
 
@@ -377,15 +376,15 @@ def assert_goes_on_from_the_commit_at_10(w, path, rollout):
         assert_td_identical(r.episodes[i], rollout[start : start + 5])
 
 
-@pytest.mark.parametrize("native", ["1", "0"], ids=["native", "python"])
-def test_a_commit_failing_on_the_io_thread_rolls_back_and_names_commit(
-    tmp_path, stub_env_cls, monkeypatch, native
+@pytest.mark.parametrize("kind", IO_KINDS)
+def test_a_commit_failing_on_the_io_backend_rolls_back_and_names_commit(
+    tmp_path, stub_env_cls, kind
 ):
-    monkeypatch.setenv("TRLREC_NATIVE", native)
     env = stub_env_cls(episode_lengths=(5,), pixels=(6, 5, 3))
     rollout = env.rollout(30, break_when_any_done=False)
     path = tmp_path / "c"
-    w = TrajectoryWriter(path, stage_steps=4, commit_every_steps=4, min_commit_interval=0)
+    w = TrajectoryWriter(path, io=kind, stage_steps=4, commit_every_steps=4, min_commit_interval=0)
+    assert w._io.name == kind
     for t in range(10):
         w.append(rollout[t])
     w.flush()
@@ -393,7 +392,7 @@ def test_a_commit_failing_on_the_io_thread_rolls_back_and_names_commit(
     blocker.mkdir()  # the next commit's temporary file cannot be written: EISDIR
 
     def append_and_flush():
-        for t in range(10, 20):  # commits every block, on the I/O thread
+        for t in range(10, 20):  # commits every block, on the I/O backend
             w.append(rollout[t])
         w.flush()
 
@@ -404,50 +403,26 @@ def test_a_commit_failing_on_the_io_thread_rolls_back_and_names_commit(
     assert_goes_on_from_the_commit_at_10(w, path, rollout)
 
 
-@pytest.mark.parametrize("native", ["1", "0"], ids=["native", "python"])
-def test_io_thread_write_error_rolls_back_to_the_last_commit(
-    tmp_path, stub_env_cls, monkeypatch, native
-):
-    monkeypatch.setenv("TRLREC_NATIVE", native)
+@pytest.mark.parametrize("kind", IO_KINDS)
+def test_io_write_error_rolls_back_to_the_last_commit(tmp_path, stub_env_cls, monkeypatch, kind):
     env = stub_env_cls(episode_lengths=(5,), pixels=(84, 84, 3))
     rollout = env.rollout(30, break_when_any_done=False)
     path = tmp_path / "io"
     # chunks of 4 rows: the roll back deletes chunks that the I/O thread had open, and
-    # recreates them (the native thread must not write through its stale descriptors)
-    w = TrajectoryWriter(path, stage_steps=4, chunk_rows=4, min_commit_interval=3600)
+    # recreates them (a thread must not write through its stale descriptors)
+    w = TrajectoryWriter(path, io=kind, stage_steps=4, chunk_rows=4, min_commit_interval=3600)
     for t in range(10):
         w.append(rollout[t])
     w.flush()
-    threads = set()
-    io_fds = w._io_fds
-    real_get = io_fds.get
-    read_only = []
-
-    def failing_get(file):  # the pixel files, as the I/O thread opens them: not writable
-        if not file.endswith("pixels.memmap"):
-            return real_get(file)
-        threads.add(threading.current_thread().name)
-        read_only.append(os.open(file, os.O_RDONLY))
-        return read_only[-1]
-
-    # The native thread opens the files itself: its pixel writes go to a directory.
+    # the pixel writes go to a directory: EISDIR, on whichever thread does them
     unwritable = tmp_path / "elsewhere" / "pixels.memmap"
     unwritable.mkdir(parents=True)
-    native_writes = w._native
-    if native == "1":
-        assert native_writes is not None
-        real_submit = native_writes.submit
+    real_write = w._io.write
 
-        def failing_submit(writes):
-            threads.add(threading.current_thread().name)
-            real_submit(
-                [x._replace(path=str(unwritable)) if "pixels" in x.path else x for x in writes]
-            )
+    def write(file, data, offset, group):
+        return real_write(str(unwritable) if "pixels" in file else file, data, offset, group)
 
-        monkeypatch.setattr(native_writes, "submit", failing_submit)
-    else:
-        assert native_writes is None
-        monkeypatch.setattr(io_fds, "get", failing_get)
+    monkeypatch.setattr(w._io, "write", write)
 
     def append_and_flush():
         for t in range(10, 20):
@@ -456,16 +431,50 @@ def test_io_thread_write_error_rolls_back_to_the_last_commit(
 
     with pytest.raises(StoreWriteError, match=r"could not write '.*pixels\.memmap'.*committed"):
         append_and_flush()
-    # the writes failed on the I/O thread (natively: they were handed over by the step's)
-    want = "MainThread" if native == "1" else f"trlrec-writer-{w.shard_path.name}"
-    assert threads == {want}
     monkeypatch.undo()
-    for fd in read_only:
-        os.close(fd)
     r = TrajectoryReader(path)
     assert r.num_steps == 10
     assert_td_identical(r.episodes[1], rollout[5:10])
     assert_goes_on_from_the_commit_at_10(w, path, rollout)
+
+
+@pytest.mark.parametrize("nth", [1, 7, 40])
+def test_a_full_disk_at_any_write_keeps_every_commit_and_names_the_file(
+    tmp_path, stub_env_cls, nth
+):
+    env = stub_env_cls(episode_lengths=(5,), pixels=(6, 5, 3))
+    rollout = env.rollout(30, break_when_any_done=False)
+    path = tmp_path / "f"
+    w = TrajectoryWriter(path, stage_steps=4, commit_every_steps=4, min_commit_interval=0)
+    for t in range(10):
+        w.append(rollout[t])
+    w.close()
+    io = FaultBackend(fail_write=nth)  # ENOSPC from the nth write on
+    w = TrajectoryWriter(path, io=io, stage_steps=4, commit_every_steps=4, min_commit_interval=0)
+
+    def record_the_rest():
+        for t in range(10, 30):
+            w.append(rollout[t])
+        w.flush()
+
+    with pytest.raises(StoreWriteError, match=r"could not write '.*': No space left on device"):
+        record_the_rest()
+    assert io.failures >= 1
+    r = TrajectoryReader(path)
+    assert r.num_steps >= 10  # the first shard, and whatever the second committed
+    assert_td_identical(r.episodes[0], rollout[0:5])
+    assert_td_identical(r.episodes[1], rollout[5:10])
+    io.heal()  # room again: the writer goes on from its last commit
+    for t in range(25, 30):
+        w.append(rollout[t])
+    w.close()
+    r = TrajectoryReader(path)
+    assert_td_identical(r.episodes[-1], rollout[25:30])
+    # every episode kept is the start of one of the rollout's (5-step episodes), bit for bit
+    starts = {rollout[s]["observation"].numpy().tobytes(): s for s in range(0, 30, 5)}
+    for ep in r.episodes:
+        s = starts[ep[0]["observation"].numpy().tobytes()]
+        assert_td_identical(ep, rollout[s : s + len(ep)])
 
 
 def test_a_forked_child_exiting_leaves_the_parents_writer_alone(tmp_path):

@@ -53,7 +53,7 @@ def test_cartpole_filmed_to_mp4(tmp_path: Path) -> None:
     env.transform.dump()
     logger.close()
     assert td["pixels"].shape == (5, 400, 600, 3)
-    frames = read_mp4(tmp_path / "cartpole" / "videos" / "episode_0.mp4")
+    frames = read_mp4(tmp_path / "cartpole" / "videos" / "episode_5.mp4")  # at env frame 5
     assert frames.shape == (6, 400, 600, 3)  # reset + 5 steps
     want = torch.cat([td["pixels"][:1], td["next", "pixels"]]).numpy().astype(np.int16)
     err = np.abs(frames.astype(np.int16) - want).mean(axis=(1, 2, 3))
@@ -74,7 +74,7 @@ def test_serial_env_of_two_cartpoles(tmp_path: Path) -> None:
     logger.close()
     assert td["pixels"].shape == (2, 3, 400, 600, 3)
     assert td2["next", "pixels"].shape == (2, 2, 400, 600, 3)
-    frames = read_mp4(tmp_path / "serial" / "videos" / "grid_0.mp4")
+    frames = read_mp4(tmp_path / "serial" / "videos" / "grid_10.mp4")  # 5 steps x 2 envs
     assert frames.shape == (1 + 3 + 1 + 2, 400, 1200, 3)  # two resets, five steps, side by side
 
 
@@ -144,6 +144,8 @@ class _Renderable:
         value = [np.full((4, 6, 3), int(t) % 256, np.uint8) for t in self._t]
         if self.batch_size == ():
             return value[0]
+        if kwargs.get("stacked"):
+            return np.stack(value)
         return value if not kwargs.get("one_image") else value[0]
 
 
@@ -179,6 +181,33 @@ def test_preproc_and_as_non_tensor(stub_env_cls: type) -> None:
     td = _render_stub(stub_env_cls, ()).append_transform(prt).reset()
     assert isinstance(td.get("pixels"), NonTensorData)
     assert td["pixels"].shape == (2, 6, 3)
+
+
+@pytest.mark.parametrize("render_kwargs", [{}, {"stacked": True}])
+def test_preproc_gets_each_frame_of_a_batched_env(stub_env_cls: type, render_kwargs) -> None:
+    seen: list[tuple[int, ...]] = []
+
+    def half(frame: np.ndarray) -> np.ndarray:  # a per-frame function, as in the examples
+        seen.append(frame.shape)
+        return frame[::2, ::2]
+
+    prt = PixelRenderTransform(preproc=half, **render_kwargs)
+    td = _render_stub(stub_env_cls, (3,)).append_transform(prt).rollout(2)
+    assert td["next", "pixels"].shape == (3, 2, 2, 3, 3)
+    assert set(seen) == {(4, 6, 3)}
+    assert td["next", "pixels"][:, :, 0, 0, 0].tolist() == [[1, 2]] * 3
+
+
+def test_preproc_on_a_serial_env_of_cartpoles() -> None:
+    env = SerialEnv(2, cartpole)
+    env = env.append_transform(PixelRenderTransform())
+    env = env.append_transform(
+        PixelRenderTransform(out_keys="small", preproc=lambda img: img[::2, ::2])
+    )
+    td = env.rollout(2, break_when_any_done=False)
+    env.close()
+    assert td["next", "small"].shape == (2, 2, 200, 300, 3)
+    assert torch.equal(td["next", "small"], td["next", "pixels"][..., ::2, ::2, :])
 
 
 def test_bad_arguments() -> None:

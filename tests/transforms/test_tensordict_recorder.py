@@ -368,26 +368,20 @@ def test_skip_changed_while_recording_takes_effect(tmp_path, env_factory):
 
 
 @pytest.mark.parametrize("native", ["1", "0"])
-def test_the_native_lane_stands_in_for_step_until_a_setting_changes(
+def test_settings_changed_mid_recording_apply_at_the_next_step(
     tmp_path, env_factory, monkeypatch, native
 ):
     monkeypatch.setenv("TRLREC_NATIVE", native)
     rec = TensorDictRecorder(tmp_path / "s")
     env = env_factory((3,), recorder=rec)
     first = env.rollout(7, break_when_any_done=False)  # episode ends, resets, a commit
-    lane = rec.__dict__.get("_step")
-    assert (type(lane).__name__ == "Lane") == (native == "1")
-    assert "_step" not in rec.clone().__dict__  # a clone records to its own writer
-    assert "_step" not in rec.__getstate__()
-    rec.episode_fn = lambda td: None  # a setting the lane skips: the lane goes
-    assert "_step" not in rec.__dict__
+    assert "_step" not in rec.__dict__  # no per-instance shortcut stands in for _step
+    rec.episode_fn = lambda td: {"tagged": True}  # applies from the next step on
     second = env.rollout(2, break_when_any_done=False)
-    # an extra key mid-recording: through the lane, append_step names it
     rec.episode_fn = None
     env.rollout(1)
-    assert ("_step" in rec.__dict__) == (native == "1")
     extra = TensorDict(observation=torch.zeros(4), surprise=torch.ones(1))
-    with pytest.raises(SchemaError, match="surprise"):
+    with pytest.raises(SchemaError, match="surprise"):  # an extra key, named at once
         rec._step(first[0].exclude("next"), first[0]["next"].update(extra.select("surprise")))
     rec.close()
     reader = TrajectoryReader(tmp_path / "s")
@@ -395,6 +389,8 @@ def test_the_native_lane_stands_in_for_step_until_a_setting_changes(
     assert [len(e) for e in stored] == [3, 3, 1, 2, 1]
     assert_same(torch.cat(stored[:3]), first)
     assert_same(stored[3], second)
+    assert reader.episode_metadata(3) == {"tagged": True}
+    assert reader.episode_metadata(4) == {}  # no metadata: an empty dict
 
 
 def test_metadata_step_fn_episode_fn(tmp_path, env_factory):
@@ -454,12 +450,44 @@ def test_dump_logs_episode_statistics(tmp_path, env_factory):
     assert logger.scalars["eval/traj/episodes"] == [(7, 2.0)]
     assert logger.scalars["eval/traj/episode_length"] == [(7, 3.0)]
     assert logger.scalars["eval/traj/episode_return"][0][1] == pytest.approx(expected)
+    # each finished episode at the frame it ended, as well as the mean
+    assert logger.scalars["eval/traj/length"] == [(3, 3.0), (6, 3.0)]
+    each = logger.scalars["eval/traj/return"]
+    assert [step for step, _ in each] == [3, 6]
+    assert [value for _, value in each] == pytest.approx(
+        [float(returns[:3].sum()), float(returns[3:6].sum())]
+    )
     assert logger.trajectories["eval/traj"][0][1] == rec.path.resolve()
     env.rollout(3, break_when_any_done=False)  # finishes the open episode (7 then 3 more)
     rec.dump(step=100)
     assert logger.scalars["eval/traj/episodes"][-1] == (100, 1.0)
+    # the rollout's reset cut the 1-step episode; the next ended at transition 10. An
+    # explicit step moves the means only
+    assert logger.scalars["eval/traj/length"][-1] == (10, 3.0)
     rec.close()
     assert TrajectoryReader(rec.path).num_steps == 10
+
+
+def test_dump_logs_each_episode_of_a_batched_env_at_its_frame(tmp_path, stub_env_cls):
+    logger = MemoryLogger("exp", log_dir=tmp_path)
+    rec = TensorDictRecorder(logger=logger, tag="t")
+    env = stub_env_cls(episode_lengths=(2, 3), batch_size=(2,)).append_transform(rec)
+    rollout = env.rollout(6, break_when_any_done=False)
+    rec.dump()
+    # sub-env 0 ends episodes at its steps 2, 4, 6 and sub-env 1 at 3, 6: frames are 2x that
+    assert sorted(logger.scalars["t/length"]) == [
+        (4, 2.0),
+        (6, 3.0),
+        (8, 2.0),
+        (12, 2.0),
+        (12, 3.0),
+    ]
+    rewards = rollout["next", "reward"][..., 0].double()
+    want = {(4, float(rewards[0, :2].sum())), (6, float(rewards[1, :3].sum()))}
+    got = {(step, value) for step, value in logger.scalars["t/return"] if step in (4, 6)}
+    assert got == want
+    assert logger.scalars["t/episodes"] == [(12, 5.0)]  # the dump at 6 steps x 2 sub-envs
+    rec.close()
 
 
 def test_torchrl_logger_without_log_trajectory(tmp_path, env_factory):

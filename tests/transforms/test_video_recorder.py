@@ -92,13 +92,13 @@ def test_transform_stack_records_every_frame_in_order(stub_env_cls, logger: List
     env = stub_env_cls(episode_lengths=(5,), pixels=(8, 6, 3)).append_transform(vr)
     td = env.rollout(12, break_when_any_done=False)
     vr.dump()
-    assert logger.names() == [("ep", 0, 15)]  # 3 resets + 12 steps, skip=1
+    assert logger.names() == [("ep", 12, 15)]  # at env frame 12; 3 resets + 12 steps, skip=1
     assert torch.equal(logger.hwc(), rollout_frames(td))
     assert vr.spool_dir == logger.experiment_dir / "video_spool"
     assert not list(vr.spool_dir.glob("*.frames"))  # sent, then deleted
     env.rollout(3)
     env.transform.dump(suffix="eval")
-    assert logger.names()[-1] == ("ep_eval", 0, 4)
+    assert logger.names()[-1] == ("ep_eval", 15, 4)
 
 
 def test_csv_logger_mp4_decodes(tmp_path: Path) -> None:
@@ -111,10 +111,10 @@ def test_csv_logger_mp4_decodes(tmp_path: Path) -> None:
     vr.extend(TensorDict(pixels=solid(3), batch_size=[3]))
     vr.close()
     lg.close()
-    first = read_mp4(tmp_path / "exp" / "videos" / "solid_0.mp4")
+    first = read_mp4(tmp_path / "exp" / "videos" / "solid_7.mp4")  # <tag>_<env frames>
     assert first.shape == (7, 16, 24, 3)
     assert_solid_sequence(first, 7)
-    assert_solid_sequence(read_mp4(tmp_path / "exp" / "videos" / "solid_1.mp4"), 3)
+    assert_solid_sequence(read_mp4(tmp_path / "exp" / "videos" / "solid_10.mp4"), 3)
 
 
 def test_tensorboard_logger_event_has_video(tmp_path: Path) -> None:
@@ -167,7 +167,7 @@ def test_torchrl_logger_object_works(tmp_path: Path) -> None:
     vr.extend(TensorDict(pixels=frames, batch_size=[4]))
     vr.dump()
     assert vr.spool_dir == tmp_path / "exp" / "video_spool"
-    path = tmp_path / "exp" / "videos" / "trl_0.memmap"
+    path = tmp_path / "exp" / "videos" / "trl_4.memmap"
     got = MemoryMappedTensor.from_filename(path, dtype=torch.uint8, shape=(1, 4, 3, 16, 24))
     assert torch.equal(got[0].permute(0, 2, 3, 1), frames)
 
@@ -277,7 +277,7 @@ def test_make_grid_false_writes_one_video_per_env(stub_env_cls, logger: ListLogg
     env = env.append_transform(vr)
     td = env.rollout(7, break_when_any_done=False)
     vr.dump()
-    assert sorted(logger.names()) == [("per_env0", 0, 10), ("per_env1", 0, 9)]
+    assert sorted(logger.names()) == [("per_env0", 14, 10), ("per_env1", 14, 9)]  # 7 x 2 envs
     for v in logger.videos:
         b = int(v.name[-1])
         assert torch.equal(v.frames.permute(0, 2, 3, 1), rollout_frames(td[b]))
@@ -289,7 +289,7 @@ def test_extend_collector_batch_b_t_per_env(logger: ListLogger) -> None:
     vr = VideoRecorder(logger, "bt", make_grid=False)
     vr.extend(td)
     vr.dump()
-    assert logger.names() == [("bt_env0", 0, 5), ("bt_env1", 0, 5)]
+    assert logger.names() == [("bt_env0", 10, 5), ("bt_env1", 10, 5)]
     assert torch.equal(logger.hwc(1), frames[1])
 
 
@@ -328,7 +328,7 @@ def test_rollout_callback(stub_env_cls, logger: ListLogger, break_when_any_done:
 
     env.rollout(6, callback=spy, break_when_any_done=break_when_any_done)
     vr.dump()
-    assert logger.names() == [("cb", 0, 5)]  # TorchRL skips the reset and the last step
+    assert logger.names() == [("cb", 5, 5)]  # TorchRL skips the reset and the last step
     assert torch.equal(logger.hwc(), torch.stack(seen))
 
 
@@ -351,14 +351,14 @@ def test_skip_and_max_frames(logger: ListLogger) -> None:
     assert torch.equal(logger.hwc(), frames[[0, 3, 6]])  # frame 9 dropped by max_frames
     vr.extend(TensorDict(pixels=frames, batch_size=[10]))
     vr.dump()
-    assert logger.names()[-1] == ("s", 1, 3)  # the cap is per video
+    assert logger.names()[-1] == ("s", 20, 3)  # the cap is per video
 
 
 def test_dump_on_done_one_video_per_episode(stub_env_cls, logger: ListLogger) -> None:
     vr = VideoRecorder(logger, "done", dump_on_done=True, fps=12)
     env = stub_env_cls(episode_lengths=(3,), pixels=(4, 4, 3)).append_transform(vr)
     env.rollout(7, break_when_any_done=False)
-    assert logger.names() == [("done", 0, 4), ("done", 1, 4)]
+    assert logger.names() == [("done", 3, 4), ("done", 6, 4)]
     assert logger.videos[0].kw == {"fps": 12}
 
 
@@ -370,7 +370,7 @@ def test_episode_trigger_records_chosen_episodes(logger: ListLogger) -> None:
     vr = VideoRecorder(logger, "ep", episode_trigger=Every(2))
     vr.extend(td)
     vr.dump()
-    assert logger.names() == [("ep", 0, 3), ("ep", 1, 3)]  # episodes 0 and 2
+    assert logger.names() == [("ep_ep0", 12, 3), ("ep_ep2", 12, 3)]  # episodes 0 and 2
     assert torch.equal(logger.hwc(1), frames[6:9])
 
 
@@ -382,9 +382,48 @@ def test_step_trigger_runs_to_episode_end_or_max_frames(logger: ListLogger) -> N
     vr = VideoRecorder(logger, "st", step_trigger=lambda i: i in (2, 7), max_frames=3)
     vr.extend(td)
     vr.dump()
-    assert logger.names() == [("st", 0, 3), ("st", 1, 3)]
+    assert logger.names() == [("st_ep0", 12, 3), ("st_ep1", 12, 3)]  # from steps 2 and 7
     assert torch.equal(logger.hwc(0), frames[2:5])
     assert torch.equal(logger.hwc(1), frames[7:10])
+
+
+def test_triggered_videos_are_named_for_their_episode(tmp_path: Path) -> None:
+    """A user looking for episode 4 finds ``videos/<tag>_ep4_<frames>.mp4``."""
+    from trlrec.loggers import CSVLogger
+
+    n, length = 15, 3
+    frames = solid(n, 2, 2)
+    done = torch.tensor([(t + 1) % length == 0 for t in range(n)]).unsqueeze(-1)
+    td = TensorDict(pixels=frames, next=TensorDict(done=done, batch_size=[n]), batch_size=[n])
+    lg = CSVLogger("exp", log_dir=tmp_path)
+    vr = VideoRecorder(lg, "video", episode_trigger=Every(2))
+    vr.extend(td)
+    vr.close()
+    names = sorted(p.name for p in (tmp_path / "exp" / "videos").iterdir())
+    assert names == ["video_ep0_15.mp4", "video_ep2_15.mp4", "video_ep4_15.mp4"]
+    ep4 = read_mp4(tmp_path / "exp" / "videos" / "video_ep4_15.mp4")
+    assert np.abs(ep4.astype(int) - frames[12:15].numpy()).max() <= TOL
+
+
+def test_per_env_triggered_names_and_one_step_axis_with_the_transitions(
+    stub_env_cls, tmp_path: Path
+) -> None:
+    """Both recorders log at the env frame count, so their points share an x axis."""
+    from trlrec import TensorDictRecorder
+    from trlrec.loggers import MemoryLogger
+
+    lg = MemoryLogger("exp", log_dir=tmp_path)
+    env = stub_env_cls(episode_lengths=(3, 4), batch_size=(2,), pixels=(4, 6, 3))
+    vr = VideoRecorder(lg, "v", make_grid=False, episode_trigger=lambda i: i == 1)
+    rec = TensorDictRecorder(tmp_path / "store", logger=lg, tag="t")
+    env = env.append_transform(vr).append_transform(rec)
+    env.rollout(9, break_when_any_done=False)
+    env.transform.dump()
+    videos = {name: [v.step for v in logged] for name, logged in lg.videos.items()}
+    assert videos == {"v_env0_ep1": [18], "v_env1_ep1": [18]}  # 9 steps x 2 envs
+    assert lg.videos["v_env1_ep1"][0].frames.shape[0] == 5  # its reset frame and 4 steps
+    ((step, _),) = lg.scalars["t/episode_length"]
+    assert step == 18
 
 
 # ----------------------------------------------------------------------------- durability
@@ -401,7 +440,7 @@ def test_new_recorder_same_tag_does_not_overwrite(tmp_path: Path) -> None:
         vr.close()
     lg.close()
     names = sorted(p.name for p in (tmp_path / "exp" / "videos").iterdir())
-    assert names == ["again_0.mp4", "again_1.mp4"]
+    assert names == ["again_2.mp4", "again_3.mp4"]  # the second is not at frame 2 again
 
 
 def test_logger_error_keeps_frames(logger: ListLogger) -> None:
@@ -471,7 +510,7 @@ def test_live_recorder_videos_are_not_stolen(logger: ListLogger, tmp_path: Path)
     b.extend(TensorDict(pixels=solid(3), batch_size=[3]))
     b.dump()
     a.dump()
-    assert logger.names() == [("same", 0, 3), ("same", 1, 2)]
+    assert logger.names() == [("same", 3, 3), ("same", 4, 2)]
 
 
 def test_clone_has_its_own_spool(logger: ListLogger) -> None:
@@ -571,7 +610,7 @@ def test_size_change_mid_video_raises_and_keeps_frames(logger: ListLogger) -> No
     with pytest.raises(VideoError, match=r"changed size mid-video from 4x4 to 6x4.*dump\(\)"):
         vr(TensorDict(pixels=torch.zeros(6, 4, 3, dtype=torch.uint8), batch_size=[]))
     vr.dump()
-    assert logger.names() == [("size", 0, 3)]
+    assert logger.names() == [("size", 4, 3)]  # the refused frame was an env frame too
     vr(TensorDict(pixels=torch.zeros(6, 4, 3, dtype=torch.uint8), batch_size=[]))  # after dump: ok
     vr.dump()
     assert logger.videos[-1].frames.shape == (1, 3, 6, 4)
@@ -616,7 +655,7 @@ def test_env_close_sends_pending_video(stub_env_cls, logger: ListLogger) -> None
     env = stub_env_cls(pixels=(4, 4, 3)).append_transform(VideoRecorder(logger, "atclose"))
     env.rollout(3)
     env.close()
-    assert logger.names() == [("atclose", 0, 4)]
+    assert logger.names() == [("atclose", 3, 4)]
 
 
 def test_no_logger_drops_frames(tmp_path: Path) -> None:

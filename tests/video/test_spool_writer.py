@@ -140,19 +140,31 @@ def test_write_error_surfaces_as_store_write_error_and_whole_frames_stay(tmp_pat
     vr.close()
 
 
-def test_error_raised_in_process_by_the_next_call(tmp_path: Path) -> None:
+def test_error_raised_in_process_by_the_next_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     vr = VideoRecorder(ListLogger(), "gone", spool_dir=tmp_path)
-    vr._spool.writer = ChunkWriter(chunk_bytes=2 * FRAME, queued=1)
+    writer = vr._spool.writer = ChunkWriter(chunk_bytes=2 * FRAME, queued=1)
+    io = writer._io
+    unwritable = tmp_path / "unwritable"
+    unwritable.mkdir()  # the file's writes go to a directory: EISDIR, on the I/O thread
+    real_write = io.write
+
+    def write(path, data, offset, group):
+        return real_write(str(unwritable) if "gone" in path else path, data, offset, group)
+
+    monkeypatch.setattr(io, "write", write)
     td = TensorDict(pixels=numbered(0), batch_size=[])
     vr(td)
-    segment = vr._streams[0].segment
-    read_only = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(read_only, segment._file.fd)  # the thread's next write fails (EBADF)
-    os.close(read_only)
-    vr(td)  # fills the chunk: handed over, its write fails in the thread
-    vr._spool.writer.sync()
+
+    def two_more_frames():
+        vr(td)  # fills the chunk: handed over, its write fails (on the thread, or here)
+        writer.sync()
+        vr(td)  # ... and the next call raises it
+
     with pytest.raises(StoreWriteError, match=r"writing video frames to .*gone.*frames.* failed"):
-        vr(td)
+        two_more_frames()
+    monkeypatch.undo()
     assert vr._streams[0].segment is None  # the next frame opens a new file
     vr(td)
     vr.dump()

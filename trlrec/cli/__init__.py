@@ -1,21 +1,28 @@
 """The ``trlrec`` command: record, inspect, film and check stores.
 
 Every failure is one line on stderr and a non-zero exit status (2 for errors,
-1 for ``verify`` finding damage, 130 when interrupted), never a traceback.
+1 for ``verify`` finding damage, 130 when interrupted), never a traceback. A closed
+output pipe (``trlrec info STORE | head``) ends the command quietly with status 141,
+as a Unix tool killed by ``SIGPIPE`` would.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import os
 import sys
 from collections.abc import Sequence
 
-from trlrec.errors import ConfigError, TrlrecError
+from trlrec.errors import TrlrecError
 
 __all__ = ["main", "build_parser"]
 
-EXIT_OK, EXIT_DAMAGED, EXIT_ERROR = 0, 1, 2
+EXIT_OK, EXIT_DAMAGED, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_PIPE = 0, 1, 2, 130, 141
+
+DEFAULT_KEY = "pixels"
+"""The frame key: what ``record --pixels`` stores and what ``trlrec video`` reads by default."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,20 +39,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("env_id", nargs="?", default="CartPole-v1", help="default: CartPole-v1")
     p.add_argument("--steps", type=int, default=500, help="transitions to record (default 500)")
     p.add_argument("--video", action="store_true", help="also film the run to an mp4")
+    p.add_argument(
+        "--pixels",
+        action="store_true",
+        help="also keep the rendered frames in the store under 'pixels' (for `trlrec video`; "
+        "CartPole's are 400x600x3: ~720 KB a step)",
+    )
     p.add_argument("--out", default="runs", help="parent of the run directory (default ./runs)")
     p.add_argument("--policy", help="module:callable (or file.py:callable); default random")
     p.add_argument("--seed", type=int, help="seed of the env and of torch")
-    p.add_argument("--fps", type=float, help="frames per second of the video")
+    p.add_argument("--fps", type=float, help="frames per second of the video (with --video)")
 
     p = sub.add_parser("info", help="summarise a store")
     p.add_argument("path")
     p.add_argument("--json", action="store_true", help="print JSON for machines")
 
-    p = sub.add_parser("video", help="encode frames stored in a store to an mp4")
+    p = sub.add_parser("video", help="encode frames stored in a store to an mp4 or a GIF")
     p.add_argument("path")
-    p.add_argument("--key", default="pixels", help="frame key, e.g. pixels or next/pixels")
-    p.add_argument("--episode", type=int, default=0, help="episode index (default 0)")
-    p.add_argument("-o", "--output", required=True, help="the mp4 file to write")
+    p.add_argument(
+        "--key",
+        default=DEFAULT_KEY,
+        help=f"frame key (default {DEFAULT_KEY}); next/{DEFAULT_KEY} gives the next frames",
+    )
+    p.add_argument("--episode", type=int, default=0, help="episode index (default 0; -1: last)")
+    p.add_argument("-o", "--output", required=True, help="the file to write: .mp4 (H.264) or .gif")
     p.add_argument("--fps", type=float, default=30.0, help="frames per second (default 30)")
 
     p = sub.add_parser("verify", help="check a store end to end")
@@ -63,6 +80,7 @@ def _cmd_record(args: argparse.Namespace) -> int:
         steps=args.steps,
         out=args.out,
         video=args.video,
+        pixels=args.pixels,
         policy=args.policy,
         seed=args.seed,
         fps=args.fps,
@@ -77,6 +95,13 @@ def _cmd_record(args: argparse.Namespace) -> int:
     print(f"dataset    {result.dataset}")
     for v in result.videos:
         print(f"video      {v}")
+    if result.interrupted:
+        print(
+            f"trlrec record: interrupted: {result.steps} steps ({result.episodes} episodes) "
+            f"kept in {result.dataset}",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
     return EXIT_OK
 
 
@@ -129,12 +154,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``trlrec`` command with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
     args = build_parser().parse_args(argv)
     try:
-        return _COMMANDS[args.command](args)
+        code = _COMMANDS[args.command](args)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
+        return code
+    except BrokenPipeError:
+        return _closed_pipe()
     except KeyboardInterrupt:
-        print("trlrec: interrupted", file=sys.stderr)
-        return 130
+        print(f"trlrec {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except (TrlrecError, IndexError, OSError) as err:
-        kind = "" if isinstance(err, TrlrecError | ConfigError) else f"{type(err).__name__}: "
-        message = " ".join(str(err).split()) or type(err).__name__
+        kind = "" if isinstance(err, TrlrecError) else f"{type(err).__name__}: "
+        text = " ".join([str(err), *getattr(err, "__notes__", ())])
+        message = " ".join(text.split()) or type(err).__name__
         print(f"trlrec {args.command}: error: {kind}{message}", file=sys.stderr)
         return EXIT_ERROR
+
+
+def _closed_pipe() -> int:
+    """The reader of stdout went away (``| head``): stop quietly, as ``SIGPIPE`` would."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, io.UnsupportedOperation):  # captured in-process: no descriptor
+        return EXIT_PIPE
+    # what is still buffered has nowhere to go: keep the flush at exit from failing again
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+    return EXIT_PIPE

@@ -26,7 +26,6 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <string.h>
-#include <time.h>
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #endif
@@ -431,179 +430,6 @@ static PyTypeObject PlanType = {
 };
 
 
-/* ------------------------------------------------------------------ Lane
- * A recorder's whole step in one call, where TorchRL calls the transform's _step: the
- * writer's append_step for a plain step (TensorDicts, no pending reset, no key check
- * due, the plan applies), with its bookkeeping read and written on the writer's own
- * attributes (stager count, step counters, commit clock). Anything else goes to the
- * writer's append_step itself. It saves the two Python frames of _step and
- * append_step and their bytecode, ~2 us a step in the loop.
- */
-static PyObject *s_closed, *s_pending_force, *s_stager, *s_count, *s_base, *s_capacity,
-    *s_capture, *s_check_keys_at, *s_num_steps, *s_since_commit, *s_commit_steps,
-    *s_commit_deadline, *s_tensordict, *s_next, *s_ended_by_done, *s_submit;
-
-typedef struct {
-    PyObject_HEAD
-    PyObject *writer;      /* the TrajectoryWriter */
-    PyTypeObject *td_type; /* tensordict.TensorDict */
-    PyObject *fallback;    /* writer.append_step */
-    Py_ssize_t root_top, next_top;
-} Lane;
-
-static int get_ssize(PyObject *obj, PyObject *name, Py_ssize_t *out) {
-    PyObject *v = PyObject_GetAttr(obj, name);
-    if (!v) return -1;
-    *out = PyLong_AsSsize_t(v);
-    Py_DECREF(v);
-    return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
-}
-
-static int set_ssize(PyObject *obj, PyObject *name, Py_ssize_t value) {
-    PyObject *v = PyLong_FromSsize_t(value);
-    if (!v) return -1;
-    int r = PyObject_SetAttr(obj, name, v);
-    Py_DECREF(v);
-    return r;
-}
-
-/* 1: staged and accounted; 0: nothing done, take append_step; -1: raised after staging. */
-static int lane_step(Lane *self, PyObject *root, PyObject *next) {
-    PyObject *w = self->writer, *st = NULL, *capture = NULL, *rtop = NULL, *ntop = NULL;
-    PyObject *v, *plan;
-    Py_ssize_t count, base, capacity, at, steps, since, every, row;
-    int result = 0, flag, has_next, done, commit;
-    double deadline;
-    struct timespec now;
-    if (Py_TYPE(root) != self->td_type || Py_TYPE(next) != self->td_type) return 0;
-    if (!(v = PyObject_GetAttr(w, s_closed))) goto fallback;
-    flag = v != Py_False;
-    Py_DECREF(v);
-    if (flag) return 0;
-    if (!(v = PyObject_GetAttr(w, s_pending_force))) goto fallback;
-    flag = v != Py_None;
-    Py_DECREF(v);
-    if (flag) return 0;
-    if (!(st = PyObject_GetAttr(w, s_stager)) || get_ssize(st, s_count, &count) < 0) goto fallback;
-    if (count == 0) {
-        if (get_ssize(w, s_check_keys_at, &at) < 0 || get_ssize(w, s_num_steps, &steps) < 0)
-            goto fallback;
-        if (at <= steps) goto out; /* a block's key check is due: in Python */
-    }
-    if (!(capture = PyObject_GetAttr(st, s_capture))) goto fallback;
-    if (!PyCFunction_Check(capture)) goto out;
-    plan = PyCFunction_GET_SELF(capture);
-    if (!plan || !Py_IS_TYPE(plan, &PlanType)) goto out;
-    if (get_ssize(st, s_base, &base) < 0 || get_ssize(st, s_capacity, &capacity) < 0)
-        goto fallback;
-    if (!(rtop = PyObject_GetAttr(root, s_tensordict))) goto fallback;
-    if (!(ntop = PyObject_GetAttr(next, s_tensordict))) goto fallback;
-    if (!PyDict_Check(rtop) || !PyDict_Check(ntop)) goto out;
-    if ((has_next = PyDict_Contains(rtop, s_next)) < 0) goto fallback;
-    if (PyDict_GET_SIZE(rtop) != self->root_top + has_next ||
-        PyDict_GET_SIZE(ntop) != self->next_top)
-        goto out; /* a key more or less: append_step names it */
-    row = base + count;
-    if (count < 0 || count >= capacity || row < 0 || row >= ((Plan *)plan)->rows) goto out;
-    if ((done = plan_step((Plan *)plan, rtop, ntop, row, 1)) < 0) goto out;
-    result = -1; /* staged: an error from here on is raised, as append_step would */
-    if (set_ssize(st, s_count, count + 1) < 0) goto out;
-    if (get_ssize(w, s_num_steps, &steps) < 0 || set_ssize(w, s_num_steps, steps + 1) < 0)
-        goto out;
-    if (get_ssize(w, s_since_commit, &since) < 0 || set_ssize(w, s_since_commit, since + 1) < 0)
-        goto out;
-    if (done) {
-        if (!(v = PyObject_CallMethodNoArgs(w, s_ended_by_done))) goto out;
-        Py_DECREF(v);
-    }
-    if (get_ssize(w, s_commit_steps, &every) < 0) goto out;
-    commit = since + 1 >= every;
-    if (!commit) { /* time.monotonic() >= the writer's deadline */
-        if (!(v = PyObject_GetAttr(w, s_commit_deadline))) goto out;
-        deadline = PyFloat_AsDouble(v);
-        Py_DECREF(v);
-        if (deadline == -1.0 && PyErr_Occurred()) goto out;
-        clock_gettime(CLOCK_MONOTONIC, &now);
-        commit = (double)now.tv_sec + (double)now.tv_nsec * 1e-9 >= deadline;
-    }
-    if (commit || count + 1 >= capacity) {
-        if (!(v = PyObject_CallMethodOneArg(w, s_submit, commit ? Py_True : Py_False))) goto out;
-        Py_DECREF(v);
-    }
-    result = 1;
-    goto out;
-fallback:
-    PyErr_Clear(); /* nothing done: append_step meets the same problem and says what it is */
-out:
-    Py_XDECREF(st);
-    Py_XDECREF(capture);
-    Py_XDECREF(rtop);
-    Py_XDECREF(ntop);
-    return result;
-}
-
-/* lane(tensordict, next_tensordict) -> next_tensordict: a Transform._step. */
-static PyObject *Lane_call(Lane *self, PyObject *args, PyObject *kwds) {
-    if ((kwds && PyDict_GET_SIZE(kwds)) || PyTuple_GET_SIZE(args) != 2) {
-        PyErr_SetString(PyExc_TypeError, "_step(tensordict, next_tensordict) takes 2 arguments");
-        return NULL;
-    }
-    PyObject *root = PyTuple_GET_ITEM(args, 0), *next = PyTuple_GET_ITEM(args, 1);
-    int r = lane_step(self, root, next);
-    if (r < 0) return NULL;
-    if (r == 0) {
-        PyObject *out = PyObject_CallFunctionObjArgs(self->fallback, root, next, NULL);
-        if (!out) return NULL;
-        Py_DECREF(out);
-    }
-    Py_INCREF(next);
-    return next;
-}
-
-/* Lane(writer, td_type, append_step, root_top, next_top) */
-static int Lane_init(Lane *self, PyObject *args, PyObject *kwds) {
-    PyObject *writer, *td_type, *fallback;
-    Py_ssize_t root_top, next_top;
-    if (!PyArg_ParseTuple(args, "OO!Onn", &writer, &PyType_Type, &td_type, &fallback, &root_top,
-                          &next_top))
-        return -1;
-    if (self->writer) {
-        PyErr_SetString(PyExc_TypeError, "a Lane is initialised once");
-        return -1;
-    }
-    if (!PyCallable_Check(fallback)) {
-        PyErr_SetString(PyExc_TypeError, "append_step must be callable");
-        return -1;
-    }
-    Py_INCREF(writer);
-    self->writer = writer;
-    Py_INCREF(td_type);
-    self->td_type = (PyTypeObject *)td_type;
-    Py_INCREF(fallback);
-    self->fallback = fallback;
-    self->root_top = root_top;
-    self->next_top = next_top;
-    return 0;
-}
-
-static void Lane_dealloc(Lane *self) {
-    Py_XDECREF(self->writer);
-    Py_XDECREF(self->td_type);
-    Py_XDECREF(self->fallback);
-    Py_TYPE(self)->tp_free((PyObject *)self);
-}
-
-static PyTypeObject LaneType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "trlrec.storage._capture.Lane",
-    .tp_basicsize = sizeof(Lane),
-    .tp_dealloc = (destructor)Lane_dealloc,
-    .tp_call = (ternaryfunc)Lane_call,
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "A recorder's step: the writer's append_step for plain steps, in one call.",
-    .tp_init = (initproc)Lane_init,
-    .tp_new = PyType_GenericNew,
-};
-
 static struct PyModuleDef capture_module = {
     PyModuleDef_HEAD_INIT, "_capture", "Native step capture for trlrec's writer.", -1, NULL};
 
@@ -616,33 +442,12 @@ PyMODINIT_FUNC PyInit__capture(void) {
     s_version = PyUnicode_InternFromString("_version");
     if (!s_dtype || !s_shape || !s_is_cpu || !s_is_contiguous || !s_data_ptr || !s_version)
         return NULL;
-    struct {
-        PyObject **name;
-        const char *text;
-    } lane_names[] = {
-        {&s_closed, "_closed"},           {&s_pending_force, "_pending_force"},
-        {&s_stager, "_stager"},           {&s_count, "count"},
-        {&s_base, "base"},                {&s_capacity, "capacity"},
-        {&s_capture, "capture"},          {&s_check_keys_at, "_check_keys_at"},
-        {&s_num_steps, "num_steps"},      {&s_since_commit, "_since_commit"},
-        {&s_commit_steps, "_commit_steps"}, {&s_commit_deadline, "_commit_deadline"},
-        {&s_tensordict, "_tensordict"},   {&s_next, "next"},
-        {&s_ended_by_done, "_ended_by_done"}, {&s_submit, "_submit"},
-    };
-    for (size_t k = 0; k < sizeof(lane_names) / sizeof(lane_names[0]); k++)
-        if (!(*lane_names[k].name = PyUnicode_InternFromString(lane_names[k].text))) return NULL;
-    if (PyType_Ready(&PlanType) < 0 || PyType_Ready(&LaneType) < 0) return NULL;
+    if (PyType_Ready(&PlanType) < 0) return NULL;
     PyObject *m = PyModule_Create(&capture_module);
     if (!m) return NULL;
     Py_INCREF(&PlanType);
     if (PyModule_AddObject(m, "Plan", (PyObject *)&PlanType) < 0) {
         Py_DECREF(&PlanType);
-        Py_DECREF(m);
-        return NULL;
-    }
-    Py_INCREF(&LaneType);
-    if (PyModule_AddObject(m, "Lane", (PyObject *)&LaneType) < 0) {
-        Py_DECREF(&LaneType);
         Py_DECREF(m);
         return NULL;
     }

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from tensordict import TensorDictBase
+from tensordict import TensorDict, TensorDictBase
 
 from trlrec.errors import SchemaError
 from trlrec.storage.schema import Entry, Key, Schema, leaf_keys
@@ -93,6 +93,23 @@ class StepChecker:
         self.root_rest = self.root_slots[num_state:]
         self.root_top = len({key[0] for _, key, _, _ in self.root_slots})
         self.next_top = len({key[0] for _, key, _, _ in self.next_slots})
+        self._walks = 0  # blocks since the last full key walk
+
+    def check_step_keys(self, root: TensorDictBase, next_: TensorDictBase, block: bool) -> None:
+        """Refuse a step's extra keys.
+
+        Top-level ones at every step (two ``len()``), nested ones with the full walk
+        (~10 us) at every 16th block start (``block``). A missing key is named by the
+        copy into the staging buffer.
+        """
+        rkeys = root._tensordict if type(root) is TensorDict else root.keys()
+        nkeys = next_._tensordict if type(next_) is TensorDict else next_.keys()
+        if len(rkeys) != self.root_top + ("next" in rkeys) or len(nkeys) != self.next_top:
+            self.check_keys(root, next_)
+        elif block:
+            if self._walks == 0:
+                self.check_keys(root, next_)
+            self._walks = (self._walks + 1) % 16
 
     def columns(self, batch: TensorDictBase, next_: TensorDictBase) -> list[torch.Tensor]:
         """A ``[*batch, T]`` batch's leaves, checked, as ``[N, T, ...]`` CPU tensors."""

@@ -1,8 +1,10 @@
 """A shard: one writer's directory, its lock, episode index and commit record.
 
-Commit protocol: rows are written to the chunks, then the new episode records and
-metadata lines are appended, then ``COMMIT`` is replaced atomically. Everything a
-reader uses is bounded by the counts in ``COMMIT``, so a torn tail is never seen.
+The commit protocol, in one place (:meth:`ShardFiles.commit`): rows are written to
+the chunks, then the new episode records and metadata lines are appended, then
+``COMMIT`` is replaced atomically, all as ordered jobs of the writer's I/O backend.
+Everything a reader uses is bounded by the counts in ``COMMIT``, so a torn tail is
+never seen.
 """
 
 from __future__ import annotations
@@ -10,27 +12,31 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 from trlrec.errors import CorruptStoreError, ShardLockedError, StoreWriteError
+from trlrec.io.backend import IOBackend
 from trlrec.storage.format import (
     COMMIT_FILE,
     EPISODE_META_FILE,
     EPISODE_RECORD_BYTES,
     EPISODES_FILE,
+    FORMAT_VERSION,
     LOCK_FILE,
+    SCHEMA_FILE,
+    SHARD_FILE,
+    STREAMS_DIR,
     CommitRecord,
     EpisodeRecord,
     StreamEntry,
 )
-from trlrec.storage.jsonio import dumps, fsync_dir, write_json_atomic
+from trlrec.storage.jsonio import dumps, fsync_dir, read_json, write_json_atomic
+from trlrec.storage.schema import Schema
 from trlrec.storage.stream import Episode
 
 __all__ = ["ShardFiles", "read_commit"]
-
-PreparedCommit = tuple[list[bytes], int, list[bytes], int, dict[str, Any]]
-"""Episode-metadata lines, their offset, episode records, their index, the COMMIT record."""
 
 
 def read_commit(path: Path) -> dict[str, Any]:
@@ -65,6 +71,31 @@ class ShardFiles:
         self.meta_bytes = 0
         self._pending: list[bytes] = []
         self._pending_meta: list[bytes] = []
+
+    def open(self, metadata: dict[str, Any]) -> tuple[dict[str, Any] | None, Schema | None]:
+        """Write ``shard.json``; the last commit and the schema to continue after, if any.
+
+        A shard without a commit starts afresh: rows left without one are removed.
+        """
+        write_json_atomic(
+            self.directory / SHARD_FILE,
+            {"version": FORMAT_VERSION, "metadata": metadata, "pid": os.getpid()},
+            durable=self.durable,
+        )
+        commit = self.last_commit()
+        if commit is None:
+            return None, None
+        schema = Schema.from_json(read_json(self.directory / SCHEMA_FILE), self.directory)
+        return commit, schema
+
+    def last_commit(self) -> dict[str, Any] | None:
+        """The commit on disk, or None: then the shard starts afresh (its rows are removed)."""
+        path = self.directory / COMMIT_FILE
+        if path.exists():
+            return read_commit(path)
+        self.resume({"seq": 0, "episodes": 0, "episode_meta_bytes": 0})
+        shutil.rmtree(self.directory / STREAMS_DIR, ignore_errors=True)
+        return None
 
     def resume(self, commit: dict[str, Any]) -> None:
         """Continue after ``commit``: drop any uncommitted tail of the index files."""
@@ -103,17 +134,6 @@ class ShardFiles:
             ).pack()
         )
 
-    def _append(self, path: Path, data: bytes, committed: int) -> None:
-        if data:
-            with open(path, "ab") as f:
-                if f.tell() != committed:  # a torn tail of a failed append: drop it first
-                    f.truncate(committed)
-                f.write(data)
-                if self.durable:
-                    f.flush()
-                    os.fsync(f.fileno())
-        return len(data)
-
     def _check_present(self) -> None:
         """Refuse to commit into a shard directory that was removed or replaced meanwhile."""
         try:
@@ -128,34 +148,32 @@ class ShardFiles:
                 "recording; what it recorded since its last commit is lost. Open a new writer",
             )
 
-    def commit(self, streams: list[list[int]], open_meta: dict[str, Any], chunk_rows: int) -> None:
-        """Append queued episodes, then atomically replace COMMIT.
+    def commit(
+        self,
+        io: IOBackend,
+        group: int,
+        streams: list[list[int]],
+        open_meta: dict[str, Any],
+        chunk_rows: int,
+    ) -> int:
+        """Queue a commit on ``io``: the episode appends, then COMMIT replaced; its token.
 
-        On a failure nothing changes: the queued episodes stay queued for the next try.
-        """
-        prepared = self.prepare_commit(streams, open_meta, chunk_rows)
-        try:
-            self.write_commit(prepared)
-        except BaseException:
-            metas, meta_at, records, episodes_at, _ = prepared
-            self._pending_meta[:0] = metas
-            self._pending[:0] = records
-            self.meta_bytes, self.num_episodes = meta_at, episodes_at
-            self.seq -= 1
-            raise
-
-    def prepare_commit(
-        self, streams: list[list[int]], open_meta: dict[str, Any], chunk_rows: int
-    ) -> PreparedCommit:
-        """Take the queued episodes into a commit record, to write with :meth:`write_commit`.
-
-        Done in the writer's thread (the counts advance at once, so episodes queued
-        meanwhile go to the next commit); the writing may happen on another thread.
+        The counts advance at once (episodes added meanwhile go to the next commit);
+        the bytes are written by the backend, in order, after the rows before them, and
+        COMMIT is skipped if any write of the group failed. A durable commit fsyncs the
+        index files and COMMIT (the caller fsyncs the chunk files first).
         """
         self._check_present()
         metas, records = self._pending_meta, self._pending
         self._pending_meta, self._pending = [], []
-        meta_at, episodes_at = self.meta_bytes, self.num_episodes
+        appends = [
+            (self.directory / EPISODE_META_FILE, b"".join(metas), self.meta_bytes),
+            (
+                self.directory / EPISODES_FILE,
+                b"".join(records),
+                self.num_episodes * EPISODE_RECORD_BYTES,
+            ),
+        ]
         self.meta_bytes += sum(len(x) for x in metas)
         self.num_episodes += len(records)
         self.seq += 1
@@ -167,30 +185,22 @@ class ShardFiles:
             streams=tuple(StreamEntry(*s) for s in streams),
             open_meta=open_meta,
         ).to_json()
-        return metas, meta_at, records, episodes_at, record
-
-    def commit_appends(self, prepared: PreparedCommit) -> list[tuple[Path, bytes, int]]:
-        """A prepared commit's appends to the index, ``(file, data, offset)``.
-
-        Both files are listed, an empty ``data`` where nothing is appended. The commit
-        record (``prepared[-1]``) replaces COMMIT once they are written.
-        """
-        metas, meta_at, records, episodes_at, _ = prepared
-        return [
-            (self.directory / EPISODE_META_FILE, b"".join(metas), meta_at),
-            (self.directory / EPISODES_FILE, b"".join(records), episodes_at * EPISODE_RECORD_BYTES),
-        ]
-
-    def write_commit(self, prepared: PreparedCommit) -> None:
-        """Append a prepared commit's episodes to the index, then replace COMMIT atomically."""
-        try:
-            for path, data, offset in self.commit_appends(prepared):
-                self._append(path, data, offset)
-        except OSError as err:
-            raise StoreWriteError(
-                err.errno, f"could not append to the index of {str(self.directory)!r}: {err}"
-            ) from err
-        write_json_atomic(self.directory / COMMIT_FILE, prepared[-1], durable=self.durable)
+        for path, data, offset in appends:
+            if not path.exists():  # the backend writes into existing files only
+                path.touch()
+            if data:
+                io.write(str(path), memoryview(data), offset, group)
+        if self.durable:
+            io.barrier()
+            if io.error(group) is None:
+                for path, _, _ in appends:
+                    fd = os.open(path, os.O_RDONLY)
+                    try:
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
+        text = dumps(record, COMMIT_FILE).encode()
+        return io.replace(str(self.directory / COMMIT_FILE), text, group, durable=self.durable)
 
     def release(self) -> None:
         """Release the lock."""

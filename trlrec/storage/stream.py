@@ -15,12 +15,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from trlrec.storage.chunks import ChunkSeries, PendingWrite
+from trlrec.storage.chunks import ChunkSeries
 from trlrec.storage.dtypes import bits_view
 from trlrec.storage.format import FLAG_CUT, FLAG_DONE
-from trlrec.storage.schema import Key, Schema
+from trlrec.storage.schema import Entry, Key, Schema
 
-__all__ = ["SMALL_ROW", "Block", "Episode", "StreamWriter"]
+__all__ = ["SMALL_ROW", "Block", "Episode", "StreamWriter", "write_columns"]
 
 
 @dataclass
@@ -150,7 +150,7 @@ class StreamWriter:
         self._last = {k: v[-1:].clone() for k, v in block.state_next.items()}
         return cont
 
-    def write_block(self, block: Block, later: list[PendingWrite] | None = None) -> list[Episode]:
+    def write_block(self, block: Block) -> list[Episode]:
         """Write a block of transitions; return the episodes it closed.
 
         The block is cut into runs that each continue one episode. Big columns
@@ -158,8 +158,8 @@ class StreamWriter:
         gathering copy; small columns are gathered into the block's rows and written
         with one call per key, whatever the number of runs. All rows are written
         before the stream's state changes, so a failed write (a full disk) leaves
-        the stream as it was before the block. With ``later``, the block's writes are
-        deferred into it (see :meth:`ChunkSeries.write`).
+        the stream as it was before the block. The writes are jobs of the writer's
+        I/O backend: the block's tensors stay unchanged until it is done with them.
         """
         n = len(block)
         if n == 0:
@@ -172,18 +172,16 @@ class StreamWriter:
         new = ~cont
         starts = [0, *new[1:].nonzero().squeeze(1).add(1).tolist(), n]
         runs = list(itertools.pairwise(starts))
-        self._write_small(block, new, later)
+        self._write_small(block, new)
         row = self.next_row
         for a, b in runs:
-            row = self._write_big(block, a, b, bool(new[a]), row, later)
+            row = self._write_big(block, a, b, bool(new[a]), row)
         closed: list[Episode] = []
         for a, b in runs:
             closed.extend(self._account(block, a, b, bool(new[a])))
         return closed
 
-    def _write_small(
-        self, block: Block, new: torch.Tensor, later: list[PendingWrite] | None
-    ) -> None:
+    def _write_small(self, block: Block, new: torch.Tensor) -> None:
         """Gather the small columns of the whole block into rows; one write per key.
 
         The gathering is done in numpy, on the columns' bits (any dtype, exact).
@@ -208,7 +206,7 @@ class StreamWriter:
             rows[end[new_at] - 1] = _np_bits(block.state_root[key])[new_at]
             columns[key] = torch.from_numpy(rows).view(nxt.dtype)
         if columns:
-            self.chunks.write(self.next_row, columns, later)
+            self.chunks.write(self.next_row, columns)
         if trans:
             # transition i lives in the row of its root state, end[i] - 1; when the block
             # continues an episode, that is the row before the block for i = 0
@@ -220,11 +218,9 @@ class StreamWriter:
                 rows = np.zeros((m + carried, *src.shape[1:]), dtype=src.dtype)
                 rows[pos] = src
                 columns[key] = torch.from_numpy(rows).view(value.dtype)
-            self.chunks.write(self.next_row - carried, columns, later)
+            self.chunks.write(self.next_row - carried, columns)
 
-    def _write_big(
-        self, block: Block, a: int, b: int, new: bool, row: int, later: list[PendingWrite] | None
-    ) -> int:
+    def _write_big(self, block: Block, a: int, b: int, new: bool, row: int) -> int:
         """Write the big columns of transitions ``[a, b)``; return the row after them."""
         small = self._small
         if new:  # the episode's first state row
@@ -232,28 +228,29 @@ class StreamWriter:
                 k: v[a : a + 1] for k, v in block.state_root.items() if ("state", k) not in small
             }
             if first:
-                self.chunks.write(row, first, later)
+                self.chunks.write(row, first)
             row += 1
         state = {k: v[a:b] for k, v in block.state_next.items() if ("state", k) not in small}
         if state:
-            self.chunks.write(row, state, later)
+            self.chunks.write(row, state)
         trans = {k: v[a:b] for k, v in block.root.items() if ("root", k) not in small}
         trans.update(
             {("next", *k): v[a:b] for k, v in block.next.items() if ("next", k) not in small}
         )
         if trans:
-            self.chunks.write(row - 1, trans, later)
+            self.chunks.write(row - 1, trans)
         return row + (b - a)
 
     def _account(self, block: Block, a: int, b: int, new: bool) -> list[Episode]:
         """Episode bookkeeping for the (written) transitions ``[a, b)``."""
         closed: list[Episode] = []
-        if new:
-            if self.open is not None:
-                closed.append(self.cut())
-            self.open = Episode(self.index, self.next_row, self.transitions)
-            self.next_row += 1
         ep = self.open
+        if new or ep is None:  # a block continues an open episode only (write_block)
+            if ep is not None:
+                ep.flags = FLAG_CUT
+                closed.append(ep)
+            ep = self.open = Episode(self.index, self.next_row, self.transitions)
+            self.next_row += 1
         for i in sorted(m for m in block.metas if a <= m < b):
             ep.meta = block.metas[i]
         self.transitions += b - a
@@ -271,3 +268,33 @@ class StreamWriter:
         if ep is not None:
             ep.flags = FLAG_CUT
         return ep
+
+
+def write_columns(
+    stream: StreamWriter,
+    root_entries: list[Entry],
+    next_entries: list[Entry],
+    cols: list[torch.Tensor],
+    done: torch.Tensor,
+    force: torch.Tensor,
+    metas: dict[int, Any],
+    aliased: torch.Tensor | None = None,
+) -> list[Episode]:
+    """Write one stream's ``[n, ...]`` columns (root entries, then "next" ones); closed episodes."""
+    nr = len(root_entries)
+    roots, nexts = cols[:nr], cols[nr:]
+    block = Block(
+        state_root={
+            e.key: c for e, c in zip(root_entries, roots, strict=True) if e.role == "state"
+        },
+        state_next={
+            e.key: c for e, c in zip(next_entries, nexts, strict=True) if e.role == "state"
+        },
+        root={e.key: c for e, c in zip(root_entries, roots, strict=True) if e.role == "root"},
+        next={e.key: c for e, c in zip(next_entries, nexts, strict=True) if e.role == "next"},
+        done=done,
+        force_new=force,
+        metas=metas,
+        aliased=aliased,
+    )
+    return stream.write_block(block)

@@ -12,8 +12,7 @@ class FastLane:
 
     The general path sets ``_fast`` up when the settings allow it; setting any attribute
     named in ``LANE_SETTINGS`` (or ``_fast`` to None) drops it, so the next step takes the
-    general path again. A native lane may stand in for ``_step`` itself (an instance
-    attribute, found before the method): it is dropped with ``_fast``.
+    general path again.
     """
 
     LANE_SETTINGS: frozenset[str] = frozenset()
@@ -23,10 +22,5 @@ class FastLane:
         if name in self.LANE_SETTINGS or (name == "_fast" and value is None):
             self._drop_lane()
 
-    def _set_step_lane(self, lane: Any) -> None:
-        """Let ``lane(tensordict, next_tensordict)`` be this transform's ``_step``."""
-        self.__dict__["_step"] = lane
-
     def _drop_lane(self) -> None:
         self.__dict__["_fast"] = None
-        self.__dict__.pop("_step", None)

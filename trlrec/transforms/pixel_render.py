@@ -39,7 +39,10 @@ class PixelRenderTransform(Transform):
 
     Args:
         out_keys: the one key to write (default ``"pixels"``).
-        preproc: applied to what ``render()`` returns before it is written.
+        preproc: ``preproc(frame) -> frame``, applied to each frame before it is written:
+            on a batched env to each sub-env's image (whether ``render()`` returns a list
+            of them or one array whose leading dims are the batch size), else to what
+            ``render()`` returns (one image).
         as_non_tensor: write the image as non-tensor data (True) or a tensor (False);
             default: a tensor when the image's leading dims are the env's batch size
             (one image per sub-env), else non-tensor (one image for a whole batch).
@@ -177,7 +180,7 @@ class PixelRenderTransform(Transform):
         args = (tensordict,) if self.pass_tensordict else ()
         image = method(*args, **self.kwargs)
         if self.preproc is not None:
-            image = self.preproc(image)
+            image = _per_frame(self.preproc, image, parent.batch_size)
         return _as_image(image, parent)
 
     def _write(self, tensordict: TensorDictBase, image: Any) -> None:
@@ -207,6 +210,22 @@ class PixelRenderTransform(Transform):
             non_tensor = image.shape[: len(batch_size)] != batch_size
         self._frame = (image.shape, image.dtype, non_tensor)
         return non_tensor
+
+
+def _per_frame(preproc: Callable[[Any], Any], image: Any, batch_size: torch.Size) -> Any:
+    """``preproc`` applied to each sub-env's frame of a batched render, or to the one image."""
+    if isinstance(image, list | tuple):
+        return [preproc(item) for item in image]
+    lead = len(batch_size)
+    if lead and isinstance(image, np.ndarray | torch.Tensor) and image.shape[:lead] == batch_size:
+        flat = image.reshape(-1, *image.shape[lead:])
+        frames = [preproc(frame) for frame in flat]
+        if all(isinstance(f, torch.Tensor) for f in frames):
+            stacked: Any = torch.stack(frames)
+        else:
+            stacked = np.stack([np.asarray(f) for f in frames])
+        return stacked.reshape(*batch_size, *stacked.shape[1:])
+    return preproc(image)
 
 
 def _env_name(parent: Any) -> str:

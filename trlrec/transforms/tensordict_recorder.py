@@ -21,7 +21,6 @@ from trlrec.errors import ClosedError, ConfigError, SchemaError, UnsupportedData
 from trlrec.naming import safe_name
 from trlrec.storage.dataset import check_metadata
 from trlrec.storage.writer import TrajectoryWriter
-from trlrec.transforms.fast_lane import FastLane
 
 __all__ = ["TensorDictRecorder"]
 
@@ -48,7 +47,7 @@ def _leaves(td: TensorDictBase) -> list[Key]:
     return [(k,) if isinstance(k, str) else tuple(k) for k in td.keys(True, True)]
 
 
-class TensorDictRecorder(FastLane, Transform, Closeable):
+class TensorDictRecorder(Transform, Closeable):
     """Records every transition of a TorchRL rollout to a memory-mapped trlrec store.
 
     A transition is a rollout row: the root keys (observation, action, done flags,
@@ -146,9 +145,6 @@ class TensorDictRecorder(FastLane, Transform, Closeable):
         (20, {'agent': 'random'})
     """
 
-    # what the direct lane to the writer skips: changing one takes the general path again
-    LANE_SETTINGS = frozenset({"skip", "step_fn", "episode_fn", "_keep", "_closed"})
-
     def __init__(
         self,
         path: str | os.PathLike[str] | None = None,
@@ -210,8 +206,6 @@ class TensorDictRecorder(FastLane, Transform, Closeable):
     def _new_runtime(self) -> None:
         """State that belongs to one recording process (never shared by clones/pickles)."""
         self._writer: TrajectoryWriter | None = None
-        self._drop_lane()
-        self._fast: Callable[[TensorDictBase, TensorDictBase], None] | None = None
         self._select: tuple[list[Key], list[Key]] | None = None
         self._seen = 0
         self._prev: TensorDictBase | None = None
@@ -231,7 +225,7 @@ class TensorDictRecorder(FastLane, Transform, Closeable):
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
-        for name in ("_writer", "_fast", "_step", "_select", "_prev", "_async", "_inflight"):
+        for name in ("_writer", "_select", "_prev", "_async", "_inflight"):
             state.pop(name, None)
         return state
 
@@ -286,10 +280,6 @@ class TensorDictRecorder(FastLane, Transform, Closeable):
 
     # -------------------------------------------------------- transform hooks
     def _step(self, tensordict: TensorDictBase, next_tensordict: TensorDictBase) -> TensorDictBase:
-        fast = self._fast
-        if fast is not None:  # nothing to select, skip or call: straight to the writer
-            fast(tensordict, next_tensordict)
-            return next_tensordict
         self._check_open()
         self._record(tensordict, next_tensordict)
         return next_tensordict
@@ -360,22 +350,6 @@ class TensorDictRecorder(FastLane, Transform, Closeable):
             self._record_async(writer, root, next_, meta)
             return
         writer.append_transition(root, next_, episode_metadata=meta)
-        if self._plain():
-            self._fast = writer.append_step
-            lane = writer.step_lane()  # native: the same as _step's fast path, in one call
-            if lane is not None:
-                self._set_step_lane(lane)
-
-    def _plain(self) -> bool:
-        """Whether steps go to the writer as they come (no selection, skip, functions, device)."""
-        return (
-            self.skip == 1
-            and self.step_fn is None
-            and self.episode_fn is None
-            and self._keep is None
-            and self._async is False
-            and not self._closed
-        )
 
     def _record_async(
         self, writer: TrajectoryWriter, root: TensorDictBase, next_: TensorDictBase, meta: Any
@@ -484,15 +458,24 @@ class TensorDictRecorder(FastLane, Transform, Closeable):
     def dump(self, suffix: str | None = None, step: int | None = None) -> None:
         """Commits everything recorded so far; with a logger, also logs to it.
 
-        Logs ``<tag>/episode_return``, ``<tag>/episode_length`` (means) and
-        ``<tag>/episodes`` (count) over the episodes that ended with a done flag since
-        the last dump (not with ``skip > 1``), then tells the logger where the
-        trajectories are (``log_trajectory``, or a line in its experiment directory
-        for a logger without that method).
+        For the episodes that ended with a done flag since the last dump (not with
+        ``skip > 1``), logs each one's ``<tag>/return`` and ``<tag>/length`` at the env
+        frame it ended at (as TorchRL users plot them), and ``<tag>/episode_return``,
+        ``<tag>/episode_length`` (their means) and ``<tag>/episodes`` (their count) at
+        the dump's step; then tells the logger where the trajectories are
+        (``log_trajectory``, or a line in its experiment directory for a logger without
+        that method).
+
+        Steps are env frames, as TorchRL's trainers count them and as
+        :meth:`VideoRecorder.dump <trlrec.VideoRecorder.dump>` logs: the transitions
+        this recorder has committed, all sub-envs together (with ``skip=1``, the env
+        frames). An episode of sub-env ``b`` of ``B`` (stepping together) that ended at
+        its ``k``-th transition is logged at frame ``B * k``.
 
         Args:
             suffix: appended to the scalar names' tag as ``<tag>_<suffix>``.
-            step: the step of the logged values (default: transitions recorded).
+            step: the step of the means, the count and the trajectory line (default:
+                the transitions committed); each episode stays at its own frame.
         """
         self._check_open()
         if suffix is not None and not isinstance(suffix, str):
@@ -511,36 +494,58 @@ class TensorDictRecorder(FastLane, Transform, Closeable):
         from trlrec.loggers.base import log_trajectory_to
 
         name = self.tag if suffix is None else f"{self.tag}_{suffix}"
-        at = writer.num_steps if step is None else step
+        shard = self._committed_shard()
+        at = shard.num_steps if step is None else step
         if self.skip == 1:
-            returns, lengths = self._finished_episodes()
-            if lengths:
-                if returns:
-                    self.logger.log_scalar(f"{name}/episode_return", _mean(returns), step=at)
-                self.logger.log_scalar(f"{name}/episode_length", _mean(lengths), step=at)
-                self.logger.log_scalar(f"{name}/episodes", float(len(lengths)), step=at)
+            self._log_episodes(name, self._finished_episodes(shard), at)
         log_trajectory_to(self.logger, name, self.path, step=at)
 
-    def _finished_episodes(self) -> tuple[list[float], list[float]]:
-        """Return and length of the episodes of this shard ended by done since the last call."""
-        from trlrec.storage.format import FLAG_DONE
+    def _committed_shard(self) -> Any:
+        """What this recorder's shard holds as committed (a fresh :class:`ShardReader`)."""
         from trlrec.storage.shard_reader import ShardReader
 
-        writer = self._writer
-        shard = ShardReader(Path(os.path.realpath(self.path)), writer.shard_path)
-        returns: list[float] = []
-        lengths: list[float] = []
+        return ShardReader(Path(os.path.realpath(self.path)), self._writer.shard_path)
+
+    def _log_episodes(
+        self, name: str, episodes: list[tuple[int, float | None, int]], at: int
+    ) -> None:
+        """Each episode's return and length at its frame; their means and count at ``at``."""
+        if not episodes:
+            return
+        returns = [ret for _, ret, _ in episodes if ret is not None]
+        for frame, ret, length in episodes:
+            if ret is not None:
+                self.logger.log_scalar(f"{name}/return", ret, step=frame)
+            self.logger.log_scalar(f"{name}/length", float(length), step=frame)
+        if returns:
+            self.logger.log_scalar(f"{name}/episode_return", _mean(returns), step=at)
+        lengths = [float(length) for _, _, length in episodes]
+        self.logger.log_scalar(f"{name}/episode_length", _mean(lengths), step=at)
+        self.logger.log_scalar(f"{name}/episodes", float(len(episodes)), step=at)
+
+    def _finished_episodes(self, shard: Any) -> list[tuple[int, float | None, int]]:
+        """Episodes of the shard ended by done since the last call, oldest first.
+
+        Returns:
+            ``(end frame, return, length)`` each; the return is None when the store has
+            no ``("next", "reward")``.
+        """
+        from trlrec.storage.format import FLAG_DONE
+
+        streams = len(shard.streams)
         has_reward = any(e.key == ("reward",) and e.role == "next" for e in shard.schema.entries)
+        out: list[tuple[int, float | None, int]] = []
         for i in range(self._stats_from, shard.num_closed):
             info = shard.info(i)
             if not info["flags"] & FLAG_DONE:
                 continue
-            lengths.append(float(info["num_steps"]))
+            ret = None
             if has_reward:
-                reward = shard.episode(i).get(("next", "reward"))
-                returns.append(float(reward.double().sum()))
+                ret = float(shard.episode(i).get(("next", "reward")).double().sum())
+            end = streams * (info["first_transition"] + info["num_steps"])
+            out.append((end, ret, int(info["num_steps"])))
         self._stats_from = shard.num_closed
-        return returns, lengths
+        return out
 
     def close(self) -> None:
         """Commits, ends the open episodes and releases the shard. Idempotent.
@@ -550,7 +555,6 @@ class TensorDictRecorder(FastLane, Transform, Closeable):
         if self._closed:
             return
         self._closed = True
-        self._fast = None
         writer = self._writer
         if writer is not None:
             try:

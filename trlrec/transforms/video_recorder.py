@@ -80,6 +80,32 @@ class VideoRecorder(FastLane, Transform):
     Raises:
         VideoError: for an invalid argument here, or a frame that cannot be made into a
             video while recording (frames spooled before it are kept).
+
+    Videos are named for what they hold and logged at the env frame count (see
+    :meth:`dump`): with a :class:`~trlrec.loggers.CSVLogger`, ``videos/<tag>_<frames>.mp4``
+    holds every frame since the previous dump, ``videos/<tag>_ep<i>_<frames>.mp4``
+    episode ``i`` of a triggered recording.
+
+    Examples:
+        >>> import tempfile, torch
+        >>> from tensordict import TensorDict
+        >>> from trlrec import VideoRecorder
+        >>> from trlrec.loggers import MemoryLogger
+        >>> from trlrec.transforms.triggers import Every
+        >>> logger = MemoryLogger("demo", log_dir=tempfile.mkdtemp())
+        >>> vr = VideoRecorder(logger, tag="clip", episode_trigger=Every(2))
+        >>> frames = torch.randint(0, 256, (9, 8, 8, 3), dtype=torch.uint8)
+        >>> done = torch.tensor([t % 3 == 2 for t in range(9)]).unsqueeze(-1)  # 3 episodes
+        >>> vr.extend(TensorDict(pixels=frames, next=TensorDict(done=done, batch_size=[9]),
+        ...                      batch_size=[9]))
+        >>> vr.dump()
+        >>> {name: (v[0].step, v[0].frames.shape[0]) for name, v in logger.videos.items()}
+        {'clip_ep0': (9, 3), 'clip_ep2': (9, 3)}
+
+        In an env, frames come from ``"pixels"`` (``from_pixels=True`` or a
+        :class:`~trlrec.PixelRenderTransform` before it):
+        ``GymEnv("CartPole-v1", render_mode="rgb_array").append_transform(
+        PixelRenderTransform()).append_transform(VideoRecorder(logger, "rollout"))``.
     """
 
     # what the step's fast path depends on: changing one sends the next step the slow way
@@ -159,6 +185,7 @@ class VideoRecorder(FastLane, Transform):
         self._key = self.in_keys[0]
         self._top_key = self._key if isinstance(self._key, str) else None
         self._closed = False
+        self._clock = _FrameClock()
 
     @property
     def spool_dir(self) -> Path:
@@ -173,7 +200,7 @@ class VideoRecorder(FastLane, Transform):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for name in ("_spool", "_streams", "_grid", "_layout", "_hot", "_fast"):
+        for name in ("_spool", "_streams", "_grid", "_layout", "_hot", "_fast", "_clock"):
             state.pop(name, None)
         return state
 
@@ -217,10 +244,12 @@ class VideoRecorder(FastLane, Transform):
                 # one-element done (an unbatched env's [1]): .item() ~0.2 us, .any() ~1.5 us
                 end = done is not None and bool(done.item() if done.numel() == 1 else done.any())
                 fast.feed_every(raw, end)
+                self._clock.frames += 1
                 if end and self.dump_on_done:
                     self._dump(None, None)
                 return next_tensordict
         self._check_open()
+        self._clock.tick(next_tensordict.batch_size)
         raw = self._fetch(next_tensordict)
         if raw is not None:
             ends = _flags(next_tensordict.get("done", None), next_tensordict.batch_dims)
@@ -265,6 +294,7 @@ class VideoRecorder(FastLane, Transform):
         return as_frame_tensor(value, key)
 
     def _record_callback(self, env: EnvBase, tensordict: TensorDictBase) -> None:
+        self._clock.tick(tensordict.batch_size)
         key = self.in_keys[0]
         raw = tensordict.get(key, None)
         if raw is None and isinstance(key, str):
@@ -384,6 +414,7 @@ class VideoRecorder(FastLane, Transform):
                     stream.feed(frames[i], bool(ends and ends[i]), resets is not None)
 
     def _record_batch(self, tensordict: TensorDictBase) -> None:
+        self._clock.tick(tensordict.batch_size)
         raw = self._fetch(tensordict)
         if raw is None:
             return
@@ -428,10 +459,20 @@ class VideoRecorder(FastLane, Transform):
         that are no longer running. A video the logger fails on stays on disk for the next
         ``dump()``. Without a logger the frames are dropped (as in TorchRL).
 
+        Videos are named for what they hold: ``<tag>`` (every frame since the previous
+        dump), ``<tag>_ep<i>`` (episode ``i``, with ``episode_trigger`` / ``step_trigger``),
+        with ``_env<j>`` for sub-env ``j`` (``make_grid=False``) before ``_ep``, and
+        ``_<suffix>`` after the tag. A :class:`~trlrec.loggers.CSVLogger` writes
+        ``videos/<name>_<step>.mp4``.
+
         Args:
             suffix: appended to the video names as ``<tag>_<suffix>``.
-            step: the step passed to ``log_video``; default: a per-name counter kept in the
-                spool directory, so videos of successive recorders never share a step.
+            step: the step passed to ``log_video``. Default: the env frames this recorder
+                has seen (steps times sub-envs; reset frames not counted), as TorchRL's
+                trainers count and as :meth:`TensorDictRecorder.dump
+                <trlrec.TensorDictRecorder.dump>` logs; later if a video of the same
+                name was already logged at that step from this spool directory (a second
+                recorder with the same tag), so videos never share a name and step.
         """
         self._check_open()
         if suffix is not None and not isinstance(suffix, str):
@@ -460,20 +501,27 @@ class VideoRecorder(FastLane, Transform):
         size = path.stat().st_size if path.exists() else 0
         count = size // (height * width * 3)
         if count and self.logger is not None:
-            name = self.tag if suffix is None else f"{self.tag}_{suffix}"
-            if meta.get("env") is not None:
-                name = f"{name}_env{meta['env']}"
+            name = self._video_name(meta, suffix)
             video = MemoryMappedTensor.from_filename(
                 path, dtype=torch.uint8, shape=torch.Size([count, height, width, 3])
             )
             kwargs = dict(self.video_kwargs)
             if meta.get("fps") is not None:
                 kwargs.setdefault("fps", meta["fps"])
-            at = self._spool.next_step(name) if step is None else step
+            at = self._spool.next_step(name, self._clock.frames) if step is None else step
             self.logger.log_video(name, video.permute(0, 3, 1, 2).unsqueeze(0), step=at, **kwargs)
             del video
         path.unlink(missing_ok=True)
         sidecar.unlink(missing_ok=True)
+
+    def _video_name(self, meta: dict[str, Any], suffix: str | None) -> str:
+        """``<tag>[_<suffix>][_env<j>][_ep<i>]``: the name of a spooled video (see :meth:`dump`)."""
+        name = self.tag if suffix is None else f"{self.tag}_{suffix}"
+        if meta.get("env") is not None:
+            name = f"{name}_env{meta['env']}"
+        if meta.get("episode") is not None:
+            name = f"{name}_ep{meta['episode']}"
+        return name
 
     def close(self) -> None:
         """Sends what is left (as :meth:`dump`) and releases the spool. Idempotent.
@@ -519,6 +567,19 @@ def _flags(value: Any, lead: int) -> list[bool] | None:
     if lead == 0:
         return [bool(value.any())] if value.numel() != 1 else [bool(value.item())]
     return value.reshape(_numel(value.shape[:lead]), -1).any(-1).tolist()
+
+
+class _FrameClock:
+    """The env frames a recorder has seen: its default logging step (see ``dump``)."""
+
+    __slots__ = ("frames",)
+
+    def __init__(self) -> None:
+        self.frames = 0
+
+    def tick(self, batch_size: Sequence[int]) -> None:
+        """Count one step of an env (or a batch of steps) of this batch size."""
+        self.frames += _numel(batch_size)
 
 
 def _positive_int(name: str, value: Any) -> int:

@@ -13,12 +13,14 @@ video:
   divided by ``H * W * 3``, so a killed process leaves every whole frame readable (a
   torn write only leaves a partial frame past the last whole one, ignored).
 - ``<name>.<recorder>.<seq>.video.json``: ``{"format": "trlrec.video_spool", "version": 1,
-  "tag", "env", "height", "width", "channels": 3, "dtype": "uint8", "fps", "recorder",
-  "seq", "created"}``.
+  "tag", "env", "episode", "height", "width", "channels": 3, "dtype": "uint8", "fps",
+  "recorder", "seq", "created"}``; ``episode`` is the index of the one episode a
+  triggered video holds (None for a video of every episode since the last dump; absent
+  in sidecars written before it was added).
 - ``.<recorder>.lock``: held (``flock``) by the live recorder; videos whose recorder
   holds no lock are orphans, sent by the next ``dump()``/``close()`` with the same tag.
-- ``<name>.step``: the next default ``step`` for that video name, so a new recorder
-  with the same tag continues the numbering instead of overwriting older videos.
+- ``<name>.step``: one past the last default ``step`` used for that video name, so a new
+  recorder with the same tag never logs a video at a step already used.
 """
 
 from __future__ import annotations
@@ -87,7 +89,7 @@ class Segment:
         tmp = sidecar.with_name(sidecar.name + ".tmp")
         tmp.write_text(json.dumps(meta))
         os.replace(tmp, sidecar)
-        self._file: FramesFile | None = FramesFile(stem.with_name(stem.name + ".frames"))
+        self._file: FramesFile | None = writer.open(stem.with_name(stem.name + ".frames"))
         self._writer = writer
         self.frames = 0
         self.height, self.width = meta["height"], meta["width"]
@@ -157,7 +159,7 @@ class Segment:
         self._chunk = None  # not reused if acquiring the next one fails
         self._slot = 0
         self._writer.submit(file, chunk, slot * frame_bytes)
-        if file.error is not None:  # written inline (no thread) and failed
+        if file.error is not None:  # written already (inline) and failed
             self._fail()
         chunk = self._chunk = self._writer.chunk(frame_bytes)
         self._views = chunk.views((self.height, self.width, 3))
@@ -170,8 +172,7 @@ class Segment:
         if chunk is not None:
             self._writer.recycle(chunk)
         if file is not None:
-            self._writer.sync()  # nothing queued may reach the fd once closed (and reused)
-            file.close()
+            self._writer.release(file)  # after its queued chunks are written
 
     def _fail(self) -> None:
         """Stops this segment and raises its write error as a trlrec error."""
@@ -180,7 +181,7 @@ class Segment:
             raise ClosedError("this video segment is closed; a new one takes the next frames")
         error = file.error
         errno = getattr(error, "errno", None)
-        reason = getattr(error, "strerror", None) or str(error)
+        reason = os.strerror(errno) if errno else str(error)
         late: Exception | None = None
         try:
             self._release()  # waits for the writer: no queued chunk reaches a closed fd
@@ -238,7 +239,14 @@ class Spool:
     def _lock_path(self, recorder: str) -> Path:
         return self.directory / f".{recorder}.lock"
 
-    def open_segment(self, env: int | None, height: int, width: int, fps: float | None) -> Segment:
+    def open_segment(
+        self,
+        env: int | None,
+        height: int,
+        width: int,
+        fps: float | None,
+        episode: int | None = None,
+    ) -> Segment:
         """Starts a new video of sub-env ``env`` (None: the only or the grid video).
 
         Args:
@@ -246,6 +254,8 @@ class Spool:
             height: the frame height.
             width: the frame width.
             fps: the frame rate to log the video with, or None for the logger's default.
+            episode: the index of the one episode the video holds (a triggered video),
+                named in the video name as ``..._ep<i>``; None for a video of every episode.
         """
         directory = self.directory
         if self._lock_fd is None:
@@ -257,6 +267,7 @@ class Spool:
             "version": SPOOL_VERSION,
             "tag": self.tag,
             "env": env,
+            "episode": episode,
             "height": height,
             "width": width,
             "channels": 3,
@@ -317,14 +328,18 @@ class Spool:
             return True
         return self._requested is not None and self._requested.is_dir()
 
-    def next_step(self, name: str) -> int:
-        """The next default ``step`` of video ``name``, counted (under a lock) on disk."""
+    def next_step(self, name: str, at_least: int = 0) -> int:
+        """The default ``step`` of video ``name``: ``at_least``, or later if that was used.
+
+        One past the last step returned for ``name`` is kept (under a lock) on disk, so
+        recorders sharing the spool directory never log two videos of a name at one step.
+        """
         path = self.directory / f"{safe_name(name)}.step"
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             text = os.read(fd, 64).decode("ascii", "replace").strip()
-            step = int(text) if text.isdigit() else 0
+            step = max(int(text) if text.isdigit() else 0, at_least)
             os.lseek(fd, 0, os.SEEK_SET)
             os.ftruncate(fd, 0)
             os.write(fd, str(step + 1).encode("ascii"))

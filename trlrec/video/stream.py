@@ -90,7 +90,11 @@ class Stream:
             segment = self.segment
             if segment is None:
                 segment = self.segment = self.spool.open_segment(
-                    self.env, int(frame.shape[0]), int(frame.shape[1]), settings.fps
+                    self.env,
+                    int(frame.shape[0]),
+                    int(frame.shape[1]),
+                    settings.fps,
+                    self.episode if triggered else None,
                 )
             if settings.max_frames is None or segment.frames < settings.max_frames:
                 self._write(segment, frame)

@@ -1,0 +1,167 @@
+"""The commit rule, in one place: when what a writer appended must be committed.
+
+And the writer's life outside of its calls: the commits while it is idle, and its
+close at interpreter exit (a forgotten ``close()``).
+
+A commit is due every ``every_steps`` transitions, ``every_seconds`` after the last
+commit, and ``min_interval`` after it once an episode has ended (with ``on_done``).
+The writer asks :meth:`CommitClock.tick` after each append. So that the rule also
+holds while nobody appends (a collect-then-train loop, a worker waiting for its next
+batch), one daemon thread per process (:class:`IdleCommitter`) sleeps until the
+earliest deadline of the writers with uncommitted steps and has each commit then.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import math
+import os
+import threading
+import time
+import weakref
+from typing import Protocol
+
+from trlrec.errors import ConfigError
+
+__all__ = ["CommitClock", "IdleCommitter"]
+
+
+class CommitClock:
+    """When a writer's next commit is due.
+
+    Args:
+        every_steps: commit after this many transitions.
+        every_seconds: commit when this much time passed since the last commit.
+        on_done: commit soon after an episode ends ...
+        min_interval: ... but no sooner than this long after the last commit, so 16
+            short-episode envs in a batch do not commit at every step.
+    """
+
+    __slots__ = ("armed", "deadline", "every_seconds", "every_steps", "last", "min_interval",
+                 "on_done", "pending")  # fmt: skip
+
+    def __init__(
+        self, every_steps: int, every_seconds: float, on_done: bool, min_interval: float
+    ) -> None:
+        if isinstance(every_steps, bool) or not isinstance(every_steps, int) or every_steps < 1:
+            raise ConfigError(f"commit_every_steps must be a positive int, got {every_steps!r}")
+        if not every_seconds > 0:
+            raise ConfigError(f"commit_every_seconds must be > 0, got {every_seconds!r}")
+        if not min_interval >= 0:
+            raise ConfigError(f"min_commit_interval must be >= 0, got {min_interval!r}")
+        self.every_steps = every_steps
+        self.every_seconds = float(every_seconds)
+        self.on_done = on_done
+        self.min_interval = float(min_interval)
+        self.armed = math.inf  # the deadline the idle committer was told about
+        self.committed()
+
+    def committed(self) -> None:
+        """A commit was made: nothing is pending, the clock starts again."""
+        self.pending = 0
+        self.last = time.monotonic()
+        self.deadline = self.last + self.every_seconds
+
+    def tick(self, steps: int, ended: bool) -> bool:
+        """``steps`` transitions were appended (``ended``: an episode ended); whether to commit."""
+        self.pending += steps
+        if ended and self.on_done:
+            self.deadline = min(self.deadline, self.last + self.min_interval)
+        if self.deadline < self.armed:  # the idle committer must wake sooner
+            self.armed = self.deadline
+            IdleCommitter.get().wake()
+        return self.pending >= self.every_steps or time.monotonic() >= self.deadline
+
+    def due(self, now: float) -> bool:
+        """Whether appended steps wait for a commit whose time has come."""
+        return self.pending > 0 and now >= self.deadline
+
+
+class _Committing(Protocol):
+    clock: CommitClock
+
+    def commit_if_idle(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+class IdleCommitter:
+    """One daemon thread per process committing writers whose deadline passed while idle.
+
+    It sleeps until the earliest deadline among the writers with pending steps (woken
+    by :meth:`CommitClock.tick` when a deadline moves earlier) and then calls each
+    due writer's ``commit_if_idle()``, which commits unless its own thread is in the
+    middle of an append (it then commits itself). Writers are held weakly.
+    """
+
+    _instance: IdleCommitter | None = None
+    _lock = threading.Lock()
+
+    def __init__(self) -> None:
+        self._writers: weakref.WeakSet[_Committing] = weakref.WeakSet()
+        self._wake = threading.Event()
+        self._thread = threading.Thread(target=self._main, name="trlrec-commit", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def get(cls) -> IdleCommitter:
+        """This process's committer (a forked child starts its own)."""
+        inst = cls._instance
+        if inst is None or not inst._thread.is_alive():
+            with cls._lock:
+                inst = cls._instance
+                if inst is None or not inst._thread.is_alive():
+                    inst = cls._instance = IdleCommitter()
+        return inst
+
+    def add(self, writer: _Committing) -> None:
+        """Watch ``writer``'s clock."""
+        self._writers.add(writer)
+        self._wake.set()
+
+    def discard(self, writer: _Committing) -> None:
+        """Stop watching ``writer``."""
+        self._writers.discard(writer)
+
+    def wake(self) -> None:
+        """A deadline moved earlier: look again."""
+        self._wake.set()
+
+    def _main(self) -> None:
+        while True:
+            self._wake.clear()
+            now = time.monotonic()
+            sleep = math.inf
+            for writer in list(self._writers):
+                clock = writer.clock
+                # commit_if_idle keeps a failure and raises it at the writer's next call
+                if clock.due(now) and not writer.commit_if_idle():
+                    sleep = min(sleep, 0.01)  # busy appending: it commits itself, or retry
+                    continue
+                if clock.pending > 0:
+                    sleep = min(sleep, max(0.0, clock.deadline - now))
+                    clock.armed = clock.deadline
+                else:
+                    clock.armed = math.inf
+            self._wake.wait(None if sleep == math.inf else sleep)
+
+
+@atexit.register
+def _close_at_exit() -> None:
+    """Commit and close writers still open when the interpreter exits (a forgotten close())."""
+    inst = IdleCommitter._instance
+    for writer in [] if inst is None else list(inst._writers):
+        try:
+            writer.close()
+        except Exception:  # at exit there is no caller left to raise to: log it
+            logging.getLogger(__name__).exception("closing %r at exit failed", writer)
+
+
+def _after_fork_in_child() -> None:
+    """A forked child has no committer thread (and must not close the parent's writers)."""
+    IdleCommitter._instance = None
+    IdleCommitter._lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
