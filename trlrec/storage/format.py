@@ -32,7 +32,7 @@ import struct
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, overload
 
 from trlrec.errors import CorruptStoreError, FormatVersionError
 from trlrec.storage.jsonio import read_json
@@ -131,15 +131,16 @@ def column_file(chunk_dir: Path, stored_key: tuple[str, ...]) -> Path:
 
 
 # -------------------------------------------------------- row arithmetic
-_N = TypeVar("_N")  # an int, or an integer tensor (the replay buffer's gathers)
-
-
-def row_chunk(row: _N, chunk_rows: _N | int) -> tuple[_N, _N]:
+@overload
+def row_chunk(row: int, chunk_rows: int) -> tuple[int, int]: ...
+@overload
+def row_chunk(row: Any, chunk_rows: Any) -> tuple[Any, Any]: ...
+def row_chunk(row: Any, chunk_rows: Any) -> tuple[Any, Any]:
     """``(chunk index, offset in the chunk)`` of a stream's logical ``row``.
 
-    Works element-wise on integer tensors as well as on ints.
+    Works element-wise on integer tensors (the replay buffer's gathers) as on ints.
     """
-    return row // chunk_rows, row % chunk_rows  # type: ignore[operator]
+    return row // chunk_rows, row % chunk_rows
 
 
 def chunk_spans(start: int, count: int, chunk_rows: int) -> Iterator[tuple[int, int, int]]:

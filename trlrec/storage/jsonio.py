@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import stat
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from trlrec.errors import CorruptStoreError, NotAStoreError, StoreWriteError
 
@@ -72,7 +73,7 @@ def write_json_atomic(path: Path, value: Any, *, durable: bool = False, what: st
         ) from err
 
 
-def open_regular(path: Path) -> BinaryIO:
+def open_regular(path: Path) -> io.BufferedReader:
     """Open a file of the store for reading; anything but a regular file is damage.
 
     A FIFO in a file's place would block the reader forever, a directory or a device
@@ -96,7 +97,7 @@ def open_regular(path: Path) -> BinaryIO:
             f"{str(path)!r} is a {kind}, not a regular file; the store is damaged"
         )
     os.set_blocking(fd, True)
-    return os.fdopen(fd, "rb")
+    return io.BufferedReader(io.FileIO(fd, "rb"))
 
 
 def read_json(path: Path, *, kind: type = dict) -> Any:
