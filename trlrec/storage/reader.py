@@ -67,6 +67,21 @@ class TrajectoryReader(Closeable):
         CorruptStoreError: a file of the store is damaged (the message names it).
         FormatVersionError: the store has a format version this trlrec cannot read.
         ConfigError: ``on_damaged`` is neither ``"raise"`` nor ``"skip"``.
+
+    Example:
+        >>> import tempfile, torch
+        >>> from tensordict import TensorDict
+        >>> from trlrec import TrajectoryReader, TrajectoryWriter
+        >>> obs = torch.arange(4.0).unsqueeze(-1)  # each step's "next" is the next root
+        >>> done = torch.tensor([[False], [True], [False], [False]])
+        >>> steps = TensorDict({"observation": obs, "action": obs,
+        ...                     "next": {"observation": obs + 1, "done": done}}, [4])
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     with TrajectoryWriter(d) as w:
+        ...         w.extend(steps)
+        ...     r = TrajectoryReader(d)
+        ...     [len(ep) for ep in r.episodes], r.episodes[0]["next", "done"].flatten().tolist()
+        ([2, 2], [False, True])
     """
 
     def __init__(self, path: str | os.PathLike[str], *, on_damaged: str = "raise"):
