@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torchrl.envs.utils import check_env_specs
+from tensordict import TensorDict
+from tensordict.nn import TensorDictModule, TensorDictSequential
+from torch import nn
+from torchrl.data import Bounded, OneHot
+from torchrl.envs import GymEnv
+from torchrl.envs.utils import RandomPolicy, check_env_specs
+from torchrl.modules import EGreedyModule, QValueModule
 
 from trlrec import PlaybackEnv, TrajectoryReader, TrajectoryWriter
 from trlrec.errors import ConfigError, PlaybackError, StoreError
@@ -152,3 +158,78 @@ def test_bad_arguments_and_stores(tmp_path, stub_env_cls):
         PlaybackEnv(tmp_path / "empty")
     with pytest.raises(StoreError, match="does not exist"):
         PlaybackEnv(tmp_path / "missing")
+
+
+def _record_cartpole(path, steps=40):
+    from trlrec import TensorDictRecorder
+
+    with TensorDictRecorder(path) as rec:
+        env = GymEnv("CartPole-v1").append_transform(rec)
+        env.set_seed(0)
+        env.rollout(steps, break_when_any_done=False)
+    return GymEnv("CartPole-v1")
+
+
+def test_specs_are_the_recorded_envs(tmp_path):
+    original = _record_cartpole(tmp_path / "a")
+    pb = PlaybackEnv(tmp_path / "a")
+    assert pb.action_spec == original.action_spec
+    assert isinstance(pb.action_spec, OneHot)
+    assert pb.observation_spec == original.observation_spec
+    assert pb.reward_spec == original.reward_spec
+    assert pb.done_spec == original.done_spec
+    check_env_specs(pb)
+
+
+def test_random_policy_actions_are_valid_for_the_original_env(tmp_path):
+    original = _record_cartpole(tmp_path / "a")
+    pb = PlaybackEnv(tmp_path / "a", loop=True)
+    actions = pb.rollout(30, RandomPolicy(pb.action_spec), break_when_any_done=False)["action"]
+    assert actions.dtype == torch.int64
+    assert torch.equal(actions.sum(-1), torch.ones(30, dtype=torch.int64))  # one-hot
+    assert all(original.action_spec.is_in(a) for a in actions)
+    original.reset()
+    for a in actions[:5]:  # and the original env takes them
+        original.step(TensorDict(action=a).update(original.reset()))
+
+
+def test_spec_driven_modules_build_from_it(tmp_path):
+    original = _record_cartpole(tmp_path / "a")
+    pb = PlaybackEnv(tmp_path / "a", loop=True)
+    n = pb.action_spec.space.n
+    net = TensorDictModule(nn.Linear(4, n), in_keys=["observation"], out_keys=["action_value"])
+    qvalue = QValueModule(spec=pb.action_spec)
+    policy = TensorDictSequential(net, qvalue, EGreedyModule(pb.action_spec, eps_init=0.5))
+    out = pb.rollout(25, policy, break_when_any_done=False)
+    assert all(original.action_spec.is_in(a) for a in out["action"])
+    assert torch.equal(out["action"].sum(-1), torch.ones(25, dtype=torch.int64))
+    assert out["action_value"].shape == (25, 2)
+
+
+def test_check_env_specs_checks_the_recorded_bounds(tmp_path, stub_env_cls):
+    # the stub's observations exceed [0, 1]: recorded as bounds, check_env_specs sees it
+    env = stub_env_cls(episode_lengths=(5,))
+    specs = env.specs.clone()
+    specs["output_spec", "full_observation_spec", "observation"] = Bounded(0.0, 1.0, shape=(4,))
+    _record(tmp_path / "a", env, 10, specs=specs)
+    pb = PlaybackEnv(tmp_path / "a", loop=True)
+    assert isinstance(pb.observation_spec["observation"], Bounded)
+    with pytest.raises(AssertionError, match="spec check failed"):
+        check_env_specs(pb)
+
+
+def test_batched_recording_plays_with_one_sub_envs_specs(tmp_path):
+    from torchrl.envs import SerialEnv
+
+    from trlrec import TensorDictRecorder
+
+    env = SerialEnv(2, lambda: GymEnv("CartPole-v1"))
+    with TensorDictRecorder(tmp_path / "a") as rec:
+        env.rollout(12, callback=rec, break_when_any_done=False)
+    assert TrajectoryReader(tmp_path / "a").specs.shape == (2,)
+    pb = PlaybackEnv(tmp_path / "a", loop=True)
+    single = GymEnv("CartPole-v1")
+    assert pb.batch_size == ()
+    assert pb.action_spec == single.action_spec
+    assert pb.observation_spec == single.observation_spec
+    check_env_specs(pb)

@@ -3,26 +3,19 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from tensordict import TensorDict, TensorDictBase
-from torchrl.data import Categorical, Composite, Unbounded
 from torchrl.envs import EnvBase
 
 from trlrec.errors import ConfigError, PlaybackError, SchemaError, StoreError
+from trlrec.specs import StoreSpecs, store_specs
 from trlrec.storage.reader import TrajectoryReader
 from trlrec.storage.schema import Entry
 
 __all__ = ["PlaybackEnv"]
-
-_DONE_NAMES = ("done", "terminated", "truncated")
-
-
-def _spec(e: Entry) -> Unbounded | Categorical:
-    if e.dtype is torch.bool:
-        return Categorical(2, shape=e.shape, dtype=torch.bool)
-    return Unbounded(shape=e.shape, dtype=e.dtype)
 
 
 def _name(key: tuple[str, ...]) -> str | tuple[str, ...]:
@@ -34,12 +27,29 @@ class PlaybackEnv(EnvBase):
 
     Each :meth:`reset` starts the next episode and returns its first observation
     and done flags; each :meth:`step` returns what was recorded for that transition
-    (its ``"next"``), whatever the action. The specs come from the store's schema:
-    state keys are observations (done flags excepted), root-only keys named
-    ``action`` the action, next-only keys named ``reward`` the reward, other
-    next-only keys observations (zero at reset). Specs are ``Unbounded`` with the
-    stored shapes and dtypes (``Categorical(2)`` for booleans): bounds and category
-    counts are not recorded.
+    (its ``"next"``), whatever the action. The specs are the recorded env's
+    (:attr:`TrajectoryReader.specs <trlrec.TrajectoryReader.specs>`, for one
+    sub-env, on the CPU) for the keys the store holds, so spec-driven modules
+    (``RandomPolicy(env.action_spec)``, ``QValueModule``, ``EGreedyModule``) build
+    from it and their actions are valid for the original env. A store without
+    recorded specs gets them from its schema (see :class:`~trlrec.specs.StoreSpecs`:
+    ``Unbounded`` of the stored shapes and dtypes, ``Categorical(2)`` for booleans,
+    no bounds nor category counts). Next-only observation keys are zero at reset.
+
+    Examples:
+        >>> import tempfile
+        >>> from torchrl.envs import GymEnv
+        >>> from torchrl.envs.utils import RandomPolicy
+        >>> from trlrec import PlaybackEnv, TensorDictRecorder
+        >>> path = tempfile.mkdtemp() + "/cartpole"
+        >>> with TensorDictRecorder(path) as rec:
+        ...     _ = GymEnv("CartPole-v1").append_transform(rec).rollout(10)
+        >>> env = PlaybackEnv(path)
+        >>> env.action_spec == GymEnv("CartPole-v1").action_spec   # OneHot(2), as recorded
+        True
+        >>> actions = env.rollout(5, RandomPolicy(env.action_spec))["action"]
+        >>> bool(GymEnv("CartPole-v1").action_spec.is_in(actions[0]))
+        True
 
     Args:
         path: a store directory or an open :class:`~trlrec.TrajectoryReader`.
@@ -69,13 +79,8 @@ class PlaybackEnv(EnvBase):
             raise ConfigError(
                 f"start must be an episode index in [0, {reader.num_episodes}), got {start!r}"
             )
-        entries = reader.shards[0].schema.entries
-        for s in reader.shards[1:]:
-            if s.schema.entries != entries:
-                raise SchemaError(
-                    f"shard {s.name!r} has another schema than {reader.shards[0].name!r}; "
-                    "a PlaybackEnv plays one set of keys"
-                )
+        specs = store_specs(reader)
+        entries = tuple(specs.entries.values())
         super().__init__(batch_size=torch.Size([]))
         self.reader = reader
         self.check_actions = check_actions
@@ -86,40 +91,30 @@ class PlaybackEnv(EnvBase):
         self._episode: TensorDictBase | None = None
         self._t = 0
         self._exhausted = False
-        self._make_specs(entries)
+        self._make_specs(specs)
 
-    def _make_specs(self, entries: tuple[Entry, ...]) -> None:
-        obs, done, act, rew = Composite(), Composite(), Composite(), Composite()
-        self._extra_next: list[Entry] = []
-        self._action_entries: list[Entry] = []
-        for e in entries:
-            if e.role == "state":
-                (done if e.key[-1] in _DONE_NAMES and e.dtype is torch.bool else obs)[e.key] = (
-                    _spec(e)
-                )
-            elif e.role == "root" and e.key[-1] == "action":
-                act[e.key] = _spec(e)
-                self._action_entries.append(e)
-            elif e.role == "next" and e.key[-1] == "reward":
-                rew[e.key] = _spec(e)
-            elif e.role == "next":
-                obs[e.key] = _spec(e)
-                self._extra_next.append(e)
-        if not list(done.keys()):
+    def _make_specs(self, specs: StoreSpecs) -> None:
+        if not list(specs.done.keys()):
             raise SchemaError(
                 "the store has no boolean 'done' key in both root and 'next'; a PlaybackEnv "
                 "needs the recorded done flags"
             )
-        self.observation_spec = obs
-        self.done_spec = done
-        if list(act.keys()):
-            self.action_spec = act if len(list(act.keys(True, True))) > 1 else act[
-                next(iter(act.keys(True, True)))
-            ]  # fmt: skip
-        if list(rew.keys()):
-            self.reward_spec = rew if len(list(rew.keys(True, True))) > 1 else rew[
-                next(iter(rew.keys(True, True)))
-            ]  # fmt: skip
+        cat = specs.category
+
+        def having(role: str, keep: Callable[[str | None], bool]) -> list[Entry]:
+            return [e for k, e in specs.entries.items() if e.role == role and keep(cat.get(k))]
+
+        self._extra_next = having("next", lambda c: c != "reward")
+        self._action_entries = having("root", lambda c: c == "action")
+        # root-only inputs other than actions (recorded state specs): set at reset too
+        self._root_state = having("root", lambda c: c == "state")
+        self.full_observation_spec = specs.observation
+        self.full_done_spec = specs.done
+        self.full_state_spec = specs.state
+        if list(specs.action.keys()):
+            self.full_action_spec = specs.action
+        if list(specs.reward.keys()):
+            self.full_reward_spec = specs.reward
 
     @property
     def episode_index(self) -> int:
@@ -158,6 +153,9 @@ class PlaybackEnv(EnvBase):
                 out.set(e.key, row.get(e.key).clone())
         for e in self._extra_next:
             out.set(e.key, torch.zeros(e.shape, dtype=e.dtype))
+        for e in self._root_state:
+            value = row.get(e.key, None)  # a "next" row (after the last step) has none
+            out.set(e.key, torch.zeros(e.shape, dtype=e.dtype) if value is None else value.clone())
         return out
 
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:

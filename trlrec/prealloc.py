@@ -18,6 +18,7 @@ import errno
 import logging
 import os
 import sys
+from collections.abc import Callable
 
 __all__ = ["Reservation"]
 
@@ -28,7 +29,7 @@ _UNSUPPORTED = {errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL, errno.ENOSPC, errn
 _log = logging.getLogger(__name__)
 
 
-def _load() -> object | None:
+def _load() -> Callable[[int, int, int, int], int] | None:
     if not sys.platform.startswith("linux"):
         return None
     fn = getattr(ctypes.CDLL(None, use_errno=True), "fallocate64", None)

@@ -14,7 +14,7 @@ What is zero-copy and what is not:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tensordict import TensorDict
@@ -271,7 +271,7 @@ def _build(
         options = {k: kwargs.pop(k) for k in ("truncated_key", "span", "pad_output") if k in kwargs}
         cls = SliceSampler if replacement else SliceSamplerWithoutReplacement
         longest = int(storage.episode_lengths.max())
-        need = slice_len if slice_len is not None else batch_size // cast(int, num_slices)
+        need = slice_len if slice_len is not None else batch_size // (num_slices or 1)
         if strict_length and longest < need:
             raise ConfigError(
                 f"no episode of {str(reader.path)!r} is {need} steps long (the longest has "

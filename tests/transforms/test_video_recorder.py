@@ -458,7 +458,7 @@ def test_logger_error_keeps_frames(logger: ListLogger) -> None:
 def test_spool_format_and_sidecar(logger: ListLogger) -> None:
     vr = VideoRecorder(logger, "fmt", fps=15)
     vr.extend(TensorDict(pixels=solid(3, 4, 6), batch_size=[3]))
-    vr._streams[0].segment.flush()
+    vr._tracks[0].segment.flush()
     (sidecar,) = vr.spool_dir.glob("fmt.*.video.json")
     meta = json.loads(sidecar.read_text())
     assert meta["format"] == "trlrec.video_spool"

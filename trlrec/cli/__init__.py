@@ -67,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("verify", help="check a store end to end")
     p.add_argument("path")
+
+    from trlrec.cli.export import add_parsers
+
+    add_parsers(sub)  # export minari|lerobot, import minari
     return parser
 
 
@@ -147,7 +151,26 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_OK if report.ok else EXIT_DAMAGED
 
 
-_COMMANDS = {"record": _cmd_record, "info": _cmd_info, "video": _cmd_video, "verify": _cmd_verify}
+def _cmd_export(args: argparse.Namespace) -> int:
+    from trlrec.cli.export import run_export
+
+    return run_export(args)
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    from trlrec.cli.export import run_import
+
+    return run_import(args)
+
+
+_COMMANDS = {
+    "record": _cmd_record,
+    "info": _cmd_info,
+    "video": _cmd_video,
+    "verify": _cmd_verify,
+    "export": _cmd_export,
+    "import": _cmd_import,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -137,6 +137,20 @@ class TrajectoryReader(Closeable):
         """The episodes, each a ``[T]`` TensorDict backed by memory maps."""
         return EpisodeSequence(self)
 
+    @property
+    def specs(self) -> Any:
+        """The recording env's specs (``env.specs``: a ``Composite``), or ``None``.
+
+        Rebuilt from the store's ``specs.json`` at each access, equal to what the
+        writer was given; ``None`` for a store written without specs (such as format
+        version 1 stores made before specs were recorded). Specs recorded on a GPU are
+        rebuilt there; on a machine without it, ``trlrec.specs.read_specs(path,
+        device="cpu")``. See :mod:`trlrec.specs`.
+        """
+        from trlrec.specs import read_specs
+
+        return read_specs(self.path)
+
     def shard_of(self, i: int) -> tuple[ShardReader, int]:
         """The shard holding episode ``i`` (negative counts from the end) and its index there.
 

@@ -20,7 +20,7 @@ from trlrec.storage.dtypes import bits_view
 from trlrec.storage.format import FLAG_CUT, FLAG_DONE
 from trlrec.storage.schema import Entry, Key, Schema
 
-__all__ = ["SMALL_ROW", "Block", "Episode", "StreamWriter", "write_columns"]
+__all__ = ["SMALL_ROW", "Block", "Episode", "Stream", "write_columns"]
 
 
 @dataclass
@@ -33,6 +33,7 @@ class Episode:
     num_steps: int = 0
     flags: int = 0
     meta: dict[str, Any] | None = None
+    reward: float | None = None  # the sum of its rewards, where the schema has "reward"
 
 
 @dataclass
@@ -88,7 +89,7 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
     return torch.equal(wa, wb)
 
 
-class StreamWriter:
+class Stream:
     """Writes the rows and tracks the episodes of one stream."""
 
     def __init__(
@@ -107,6 +108,7 @@ class StreamWriter:
         self._last: dict[Key, torch.Tensor] | None = None  # the last "next" state
         # (role, key) of the columns whose rows are small: gathered per block
         self._small = {(e.role, e.key) for e in schema.entries if e.nbytes <= SMALL_ROW}
+        self._reward = any(e.role == "next" and e.key == ("reward",) for e in schema.entries)
 
     def _continuity(self, block: Block) -> torch.Tensor:
         """Whether each transition's root state is, bit for bit, the previous next state.
@@ -253,6 +255,9 @@ class StreamWriter:
             self.next_row += 1
         for i in sorted(m for m in block.metas if a <= m < b):
             ep.meta = block.metas[i]
+        if self._reward:  # the episode's return, for the recorders' statistics
+            run = float(block.next[("reward",)][a:b].double().sum())
+            ep.reward = run if ep.reward is None else ep.reward + run
         self.transitions += b - a
         self.next_row += b - a
         ep.num_steps = self.transitions - ep.first_transition
@@ -271,7 +276,7 @@ class StreamWriter:
 
 
 def write_columns(
-    stream: StreamWriter,
+    stream: Stream,
     root_entries: list[Entry],
     next_entries: list[Entry],
     cols: list[torch.Tensor],

@@ -9,6 +9,7 @@ after one.
 from __future__ import annotations
 
 import math
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +18,14 @@ import torch
 from trlrec.errors import SchemaError
 from trlrec.io.backend import IOBackend
 from trlrec.storage.chunks import ChunkSeries
-from trlrec.storage.format import FLAG_CUT, STREAMS_DIR, StreamEntry
+from trlrec.storage.format import FLAG_CUT, FLAG_DONE, STREAMS_DIR, StreamEntry
 from trlrec.storage.schema import Key
 from trlrec.storage.staging import Stager, StepStaging
-from trlrec.storage.stream import Episode, StreamWriter, write_columns
+from trlrec.storage.stream import Episode, Stream, write_columns
 
 __all__ = ["StreamSet"]
+
+_FINISHED_KEPT = 2**16  # episode statistics kept between two take_finished() calls
 
 
 class StreamSet:
@@ -49,17 +52,19 @@ class StreamSet:
         root = shard_path / STREAMS_DIR
         self.staging = staging
         self.streams = [
-            StreamWriter(b, ChunkSeries(root / str(b), schema, chunk_rows, io, group), schema)
+            Stream(b, ChunkSeries(root / str(b), schema, chunk_rows, io, group), schema)
             for b in range(schema.num_streams)
         ]
         self._id_slot = next(
             (i for i, e in enumerate(staging.root_entries) if e.key == episode_key), None
         )
         self._last_ids: torch.Tensor | None = None
+        # (end frame, return, length) of the episodes done since take_finished()
+        self._finished: deque[tuple[int, float | None, int]] = deque(maxlen=_FINISHED_KEPT)
 
     def _write(
         self,
-        stream: StreamWriter,
+        stream: Stream,
         cols: list[torch.Tensor],
         done: torch.Tensor,
         force: torch.Tensor,
@@ -67,9 +72,24 @@ class StreamSet:
         aliased: torch.Tensor | None = None,
     ) -> list[Episode]:
         st = self.staging
-        return write_columns(
+        closed = write_columns(
             stream, st.root_entries, st.next_entries, cols, done, force, metas, aliased
         )
+        for ep in closed:
+            if ep.flags & FLAG_DONE:
+                end = len(self.streams) * (ep.first_transition + ep.num_steps)
+                self._finished.append((end, ep.reward, ep.num_steps))
+        return closed
+
+    def take_finished(self) -> list[tuple[int, float | None, int]]:
+        """``(end frame, return, length)`` of the episodes done since the last call.
+
+        The frame counts the transitions of all streams up to the episode's end; the
+        return is None without a "reward" key. At most the last 65536 are kept.
+        """
+        out = list(self._finished)
+        self._finished.clear()
+        return out
 
     def write_staged(self, st: Stager) -> list[Episode]:
         """Write a staging buffer's steps as each stream's next block; the episodes closed."""

@@ -57,27 +57,25 @@ class TrajectoryWriter(Closeable):
         path: the store directory; created if missing. An existing store is appended
             to (a new shard), never overwritten.
         metadata: JSON-serialisable dict stored once with the recording.
-        shard: name of the shard to write. ``None`` creates a new shard; the name of an
-            existing shard continues it after its last commit.
+        shard: the shard to write: ``None`` makes a new one; an existing one's name
+            continues it after its last commit.
         chunk_rows: rows per chunk (default: about 128 MiB of data, at most 65536).
         stage_steps: steps staged in RAM between writes (default: up to 1024, ~8 MiB).
-        commit_every_steps: commit after this many transitions.
-        commit_every_seconds: commit when this much time passed since the last one.
-        commit_on_done: commit soon after an episode ends (but no more often than every
-            ``min_commit_interval`` seconds).
-        min_commit_interval: the least time between two episode-end commits.
-        durable: fsync data, index and commit record at each commit (survives power
-            loss, not only a killed process).
-        background: write on an I/O thread, so the step loop does not wait for the disk
-            (the native thread where built, else a Python one). An I/O error is raised
-            by the next call, after the writer rolled back to its last commit (what
-            came after it is dropped; ``flush()`` waits for the disk, so everything
-            flushed is kept). ``False`` writes in the calling thread.
+        commit_every_steps, commit_every_seconds: commit after this many transitions,
+            or this long after the last commit.
+        commit_on_done, min_commit_interval: commit soon after an episode ends, but no
+            sooner than this many seconds after the last commit.
+        durable: fsync data, index and commit record at each commit (power loss).
+        background: write on an I/O thread (native where built), so the step loop does
+            not wait for the disk; an I/O error is then raised by the next call, after
+            a roll back to the last commit. ``False`` writes in the calling thread.
         io: the I/O backend, overriding ``background``: "inline", "thread", "native",
-            "auto", or an :class:`~trlrec.io.IOBackend` (a test's
-            :class:`~trlrec.io.fault.FaultBackend`); the writer closes it.
-        episode_key: a root key whose change starts a new episode (collectors'
+            "auto", or an :class:`~trlrec.io.IOBackend` (the writer closes it).
+        episode_key: a root key whose change starts a new episode (a collector's
             trajectory ids), used when present.
+        specs: the recording env's specs (``env.specs``), stored as JSON in the
+            store's ``specs.json`` (the first writer's are kept) and read back by
+            :attr:`TrajectoryReader.specs <trlrec.TrajectoryReader.specs>`.
 
     Examples:
         >>> import tempfile, torch
@@ -116,6 +114,7 @@ class TrajectoryWriter(Closeable):
         background: bool = True,
         io: str | IOBackend | None = None,
         episode_key: Key | str | None = ("collector", "traj_ids"),
+        specs: Any = None,
     ):
         for name, value in (("chunk_rows", chunk_rows), ("stage_steps", stage_steps)):
             if value is not None and (not isinstance(value, int) or value < 1):
@@ -130,11 +129,17 @@ class TrajectoryWriter(Closeable):
         self._durable = durable
         self._episode_key = (episode_key,) if isinstance(episode_key, str) else episode_key
         self._lock = threading.Lock()  # the caller's thread vs. the idle committer
-        kind = io or ("auto" if background else "inline")
-        self._io = io if isinstance(io, IOBackend) else open_backend(kind)
+        if isinstance(io, IOBackend):
+            self._io = io
+        else:
+            self._io = open_backend(io or ("auto" if background else "inline"))
         self._group = self._io.new_group()
         self._error: BaseException | None = None  # an idle commit's failure, raised next call
         create_dataset(self.path, self.metadata)
+        if specs is not None:  # the env's specs (env.specs), see trlrec.specs
+            from trlrec.specs import write_specs
+
+            write_specs(self.path, specs, durable=durable)
         self.shard_path = new_shard_dir(self.path, shard)
         self._files = ShardFiles(self.shard_path, durable=durable)
         self.schema: Schema | None = None
@@ -151,6 +156,14 @@ class TrajectoryWriter(Closeable):
             self._io.close()
             raise
         IdleCommitter.get().add(self)  # commits it while idle, closes it at exit
+
+    @property
+    def num_transitions(self) -> int:
+        """Transitions appended so far, all streams together (a ``[B]`` step counts B)."""
+        if self._streams is None:
+            return 0
+        staged = self._staging.current.count * self._staging.num_streams
+        return sum(s.transitions for s in self._streams.streams) + staged
 
     @property
     def background(self) -> bool:
@@ -188,6 +201,16 @@ class TrajectoryWriter(Closeable):
         schema = Schema.from_transition(root, next_)
         write_json_atomic(self.shard_path / SCHEMA_FILE, schema.to_json(), durable=self._durable)
         self._setup(schema)
+
+    def finished_episodes(self) -> list[tuple[int, float | None, int]]:
+        """The episodes a done flag ended since the last call, oldest first (at most 65536).
+
+        Returns:
+            ``(end frame, return, length)`` each: the frame counts the transitions of all
+            streams up to the episode's end, the return is None without a "reward" key.
+        """
+        with self._lock:
+            return [] if self._streams is None else self._streams.take_finished()
 
     def _check_open(self) -> None:
         if self._closed:

@@ -161,7 +161,10 @@ class PixelRenderTransform(Transform):
                 parent.reset()
                 image = self._render(None)
             self._remember(image, parent.batch_size)
-        shape, dtype, non_tensor = self._frame
+        frame = self._frame
+        if frame is None:  # _remember sets it, or raises
+            raise VideoError("the first frame could not be rendered; check the env's render()")
+        shape, dtype, non_tensor = frame
         device = observation_spec.device
         if non_tensor:
             spec: TensorSpec = NonTensor(shape=observation_spec.shape, device=device)
@@ -202,12 +205,10 @@ class PixelRenderTransform(Transform):
     def _remember(self, image: Any, batch_size: torch.Size) -> bool:
         """Caches the image's shape/dtype for the spec; returns whether it goes as non-tensor."""
         if not isinstance(image, torch.Tensor):
-            non_tensor = True
             self._frame = (batch_size, torch.uint8, True)
-            return non_tensor
-        non_tensor = self.as_non_tensor
-        if non_tensor is None:
-            non_tensor = image.shape[: len(batch_size)] != batch_size
+            return True
+        wanted = self.as_non_tensor
+        non_tensor = image.shape[: len(batch_size)] != batch_size if wanted is None else wanted
         self._frame = (image.shape, image.dtype, non_tensor)
         return non_tensor
 

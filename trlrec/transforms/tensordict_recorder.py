@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 import numbers
 import os
 from collections import deque
@@ -121,6 +122,8 @@ class TensorDictRecorder(Transform, Closeable):
             non-None one kept (``TrajectoryReader.episode_metadata(i)``).
         **writer_kwargs: passed to :class:`~trlrec.TrajectoryWriter` (``chunk_rows``,
             ``commit_every_steps``, ``commit_every_seconds``, ``durable``, ``shard``...).
+            The env's specs are recorded from the transform's parent or the rollout
+            callback's env; for collector batches pass ``specs=collector.env.specs``.
 
     Raises:
         ConfigError: for an invalid argument, or no ``path`` and a logger without an
@@ -211,10 +214,12 @@ class TensorDictRecorder(Transform, Closeable):
         self._prev: TensorDictBase | None = None
         self._async: bool | None = None
         self._inflight: deque[tuple[Any, ...]] = deque()
-        self._stats_from = 0
 
-    def _open_writer(self) -> TrajectoryWriter:
-        self._writer = TrajectoryWriter(self.path, metadata=self.metadata, **self.writer_kwargs)
+    def _open_writer(self, env: EnvBase | None = None) -> TrajectoryWriter:
+        kwargs = self.writer_kwargs
+        if env is not None and kwargs.get("specs") is None:
+            kwargs = {**kwargs, "specs": _storable_specs(env)}
+        self._writer = TrajectoryWriter(self.path, metadata=self.metadata, **kwargs)
         return self._writer
 
     def clone(self) -> TensorDictRecorder:
@@ -303,6 +308,8 @@ class TensorDictRecorder(Transform, Closeable):
 
     # ------------------------------------------------------------- recording
     def _record_callback(self, env: EnvBase, td: TensorDictBase) -> None:
+        if self._writer is None:
+            self._open_writer(env)  # the callback's env: its specs are recorded
         if isinstance(td.get("next", None), TensorDictBase):
             self._record_row(td)
             return
@@ -326,7 +333,7 @@ class TensorDictRecorder(Transform, Closeable):
 
     def _record(self, root: TensorDictBase, next_: TensorDictBase) -> None:
         """Records one transition given as its two parts (``root`` may hold ``"next"``)."""
-        writer = self._writer or self._open_writer()
+        writer = self._writer or self._open_writer(getattr(self, "parent", None))
         if self.skip > 1:  # counted only when needed: nn.Module.__setattr__ costs ~1.5 us
             self._seen += 1
             if self._seen % self.skip:
@@ -373,11 +380,12 @@ class TensorDictRecorder(Transform, Closeable):
         writer.append_transition(root, next_, episode_metadata=meta)
 
     def _drain(self) -> None:
-        while self._inflight:
-            self._append_inflight(self._writer)
+        writer = self._writer
+        while writer is not None and self._inflight:
+            self._append_inflight(writer)
 
     def _extend(self, batch: TensorDictBase) -> None:
-        writer = self._writer or self._open_writer()
+        writer = self._writer or self._open_writer(getattr(self, "parent", None))
         if batch.get("next", None) is None:
             raise SchemaError("the batch has no 'next' sub-tensordict; extend takes rollout rows")
         self._drain()
@@ -422,7 +430,7 @@ class TensorDictRecorder(Transform, Closeable):
         next_leaves = _leaves(next_)
         root_keys: list[Key] = []
         next_keys: list[Key] = []
-        for key in self._keep:
+        for key in self._keep or []:
             found = False
             if key[0] == "next" and len(key) > 1:
                 if any(k[: len(key) - 1] == key[1:] for k in next_leaves):
@@ -494,17 +502,11 @@ class TensorDictRecorder(Transform, Closeable):
         from trlrec.loggers.base import log_trajectory_to
 
         name = self.tag if suffix is None else f"{self.tag}_{suffix}"
-        shard = self._committed_shard()
-        at = shard.num_steps if step is None else step
+        at = writer.num_transitions if step is None else step
+        finished = writer.finished_episodes()  # the writer's own count, since the last dump
         if self.skip == 1:
-            self._log_episodes(name, self._finished_episodes(shard), at)
+            self._log_episodes(name, finished, at)
         log_trajectory_to(self.logger, name, self.path, step=at)
-
-    def _committed_shard(self) -> Any:
-        """What this recorder's shard holds as committed (a fresh :class:`ShardReader`)."""
-        from trlrec.storage.shard_reader import ShardReader
-
-        return ShardReader(Path(os.path.realpath(self.path)), self._writer.shard_path)
 
     def _log_episodes(
         self, name: str, episodes: list[tuple[int, float | None, int]], at: int
@@ -522,30 +524,6 @@ class TensorDictRecorder(Transform, Closeable):
         lengths = [float(length) for _, _, length in episodes]
         self.logger.log_scalar(f"{name}/episode_length", _mean(lengths), step=at)
         self.logger.log_scalar(f"{name}/episodes", float(len(episodes)), step=at)
-
-    def _finished_episodes(self, shard: Any) -> list[tuple[int, float | None, int]]:
-        """Episodes of the shard ended by done since the last call, oldest first.
-
-        Returns:
-            ``(end frame, return, length)`` each; the return is None when the store has
-            no ``("next", "reward")``.
-        """
-        from trlrec.storage.format import FLAG_DONE
-
-        streams = len(shard.streams)
-        has_reward = any(e.key == ("reward",) and e.role == "next" for e in shard.schema.entries)
-        out: list[tuple[int, float | None, int]] = []
-        for i in range(self._stats_from, shard.num_closed):
-            info = shard.info(i)
-            if not info["flags"] & FLAG_DONE:
-                continue
-            ret = None
-            if has_reward:
-                ret = float(shard.episode(i).get(("next", "reward")).double().sum())
-            end = streams * (info["first_transition"] + info["num_steps"])
-            out.append((end, ret, int(info["num_steps"])))
-        self._stats_from = shard.num_closed
-        return out
 
     def close(self) -> None:
         """Commits, ends the open episodes and releases the shard. Idempotent.
@@ -575,6 +553,19 @@ class TensorDictRecorder(Transform, Closeable):
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def _storable_specs(env: EnvBase) -> Any:
+    """``env.specs`` if they can be stored as JSON, else None (logged: recording goes on)."""
+    from trlrec.specs import specs_to_json
+
+    specs = env.specs
+    try:
+        specs_to_json(specs)
+    except UnsupportedDataError as err:
+        logging.getLogger(__name__).warning("the env's specs are not recorded: %s", err)
+        return None
+    return specs
 
 
 def _key_list(in_keys: Any) -> list[Any]:

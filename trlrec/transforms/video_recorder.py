@@ -5,7 +5,7 @@ never holds frames in RAM: each frame is converted to RGB ``uint8`` ``(H, W, 3)`
 (:mod:`trlrec.video.frames`) and appended to a *spool file* (:mod:`trlrec.video.spool`,
 which documents the format and where the spool directory is); :meth:`VideoRecorder.dump`
 opens the spool zero-copy and hands the logger a ``(1, T, 3, H, W)`` ``uint8`` view of it.
-The per-env video state (episodes, triggers) is :mod:`trlrec.video.stream`.
+The per-env video state (episodes, triggers) is :mod:`trlrec.video.track`.
 """
 
 from __future__ import annotations
@@ -28,11 +28,11 @@ from trlrec.naming import safe_name
 from trlrec.transforms.fast_lane import FastLane
 from trlrec.video.frames import FrameGrid, FrameLayout, as_frame_tensor, crop_size
 from trlrec.video.spool import Spool, frames_path, spool_dir_for
-from trlrec.video.stream import Stream
+from trlrec.video.track import Track
 
 __all__ = ["VideoRecorder"]
 
-_BATCH_CHUNK_BYTES = 8 << 20
+_BATCH_BLOCK_BYTES = 8 << 20
 _UINT8 = torch.uint8
 
 
@@ -176,11 +176,11 @@ class VideoRecorder(FastLane, Transform):
 
     def _new_runtime(self) -> None:
         self._spool = Spool(self._spool_request, self.tag)
-        self._streams: list[Stream] = []
+        self._tracks: list[Track] = []
         self._grid: FrameGrid | None = None
         self._layout: FrameLayout | None = None
         self._hot: tuple[torch.Size, torch.dtype, torch.device] | None = None
-        self._fast: Stream | None = None
+        self._fast: Track | None = None
         self._fast_shape: torch.Size | None = None
         self._key = self.in_keys[0]
         self._top_key = self._key if isinstance(self._key, str) else None
@@ -200,7 +200,7 @@ class VideoRecorder(FastLane, Transform):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for name in ("_spool", "_streams", "_grid", "_layout", "_hot", "_fast", "_clock"):
+        for name in ("_spool", "_tracks", "_grid", "_layout", "_hot", "_fast", "_clock"):
             state.pop(name, None)
         return state
 
@@ -326,13 +326,13 @@ class VideoRecorder(FastLane, Transform):
         )
         old = self._layout
         if old is not None and (old.height, old.width) != (layout.height, layout.width):
-            if any(s.segment is not None and s.segment.frames for s in self._streams):
+            if any(s.segment is not None and s.segment.frames for s in self._tracks):
                 raise VideoError(
                     f"frames under {self.in_keys[0]!r} changed size mid-video from "
                     f"{old.height}x{old.width} to {layout.height}x{layout.width} (shape "
                     f"{tuple(raw.shape)}, dtype {raw.dtype}); call dump() before changing size"
                 )
-            self._reset_streams()
+            self._reset_tracks()
         self._layout, self._hot = layout, hot
         return layout
 
@@ -346,12 +346,12 @@ class VideoRecorder(FastLane, Transform):
             and self._top_key is not None
         )
 
-    def _ensure_streams(self, n_env: int, layout: FrameLayout) -> None:
+    def _ensure_tracks(self, n_env: int, layout: FrameLayout) -> None:
         grid = n_env > 1 and self.make_grid is not False
         wanted = 1 if (grid or n_env == 1) else n_env
-        if self._streams and len(self._streams) == wanted and (self._grid is not None) == grid:
+        if self._tracks and len(self._tracks) == wanted and (self._grid is not None) == grid:
             return
-        if any(s.segment is not None for s in self._streams):
+        if any(s.segment is not None for s in self._tracks):
             raise VideoError(
                 f"the batch of frames under {self.in_keys[0]!r} changed to {n_env} env(s) "
                 "mid-video; call dump() before changing the batch size"
@@ -359,12 +359,12 @@ class VideoRecorder(FastLane, Transform):
         self._fast = None
         self._grid = FrameGrid(n_env, layout.height, layout.width) if grid else None
         envs: list[int | None] = [None] if wanted == 1 else list(range(n_env))
-        self._streams = [Stream(self, env, self._spool) for env in envs]
+        self._tracks = [Track(self, env, self._spool) for env in envs]
 
-    def _reset_streams(self) -> None:
-        for stream in self._streams:
+    def _reset_tracks(self) -> None:
+        for stream in self._tracks:
             stream.finish()
-        self._streams, self._grid, self._fast = [], None, None
+        self._tracks, self._grid, self._fast = [], None, None
 
     def _record_tick(
         self,
@@ -385,13 +385,13 @@ class VideoRecorder(FastLane, Transform):
         lead = len(batch)
         frames = layout.convert(raw)
         if lead == 0:
-            self._ensure_streams(1, layout)
+            self._ensure_tracks(1, layout)
             if layout.identity and raw.device.type == "cpu" and self._keeps_every_frame():
-                self._fast, self._fast_shape = self._streams[0], raw.shape
-            self._streams[0].feed(frames, bool(ends and ends[0]), resets is not None)
+                self._fast, self._fast_shape = self._tracks[0], raw.shape
+            self._tracks[0].feed(frames, bool(ends and ends[0]), resets is not None)
         else:
             n_env = _numel(raw.shape[:lead])
-            self._ensure_streams(n_env, layout)
+            self._ensure_tracks(n_env, layout)
             self._feed(frames.reshape(n_env, layout.height, layout.width, 3), ends, resets)
         if self.dump_on_done and ends and all(ends):
             self._dump(None, None)
@@ -403,13 +403,13 @@ class VideoRecorder(FastLane, Transform):
         if self._grid is not None:
             if resets is not None and not all(resets):
                 return
-            self._streams[0].feed(
+            self._tracks[0].feed(
                 self._grid.tile(frames), bool(ends and all(ends)), resets is not None
             )
         elif n_env == 1:
-            self._streams[0].feed(frames[0], bool(ends and ends[0]), resets is not None)
+            self._tracks[0].feed(frames[0], bool(ends and ends[0]), resets is not None)
         else:
-            for i, stream in enumerate(self._streams):
+            for i, stream in enumerate(self._tracks):
                 if resets is None or resets[i]:
                     stream.feed(frames[i], bool(ends and ends[i]), resets is not None)
 
@@ -435,11 +435,11 @@ class VideoRecorder(FastLane, Transform):
         raw = raw.reshape(n_env, steps, *raw.shape[lead:])
         ends = None if done is None else done.reshape(n_env, steps, -1).any(-1).tolist()
         layout = self._layout_for(raw, raw.shape[:2])
-        self._ensure_streams(n_env, layout)
+        self._ensure_tracks(n_env, layout)
         frame_bytes = max(1, n_env * layout.height * layout.width * 3)
-        chunk = max(1, _BATCH_CHUNK_BYTES // frame_bytes)
-        for start in range(0, steps, chunk):
-            frames = layout.convert(raw[:, start : start + chunk])
+        block = max(1, _BATCH_BLOCK_BYTES // frame_bytes)
+        for start in range(0, steps, block):
+            frames = layout.convert(raw[:, start : start + block])
             for t in range(frames.shape[1]):
                 tick_ends = None if ends is None else [row[start + t] for row in ends]
                 self._feed(frames[:, t], tick_ends, None)
@@ -482,7 +482,7 @@ class VideoRecorder(FastLane, Transform):
         self._dump(suffix, step)
 
     def _dump(self, suffix: str | None, step: int | None) -> None:
-        for stream in self._streams:
+        for stream in self._tracks:
             stream.finish()
         if not self._spool.exists():
             return
@@ -533,7 +533,7 @@ class VideoRecorder(FastLane, Transform):
             return
         try:
             if sys.is_finalizing():
-                for stream in self._streams:
+                for stream in self._tracks:
                     stream.finish()
             else:
                 self._dump(None, None)

@@ -6,8 +6,8 @@ TorchRL loggers, else ``spool_dir=``, else a temporary directory), one pair of f
 video:
 
 - ``<name>.<recorder>.<seq>.frames``: raw ``uint8`` frames, ``T x H x W x 3``, appended
-  in chunks of whole frames (~2 MB) by a writer thread (:mod:`trlrec.video.writer`):
-  a chunk is handed over when full and at every episode end, and written soon after
+  in blocks of whole frames (~2 MB) by a writer thread (:mod:`trlrec.video.frame_writes`):
+  a block is handed over when full and at every episode end, and written soon after
   without the step waiting for it; ``flush()``/``dump()``/``close()`` (and ``extend()``
   of a batch, for its ended episodes) wait for the writes. ``T`` is the file size
   divided by ``H * W * 3``, so a killed process leaves every whole frame readable (a
@@ -40,7 +40,7 @@ import torch
 
 from trlrec.errors import ClosedError, StoreWriteError
 from trlrec.naming import safe_name
-from trlrec.video.writer import Chunk, ChunkWriter, FramesFile
+from trlrec.video.frame_writes import FrameBlock, FramesFile, FrameWriter
 
 __all__ = ["SPOOL_FORMAT", "SPOOL_VERSION", "Segment", "Spool", "frames_path", "spool_dir_for"]
 
@@ -57,14 +57,14 @@ class Segment:
     """One video being written: ``<stem>.frames`` plus its ``<stem>.video.json`` sidecar.
 
     The sidecar is written (atomically) when the segment opens. Each :meth:`write`
-    copies the frame into a chunk of the spool's :class:`~trlrec.video.writer.ChunkWriter`
-    (so the caller may reuse its tensor at once); full chunks, and the partial one at
+    copies the frame into a block of the spool's :class:`~trlrec.video.frame_writes.FrameWriter`
+    (so the caller may reuse its tensor at once); full blocks, and the partial one at
     :meth:`end_episode`, are appended to the file by the writer's thread.
 
     Args:
         stem: the path of both files without their suffixes.
         meta: the sidecar's content (with at least ``height`` and ``width``).
-        writer: the thread that appends the chunks.
+        writer: the thread that appends the blocks.
 
     Attributes:
         frames: how many frames were written.
@@ -73,8 +73,8 @@ class Segment:
     """
 
     __slots__ = (
+        "_block",
         "_capture",
-        "_chunk",
         "_file",
         "_slot",
         "_views",
@@ -84,7 +84,7 @@ class Segment:
         "width",
     )
 
-    def __init__(self, stem: Path, meta: dict[str, Any], writer: ChunkWriter) -> None:
+    def __init__(self, stem: Path, meta: dict[str, Any], writer: FrameWriter) -> None:
         sidecar = stem.with_name(stem.name + ".video.json")
         tmp = sidecar.with_name(sidecar.name + ".tmp")
         tmp.write_text(json.dumps(meta))
@@ -94,9 +94,9 @@ class Segment:
         self.frames = 0
         self.height, self.width = meta["height"], meta["width"]
         shape = (self.height, self.width, 3)
-        self._chunk: Chunk | None = writer.chunk(self.height * self.width * 3)
-        self._views = self._chunk.views(shape)
-        self._capture = self._chunk.capture(shape)
+        self._block: FrameBlock | None = writer.block(self.height * self.width * 3)
+        self._views = self._block.views(shape)
+        self._capture = self._block.capture(shape)
         self._slot = 0
 
     def write(self, frame: torch.Tensor) -> None:
@@ -137,7 +137,7 @@ class Segment:
             self._fail()
 
     def close(self) -> None:
-        """Writes out the frames, closes the file and gives its chunk back. Idempotent.
+        """Writes out the frames, closes the file and gives its block back. Idempotent.
 
         Raises:
             StoreWriteError: writing the file failed (the whole frames in it are kept).
@@ -151,28 +151,28 @@ class Segment:
             self._release()
 
     def _hand_over(self, slot: int) -> None:
-        file, chunk = self._file, self._chunk
-        if file is None or chunk is None:
+        file, block = self._file, self._block
+        if file is None or block is None:
             self._fail()
             return
         frame_bytes = self.height * self.width * 3
-        self._chunk = None  # not reused if acquiring the next one fails
+        self._block = None  # not reused if acquiring the next one fails
         self._slot = 0
-        self._writer.submit(file, chunk, slot * frame_bytes)
+        self._writer.submit(file, block, slot * frame_bytes)
         if file.error is not None:  # written already (inline) and failed
             self._fail()
-        chunk = self._chunk = self._writer.chunk(frame_bytes)
-        self._views = chunk.views((self.height, self.width, 3))
-        self._capture = chunk.capture((self.height, self.width, 3))
+        block = self._block = self._writer.block(frame_bytes)
+        self._views = block.views((self.height, self.width, 3))
+        self._capture = block.capture((self.height, self.width, 3))
 
     def _release(self) -> None:
-        """Closes the file (after the writer is done with it); the chunk returns to the pool."""
+        """Closes the file (after the writer is done with it); the block returns to the pool."""
         file, self._file = self._file, None
-        chunk, self._chunk = self._chunk, None
-        if chunk is not None:
-            self._writer.recycle(chunk)
+        block, self._block = self._block, None
+        if block is not None:
+            self._writer.recycle(block)
         if file is not None:
-            self._writer.release(file)  # after its queued chunks are written
+            self._writer.release(file)  # after its queued blocks are written
 
     def _fail(self) -> None:
         """Stops this segment and raises its write error as a trlrec error."""
@@ -184,7 +184,7 @@ class Segment:
         reason = os.strerror(errno) if errno else str(error)
         late: Exception | None = None
         try:
-            self._release()  # waits for the writer: no queued chunk reaches a closed fd
+            self._release()  # waits for the writer: no queued block reaches a closed fd
         except Exception as exc:  # reported with the write error, which comes first
             late = exc
         written = file.size // (self.height * self.width * 3)
@@ -222,7 +222,7 @@ class Spool:
         self.recorder = uuid.uuid4().hex[:12]
         self._lock_fd: int | None = None
         self._seq = 0
-        self.writer = ChunkWriter()
+        self.writer = FrameWriter()
 
     @property
     def directory(self) -> Path:

@@ -17,8 +17,8 @@ from tensordict import TensorDict
 
 from trlrec import VideoRecorder
 from trlrec.errors import StoreWriteError, VideoError
+from trlrec.video.frame_writes import FrameWriter
 from trlrec.video.spool import Spool
-from trlrec.video.writer import ChunkWriter
 
 REPO = Path(__file__).resolve().parents[2]
 H, W = 84, 84
@@ -52,9 +52,9 @@ def assert_numbered(frames: torch.Tensor, start: int = 0) -> None:
         assert torch.equal(frame, numbered(start + t, *frame.shape[:2])), f"frame {t}"
 
 
-def test_segment_frames_reach_the_file_in_order_across_chunks(tmp_path: Path) -> None:
+def test_segment_frames_reach_the_file_in_order_across_blocks(tmp_path: Path) -> None:
     spool = Spool(tmp_path, "w")
-    spool.writer = ChunkWriter(chunk_bytes=3 * FRAME + 100, queued=2)  # 3 frames a chunk
+    spool.writer = FrameWriter(block_bytes=3 * FRAME + 100, queued=2)  # 3 frames a block
     segment = spool.open_segment(None, H, W, None)
     frame = torch.empty(H, W, 3, dtype=torch.uint8)
     for i in range(20):
@@ -73,7 +73,7 @@ def test_segment_frames_reach_the_file_in_order_across_chunks(tmp_path: Path) ->
 
 def test_many_segments_share_a_small_writer_without_deadlock(tmp_path: Path) -> None:
     spool = Spool(tmp_path, "many")
-    spool.writer = ChunkWriter(chunk_bytes=2 * 4 * 4 * 3, queued=1)
+    spool.writer = FrameWriter(block_bytes=2 * 4 * 4 * 3, queued=1)
     segments = [spool.open_segment(env, 4, 4, None) for env in range(6)]
     for i in range(30):
         for segment in segments:
@@ -88,7 +88,7 @@ def test_many_segments_share_a_small_writer_without_deadlock(tmp_path: Path) -> 
 
 def test_write_error_surfaces_as_store_write_error_and_whole_frames_stay(tmp_path: Path) -> None:
     spool = tmp_path / "spool"
-    limit = 5 * FRAME + 1000  # RLIMIT_FSIZE: the first chunk's write stops inside frame 5
+    limit = 5 * FRAME + 1000  # RLIMIT_FSIZE: the first block's write stops inside frame 5
     script = textwrap.dedent(
         f"""
         import resource, signal, sys
@@ -110,7 +110,7 @@ def test_write_error_surfaces_as_store_write_error_and_whole_frames_stay(tmp_pat
         try:
             for i in range(1000):
                 vr(TensorDict(pixels=numbered(i), batch_size=[]))
-            vr._streams[0].segment.flush()
+            vr._tracks[0].segment.flush()
         except StoreWriteError as err:
             print("raised:", err)
             sys.exit(0)
@@ -144,7 +144,7 @@ def test_error_raised_in_process_by_the_next_call(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     vr = VideoRecorder(ListLogger(), "gone", spool_dir=tmp_path)
-    writer = vr._spool.writer = ChunkWriter(chunk_bytes=2 * FRAME, queued=1)
+    writer = vr._spool.writer = FrameWriter(block_bytes=2 * FRAME, queued=1)
     io = writer._io
     unwritable = tmp_path / "unwritable"
     unwritable.mkdir()  # the file's writes go to a directory: EISDIR, on the I/O thread
@@ -158,14 +158,14 @@ def test_error_raised_in_process_by_the_next_call(
     vr(td)
 
     def two_more_frames():
-        vr(td)  # fills the chunk: handed over, its write fails (on the thread, or here)
+        vr(td)  # fills the block: handed over, its write fails (on the thread, or here)
         writer.sync()
         vr(td)  # ... and the next call raises it
 
     with pytest.raises(StoreWriteError, match=r"writing video frames to .*gone.*frames.* failed"):
         two_more_frames()
     monkeypatch.undo()
-    assert vr._streams[0].segment is None  # the next frame opens a new file
+    assert vr._tracks[0].segment is None  # the next frame opens a new file
     vr(td)
     vr.dump()
     vr.close()
@@ -186,9 +186,9 @@ def test_killed_mid_episode_leaves_only_whole_frames_in_order(tmp_path: Path) ->
                 raise AssertionError("not called")
 
         vr = VideoRecorder(Never(), "kill", spool_dir={str(spool)!r})
-        for i in range(700):  # several chunks handed over, no episode end, no flush
+        for i in range(700):  # several blocks handed over, no episode end, no flush
             vr(TensorDict(pixels=numbered(i), batch_size=[]))
-        os._exit(0)  # killed: chunks being written or queued are cut anywhere
+        os._exit(0)  # killed: blocks being written or queued are cut anywhere
         """
     )
     subprocess.run([sys.executable, "-c", script], check=True, cwd=REPO, timeout=120)
@@ -232,10 +232,10 @@ def test_step_loop_shape_change_names_key_and_shapes(tmp_path: Path) -> None:
 
 def test_a_forked_child_writes_its_frames_with_a_writer_of_its_own(tmp_path: Path) -> None:
     spool = Spool(tmp_path, "fork")
-    spool.writer = ChunkWriter(chunk_bytes=2 * FRAME, queued=1)
+    spool.writer = FrameWriter(block_bytes=2 * FRAME, queued=1)
     parent = spool.open_segment(None, H, W, None)
     for i in range(5):
-        parent.write(numbered(i))  # two chunks handed over, one frame still in the chunk
+        parent.write(numbered(i))  # two blocks handed over, one frame still in the block
     pid = os.fork()
     if pid == 0:  # the child: the parent's writer thread does not exist here
         code = 1

@@ -1,12 +1,12 @@
-"""The spool's writes: whole chunks of frames appended to the frames files.
+"""The spool's writes: whole blocks of frames appended to the frames files.
 
 A step loop cannot afford the disk write of each frame: appending 21 KB of new data to
 the page cache costs 3-30 us on a VM (first touch of guest memory), a third of a
 trivial env's step. So a :class:`~trlrec.video.spool.Segment` copies each frame into
-a preallocated *chunk* (a few MB, a whole number of frames) in the step's thread, and
-hands full chunks (and the partial chunk at an episode end) to a :class:`ChunkWriter`,
+a preallocated *block* (a few MB, a whole number of frames) in the step's thread, and
+hands full blocks (and the partial block at an episode end) to a :class:`FrameWriter`,
 which queues them as writes of the I/O layer (:mod:`trlrec.io`: the native thread
-where built, else a Python thread; inline once stopped). At most ``queued`` chunks
+where built, else a Python thread; inline once stopped). At most ``queued`` blocks
 wait for the disk: the next hand-over then blocks until one is written.
 
 Every write is of whole frames appended at the end of the file, in order, so the
@@ -32,20 +32,20 @@ from trlrec.io import IOBackend, open_backend
 from trlrec.native import extension
 from trlrec.prealloc import Reservation
 
-__all__ = ["CHUNK_BYTES", "ChunkWriter", "Chunk", "FramesFile"]
+__all__ = ["BLOCK_BYTES", "FrameWriter", "FrameBlock", "FramesFile"]
 
-CHUNK_BYTES = 2 << 20
-"""The default size of a chunk: one system call per ~2 MB of frames."""
-# chunks that may wait for the disk: 32 MiB, ~1500 frames of 84x84x3 (~0.15 s of a fast
+BLOCK_BYTES = 2 << 20
+"""The default size of a block: one system call per ~2 MB of frames."""
+# blocks that may wait for the disk: 32 MiB, ~1500 frames of 84x84x3 (~0.15 s of a fast
 # step loop) before a slow disk blocks the step; taken only while the disk lags behind
 _QUEUED = 16
 _RESERVE = 8 << 20  # bytes of disk reserved ahead of the writes of one file
-_WRITERS: weakref.WeakSet[ChunkWriter] = weakref.WeakSet()
+_WRITERS: weakref.WeakSet[FrameWriter] = weakref.WeakSet()
 _log = logging.getLogger(__name__)
 
 
 class FramesFile:
-    """One ``.frames`` file a :class:`ChunkWriter` appends to: its size, error and group.
+    """One ``.frames`` file a :class:`FrameWriter` appends to: its size, error and group.
 
     Opened (created if needed) here; the descriptor is kept for the disk reservation
     and to read what landed after a failure. The writes go through the I/O backend.
@@ -84,7 +84,7 @@ class FramesFile:
             os.close(fd)
 
 
-class Chunk:
+class FrameBlock:
     """A preallocated buffer of frames, with per-frame-shape views cached.
 
     Args:
@@ -100,7 +100,7 @@ class Chunk:
         self._captures: dict[tuple[int, ...], Any] = {}
 
     def views(self, shape: tuple[int, ...]) -> list[torch.Tensor]:
-        """The chunk as consecutive tensors of ``shape`` (as many as fit), made once."""
+        """The block as consecutive tensors of ``shape`` (as many as fit), made once."""
         views = self._views.get(shape)
         if views is None:
             size = 1
@@ -135,20 +135,20 @@ class Chunk:
         return step
 
 
-class ChunkWriter:
-    """Appends handed-over chunks to their files, in order, through an I/O backend.
+class FrameWriter:
+    """Appends handed-over blocks to their files, in order, through an I/O backend.
 
-    Each segment fills a chunk of its own; at most ``queued`` chunks wait for the
-    backend, so the memory is bounded by ``chunk_bytes * (segments + queued)``. Written
-    chunks are kept for reuse: their pages are touched once.
+    Each segment fills a block of its own; at most ``queued`` blocks wait for the
+    backend, so the memory is bounded by ``block_bytes * (segments + queued)``. Written
+    blocks are kept for reuse: their pages are touched once.
 
     Args:
-        chunk_bytes: the size of each chunk (frames larger than that get one chunk each).
-        queued: how many chunks may wait for the disk.
+        block_bytes: the size of each block (frames larger than that get one block each).
+        queued: how many blocks may wait for the disk.
     """
 
-    def __init__(self, chunk_bytes: int = CHUNK_BYTES, queued: int = _QUEUED) -> None:
-        self.chunk_bytes = chunk_bytes
+    def __init__(self, block_bytes: int = BLOCK_BYTES, queued: int = _QUEUED) -> None:
+        self.block_bytes = block_bytes
         self._queued = max(1, queued)
         self._stopped = False
         self._fresh()
@@ -158,8 +158,8 @@ class ChunkWriter:
         self._io: IOBackend = open_backend(
             "inline" if self._stopped else "auto", max_pending=self._queued
         )
-        self._free: list[Chunk] = []
-        self._inflight: dict[int, tuple[FramesFile, Chunk]] = {}  # by the write's token
+        self._free: list[FrameBlock] = []
+        self._inflight: dict[int, tuple[FramesFile, FrameBlock]] = {}  # by the write's token
 
     def _backend(self) -> IOBackend:
         """The backend (a forked child's own: the parent's thread is not there)."""
@@ -168,31 +168,31 @@ class ChunkWriter:
         return self._io
 
     def open(self, path: os.PathLike | str) -> FramesFile:
-        """Open a frames file to append chunks to."""
+        """Open a frames file to append blocks to."""
         return FramesFile(path, self._backend().new_group())
 
-    def chunk(self, min_bytes: int) -> Chunk:
-        """A chunk of at least ``min_bytes``: a written one if any is free, else a new one."""
-        if min_bytes > self.chunk_bytes:
-            return Chunk(min_bytes)  # an oversized frame: a chunk of its own, not pooled
+    def block(self, min_bytes: int) -> FrameBlock:
+        """A block of at least ``min_bytes``: a written one if any is free, else a new one."""
+        if min_bytes > self.block_bytes:
+            return FrameBlock(min_bytes)  # an oversized frame: a block of its own, not pooled
         self._reclaim()
-        return self._free.pop() if self._free else Chunk(self.chunk_bytes)
+        return self._free.pop() if self._free else FrameBlock(self.block_bytes)
 
-    def recycle(self, chunk: Chunk) -> None:
-        """Gives back a chunk taken with :meth:`chunk` (and not queued)."""
-        if len(chunk.memory) == self.chunk_bytes:
-            self._free.append(chunk)
+    def recycle(self, block: FrameBlock) -> None:
+        """Gives back a block taken with :meth:`block` (and not queued)."""
+        if len(block.memory) == self.block_bytes:
+            self._free.append(block)
 
-    def submit(self, target: FramesFile, chunk: Chunk, nbytes: int) -> None:
-        """Queues the first ``nbytes`` of ``chunk`` for appending to ``target``.
+    def submit(self, target: FramesFile, block: FrameBlock, nbytes: int) -> None:
+        """Queues the first ``nbytes`` of ``block`` for appending to ``target``.
 
-        The chunk goes back to the pool once written; a write error is kept in
+        The block goes back to the pool once written; a write error is kept in
         ``target.error`` (and nothing more is written to that file).
         """
         io = self._backend()
         self._reclaim()
         if target.error is not None or target.fd < 0:
-            self.recycle(chunk)
+            self.recycle(block)
             return
         offset, end = target.size, target.size + nbytes
         try:
@@ -201,39 +201,39 @@ class ChunkWriter:
             # Go on unreserved: the write, in its turn, reports what is wrong with the file.
             _log.debug("no disk reservation for %r: %s", target.path, err)
             target.reservation.enabled = False
-        token = io.write(target.path, chunk.memory[:nbytes], offset, target.group)
-        self._inflight[token] = (target, chunk)
+        token = io.write(target.path, block.memory[:nbytes], offset, target.group)
+        self._inflight[token] = (target, block)
         target.size = end
         self._reclaim()
 
     def _reclaim(self) -> None:
-        """Takes back the written chunks; keeps each file's first error."""
+        """Takes back the written blocks; keeps each file's first error."""
         if not self._inflight:
             return
         done = self._io.done()
         for token in [t for t in self._inflight if t <= done]:
-            target, chunk = self._inflight.pop(token)
+            target, block = self._inflight.pop(token)
             err = self._io.error(target.group)
             if err is not None and target.error is None:
                 target.error = err
                 if target.fd >= 0:
                     target.size = os.fstat(target.fd).st_size  # what did land: whole frames
-            self.recycle(chunk)
+            self.recycle(block)
 
     def sync(self) -> None:
-        """Waits until every chunk handed over so far is written (or has failed)."""
+        """Waits until every block handed over so far is written (or has failed)."""
         self._backend().barrier()
         self._reclaim()
 
     def release(self, target: FramesFile) -> None:
         """Waits for ``target``'s writes, then closes it (and the backend's descriptors)."""
         io = self._backend()
-        io.close_files()  # waits for every write: no queued chunk reaches a closed file
+        io.close_files()  # waits for every write: no queued block reaches a closed file
         self._reclaim()
         target.close()
 
     def stop(self) -> None:
-        """Writes out what is queued and stops the thread (later chunks: written inline)."""
+        """Writes out what is queued and stops the thread (later blocks: written inline)."""
         if self._stopped or self._io.pid != os.getpid():
             self._stopped = True
             return
@@ -245,6 +245,6 @@ class ChunkWriter:
 
 @atexit.register
 def _stop_all() -> None:
-    """At interpreter exit: write out every queued chunk before daemon threads die."""
+    """At interpreter exit: write out every queued block before daemon threads die."""
     for writer in list(_WRITERS):
         writer.stop()

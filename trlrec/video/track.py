@@ -1,6 +1,6 @@
 """The video state of one sub-env (or of a grid of them): episodes, triggers, the open segment.
 
-A :class:`Stream` receives one RGB ``uint8`` ``(H, W, 3)`` frame per step with the
+A :class:`Track` receives one RGB ``uint8`` ``(H, W, 3)`` frame per step with the
 step's episode-end and reset flags, decides (``skip``, ``max_frames``, episode and step
 triggers) whether the frame is kept, and appends kept frames to its open spool
 :class:`~trlrec.video.spool.Segment`, opening one when needed.
@@ -16,11 +16,11 @@ import torch
 from trlrec.errors import TrlrecError
 from trlrec.video.spool import Segment, Spool
 
-__all__ = ["StreamSettings", "Stream"]
+__all__ = ["TrackSettings", "Track"]
 
 
-class StreamSettings(Protocol):
-    """What a :class:`Stream` reads from its recorder (read at every step: may change)."""
+class TrackSettings(Protocol):
+    """What a :class:`Track` reads from its recorder (read at every step: may change)."""
 
     episode_trigger: Callable[[int], bool] | None
     step_trigger: Callable[[int], bool] | None
@@ -29,7 +29,7 @@ class StreamSettings(Protocol):
     fps: float | None
 
 
-class Stream:
+class Track:
     """The video state of one sub-env (``env``), or of the only / grid video (``env=None``).
 
     Without triggers every episode goes into one video until :meth:`finish` (the
@@ -58,7 +58,7 @@ class Stream:
         "spool",
     )
 
-    def __init__(self, settings: StreamSettings, env: int | None, spool: Spool) -> None:
+    def __init__(self, settings: TrackSettings, env: int | None, spool: Spool) -> None:
         self.settings = settings
         self.env = env
         self.spool = spool
