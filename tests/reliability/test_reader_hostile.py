@@ -307,3 +307,18 @@ def test_verify_reads_a_big_chunk_in_bounded_blocks(tmp_path):
     assert problems == "[]", problems
     assert int(steps) == 3
     assert int(grew_kib) < 48 * 2**10, f"verify grew by {int(grew_kib) // 1024} MiB"
+
+
+def test_verify_prints_a_shard_name_that_is_not_utf8(template, tmp_path):
+    store = _copy(template, tmp_path)
+    _non_utf8_shard(store / OPEN_SHARD)
+    done = subprocess.run(
+        [sys.executable, "-m", "trlrec", "verify", str(store)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONIOENCODING": "utf-8:strict"},
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "shard shard-\\xff: DAMAGED" in done.stdout
+    assert "name is not valid UTF-8" in done.stdout

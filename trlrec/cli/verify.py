@@ -111,7 +111,8 @@ def verify_store(path: str | os.PathLike[str], *, progress: bool = True) -> Veri
         return report
     root = Path(os.path.realpath(path))
     for directory in shard_dirs(path):
-        check = ShardCheck(directory.name)
+        # printable even when the name is not UTF-8 (shown with \x escapes)
+        check = ShardCheck(os.fsencode(directory.name).decode("utf-8", "backslashreplace"))
         report.shard_checks.append(check)
         if not (directory / COMMIT_FILE).exists():
             _check_uncommitted(directory, check)
