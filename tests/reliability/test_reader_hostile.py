@@ -23,6 +23,7 @@ from tensordict import TensorDict
 from tests.reliability.test_hostile import SHARD, build_store
 from tests.storage.helpers import assert_td_identical
 from trlrec import TrajectoryReader, TrajectoryWriter
+from trlrec.cli import main
 from trlrec.errors import ConfigError, OutOfRangeError, StoreError
 from trlrec.replay import StoreStorage
 
@@ -225,42 +226,38 @@ def test_on_damaged_skip_reads_the_healthy_shards(template, tmp_path, damage, na
         TrajectoryReader(store, on_damaged="ignore")
 
 
-def _verify(store: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "trlrec", "verify", str(store)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+def _verify(store: Path, capsys) -> tuple[int, str]:
+    code = main(["verify", str(store)])
+    return code, capsys.readouterr().out
 
 
-def test_verify_reports_each_shard(template, tmp_path):
+def test_verify_reports_each_shard(template, tmp_path, capsys):
     store = _copy(template, tmp_path)
-    done = _verify(store)
-    assert done.returncode == 0, done.stdout
-    assert "shard shard-000000: OK, " in done.stdout
-    assert "shard shard-000001: OK, " in done.stdout
+    code, out = _verify(store, capsys)
+    assert code == 0, out
+    assert "shard shard-000000: OK, 13 episodes, 60 steps" in out
+    assert "shard shard-000001: OK, " in out
     os.truncate(store / SHARD / "streams/0/chunk-000000/observation.memmap", 5)
-    done = _verify(store)
-    assert done.returncode == 1, done.stdout
-    assert "shard shard-000000: DAMAGED, 1 problem(s)" in done.stdout
-    assert "shard shard-000001: OK, " in done.stdout
+    code, out = _verify(store, capsys)
+    assert code == 1, out
+    assert "shard shard-000000: DAMAGED, 1 problem(s)" in out
+    assert "shard shard-000001: OK, " in out
 
 
-def test_verify_tells_a_lost_commit_from_a_writer_that_never_committed(template, tmp_path):
+def test_verify_tells_a_lost_commit_from_a_writer_that_never_committed(template, tmp_path, capsys):
     store = _copy(template, tmp_path)
     never = store / "shards" / "shard-000002"  # a writer that opened and wrote no commit
     never.mkdir()
     (never / "shard.json").write_text('{"version": 1, "metadata": {}, "pid": 1}')
     (never / "episodes.bin").touch()
-    done = _verify(store)
-    assert done.returncode == 0, done.stdout
-    assert "shard shard-000002: never committed" in done.stdout
+    code, out = _verify(store, capsys)
+    assert code == 0, out
+    assert "shard shard-000002: never committed" in out
     (store / SHARD / "COMMIT").unlink()  # schema.json and a non-empty episodes.bin stay
-    done = _verify(store)
-    assert done.returncode == 1, done.stdout
-    assert "COMMIT' is missing, but episodes.bin holds" in done.stdout
-    assert "shard shard-000000: DAMAGED" in done.stdout
+    code, out = _verify(store, capsys)
+    assert code == 1, out
+    assert "COMMIT' is missing, but episodes.bin holds 832 bytes (13 episode records)" in out
+    assert "shard shard-000000: DAMAGED" in out
 
 
 VERIFY_MEMORY = """
