@@ -26,6 +26,7 @@ __all__ = [
     "PlaybackError",
     "ConfigError",
     "OutOfRangeError",
+    "UnsupportedOperationError",
 ]
 
 
@@ -95,3 +96,7 @@ class ConfigError(TrlrecError, ValueError):
 
 class OutOfRangeError(TrlrecError, IndexError):
     """An index past what a store holds (an episode, a transition); ``except IndexError`` works."""
+
+
+class UnsupportedOperationError(TrlrecError, NotImplementedError):
+    """The backend cannot do this (a CSV logger has no histograms, as in TorchRL)."""
