@@ -25,6 +25,7 @@ __all__ = [
     "EncoderError",
     "PlaybackError",
     "ConfigError",
+    "OutOfRangeError",
     "UnsupportedOperationError",
 ]
 
@@ -91,6 +92,10 @@ class PlaybackError(TrlrecError, RuntimeError):
 
 class ConfigError(TrlrecError, ValueError):
     """An argument of a trlrec class or function is invalid (a bad option, callback or path)."""
+
+
+class OutOfRangeError(TrlrecError, IndexError):
+    """An index past what a store holds (an episode, a transition); ``except IndexError`` works."""
 
 
 class UnsupportedOperationError(TrlrecError, NotImplementedError):

@@ -28,7 +28,7 @@ from torchrl.data import (
 )
 from torchrl.data.replay_buffers.storages import Storage
 
-from trlrec.errors import ConfigError, SchemaError, StoreError
+from trlrec.errors import ConfigError, OutOfRangeError, SchemaError, StoreError
 from trlrec.storage.format import NEXT, ROOT, placements, row_chunk
 from trlrec.storage.schema import Entry, Key
 
@@ -110,7 +110,9 @@ class StoreStorage(Storage):
         flat = idx.reshape(-1)
         n = len(self)
         if flat.numel() and (int(flat.min()) < -n or int(flat.max()) >= n):
-            raise IndexError(f"transition index out of range: the store has {n} transitions")
+            raise OutOfRangeError(
+                f"transition index out of range: {str(self.reader.path)!r} has {n} transitions"
+            )
         out = self._gather(torch.where(flat < 0, flat + n, flat))
         out = out.reshape(idx.shape)
         return out[()] if scalar else out

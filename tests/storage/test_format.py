@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import re
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -285,3 +287,15 @@ def test_meta_span():
     for offset, length in ((2, 9), (-7, 10), (3, -1)):
         with pytest.raises(CorruptStoreError, match=r"^'m': episode 5 points at bytes"):
             EpisodeRecord(0, 0, 1, 1, 0, offset, length).meta_span(10, "m", 5)
+
+
+def test_the_format_module_needs_neither_torch_nor_the_writer():
+    code = (
+        "import sys, trlrec.storage.format\n"
+        "bad = [m for m in sys.modules if m == 'torch' or m.startswith(('torch.', 'trlrec.io'))]\n"
+        "bad += [m for m in sys.modules if m.startswith('trlrec.storage.') and m not in "
+        "('trlrec.storage.format', 'trlrec.storage.jsonio')]\n"
+        "assert not bad, bad"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr

@@ -129,7 +129,7 @@ def _cmd_video(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from trlrec.cli.verify import verify_store
+    from trlrec.cli.verify import DAMAGED, UNCOMMITTED, verify_store
 
     report = verify_store(args.path)
     if report.ok:
@@ -137,11 +137,18 @@ def _cmd_verify(args: argparse.Namespace) -> int:
             f"OK {report.path}: {report.shards} shard(s), {report.episodes} episodes, "
             f"{report.steps} steps, {report.files} chunk files checked"
         )
-        return EXIT_OK
-    print(f"DAMAGED {report.path}: {len(report.problems)} problem(s)")
-    for problem in report.problems:
-        print(f"  {problem}")
-    return EXIT_DAMAGED
+    else:
+        print(f"DAMAGED {report.path}: {len(report.problems)} problem(s)")
+        for problem in report.problems:
+            print(f"  {problem}")
+    for s in report.shard_checks:
+        if s.state == DAMAGED:
+            print(f"  shard {s.name}: DAMAGED, {len(s.problems)} problem(s)")
+        elif s.state == UNCOMMITTED:
+            print(f"  shard {s.name}: never committed (its writer has not committed; empty)")
+        else:
+            print(f"  shard {s.name}: OK, {s.episodes} episodes, {s.steps} steps")
+    return EXIT_OK if report.ok else EXIT_DAMAGED
 
 
 def _cmd_export(args: argparse.Namespace) -> int:

@@ -23,7 +23,7 @@ from trlrec.storage.format import (
 )
 from trlrec.storage.jsonio import dumps, read_json
 
-__all__ = ["open_dataset", "create_dataset", "new_shard_dir", "check_metadata"]
+__all__ = ["open_dataset", "create_dataset", "new_shard_dir", "shard_dirs", "check_metadata"]
 
 
 def check_metadata(metadata: Any, what: str = "metadata") -> dict[str, Any]:
@@ -126,3 +126,9 @@ def new_shard_dir(path: Path, shard: str | None) -> Path:
         raise StoreWriteError(
             err.errno, f"cannot create a shard in {str(shards)!r}: {err.strerror}"
         ) from err
+
+
+def shard_dirs(path: Path) -> list[Path]:
+    """Every entry of the store's ``shards/`` directory, in name order (committed or not)."""
+    shards = path / SHARDS_DIR
+    return sorted(shards.iterdir()) if shards.is_dir() else []

@@ -32,7 +32,7 @@ import struct
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, overload
 
 from trlrec.errors import CorruptStoreError, FormatVersionError
 from trlrec.storage.jsonio import read_json
@@ -52,6 +52,7 @@ __all__ = [
     "EPISODES_FILE",
     "EPISODE_META_FILE",
     "STREAMS_DIR",
+    "COLUMN_SUFFIX",
     "EPISODE_FIELDS",
     "EPISODE_RECORD_BYTES",
     "FLAG_DONE",
@@ -85,6 +86,7 @@ LOCK_FILE = "LOCK"
 EPISODES_FILE = "episodes.bin"
 EPISODE_META_FILE = "episode_meta.jsonl"
 STREAMS_DIR = "streams"
+COLUMN_SUFFIX = ".memmap"  # a column's file in a chunk: <key>.memmap
 
 # episodes.bin: little-endian int64 records of these fields, in this order.
 EPISODE_FIELDS = (
@@ -125,17 +127,18 @@ def chunk_path(shard_dir: Path, stream: int, index: int) -> Path:
 def column_file(chunk_dir: Path, stored_key: tuple[str, ...]) -> Path:
     """The ``.memmap`` file of a column (its key as stored in a chunk) in a chunk directory."""
     *parents, last = stored_key
-    return chunk_dir.joinpath(*parents, f"{last}.memmap")
+    return chunk_dir.joinpath(*parents, last + COLUMN_SUFFIX)
 
 
 # -------------------------------------------------------- row arithmetic
-_N = TypeVar("_N")  # an int, or an integer tensor (the replay buffer's gathers)
-
-
+@overload
+def row_chunk(row: int, chunk_rows: int) -> tuple[int, int]: ...
+@overload
+def row_chunk(row: Any, chunk_rows: Any) -> tuple[Any, Any]: ...
 def row_chunk(row: Any, chunk_rows: Any) -> tuple[Any, Any]:
     """``(chunk index, offset in the chunk)`` of a stream's logical ``row``.
 
-    Works element-wise on integer tensors as well as on ints.
+    Works element-wise on integer tensors (the replay buffer's gathers) as on ints.
     """
     return row // chunk_rows, row % chunk_rows
 

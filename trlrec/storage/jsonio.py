@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
 from trlrec.errors import CorruptStoreError, NotAStoreError, StoreWriteError
 
-__all__ = ["MAX_JSON_BYTES", "dumps", "write_json_atomic", "read_json", "fsync_dir"]
+__all__ = [
+    "MAX_JSON_BYTES",
+    "dumps",
+    "write_json_atomic",
+    "read_json",
+    "loads",
+    "open_regular",
+    "fsync_dir",
+]
 
 MAX_JSON_BYTES = 64 * 2**20  # metadata files larger than this are refused as damaged
 
@@ -63,26 +73,65 @@ def write_json_atomic(path: Path, value: Any, *, durable: bool = False, what: st
         ) from err
 
 
-def read_json(path: Path, *, kind: type = dict) -> Any:
-    """Read a JSON file of the store, refusing oversized, unparsable or mistyped content."""
+def open_regular(path: Path) -> io.BufferedReader:
+    """Open a file of the store for reading; anything but a regular file is damage.
+
+    A FIFO in a file's place would block the reader forever, a directory or a device
+    is not the file the store describes: each is a ``CorruptStoreError`` naming it.
+
+    Raises:
+        NotAStoreError: the file is missing.
+        CorruptStoreError: it is not a regular file, or cannot be opened.
+    """
     try:
-        size = path.stat().st_size
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError as err:
         raise NotAStoreError(f"{str(path)!r} is missing") from err
-    if size > MAX_JSON_BYTES:
+    except (OSError, ValueError) as err:  # ValueError: a NUL in the name
+        raise CorruptStoreError(f"cannot open {str(path)!r}: {err}; the store is damaged") from err
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = "directory" if stat.S_ISDIR(mode) else "FIFO" if stat.S_ISFIFO(mode) else "device"
         raise CorruptStoreError(
-            f"{str(path)!r} is {size} bytes, larger than the {MAX_JSON_BYTES} allowed; "
-            "the file is damaged"
+            f"{str(path)!r} is a {kind}, not a regular file; the store is damaged"
         )
-    try:
-        with open(path, encoding="utf-8") as f:
-            value = json.load(f)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CorruptStoreError(
-            f"{str(path)!r} is not valid JSON ({err}); the file is damaged"
-        ) from err
+    os.set_blocking(fd, True)
+    return io.BufferedReader(io.FileIO(fd, "rb"))
+
+
+def read_json(path: Path, *, kind: type = dict) -> Any:
+    """Read a JSON file of the store, refusing oversized, unparsable or mistyped content."""
+    with open_regular(path) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > MAX_JSON_BYTES:
+            raise CorruptStoreError(
+                f"{str(path)!r} is {size} bytes, larger than the {MAX_JSON_BYTES} allowed; "
+                "the file is damaged"
+            )
+        try:
+            raw = f.read(MAX_JSON_BYTES + 1)
+        except OSError as err:
+            raise CorruptStoreError(f"cannot read {str(path)!r}: {err.strerror}") from err
+    value = loads(raw, path)
     if not isinstance(value, kind):
         raise CorruptStoreError(
             f"{str(path)!r} holds a {type(value).__name__}, expected a {kind.__name__}"
         )
     return value
+
+
+def loads(raw: bytes, path: Path, what: str = "") -> Any:
+    """Parse JSON read from ``path`` (``what`` says which part of it), or say it is damaged.
+
+    Deep nesting (``RecursionError``) and integers too long to convert (``ValueError``)
+    are damage like any other unparsable text.
+    """
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:
+        where = f" ({what})" if what else ""
+        raise CorruptStoreError(
+            f"{str(path)!r}{where} is not valid JSON ({type(err).__name__}: {str(err)[:200]}); "
+            "the file is damaged"
+        ) from err

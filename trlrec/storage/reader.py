@@ -11,11 +11,14 @@ from typing import Any, overload
 from tensordict import TensorDict
 
 from trlrec.closing import Closeable
-from trlrec.storage.dataset import open_dataset
-from trlrec.storage.format import COMMIT_FILE, SHARDS_DIR
+from trlrec.errors import ConfigError, OutOfRangeError, StoreError
+from trlrec.storage.dataset import open_dataset, shard_dirs
+from trlrec.storage.format import COMMIT_FILE
 from trlrec.storage.shard_reader import EpisodeInfo, ShardReader
 
 __all__ = ["TrajectoryReader", "EpisodeSequence", "as_replay_buffer"]
+
+_ON_DAMAGED = ("raise", "skip")
 
 
 class EpisodeSequence(Sequence[TensorDict]):
@@ -54,30 +57,66 @@ class TrajectoryReader(Closeable):
 
     Args:
         path: the store directory.
+        on_damaged: ``"raise"`` (the default) refuses a store with a damaged shard;
+            ``"skip"`` reads the healthy shards and lists the others in :attr:`skipped`
+            (a shard is damaged when its commit record, schema, index or any committed
+            chunk file fails its checks, or it has a format version not read here).
 
     Raises:
         NotAStoreError: the path is missing or not a store.
         CorruptStoreError: a file of the store is damaged (the message names it).
         FormatVersionError: the store has a format version this trlrec cannot read.
+        ConfigError: ``on_damaged`` is neither ``"raise"`` nor ``"skip"``.
+
+    Example:
+        >>> import tempfile, torch
+        >>> from tensordict import TensorDict
+        >>> from trlrec import TrajectoryReader, TrajectoryWriter
+        >>> obs = torch.arange(4.0).unsqueeze(-1)  # each step's "next" is the next root
+        >>> done = torch.tensor([[False], [True], [False], [False]])
+        >>> steps = TensorDict({"observation": obs, "action": obs,
+        ...                     "next": {"observation": obs + 1, "done": done}}, [4])
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     with TrajectoryWriter(d) as w:
+        ...         w.extend(steps)
+        ...     r = TrajectoryReader(d)
+        ...     [len(ep) for ep in r.episodes], r.episodes[0]["next", "done"].flatten().tolist()
+        ([2, 2], [False, True])
     """
 
-    def __init__(self, path: str | os.PathLike[str]):
+    def __init__(self, path: str | os.PathLike[str], *, on_damaged: str = "raise"):
+        if on_damaged not in _ON_DAMAGED:
+            raise ConfigError(f"on_damaged must be one of {_ON_DAMAGED}, got {on_damaged!r}")
         self.path = Path(path)
+        self.on_damaged = on_damaged
         self.refresh()
 
     def refresh(self) -> TrajectoryReader:
         """Re-read the commit records: see what writers committed since."""
         info = open_dataset(self.path)
+        root = Path(os.path.realpath(self.path))
+        shards: list[ShardReader] = []
+        skipped: dict[str, str] = {}
+        for directory in shard_dirs(self.path):
+            if not (directory / COMMIT_FILE).exists():
+                continue  # a writer that never committed: nothing to read
+            try:
+                shard = ShardReader(root, directory)
+                problems = shard.check_files() if self.on_damaged == "skip" else []
+            except StoreError as err:  # damaged, missing a file, or of another version
+                if self.on_damaged == "raise":
+                    raise
+                problems = [str(err)]
+            if problems:
+                more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+                skipped[directory.name] = problems[0] + more
+            else:
+                shards.append(shard)
+        # Nothing changes unless the whole store opened (a failed refresh keeps the old view).
         self.metadata: dict[str, Any] = info.get("metadata", {})
         self.format_version: int = info["version"]  # checked: one of SUPPORTED_VERSIONS
-        root = Path(os.path.realpath(self.path))
-        shards_dir = self.path / SHARDS_DIR
-        names = sorted(p.name for p in shards_dir.iterdir()) if shards_dir.is_dir() else []
-        self.shards: list[ShardReader] = [
-            ShardReader(root, shards_dir / n)
-            for n in names
-            if (shards_dir / n / COMMIT_FILE).exists()
-        ]
+        self.shards = shards
+        self.skipped = skipped  # on_damaged="skip": shard name -> what is wrong
         self._offsets = [0]
         for s in self.shards:
             self._offsets.append(self._offsets[-1] + s.num_episodes)
@@ -116,16 +155,19 @@ class TrajectoryReader(Closeable):
         """The shard holding episode ``i`` (negative counts from the end) and its index there.
 
         Raises:
-            IndexError: ``i`` is out of range.
+            OutOfRangeError: ``i`` is out of range (an ``IndexError``).
             TypeError: ``i`` is not an int.
         """
         n = self.num_episodes
         if not isinstance(i, int):
             raise TypeError(f"episode indices are ints, got {type(i).__name__}")
-        if i < 0:
-            i += n
-        if not 0 <= i < n:
-            raise IndexError(f"episode index out of range: the store has {n} episodes")
+        j = i + n if i < 0 else i
+        if not 0 <= j < n:
+            raise OutOfRangeError(
+                f"episode index {i} is out of range: the store has {n} episodes (indices -{n} "
+                f"to {n - 1}) in {str(self.path)!r}"
+            )
+        i = j
         s = bisect.bisect_right(self._offsets, i) - 1
         return self.shards[s], i - self._offsets[s]
 
@@ -151,9 +193,10 @@ class TrajectoryReader(Closeable):
         self._offsets = [0]
 
     def __repr__(self) -> str:
+        skipped = f", skipped={sorted(self.skipped)}" if self.skipped else ""
         return (
             f"TrajectoryReader({str(self.path)!r}, episodes={self.num_episodes}, "
-            f"steps={self.num_steps}, shards={len(self.shards)})"
+            f"steps={self.num_steps}, shards={len(self.shards)}{skipped})"
         )
 
 

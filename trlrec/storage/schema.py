@@ -24,12 +24,14 @@ from tensordict import (
 
 from trlrec.errors import CorruptStoreError, SchemaError, UnsupportedDataError
 from trlrec.storage.dtypes import dtype_from_name, dtype_name
+from trlrec.storage.format import COLUMN_SUFFIX
 
 __all__ = ["Entry", "Schema", "Key"]
 
 Key = tuple[str, ...]
 ROLES = ("state", "root", "next")
 _NAME = re.compile(r"^[^/\\\x00]+$")
+_NAME_MAX = 255  # bytes of a file name (NAME_MAX); a column's file adds COLUMN_SUFFIX
 
 
 @dataclass(frozen=True)
@@ -187,6 +189,15 @@ class Schema:
                 _check_name(key)
             except SchemaError as err:
                 raise bad(str(err)) from None
+            for i, part in enumerate(key):  # each component is a file or directory name
+                try:
+                    size = len(part.encode("utf-8")) + (
+                        len(COLUMN_SUFFIX) if i == len(key) - 1 else 0
+                    )
+                except UnicodeEncodeError:
+                    raise bad(f"key {key!r} is not valid UTF-8") from None
+                if size > _NAME_MAX:
+                    raise bad(f"key {key!r} makes a file name of {size} bytes, over {_NAME_MAX}")
             if raw.get("role") not in ROLES:
                 raise bad(f"entry {key!r} has role {raw.get('role')!r}, expected one of {ROLES}")
             dtype = dtype_from_name(raw.get("dtype"))
@@ -199,4 +210,8 @@ class Schema:
             entries.append(entry)
         if not entries:
             raise bad("no entries")
+        for k in seen:  # a key that is a leaf cannot also be a sub-tensordict
+            for n in range(1, len(k)):
+                if k[:n] in seen:
+                    raise bad(f"key {k[:n]!r} is both a column and the parent of {k!r}")
         return cls(batch_shape, tuple(entries))

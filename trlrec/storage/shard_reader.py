@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import stat
 from collections import OrderedDict
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from trlrec.storage.format import (
     placements,
     store_format,
 )
-from trlrec.storage.jsonio import read_json
+from trlrec.storage.jsonio import loads, open_regular, read_json
 from trlrec.storage.schema import Entry, Key, Schema
 
 __all__ = ["ShardReader", "EpisodeInfo"]
@@ -60,6 +60,13 @@ class ShardReader:
     """A read-only view of one shard's committed data."""
 
     def __init__(self, root: Path, directory: Path):
+        try:
+            directory.name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise CorruptStoreError(
+                f"{str(directory)!r}: the shard's name is not valid UTF-8, so its chunks cannot "
+                "be mapped; rename the directory"
+            ) from None
         self.root = root
         self.directory = _inside(root, directory)
         self.name = directory.name
@@ -131,8 +138,11 @@ class ShardReader:
                 f"{str(path)!r} is {size} bytes; its commit record counts {self.num_closed} "
                 f"episodes ({need} bytes). The file is truncated"
             )
-        with open(path, "rb") as f:
-            data = f.read(need)
+        try:
+            with open_regular(path) as f:
+                data = f.read(need)
+        except OSError as err:
+            raise CorruptStoreError(f"cannot read {str(path)!r}: {err.strerror}") from err
         if len(data) != need:
             raise CorruptStoreError(
                 f"{str(path)!r} ended at {len(data)} bytes while being read; it counts "
@@ -162,7 +172,7 @@ class ShardReader:
         if span is None:
             return {}
         try:
-            with open(path, "rb") as f:
+            with open_regular(path) as f:
                 size = os.fstat(f.fileno()).st_size
                 if span.stop > size:  # never read (allocate) past the file's real end
                     raise CorruptStoreError(
@@ -173,10 +183,7 @@ class ShardReader:
                 raw = f.read(len(span))
         except OSError as err:
             raise CorruptStoreError(f"cannot read {str(path)!r}: {err.strerror}") from err
-        try:
-            value = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise CorruptStoreError(f"{str(path)!r}: metadata of episode {i} is damaged") from err
+        value = loads(raw, path, f"the metadata of episode {i}")
         if not isinstance(value, dict):
             raise CorruptStoreError(f"{str(path)!r}: metadata of episode {i} is not an object")
         return value
@@ -190,6 +197,10 @@ class ShardReader:
             st = real.stat()
         except FileNotFoundError:
             raise CorruptStoreError(f"{str(path)!r} is missing; the chunk is damaged") from None
+        except (OSError, ValueError) as err:  # a name too long, a NUL in it
+            raise CorruptStoreError(
+                f"cannot open {str(path)!r}: {err}; the chunk is damaged"
+            ) from err
         if not stat.S_ISREG(st.st_mode):
             raise CorruptStoreError(f"{str(path)!r} is not a regular file; the chunk is damaged")
         size = st.st_size
@@ -220,13 +231,53 @@ class ShardReader:
             self._chunks.move_to_end(key)
         return leaves
 
-    def rows(self, stream: int, start: int, count: int) -> dict[Key, torch.Tensor]:
-        """Rows ``[start, start + count)`` of a stream: zero-copy unless they span chunks."""
-        pieces: dict[Key, list[torch.Tensor]] = {e.stored_key: [] for e in self.schema.entries}
+    def rows(
+        self, stream: int, start: int, count: int, keys: Iterable[Key] | None = None
+    ) -> dict[Key, torch.Tensor]:
+        """Rows ``[start, start + count)`` of a stream's columns (``keys``: stored keys, or all).
+
+        Zero-copy unless the rows span chunks (then each column is concatenated).
+        """
+        wanted = [e.stored_key for e in self.schema.entries] if keys is None else list(keys)
+        pieces: dict[Key, list[torch.Tensor]] = {k: [] for k in wanted}
         for index, offset, n in chunk_spans(start, count, self.chunk_rows):
-            for k, v in self.chunk(stream, index).items():
-                pieces[k].append(v[offset : offset + n])
+            leaves = self.chunk(stream, index)
+            for k in wanted:
+                pieces[k].append(leaves[k][offset : offset + n])
         return {k: v[0] if len(v) == 1 else torch.cat(v) for k, v in pieces.items()}
+
+    def column_files(self) -> Iterator[tuple[int, int, Entry, Path]]:
+        """``(stream, chunk, entry, file)`` of every column file the commit counts."""
+        for b, s in enumerate(self.streams):
+            for c in range(chunk_count(s.next_row, self.chunk_rows)):
+                directory = chunk_path(self.directory, b, c)
+                for e in self.schema.entries:
+                    yield b, c, e, column_file(directory, e.stored_key)
+
+    def check_files(self) -> list[str]:
+        """What is wrong with the committed column files (missing, not a file, a wrong size)."""
+        problems = []
+        for _b, _c, e, file in self.column_files():
+            need = self.chunk_rows * e.nbytes
+            try:
+                st = os.stat(_inside(self.root, file))
+            except CorruptStoreError as err:  # a link out of the store
+                problems.append(str(err))
+                continue
+            except FileNotFoundError:
+                problems.append(f"{str(file)!r} is missing")
+                continue
+            except (OSError, ValueError) as err:
+                problems.append(f"{str(file)!r} cannot be opened: {err}")
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                problems.append(f"{str(file)!r} is not a regular file")
+            elif st.st_size != need:
+                problems.append(
+                    f"{str(file)!r} is {st.st_size} bytes, expected {need} "
+                    f"({self.chunk_rows} rows of {e.shape} {e.dtype})"
+                )
+        return problems
 
     def episode(self, i: int) -> TensorDict:
         """Episode ``i`` as a ``[T]`` TensorDict of rollout rows (root keys + ``"next"``)."""
