@@ -78,6 +78,17 @@ class TensorBoardLogger(Logger):
 
     Raises:
         MissingDependencyError: when tensorboard is not installed.
+
+    Examples:
+        >>> import tempfile, torch
+        >>> from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     with TensorBoardLogger("demo", log_dir=d) as logger:
+        ...         logger.log_scalar("eval/reward", 1.5, step=3)
+        ...         logger.log_video("episode", torch.zeros(1, 4, 3, 8, 8, dtype=torch.uint8))
+        ...     events = EventAccumulator(str(logger.experiment_dir)).Reload()
+        ...     [(s.step, s.value) for s in events.Scalars("eval/reward")]
+        [(3, 1.5)]
     """
 
     def __init__(

@@ -101,6 +101,15 @@ class WandbLogger(Logger):
 
     Raises:
         MissingDependencyError: when wandb is not installed.
+
+    Examples:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     with WandbLogger("demo", offline=True, save_dir=d, project="trlrec") as logger:
+        ...         logger.log_scalar("eval/reward", 1.5, step=3)
+        ...         mode = logger.experiment.settings.mode
+        >>> mode
+        'offline'
     """
 
     _VIDEO_OPTIONS = frozenset({"format", "commit", "override_global_step"})
