@@ -45,9 +45,9 @@ def test_quickstart_runs_clean_as_printed(tmp_path):
     assert r.num_steps == 200
     frames = iio.imread(exp / "videos" / "rollout_200.mp4")  # named as the README says
     assert frames.shape[0] == 200 + r.num_episodes  # every step, and each episode's reset
-    returns = (exp / "scalars" / "transitions_return.csv").read_text().splitlines()
+    returns = (exp / "scalars" / "transitions" / "return.csv").read_text().splitlines()
     done_eps = sum(bool(r.episode_info(i)["flags"] & 1) for i in range(r.num_episodes))
-    assert len(returns) == 1 + done_eps  # a header, then one line per finished episode
+    assert len(returns) == done_eps  # TorchRL's layout: no header, one line per episode
 
 
 def test_quickstart_with_an_episode_trigger_names_videos_for_their_episode(tmp_path, monkeypatch):
