@@ -170,8 +170,8 @@ def _codec(spec: TensorSpec, where: str) -> _Codec:
     if kind in (UnboundedContinuous, UnboundedDiscrete):
         np_dtype = _np_dtype(dtype, where)
         info = np.finfo(np_dtype) if np_dtype.kind == "f" else np.iinfo(np_dtype)
-        low, high = (-np.inf, np.inf) if np_dtype.kind == "f" else (info.min, info.max)
-        return _Codec(spaces.Box(low, high, shape, np_dtype), _as_np, back_to)
+        bounds = (-np.inf, np.inf) if np_dtype.kind == "f" else (info.min, info.max)
+        return _Codec(spaces.Box(*bounds, shape, np_dtype), _as_np, back_to)
     raise UnsupportedDataError(
         f"key {where!r} has a {kind.__name__} spec, which has no Minari space; leave it out "
         "of the recording (in_keys) or give the writer another spec"
@@ -493,9 +493,11 @@ class _TrlrecPlan:
             cols[e] = self.act_codecs[e.key].back(raw)
         if self.reward is not None:
             cols[self.reward] = _from(ep.rewards, self.reward)
-        for e, flags in ((self.terminated, ep.terminations), (self.truncated, ep.truncations)):
-            if e is not None:  # a state flag: False at the reset, then each transition's
-                cols[e] = _from(np.concatenate([np.zeros(1, bool), np.asarray(flags, bool)]), e)
+        for flag, flags in ((self.terminated, ep.terminations), (self.truncated, ep.truncations)):
+            if flag is not None:  # a state flag: False at the reset, then each transition's
+                cols[flag] = _from(
+                    np.concatenate([np.zeros(1, bool), np.asarray(flags, bool)]), flag
+                )
         for e in self.infos:
             cols[e] = _from(_pick(ep.infos, e.key), e)
         return _transitions(cols, T)
