@@ -11,8 +11,13 @@ __all__ = ["Closeable"]
 class Closeable:
     """A mixin: ``__enter__`` returns the object, ``__exit__`` calls its ``close()``."""
 
-    def close(self) -> None:
-        """Release what the object holds (subclasses implement it)."""
+    def close(self) -> object:
+        """Release what the object holds (subclasses implement it).
+
+        Returns:
+            Whatever the subclass documents (``None`` for most; a writer may return the
+            file it finished). ``__exit__`` ignores it.
+        """
         raise NotImplementedError
 
     def __enter__(self) -> Self:

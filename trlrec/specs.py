@@ -193,9 +193,12 @@ def _mask(spec: TensorSpec, where: str) -> dict[str, Any] | None:
     return None if mask is None else _encode_tensor(mask, where + ".mask")
 
 
-def _encode(spec: TensorSpec | None, where: str) -> dict[str, Any] | None:
-    if spec is None:
-        return None
+def _encode_entry(spec: TensorSpec | None, where: str) -> dict[str, Any] | None:
+    """A nested spec, or ``None`` for an entry a ``Composite`` holds as ``None``."""
+    return None if spec is None else _encode(spec, where)
+
+
+def _encode(spec: TensorSpec, where: str) -> dict[str, Any]:
     kind = type(spec)
     if kind is Composite:
         return {
@@ -205,13 +208,13 @@ def _encode(spec: TensorSpec | None, where: str) -> dict[str, Any] | None:
             "names": None if spec._td_dim_names is None else list(spec._td_dim_names),
             "step_mdp_static": bool(spec.step_mdp_static),
             "data_cls": _data_cls_name(spec.data_cls, where),
-            "entries": {k: _encode(v, f"{where}.{k}") for k, v in spec._specs.items()},
+            "entries": {k: _encode_entry(v, f"{where}.{k}") for k, v in spec._specs.items()},
         }
     if kind in (Stacked, StackedComposite):
         return {
             "class": kind.__name__,
             "dim": spec.dim,
-            "specs": [_encode(s, f"{where}[{i}]") for i, s in enumerate(spec._specs)],
+            "specs": [_encode_entry(s, f"{where}[{i}]") for i, s in enumerate(spec._specs)],
         }
     out = _common(spec, where)
     if kind in (BoundedContinuous, BoundedDiscrete):
@@ -659,6 +662,15 @@ def _recorded_leaf(spec: Composite, key: Key) -> TensorSpec | None:
     return None if leaf is None or isinstance(leaf, Composite) else leaf
 
 
+def _recorded_spec(full: Composite, e: Entry) -> tuple[str, TensorSpec] | None:
+    """The category and recorded spec of ``e``, if the recording has one of its shape and dtype."""
+    for category, path in _CATEGORIES.items():
+        leaf = _recorded_leaf(full, (*path, *e.key))
+        if leaf is not None and tuple(leaf.shape) == e.shape and leaf.dtype == e.dtype:
+            return category, leaf
+    return None
+
+
 def store_specs(reader: TrajectoryReader, *, device: str | torch.device = "cpu") -> StoreSpecs:
     """The specs of the keys of ``reader``'s store, recorded or derived from its schema.
 
@@ -685,18 +697,13 @@ def store_specs(reader: TrajectoryReader, *, device: str | torch.device = "cpu")
     groups = {c: Composite(shape=(), device=None) for c in _CATEGORIES}
     category: dict[Key, str] = {}
     for e in entries:
-        spec, cat = None, None
-        if full is not None:
-            for c, path in _CATEGORIES.items():
-                leaf = _recorded_leaf(full, (*path, *e.key))
-                if leaf is not None and tuple(leaf.shape) == e.shape and leaf.dtype == e.dtype:
-                    spec, cat = leaf, c
-                    break
-        if spec is None:
-            cat = _schema_category(e)
-            if cat is None:
+        found = None if full is None else _recorded_spec(full, e)
+        if found is None:
+            derived = _schema_category(e)
+            if derived is None:
                 continue
-            spec = _schema_spec(e)
+            found = derived, _schema_spec(e)
+        cat, spec = found
         groups[cat][e.key] = spec
         category[e.key] = cat
     if full is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from types import ModuleType
 
 import torch
 
@@ -113,7 +114,7 @@ def progress_bar(label: str, total: int, enabled: bool) -> Progress:
     return bar
 
 
-def require(module: str, extra: str, package: str | None = None) -> object:
+def require(module: str, extra: str, package: str | None = None) -> ModuleType:
     """Import ``module`` or raise MissingDependencyError saying what to pip install."""
     try:
         return importlib.import_module(module)

@@ -42,11 +42,11 @@ import torch
 
 from trlrec.cli.columns import key_name
 from trlrec.errors import ConfigError, SchemaError, UnsupportedDataError
+from trlrec.export.arrow import ArrowTable, ParquetWriter, PyArrow, PyArrowParquet, load_pyarrow
 from trlrec.export.layout import (
     column,
     episodes_with_steps,
     progress_bar,
-    require,
     store_layout,
 )
 from trlrec.export.result import ExportResult
@@ -98,7 +98,7 @@ class _Feature:
         if self.video:
             h, w = shape[0], shape[1]
             c = shape[2] if len(shape) == 3 else 1
-            out = {
+            out: dict[str, Any] = {
                 "dtype": "video",
                 "shape": [h, w, 3],
                 "names": ["height", "width", "channels"],
@@ -228,14 +228,14 @@ def _rgb(frames: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(x[..., :3])
 
 
-def _arrow_column(pa: Any, x: np.ndarray, f: _Feature) -> Any:
+def _arrow_column(pa: PyArrow, x: np.ndarray, f: _Feature) -> Any:
     if x.ndim == 1 or (x.ndim == 2 and x.shape[1] == 1 and f.entry.shape in ((), (1,))):
         return pa.array(x.reshape(-1))
     flat = x.reshape(x.shape[0], -1)
     return pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), flat.shape[1])
 
 
-def _tasks_table(pa: Any, task: str) -> Any:
+def _tasks_table(pa: PyArrow, task: str) -> ArrowTable:
     table = pa.table({"task_index": pa.array([0], pa.int64()), "task": pa.array([task])})
     pandas_meta = {  # so pandas.read_parquet (LeRobot's load_tasks) indexes it by task
         "index_columns": ["task"],
@@ -281,8 +281,7 @@ def to_lerobot(
         MissingDependencyError: pyarrow is not installed.
         ConfigError: ``out`` is a non-empty directory, or ``fps`` is not positive.
     """
-    pa = require("pyarrow", "lerobot")
-    pq = require("pyarrow.parquet", "lerobot", "pyarrow")
+    pa, pq = load_pyarrow("lerobot")
     from trlrec.loggers.mp4 import Mp4Writer
 
     if not (isinstance(fps, int | float) and fps > 0 and float(fps).is_integer()):
@@ -305,7 +304,7 @@ def to_lerobot(
     result = ExportResult(str(root), root, notes=notes)
     totals: dict[str, dict[str, Any] | None] = {f.name: None for f in feats}
     episode_rows: list[dict[str, Any]] = []
-    writer = None
+    writer: ParquetWriter | None = None
     data_file = 0
     frames_in_file = 0
     index = 0
@@ -390,8 +389,8 @@ def to_lerobot(
 
 
 def _write_meta(
-    pa: Any,
-    pq: Any,
+    pa: PyArrow,
+    pq: PyArrowParquet,
     root: Path,
     reader: TrajectoryReader,
     feats: list[_Feature],

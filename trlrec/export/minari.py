@@ -53,9 +53,9 @@ from trlrec.export.layout import (
     column,
     episodes_with_steps,
     progress_bar,
-    require,
     store_layout,
 )
+from trlrec.export.minari_types import EpisodeData, MinariDataset, load_minari
 from trlrec.export.result import ExportResult
 from trlrec.specs import SPECS_FILE, specs_from_json, specs_to_json
 from trlrec.storage.dtypes import dtype_from_name, dtype_name
@@ -69,11 +69,6 @@ __all__ = ["to_minari", "from_minari", "LAYOUT_VERSION"]
 LAYOUT_VERSION = 1  # of the "trlrec" entry in a Minari dataset's metadata
 _META_KEY = "trlrec"
 _EPISODE_META_ATTR = "trlrec_episode_metadata"
-
-
-def _minari() -> Any:
-    require("h5py", "minari", "h5py (Minari's HDF5 storage)")
-    return require("minari", "minari")
 
 
 # ------------------------------------------------------------ spaces, values
@@ -170,8 +165,8 @@ def _codec(spec: TensorSpec, where: str) -> _Codec:
     if kind in (UnboundedContinuous, UnboundedDiscrete):
         np_dtype = _np_dtype(dtype, where)
         info = np.finfo(np_dtype) if np_dtype.kind == "f" else np.iinfo(np_dtype)
-        low, high = (-np.inf, np.inf) if np_dtype.kind == "f" else (info.min, info.max)
-        return _Codec(spaces.Box(low, high, shape, np_dtype), _as_np, back_to)
+        bounds = (-np.inf, np.inf) if np_dtype.kind == "f" else (info.min, info.max)
+        return _Codec(spaces.Box(*bounds, shape, np_dtype), _as_np, back_to)
     raise UnsupportedDataError(
         f"key {where!r} has a {kind.__name__} spec, which has no Minari space; leave it out "
         "of the recording (in_keys) or give the writer another spec"
@@ -260,7 +255,7 @@ def to_minari(
         ConfigError: the dataset id exists already or is malformed.
         UnsupportedDataError: a key has a spec with no Minari space.
     """
-    minari = _minari()
+    minari, episode_buffer = load_minari()
     reader = store if isinstance(store, TrajectoryReader) else TrajectoryReader(store)
     layout = store_layout(reader)
     if not layout.observation:
@@ -316,8 +311,6 @@ def to_minari(
         raise ConfigError(f"cannot create Minari dataset {dataset_id!r}: {err}") from err
     storage = dataset.storage
     storage.update_metadata({_META_KEY: meta})
-    from minari.data_collector import EpisodeBuffer
-
     result = ExportResult(dataset_id, Path(storage.data_path).parent)
     flags_set_at_reset = False
     indices = list(episodes_with_steps(reader))
@@ -326,7 +319,7 @@ def to_minari(
             T = reader.episode_info(i)["num_steps"]
             obs = {e.key: obs_codecs[e.key].out(column(reader, i, e)) for e in layout.observation}
             act = {e.key: act_codecs[e.key].out(column(reader, i, e)) for e in layout.action}
-            buffer = EpisodeBuffer(
+            buffer = episode_buffer(
                 observations=_single(obs, ("observation",)),
                 actions=_single(act, ("action",)) if act else np.zeros((T, 0), np.float32),
                 rewards=_scalar(reader, i, layout.reward, T, np.float32),
@@ -377,7 +370,7 @@ def _scalar(
 
 # ------------------------------------------------------------------ import
 def from_minari(
-    dataset: str | Any,
+    dataset: str | MinariDataset,
     store: str | os.PathLike[str],
     *,
     progress: bool = True,
@@ -403,7 +396,7 @@ def from_minari(
         MissingDependencyError: minari (or h5py) is not installed.
         NotAStoreError / ConfigError: the dataset id is not a local Minari dataset.
     """
-    minari = _minari()
+    minari, _ = load_minari()
     if isinstance(dataset, str):
         try:
             dataset = minari.load_dataset(dataset)
@@ -480,7 +473,7 @@ class _TrlrecPlan:
                 self.notes.append(f"the specs are stored on the CPU: {err}")
         self.metadata = meta.get("metadata") or {}
 
-    def transitions(self, ep: Any) -> Any:
+    def transitions(self, ep: EpisodeData) -> Any:
         T = len(ep.rewards)
         cols: dict[Entry, torch.Tensor] = {}
         single_obs = len(self.obs) == 1 and self.obs[0].key == ("observation",)
@@ -493,9 +486,11 @@ class _TrlrecPlan:
             cols[e] = self.act_codecs[e.key].back(raw)
         if self.reward is not None:
             cols[self.reward] = _from(ep.rewards, self.reward)
-        for e, flags in ((self.terminated, ep.terminations), (self.truncated, ep.truncations)):
-            if e is not None:  # a state flag: False at the reset, then each transition's
-                cols[e] = _from(np.concatenate([np.zeros(1, bool), np.asarray(flags, bool)]), e)
+        for flag, flags in ((self.terminated, ep.terminations), (self.truncated, ep.truncations)):
+            if flag is not None:  # a state flag: False at the reset, then each transition's
+                cols[flag] = _from(
+                    np.concatenate([np.zeros(1, bool), np.asarray(flags, bool)]), flag
+                )
         for e in self.infos:
             cols[e] = _from(_pick(ep.infos, e.key), e)
         return _transitions(cols, T)
@@ -538,7 +533,7 @@ def _transitions(cols: dict[Entry, torch.Tensor], T: int) -> Any:
 class _ForeignPlan:
     """How to make a store of a Minari dataset that trlrec did not write."""
 
-    def __init__(self, dataset: Any):
+    def __init__(self, dataset: MinariDataset):
         from gymnasium import spaces
         from torchrl.envs.libs.gym import _gym_to_torchrl_spec_transform
 
@@ -586,7 +581,7 @@ class _ForeignPlan:
             out[key] = (spec[key], _pick(values, key))
         return out
 
-    def transitions(self, ep: Any) -> Any:
+    def transitions(self, ep: EpisodeData) -> Any:
         T = len(ep.rewards)
         cols: dict[Entry, torch.Tensor] = {}
         for role, spec, values, dict_space, name in (

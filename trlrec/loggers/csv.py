@@ -96,6 +96,7 @@ class CSVLogger(Logger):
         ['scalars/eval/reward.csv', 'videos/episode_0.mp4']
     """
 
+    experiment_dir: Path  # set before the base __init__ creates the experiment
     _VIDEO_OPTIONS = frozenset({"options"})
 
     def __init__(

@@ -77,10 +77,12 @@ class MemoryLogger(Logger):
     def _log_scalar(self, name: str, value: float, step: int) -> None:
         self.scalars[name].append((step, value))
 
-    def _log_video(self, name: str, video: Video, step: int, fps: float) -> None:
+    def _log_video(self, name: str, video: Video, step: int, fps: float, **options: Any) -> None:
         self.videos[name].append(LoggedVideo(step, video.to_tensor(), fps))
 
-    def _log_histogram(self, name: str, values: np.ndarray, step: int, bins: Any) -> None:
+    def _log_histogram(
+        self, name: str, values: np.ndarray, step: int, bins: Any, **options: Any
+    ) -> None:
         self.histograms[name].append((step, values))
 
     def _log_text(self, name: str, text: str, step: int, **options: Any) -> None:

@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from trlrec.errors import MissingDependencyError
 from trlrec.loggers.base import Logger, flat_hparams
 from trlrec.loggers.mp4 import DEFAULT_FPS, FfmpegWriter
@@ -91,6 +93,8 @@ class TensorBoardLogger(Logger):
         [(3, 1.5)]
     """
 
+    experiment_dir: Path  # set before the base __init__ creates the SummaryWriter
+
     def __init__(
         self,
         exp_name: str,
@@ -111,7 +115,7 @@ class TensorBoardLogger(Logger):
     def _log_scalar(self, name: str, value: float, step: int) -> None:
         self.experiment.add_scalar(name, value, global_step=step)
 
-    def _log_video(self, name: str, video: Video, step: int, fps: float) -> None:
+    def _log_video(self, name: str, video: Video, step: int, fps: float, **options: Any) -> None:
         from tensorboard.compat.proto.summary_pb2 import Summary
 
         with tempfile.TemporaryDirectory(prefix="trlrec-gif-") as tmp:
@@ -124,7 +128,9 @@ class TensorBoardLogger(Logger):
         )
         self._add_summary(Summary(value=[Summary.Value(tag=name, image=image)]), step)
 
-    def _log_histogram(self, name: str, values: Any, step: int, bins: Any) -> None:
+    def _log_histogram(
+        self, name: str, values: np.ndarray, step: int, bins: Any, **options: Any
+    ) -> None:
         bins = "tensorflow" if bins is None else bins
         self.experiment.add_histogram(name, values, global_step=step, bins=bins)
 

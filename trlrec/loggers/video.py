@@ -270,7 +270,7 @@ class Video:
             if self.num_videos == 1:
                 yield np.ascontiguousarray(hwc[0])
                 continue
-            out = np.zeros((self.height, self.width, 3), dtype=np.uint8)
+            out: np.ndarray = np.zeros((self.height, self.width, 3), dtype=np.uint8)
             th, tw = self.tile_height, self.tile_width
             for i in range(self.num_videos):
                 r, c = divmod(i, cols)

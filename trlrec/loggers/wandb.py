@@ -16,6 +16,8 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+
 from trlrec.errors import ConfigError, MissingDependencyError, UnsupportedDataError, VideoError
 from trlrec.loggers.base import Logger, _as_float, _as_step, flat_metrics
 from trlrec.loggers.mp4 import DEFAULT_FPS, encode_mp4
@@ -112,6 +114,7 @@ class WandbLogger(Logger):
         'offline'
     """
 
+    experiment_dir: Path  # the run directory is known once the base __init__ has made the run
     _VIDEO_OPTIONS = frozenset({"format", "commit", "override_global_step"})
     _HISTOGRAM_OPTIONS = frozenset({"commit", "override_global_step"})
     _TEXT_OPTIONS = frozenset({"as_value", "override_global_step"})
@@ -305,7 +308,9 @@ class WandbLogger(Logger):
         format: str = "mp4",
         commit: bool | None = None,
         override_global_step: bool = False,
+        **options: Any,
     ) -> None:
+        # ``options`` (the base's hook signature) is empty: log_video passes only _VIDEO_OPTIONS
         if format not in _FORMATS:
             raise VideoError(
                 f"WandbLogger writes videos as {_FORMATS}, got format={format!r}; use 'mp4'"
@@ -322,13 +327,15 @@ class WandbLogger(Logger):
     def _log_histogram(
         self,
         name: str,
-        values: Any,
+        values: np.ndarray,
         step: int,
         bins: Any,
         *,
         commit: bool | None = None,
         override_global_step: bool = False,
+        **options: Any,
     ) -> None:
+        # ``options`` is empty: log_histogram passes only _HISTOGRAM_OPTIONS
         bins = 64 if bins is None else bins
         histogram = self._wandb.Histogram(values, num_bins=bins)
         self._emit(
@@ -342,14 +349,15 @@ class WandbLogger(Logger):
         step: int | None = None,
         *,
         override_global_step: bool = False,
+        **kwargs: Any,
     ) -> None:
         """Log a text: the string itself at an explicit ``step``, else a one-cell table.
 
-        As TorchRL's; ``override_global_step`` as in :meth:`log_scalar`.
+        As TorchRL's; ``override_global_step`` as in :meth:`log_scalar`. Other ``kwargs``
+        are ignored with a log message, as by :meth:`Logger.log_str`.
         """
-        as_value = step is not None
-        options = {"as_value": as_value, "override_global_step": override_global_step}
-        super().log_str(name, value, step, **options)
+        options = {**kwargs, "as_value": step is not None}
+        super().log_str(name, value, step, override_global_step=override_global_step, **options)
 
     def _log_text(
         self,
@@ -359,7 +367,9 @@ class WandbLogger(Logger):
         *,
         as_value: bool = False,
         override_global_step: bool = False,
+        **options: Any,
     ) -> None:
+        # ``options`` is empty: log_str passes only _TEXT_OPTIONS
         media = text if as_value else self._wandb.Table(columns=["text"], data=[[text]])
         self._emit([(name, media, step)], override_global_step=override_global_step)
 
