@@ -10,6 +10,7 @@ The per-env video state (episodes, triggers) is :mod:`trlrec.video.track`.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import sys
@@ -23,6 +24,7 @@ from tensordict.utils import NestedKey
 from torchrl.envs import EnvBase
 from torchrl.envs.transforms import Transform
 
+from trlrec.device_copy import DeviceCopies
 from trlrec.errors import ClosedError, VideoError
 from trlrec.naming import safe_name
 from trlrec.transforms.fast_lane import FastLane
@@ -186,6 +188,7 @@ class VideoRecorder(FastLane, Transform):
         self._top_key = self._key if isinstance(self._key, str) else None
         self._closed = False
         self._clock = _FrameClock()
+        self._copies = DeviceCopies()  # frames on a GPU: copied to the host behind the loop
 
     @property
     def spool_dir(self) -> Path:
@@ -200,7 +203,7 @@ class VideoRecorder(FastLane, Transform):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for name in ("_spool", "_tracks", "_grid", "_layout", "_hot", "_fast", "_clock"):
+        for name in ("_spool", "_tracks", "_grid", "_layout", "_hot", "_fast", "_clock", "_copies"):
             state.pop(name, None)
         return state
 
@@ -382,15 +385,45 @@ class VideoRecorder(FastLane, Transform):
             ends = None if ends is None else [all(ends)]
             resets = None if resets is None else [all(resets)]
         layout = self._layout_for(raw, batch)
+        if self._copies.wanted(raw):
+            self._push_frames(layout.convert_on_device(raw), layout, batch, ends, resets)
+            return
+        fast = raw.device.type == "cpu"  # the step's fast path may take the next ones
+        self._feed_tick(layout.convert(raw), fast, layout, batch, ends, resets)
+
+    def _push_frames(
+        self,
+        frames: torch.Tensor,
+        layout: FrameLayout,
+        batch: torch.Size,
+        ends: list[bool] | None,
+        resets: list[bool] | None,
+    ) -> None:
+        """A GPU tick's frames: copied to the host behind the step loop, fed a step later."""
+
+        def consume(host: dict[str, Any]) -> None:
+            self._feed_tick(host["frames"], False, layout, batch, ends, resets)
+
+        self._copies.push({"frames": frames}, consume)
+
+    def _feed_tick(
+        self,
+        frames: torch.Tensor,
+        fast: bool,
+        layout: FrameLayout,
+        batch: torch.Size,
+        ends: list[bool] | None,
+        resets: list[bool] | None,
+    ) -> None:
+        """Feeds one tick's converted CPU frames to the tracks (``fast``: from the CPU)."""
         lead = len(batch)
-        frames = layout.convert(raw)
         if lead == 0:
             self._ensure_tracks(1, layout)
-            if layout.identity and raw.device.type == "cpu" and self._keeps_every_frame():
-                self._fast, self._fast_shape = self._tracks[0], raw.shape
+            if fast and layout.identity and self._keeps_every_frame():
+                self._fast, self._fast_shape = self._tracks[0], frames.shape  # raw's: identity
             self._tracks[0].feed(frames, bool(ends and ends[0]), resets is not None)
         else:
-            n_env = _numel(raw.shape[:lead])
+            n_env = _numel(batch)
             self._ensure_tracks(n_env, layout)
             self._feed(frames.reshape(n_env, layout.height, layout.width, 3), ends, resets)
         if self.dump_on_done and ends and all(ends):
@@ -438,17 +471,34 @@ class VideoRecorder(FastLane, Transform):
         self._ensure_tracks(n_env, layout)
         frame_bytes = max(1, n_env * layout.height * layout.width * 3)
         block = max(1, _BATCH_BLOCK_BYTES // frame_bytes)
+        on_device = self._copies.wanted(raw)
         for start in range(0, steps, block):
-            frames = layout.convert(raw[:, start : start + block])
-            for t in range(frames.shape[1]):
-                tick_ends = None if ends is None else [row[start + t] for row in ends]
-                self._feed(frames[:, t], tick_ends, None)
-                if self.dump_on_done and tick_ends and all(tick_ends):
-                    self._dump(None, None)
+            chunk = raw[:, start : start + block]
+            if on_device:  # block k is copied while block k - 1 is fed
+                self._copies.push(
+                    {"frames": layout.convert_on_device(chunk)},
+                    functools.partial(self._feed_copied_block, start=start, ends=ends),
+                )
+            else:
+                self._feed_block(layout.convert(chunk), start, ends)
+        self._copies.drain()
         if ends is not None and any(any(row) for row in ends):
             # A batch's ended episodes are in the files when extend() returns (a kill after
             # it keeps them); the step loop does not wait (the writer thread catches up).
             self._spool.writer.sync()
+
+    def _feed_copied_block(
+        self, host: dict[str, Any], start: int, ends: list[list[bool]] | None
+    ) -> None:
+        self._feed_block(host["frames"], start, ends)
+
+    def _feed_block(self, frames: torch.Tensor, start: int, ends: list[list[bool]] | None) -> None:
+        """Feeds a batch's steps ``start...`` (frames ``(n_env, steps, h, w, 3)``) to the tracks."""
+        for t in range(frames.shape[1]):
+            tick_ends = None if ends is None else [row[start + t] for row in ends]
+            self._feed(frames[:, t], tick_ends, None)
+            if self.dump_on_done and tick_ends and all(tick_ends):
+                self._dump(None, None)
 
     # ------------------------------------------------------------ dump / close
 
@@ -479,6 +529,7 @@ class VideoRecorder(FastLane, Transform):
             raise VideoError(f"suffix must be a str or None, got {suffix!r}")
         if step is not None and (isinstance(step, bool) or not isinstance(step, int)):
             raise VideoError(f"step must be an int or None, got {step!r}")
+        self._copies.drain()  # GPU frames still being copied
         self._dump(suffix, step)
 
     def _dump(self, suffix: str | None, step: int | None) -> None:
@@ -532,6 +583,7 @@ class VideoRecorder(FastLane, Transform):
         if self._closed:
             return
         try:
+            self._copies.drain()  # GPU frames still being copied
             if sys.is_finalizing():
                 for stream in self._tracks:
                     stream.finish()
