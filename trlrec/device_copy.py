@@ -35,6 +35,7 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 
 from trlrec.errors import ConfigError, UnsupportedDataError
+from trlrec.storage.schema import _is_leaf  # the store's leaves: non-tensor data included
 
 __all__ = ["CudaDevice", "Device", "DeviceCopies", "Event", "Stream", "default_device"]
 
@@ -176,7 +177,10 @@ def _leaves(parts: Parts, device: Device) -> tuple[tuple[LeafSig, ...], list[tor
     sig: list[LeafSig] = []
     tensors: list[torch.Tensor] = []
     for name, part in parts.items():
-        items = [(None, part)] if isinstance(part, torch.Tensor) else part.items(True, True)
+        if isinstance(part, torch.Tensor):
+            items: Any = [(None, part)]
+        else:  # sorted: the same leaves in another order (a reset's td) share a layout
+            items = sorted(part.items(True, True, is_leaf=_is_leaf), key=_key_order)
         for key, value in items:
             if not isinstance(value, torch.Tensor):
                 raise UnsupportedDataError(
@@ -186,6 +190,11 @@ def _leaves(parts: Parts, device: Device) -> tuple[tuple[LeafSig, ...], list[tor
             sig.append((name, key, value.shape, value.dtype, device.placement(value)))
             tensors.append(value)
     return tuple(sig), tensors
+
+
+def _key_order(item: tuple[Any, Any]) -> tuple[str, ...]:
+    key = item[0]
+    return (key,) if isinstance(key, str) else tuple(key)
 
 
 def _place(leaves: list[tuple[int, int]]) -> tuple[list[int], int]:
