@@ -214,7 +214,16 @@ def _view(flat: torch.Tensor, offset: int, shape: torch.Size, dtype: torch.dtype
 class _Group:
     """The leaves of one device index in a slot: a flat device buffer and its host copy."""
 
-    __slots__ = ("dev_views", "device", "done", "flat_dev", "flat_host", "index")
+    __slots__ = (
+        "dev_views",
+        "device",
+        "done",
+        "flat_dev",
+        "flat_host",
+        "index",
+        "pending",
+        "ready",
+    )
 
     def __init__(
         self,
@@ -223,13 +232,15 @@ class _Group:
         flat_host: torch.Tensor,
         flat_dev: torch.Tensor,
         dev_views: list[torch.Tensor],
+        events: tuple[Event, Event],
     ) -> None:
         self.device = device
         self.index = index  # the leaves' positions in the layout
         self.flat_host = flat_host
         self.flat_dev = flat_dev
         self.dev_views = dev_views
-        self.done: Event | None = None  # the copy to flat_host, until it was waited for
+        self.ready, self.done = events  # made once: the snapshot's end, the copy's end
+        self.pending = False  # the copy to flat_host was queued and not waited for yet
 
 
 class _Slot:
@@ -258,7 +269,8 @@ class _Slot:
                 continue
             flat = device.device_buffer(size, place)
             dev_views = [_view(flat, o, *sig[i][2:4]) for i, o in zip(index, offsets, strict=True)]
-            self.groups.append(_Group(place, index, host, flat, dev_views))
+            events = (device.event(place), device.event(place))
+            self.groups.append(_Group(place, index, host, flat, dev_views, events))
         self.out: dict[str, Any] = {}
         for name, part in parts.items():
             if isinstance(part, torch.Tensor):
@@ -340,16 +352,14 @@ class DeviceCopies:
                 dev = group.device
                 # 1. the snapshot on the env's stream, after the kernels that made the leaves
                 device.copy(group.dev_views, [tensors[i] for i in group.index])
-                ready = device.event(dev)
-                ready.record(device.current_stream(dev))
+                group.ready.record(device.current_stream(dev))
                 # 2. the side stream waits for it (the env's stream waits for nothing)
                 side = device.side_stream(dev)
-                side.wait_event(ready)
+                side.wait_event(group.ready)
                 with device.on(side):
                     device.copy([group.flat_host], [group.flat_dev])
-                    done = device.event(dev)
-                    done.record(side)
-                group.done = done
+                    group.done.record(side)
+                group.pending = True
         slot.busy = True
         self._inflight.append((slot, consume))
         while len(self._inflight) >= self.depth:
@@ -364,9 +374,9 @@ class DeviceCopies:
         slot, consume = self._inflight.popleft()
         try:
             for group in slot.groups:
-                if group.done is not None:
+                if group.pending:
                     group.done.synchronize()  # the host waits for this copy, not the env
-                    group.done = None
+                    group.pending = False
             consume(slot.out)
         finally:
             slot.busy = False
