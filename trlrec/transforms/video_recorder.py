@@ -16,7 +16,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import torch
 from tensordict import MemoryMappedTensor, TensorDict, TensorDictBase
@@ -35,6 +35,8 @@ from trlrec.video.track import Track
 __all__ = ["VideoRecorder"]
 
 _BATCH_BLOCK_BYTES = 8 << 20
+Flags: TypeAlias = "list[bool] | torch.Tensor | None"
+"""A tick's per-env flags: a list, or the GPU tensor they are read from once copied."""
 _UINT8 = torch.uint8
 
 
@@ -255,7 +257,7 @@ class VideoRecorder(FastLane, Transform):
         self._clock.tick(next_tensordict.batch_size)
         raw = self._fetch(next_tensordict)
         if raw is not None:
-            ends = _flags(next_tensordict.get("done", None), next_tensordict.batch_dims)
+            ends = self._tick_flags(next_tensordict.get("done", None), next_tensordict.batch_dims)
             self._record_tick(raw, next_tensordict.batch_size, ends, None)
         return next_tensordict
 
@@ -268,7 +270,9 @@ class VideoRecorder(FastLane, Transform):
             dims = tensordict_reset.batch_dims
             mask = None if tensordict is None else tensordict.get("_reset", None)
             resets = (
-                [True] * _numel(tensordict_reset.batch_size) if mask is None else _flags(mask, dims)
+                [True] * _numel(tensordict_reset.batch_size)
+                if mask is None
+                else self._tick_flags(mask, dims)
             )
             self._record_tick(raw, tensordict_reset.batch_size, None, resets)
         return tensordict_reset
@@ -373,14 +377,16 @@ class VideoRecorder(FastLane, Transform):
         self,
         raw: torch.Tensor,
         batch: torch.Size,
-        ends: list[bool] | None,
-        resets: list[bool] | None,
+        ends: Flags,
+        resets: Flags,
     ) -> None:
         """Records one step of ``E`` envs: ``raw`` is ``(*batch, <frame>)``.
 
         A frame without the batch dims (one render of a whole vectorized env) is one frame.
+        ``ends`` and ``resets`` may be still on the GPU (see :meth:`_tick_flags`).
         """
         if batch and raw.shape[: len(batch)] != batch and raw.ndim in (2, 3):
+            ends, resets = _host_flags(ends, len(batch)), _host_flags(resets, len(batch))
             batch = torch.Size([])
             ends = None if ends is None else [all(ends)]
             resets = None if resets is None else [all(resets)]
@@ -389,22 +395,37 @@ class VideoRecorder(FastLane, Transform):
             self._push_frames(layout.convert_on_device(raw), layout, batch, ends, resets)
             return
         fast = raw.device.type == "cpu"  # the step's fast path may take the next ones
+        lead = len(batch)
+        ends, resets = _host_flags(ends, lead), _host_flags(resets, lead)
         self._feed_tick(layout.convert(raw), fast, layout, batch, ends, resets)
+
+    def _tick_flags(self, value: Any, lead: int) -> Flags:
+        """:func:`_flags`, or ``value`` itself when on the GPU: read a step later, no sync."""
+        if isinstance(value, torch.Tensor) and self._copies.wanted(value):
+            return value
+        return _flags(value, lead)
 
     def _push_frames(
         self,
         frames: torch.Tensor,
         layout: FrameLayout,
         batch: torch.Size,
-        ends: list[bool] | None,
-        resets: list[bool] | None,
+        ends: Flags,
+        resets: Flags,
     ) -> None:
-        """A GPU tick's frames: copied to the host behind the step loop, fed a step later."""
+        """A GPU tick's frames (and flags): copied to the host behind the step loop, fed later."""
+        parts: dict[str, Any] = {"frames": frames}
+        for name, flags in (("ends", ends), ("resets", resets)):
+            if isinstance(flags, torch.Tensor):
+                parts[name] = flags
+        lead = len(batch)
 
         def consume(host: dict[str, Any]) -> None:
-            self._feed_tick(host["frames"], False, layout, batch, ends, resets)
+            got_ends = _host_flags(host.get("ends", ends), lead)
+            got_resets = _host_flags(host.get("resets", resets), lead)
+            self._feed_tick(host["frames"], False, layout, batch, got_ends, got_resets)
 
-        self._copies.push({"frames": frames}, consume)
+        self._copies.push(parts, consume)
 
     def _feed_tick(
         self,
@@ -610,6 +631,11 @@ class VideoRecorder(FastLane, Transform):
 
 def _numel(shape: Sequence[int]) -> int:
     return math.prod(shape)
+
+
+def _host_flags(flags: Any, lead: int) -> list[bool] | None:
+    """Flags as a list (a tensor's read with :func:`_flags`)."""
+    return _flags(flags, lead) if isinstance(flags, torch.Tensor) else flags
 
 
 def _flags(value: Any, lead: int) -> list[bool] | None:
