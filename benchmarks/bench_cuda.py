@@ -18,8 +18,31 @@ One run prints, for each variant:
 Without a CUDA device (or with ``--smoke``) it runs tiny sizes, on the CPU when there is
 no CUDA device, and says so in its rows: a check that the script runs, not figures.
 
-Run: ``.venv/bin/python benchmarks/bench_cuda.py [--smoke]`` (on a GPU machine: about
-three minutes, nothing else needed).
+Run: ``.venv/bin/python benchmarks/bench_cuda.py [--smoke]``, or
+``python -m benchmarks --only cuda --out FILE`` for BENCHMARKS.md's table format.
+
+On the device machine (torch 2.11 + CUDA under ``python3``, no tensordict/torchrl):
+first, here, in the repository root, fetch their wheels into an ignored ``.whl``::
+
+    echo /.whl/ >> .git/info/exclude
+    .venv/bin/python -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+        --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+        -d .whl tensordict==0.14.3 torchrl==0.14.1 pyvers==0.2.3 hoptorch==0.1.4 \
+        orjson==3.13.0 importlib_metadata==8.7.0
+
+then one device ``run`` with ``carry=[".whl"]`` and ``timeout_s=540`` (the run itself
+should take 3-5 minutes; tensordict's ``_C`` does not link libtorch, so the wheels load
+under torch 2.11; trlrec's two C extensions are compiled there for Python 3.12)::
+
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD || exit
+    I=$(python3 -c 'import sysconfig;print(sysconfig.get_paths()["include"])')
+    X=$(python3 -c 'import sysconfig;print(sysconfig.get_config_var("EXT_SUFFIX"))')
+    for m in storage/_capture io/_pwrite; do
+      gcc -O2 -shared -fPIC -I$I trlrec/$m.c -o trlrec/$m$X -lpthread; done
+    nvidia-smi -L; export PYTHONUNBUFFERED=1; set -o pipefail
+    timeout 480 python3 -m benchmarks --only cuda --out $OUT/bench_cuda.md 2>&1 \
+      | tee $OUT/bench_cuda.log
 """
 
 from __future__ import annotations
