@@ -352,10 +352,33 @@ def test_recorder_steps_on_a_gpu_are_stored_bit_exact(tmp_path, fake, stub_env_c
     rec = env.transform
     assert rec._async is True
     assert len(rec._copies) == 1  # the last step is still being copied
+    pushes = [e for e in fake.log if e[0] == "record" and e[2] == "side:1"]
+    syncs = [e for e in fake.log if e[0] == "sync"]
+    assert len(syncs) == len(pushes) - 1  # resets rode along: no drain, no wait
     rec.close()
     assert_store_matches(TrajectoryReader(tmp_path / "run"), rollout)
     assert not [e for e in fake.log if e[0] == "wait" and e[1].startswith("env")]
     assert fake.buffers <= 2 * 2 * 2  # steps and steps-with-reset layouts, two slots each
+
+
+def test_dump_after_a_reset_keeps_the_reset_in_order(tmp_path, fake, stub_env_cls):
+    """A reset behind an in-flight copy, then dump(), then more steps: episodes stay exact."""
+    torch.manual_seed(0)
+    rec = TensorDictRecorder(tmp_path / "run")
+    env = TransformedEnv(stub_env_cls(episode_lengths=(2, 3), batch_size=(2,)), rec)
+    td = env.reset()
+    rows = []
+    for t in range(9):
+        td.set("action", torch.randint(0, 3, (2, 1)))
+        row, td = env.step_and_maybe_reset(td)
+        rows.append(row.clone())
+        if t in (1, 3):  # sub-env 0 was just reset: its mask waits for the next push
+            assert rec._pending_reset is not None
+            rec.dump()
+            assert rec._pending_reset is None
+            assert len(rec._copies) == 0
+    rec.close()
+    assert_store_matches(TrajectoryReader(tmp_path / "run"), torch.stack(rows, dim=1))
 
 
 def test_recorder_extend_of_gpu_batches_overlaps_and_is_bit_exact(tmp_path, fake, stub_env_cls):
