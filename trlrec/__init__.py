@@ -19,6 +19,11 @@ _EXPORTS: dict[str, str] = {
     "PixelRenderTransform": "trlrec.transforms.pixel_render",
     "PlaybackEnv": "trlrec.playback",
     "as_replay_buffer": "trlrec.storage.reader",
+    # as torchrl.record exports its loggers: switching is an import change
+    "CSVLogger": "trlrec.loggers",
+    "TensorBoardLogger": "trlrec.loggers",
+    "TensorboardLogger": "trlrec.loggers",
+    "WandbLogger": "trlrec.loggers",
 }
 
 __all__ = [*_EXPORTS, "errors", "__version__"]

@@ -25,6 +25,7 @@ __all__ = [
     "EncoderError",
     "PlaybackError",
     "ConfigError",
+    "UnsupportedOperationError",
 ]
 
 
@@ -90,3 +91,7 @@ class PlaybackError(TrlrecError, RuntimeError):
 
 class ConfigError(TrlrecError, ValueError):
     """An argument of a trlrec class or function is invalid (a bad option, callback or path)."""
+
+
+class UnsupportedOperationError(TrlrecError, NotImplementedError):
+    """The backend cannot do this (a CSV logger has no histograms, as in TorchRL)."""

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from trlrec.errors import UnsafeNameError
 
-__all__ = ["safe_name", "safe_join"]
+__all__ = ["safe_name", "safe_join", "safe_path"]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=+-]+")
 
@@ -53,5 +53,32 @@ def safe_join(directory: str | Path, name: str, suffix: str = "") -> Path:
     base = Path(directory)
     path = base / (safe_name(name) + suffix)
     if path.resolve().parent != base.resolve():
+        raise UnsafeNameError(f"name {name!r} resolves outside {str(base)!r}; pick a plain name")
+    return path
+
+
+def safe_path(directory: str | Path, name: str, suffix: str = "") -> Path:
+    """Join ``directory`` and ``name``, each ``/`` of the name a sub-directory (TorchRL's layout).
+
+    Each part of the name is made safe with :func:`safe_name`; empty and ``.`` parts are
+    dropped and a ``..`` part becomes ``__``, so the result stays inside ``directory``.
+
+    Raises:
+        UnsafeNameError: for a name :func:`safe_name` refuses, or one with no part left.
+
+    Examples:
+        >>> safe_path("/tmp/exp", "eval/reward", ".csv").as_posix()
+        '/tmp/exp/eval/reward.csv'
+        >>> safe_path("/tmp/exp", "../x").as_posix()
+        '/tmp/exp/__/x'
+    """
+    safe_name(name)
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    parts = ["_" * len(p) if set(p) == {"."} else safe_name(p) for p in parts]
+    if not parts:
+        raise UnsafeNameError(f"name {name!r} has no part left once made safe; pick a plain name")
+    base = Path(directory)
+    path = base.joinpath(*parts[:-1], parts[-1] + suffix)
+    if not path.resolve().is_relative_to(base.resolve()):
         raise UnsafeNameError(f"name {name!r} resolves outside {str(base)!r}; pick a plain name")
     return path

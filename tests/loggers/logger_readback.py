@@ -1,13 +1,14 @@
 """Read-back helpers: decode what each logger backend stored, through its real format.
 
-mp4 is decoded with imageio-ffmpeg, GIF with imageio, TensorBoard event files are read
-with TensorBoard's ``EventAccumulator``, and an offline W&B run's ``.wandb`` file is
-parsed record by record.
+mp4 is decoded with imageio-ffmpeg, GIF with imageio, CSV files with :mod:`csv` (in
+TorchRL's layout), TensorBoard event files are read with TensorBoard's
+``EventAccumulator``, and an offline W&B run's ``.wandb`` file is parsed record by record.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import struct
 import time
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 
 from trlrec.loggers import Logger
+from trlrec.loggers.wandb import step_key
 from trlrec.naming import safe_name
 
 TOL = 8  # codec tolerance on solid colours, per channel
@@ -139,16 +141,51 @@ class Backend:
         lg: Any = self.logger
         if self.kind == "memory":
             return list(lg.scalars[name])
-        if self.kind == "csv":
-            path = lg.experiment_dir / "scalars" / f"{safe_name(name)}.csv"
-            with open(path, newline="") as fh:
-                rows = list(csv.reader(fh))
-            assert rows[0] == ["step", "value"]
-            return [(int(s), float(v)) for s, v in rows[1:]]
+        if self.kind == "csv":  # TorchRL's layout: "/" as folders, no header
+            with open(lg.scalar_path(name), newline="") as fh:
+                return [(int(s), float(v)) for s, v in csv.reader(fh)]
         if self.kind == "tensorboard":
             return [(e.step, e.value) for e in self._tb().Scalars(name)]
         rows = wandb_history(Path(lg.experiment.dir).parent)
-        return [(int(r["step"]), float(r[name])) for r in rows if name in r]
+        return [(int(r[step_key(name)]), float(r[name])) for r in rows if name in r]
+
+    # -- histograms and texts ----------------------------------------------------------
+    def histograms(self, name: str) -> list[tuple[int, int]]:
+        """``(step, number of values)`` of each histogram logged under ``name``."""
+        lg: Any = self.logger
+        if self.kind == "memory":
+            return [(step, len(values)) for step, values in lg.histograms[name]]
+        if self.kind == "tensorboard":
+            return [(e.step, int(e.histogram_value.num)) for e in self._tb().Histograms(name)]
+        rows = wandb_history(Path(lg.experiment.dir).parent)
+        out = []
+        for r in rows:
+            if f"{name}/_type" in r:
+                assert json.loads(r[f"{name}/_type"]) == "histogram"
+                out.append((int(r[step_key(name)]), sum(json.loads(r[f"{name}/values"]))))
+        return out
+
+    def texts(self, name: str) -> list[tuple[int, str]]:
+        """``(step, text)`` of each ``log_str`` under ``name``."""
+        lg: Any = self.logger
+        if self.kind == "memory":
+            return list(lg.texts[name])
+        if self.kind == "csv":  # TorchRL's texts/<name><step>.txt
+            stem = safe_name(name)
+            found = [(int(p.stem[len(stem) :]), p) for p in lg.texts_dir.glob(f"{stem}*.txt")]
+            return [(step, p.read_text()) for step, p in sorted(found)]
+        if self.kind == "tensorboard":
+            events = self._tb().Tensors(f"{name}/text_summary")
+            return [(e.step, e.tensor_proto.string_val[0].decode()) for e in events]
+        run_dir = Path(lg.experiment.dir).parent
+        out = []
+        for r in wandb_history(run_dir):  # as TorchRL: a str at an explicit step, else a table
+            if f"{name}/_type" in r:
+                table = json.loads((run_dir / "files" / json.loads(r[f"{name}/path"])).read_text())
+                out.append((int(r[step_key(name)]), table["data"][0][0]))
+            elif name in r:
+                out.append((int(r[step_key(name)]), json.loads(r[name])))
+        return out
 
     # -- videos ------------------------------------------------------------------------
     def video(self, name: str, step: int) -> np.ndarray:
@@ -158,14 +195,14 @@ class Backend:
             (v,) = [v for v in lg.videos[name] if v.step == step]
             return v.frames.permute(0, 2, 3, 1).numpy()
         if self.kind == "csv":
-            return read_mp4(lg.experiment_dir / "videos" / f"{safe_name(name)}_{step}.mp4")
+            return read_mp4(lg.video_path(name, step))
         if self.kind == "tensorboard":
             (event,) = [e for e in self._tb().Images(name) if e.step == step]
             frames = read_gif(event.encoded_image_string)
             assert (event.height, event.width) == frames.shape[1:3]
             return frames
         rows = wandb_history(Path(lg.experiment.dir).parent)
-        (row,) = [r for r in rows if f"{name}/path" in r and int(r["step"]) == step]
+        (row,) = [r for r in rows if f"{name}/path" in r and int(r[step_key(name)]) == step]
         assert row[f"{name}/_type"] == '"video-file"'
         rel = row[f"{name}/path"].strip('"')
         return read_mp4(Path(lg.experiment.dir) / rel)
@@ -174,7 +211,8 @@ class Backend:
         from tensorboard.backend.event_processing import event_accumulator as ea
 
         acc = ea.EventAccumulator(
-            str(self.logger.experiment_dir), size_guidance={ea.IMAGES: 0, ea.SCALARS: 0}
+            str(self.logger.experiment_dir),
+            size_guidance={ea.IMAGES: 0, ea.SCALARS: 0, ea.HISTOGRAMS: 0, ea.TENSORS: 0},
         )
         acc.Reload()
         return acc

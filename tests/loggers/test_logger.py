@@ -19,7 +19,14 @@ from tests.loggers.logger_readback import (
     expected_rgb,
     solid_frames,
 )
-from trlrec.errors import ClosedError, NotAStoreError, UnsafeNameError, UnsupportedDataError
+from trlrec.errors import (
+    ClosedError,
+    ConfigError,
+    NotAStoreError,
+    UnsafeNameError,
+    UnsupportedDataError,
+    UnsupportedOperationError,
+)
 from trlrec.loggers import Logger, is_logger
 
 
@@ -130,6 +137,14 @@ def test_closed_logger_raises(backend: Backend, tmp_path: Path) -> None:
         lg.log_hparams({})
     with pytest.raises(ClosedError, match="log_trajectory"):
         lg.log_trajectory("x", tmp_path)
+    with pytest.raises(ClosedError, match="log_str"):
+        lg.log_str("x", "text")
+    with pytest.raises(ClosedError, match="log_histogram"):
+        lg.log_histogram("x", [1.0])
+    with pytest.raises(ClosedError, match="log_metrics"):
+        lg.log_metrics({"x": 1.0})
+    assert not lg.is_alive
+    lg.flush()  # a no-op once closed
 
 
 def test_hparams_and_trajectory_accepted(backend: Backend, tmp_path: Path) -> None:
@@ -158,9 +173,82 @@ def test_log_metrics_flattens_tensordict(backend: Backend) -> None:
 
 
 def test_is_a_logger(backend: Backend) -> None:
+    from torchrl.record.loggers import Logger as TorchRLLogger
+
     assert isinstance(backend.logger, Logger)
+    assert isinstance(backend.logger, TorchRLLogger)
     assert is_logger(backend.logger)
     assert "exp" in repr(backend.logger)
+
+
+def test_direct_service_api(backend: Backend) -> None:
+    lg = backend.logger
+    assert lg.service_backend == "direct"
+    assert lg.start() is lg
+    assert lg.client() is lg
+    assert lg.is_alive
+    lg.shutdown()
+    lg.shutdown()  # idempotent
+    assert lg.closed
+    assert not lg.is_alive
+    with pytest.raises(RuntimeError, match="cannot be restarted"):
+        lg.start()
+
+
+def test_histograms_read_back(backend: Backend) -> None:
+    lg = backend.logger
+    if backend.kind == "csv":  # TorchRL's CSV logger raises NotImplementedError too
+        with pytest.raises(NotImplementedError, match="cannot log histograms"):
+            lg.log_histogram("weights", torch.randn(10), step=0, bins=2)
+        with pytest.raises(UnsupportedOperationError):
+            lg.log_histogram("weights", torch.randn(10))
+        return
+    lg.log_histogram("weights", torch.randn(10), step=0, bins=2)
+    lg.log_histogram("weights", np.arange(7.0))  # the counter continues at 1
+    lg.log_histogram("weights", [0.5, 1.5, 2.5], step=5, bins=3)
+    with pytest.raises(UnsupportedDataError, match="histogram 'w' got no values"):
+        lg.log_histogram("w", [])
+    with pytest.raises(UnsupportedDataError, match="histogram 'w' takes a tensor"):
+        lg.log_histogram("w", ["a", "b"])
+    backend.close()
+    assert backend.histograms("weights") == [(0, 10), (1, 7), (5, 3)]
+
+
+def test_texts_read_back(backend: Backend) -> None:
+    lg = backend.logger
+    lg.log_str("notes", "first")
+    lg.log_str("notes", "second, with a comma", step=4)
+    with pytest.raises(UnsupportedDataError, match="log_str 'notes' takes a str, got int"):
+        lg.log_str("notes", 3)  # type: ignore[arg-type]
+    backend.close()
+    assert backend.texts("notes") == [(0, "first"), (4, "second, with a comma")]
+
+
+def test_log_metrics_keys_sep(backend: Backend) -> None:
+    td = TensorDict({"loss": {"actor": torch.tensor(0.5)}}, [])
+    assert backend.logger.log_metrics(td, step=2, keys_sep=".") == {"loss.actor": 0.5}
+    backend.close()
+    assert backend.scalars("loss.actor") == [(2, 0.5)]
+
+
+def test_state_dict_restores_the_default_steps(backend: Backend, tmp_path: Path) -> None:
+    lg = backend.logger
+    lg.log_scalar("x", 1.0)
+    lg.log_scalar("x", 2.0)
+    lg.log_video("v", solid_frames(2, 4, 4))
+    state = lg.state_dict()
+    assert state["exp_name"] == "exp"
+    assert state["local"]["counters"]["scalar"] == {"x": 2}
+    json.dumps(state)  # plain data: TorchRL's Checkpoint stores it without pickle
+    lg.log_scalar("x", 3.0)  # step 2, then "restore" the counters to before it
+    lg.load_state_dict(state)
+    lg.log_scalar("x", 4.0)
+    lg.log_video("v", solid_frames(2, 4, 4))
+    with pytest.raises(ConfigError, match="'counters' must map a kind"):
+        lg.load_state_dict({"local": {"counters": {"scalar": {"x": "two"}}}})
+    backend.close()
+    assert [s for s, _ in backend.scalars("x")] == [0, 1, 2, 2]
+    assert backend.video("v", 1).shape == (2, 4, 4, 3)
 
 
 def test_nan_scalar_is_kept(backend: Backend) -> None:

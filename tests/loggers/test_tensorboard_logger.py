@@ -17,7 +17,9 @@ from trlrec.loggers import GifWriter, TensorBoardLogger, TensorboardLogger, Vide
 def _accumulator(directory: Path):
     from tensorboard.backend.event_processing import event_accumulator as ea
 
-    acc = ea.EventAccumulator(str(directory), size_guidance={ea.IMAGES: 0, ea.TENSORS: 0})
+    acc = ea.EventAccumulator(
+        str(directory), size_guidance={ea.IMAGES: 0, ea.TENSORS: 0, ea.HISTOGRAMS: 0}
+    )
     acc.Reload()
     return acc
 
@@ -26,13 +28,18 @@ def test_event_file_contents(tmp_path: Path) -> None:
     data = tmp_path / "dataset"
     data.mkdir()
     with TensorBoardLogger("exp", log_dir=tmp_path / "tb") as lg:
+        assert lg.experiment.get_logdir() == str(tmp_path / "tb" / "exp")
+        assert lg.log_dir == tmp_path / "tb"  # as given (TorchRL rewrites it to the run dir)
         lg.log_scalar("train/reward", 1.0, step=2)
+        lg.log_histogram("weights", torch.arange(6.0), step=3, bins=3)
         lg.log_video("episode", solid_frames(6, 20, 30), step=4, fps=10)
         lg.log_hparams({"lr": 0.001, "net": {"depth": 3}, "act": torch.nn.ReLU})
         lg.log_trajectory("rollout", data, step=4)
     acc = _accumulator(tmp_path / "tb" / "exp")
     tags = acc.Tags()
     assert "train/reward" in tags["scalars"]
+    (hist,) = acc.Histograms("weights")
+    assert (hist.step, hist.histogram_value.num, hist.histogram_value.max) == (3, 6, 5.0)
     ((event,),) = [acc.Images("episode")]
     assert (event.step, event.width, event.height) == (4, 30, 20)
     frames = read_gif(event.encoded_image_string)

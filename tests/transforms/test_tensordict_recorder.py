@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import pickle
+import warnings
 from functools import partial
 
 import pytest
@@ -218,7 +219,8 @@ def test_callback_with_full_rows(tmp_path, env_factory):
 
 def test_callback_with_step_mdp_roots_records_observations(tmp_path, env_factory):
     env = env_factory((20,))
-    with TensorDictRecorder(tmp_path / "cb") as rec:
+    warns = pytest.warns(UserWarning, match="no reward.*break_when_any_done=False")
+    with TensorDictRecorder(tmp_path / "cb") as rec, warns:
         rollout = env.rollout(6, callback=rec)  # break_when_any_done=True: no "next"
     reader = TrajectoryReader(tmp_path / "cb")
     assert reader.num_steps == 4
@@ -227,6 +229,27 @@ def test_callback_with_step_mdp_roots_records_observations(tmp_path, env_factory
     assert torch.equal(ep["action"], rollout["action"][1:5])
     assert torch.equal(ep["observation"], rollout["next", "observation"][:4])
     assert torch.equal(ep["next", "observation"], rollout["next", "observation"][1:5])
+
+
+def test_step_mdp_callback_warns_once_per_recorder(tmp_path, env_factory):
+    env = env_factory((20,))
+    first, second = TensorDictRecorder(tmp_path / "a"), TensorDictRecorder(tmp_path / "b")
+    with pytest.warns(UserWarning, match="missing"):
+        env.rollout(3, callback=first)
+    with pytest.warns(UserWarning, match="missing"):
+        env.rollout(3, callback=second)  # another recorder: its own warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        env.rollout(3, callback=first)  # the same recorder: no second warning
+    first.close()
+    second.close()
+
+
+def test_callback_with_full_rows_does_not_warn(tmp_path, env_factory):
+    env = env_factory((3,))
+    with TensorDictRecorder(tmp_path / "cb") as rec, warnings.catch_warnings():
+        warnings.simplefilter("error")
+        env.rollout(4, callback=rec, break_when_any_done=False)
 
 
 def test_forward_records_rows_and_batches(tmp_path):
@@ -534,8 +557,29 @@ def test_close_commits_and_refuses_more(tmp_path, env_factory):
     assert TrajectoryReader(tmp_path / "run").num_steps == 5
     with pytest.raises(ClosedError, match="after close"):
         env.rollout(2)
-    with pytest.raises(ClosedError):
-        rec.dump()
+    rec.dump()  # a no-op after close (everything was committed), as TorchRL's
+    assert TrajectoryReader(tmp_path / "run").num_steps == 5
+
+
+def test_torchrl_signature(tmp_path, env_factory):
+    # TorchRL's TensorDictRecorder(out_file_base, skip_reset=True, skip=4, in_keys=None)
+    rec = TensorDictRecorder(out_file_base=str(tmp_path / "trl"), skip_reset=True, skip=4)
+    env = env_factory((50,), recorder=rec)
+    rollout = env.rollout(8, break_when_any_done=False)
+    env.transform.dump()
+    env.close()
+    reader = TrajectoryReader(tmp_path / "trl")
+    assert rec.path == tmp_path / "trl"
+    assert reader.num_steps == 2  # every 4th transition, as TorchRL's skip
+    assert_same(reader.episodes[0], rollout[3:4])
+    assert_same(reader.episodes[1], rollout[7:8])
+    positional = TensorDictRecorder(str(tmp_path / "pos"), False, 2, ["observation"])
+    assert (positional.skip_reset, positional.skip, positional.path) == (
+        False,
+        2,
+        tmp_path / "pos",
+    )
+    assert positional.in_keys == ["observation"]
 
 
 def test_async_copy_path_keeps_order_across_resets(tmp_path, env_factory):
@@ -563,6 +607,8 @@ def test_async_copy_path_keeps_order_across_resets(tmp_path, env_factory):
         ({"chunk_size": 3}, r"unknown option\(s\) \['chunk_size'\]"),
         ({"in_keys": []}, "in_keys is empty"),
         ({"in_keys": [3]}, "not a str or tuple"),
+        ({"skip_reset": 4}, "skip_reset must be a bool, got 4"),
+        ({"out_file_base": "y"}, "path=.* and out_file_base='y', which mean the same"),
     ],
 )
 def test_bad_arguments(tmp_path, kwargs, match):

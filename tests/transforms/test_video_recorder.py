@@ -455,6 +455,80 @@ def test_logger_error_keeps_frames(logger: ListLogger) -> None:
     assert [v.frames.shape[0] for v in logger.videos] == [4, 2]
 
 
+class KeepingLogger(ListLogger):
+    """Keeps the very tensor it is given (no copy), as a logger may."""
+
+    def log_video(self, name: str, video: torch.Tensor, step: int | None = None, **kwargs: Any):
+        if self.fail:
+            raise OSError("logger down")
+        self.videos.append(SimpleNamespace(name=name, frames=video, step=step, kw=kwargs))
+
+
+def test_other_loggers_get_a_tensor_they_may_keep_and_pickle(tmp_path: Path) -> None:
+    from multiprocessing.reduction import ForkingPickler
+
+    import torch.multiprocessing  # registers torch's reductions, as ProcessLogger's queues use
+
+    logger = KeepingLogger(tmp_path / "exp")
+    vr = VideoRecorder(logger, "keep")
+    frames = solid(5)
+    vr.extend(TensorDict(pixels=frames, batch_size=[5]))
+    vr.dump()
+    vr.close()
+    assert not list(vr.spool_dir.glob("*.frames"))  # the spool file is gone...
+    (kept,) = logger.videos
+    assert type(kept.frames) is torch.Tensor  # ...and what the logger kept is its own
+    assert torch.equal(kept.frames[0].permute(0, 2, 3, 1), frames)
+    assert torch.multiprocessing.get_sharing_strategy()
+    assert ForkingPickler.dumps(kept.frames)  # what a ProcessLogger's queue does with it
+
+
+def test_log_video_is_called_as_torchrl_does(tmp_path: Path) -> None:
+    class KeywordsOnly:  # TorchRL's VideoRecorder calls log_video(name=, video=, step=)
+        def __init__(self) -> None:
+            self.calls: list[dict[str, Any]] = []
+
+        def log_video(self, **kwargs: Any) -> None:
+            self.calls.append(kwargs)
+
+    logger = KeywordsOnly()
+    vr = VideoRecorder(logger, "kw", spool_dir=tmp_path, fps=9)
+    vr.extend(TensorDict(pixels=solid(2), batch_size=[2]))
+    vr.dump(step=3)
+    ((call,),) = [logger.calls]
+    assert (call["name"], call["step"], call["fps"], call["video"].shape) == (
+        "kw",
+        3,
+        9,
+        (1, 2, 3, 16, 24),
+    )
+
+
+def test_close_does_not_raise_an_error_dump_raised(tmp_path: Path) -> None:
+    logger = ListLogger(tmp_path / "exp")
+    vr = VideoRecorder(logger, "again")
+    vr.extend(TensorDict(pixels=solid(3), batch_size=[3]))
+    logger.fail = True
+    with pytest.raises(OSError, match="logger down"):
+        vr.dump()  # reported here, where it happened
+    vr.close()  # tried again, failed again: not raised a second time
+    vr.dump()  # a no-op after close, as TorchRL's
+    assert len(list(vr.spool_dir.glob("again.*.frames"))) == 1  # the frames are kept
+    logger.fail = False
+    VideoRecorder(logger, "again").close()  # the next recorder with the tag sends them
+    assert [(name, n) for name, _, n in logger.names()] == [("again", 3)]
+
+
+def test_close_raises_a_new_logger_error(tmp_path: Path) -> None:
+    logger = ListLogger(tmp_path / "exp")
+    vr = VideoRecorder(logger, "new")
+    vr.extend(TensorDict(pixels=solid(2), batch_size=[2]))
+    logger.fail = True
+    with pytest.raises(OSError, match="logger down"):
+        vr.close()  # never reported before: close is where it happened
+    assert len(list(vr.spool_dir.glob("new.*.frames"))) == 1
+
+
 def test_spool_format_and_sidecar(logger: ListLogger) -> None:
     vr = VideoRecorder(logger, "fmt", fps=15)
     vr.extend(TensorDict(pixels=solid(3, 4, 6), batch_size=[3]))

@@ -97,7 +97,7 @@ def test_write_error_surfaces_as_store_write_error_and_whole_frames_stay(tmp_pat
         from trlrec import VideoRecorder
         from trlrec.errors import StoreWriteError
         sys.path.insert(0, {str(Path(__file__).parent)!r})
-        from test_spool_writer import numbered
+        from test_frame_writes import numbered
 
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a kill
         resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))
@@ -179,7 +179,7 @@ def test_killed_mid_episode_leaves_only_whole_frames_in_order(tmp_path: Path) ->
         from tensordict import TensorDict
         from trlrec import VideoRecorder
         sys.path.insert(0, {str(Path(__file__).parent)!r})
-        from test_spool_writer import numbered
+        from test_frame_writes import numbered
 
         class Never:
             def log_video(self, *a, **k):

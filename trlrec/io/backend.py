@@ -16,12 +16,12 @@ import abc
 import itertools
 import os
 
-from trlrec.errors import ConfigError, StoreWriteError
+from trlrec.errors import StoreWriteError
 
 Buffer = memoryview | bytes
 """What a write takes: a C-contiguous buffer of bytes."""
 
-__all__ = ["Buffer", "IOBackend", "drop_from", "open_backend", "replace_file", "write_error"]
+__all__ = ["Buffer", "IOBackend", "drop_from", "replace_file", "write_error"]
 
 _DROP_BEHIND = 1 << 16  # writes of at least this many bytes are dropped from the cache
 _DROP_LAG = 4  # ... together with the ~4 writes before them (written back meanwhile)
@@ -117,42 +117,3 @@ class IOBackend(abc.ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(submitted={self.submitted}, done={self.done()})"
-
-
-def open_backend(kind: str = "auto", *, max_pending: int = 0) -> IOBackend:
-    """The backend ``kind``: "inline", "thread", "native", or "auto" (native where built).
-
-    Args:
-        kind: which backend. "auto" takes the native thread where the extension is
-            built (and not turned off with ``TRLREC_NATIVE=0``), else a Python thread.
-        max_pending: with a thread, how many jobs may wait for it before a submit
-            blocks (0: no bound; the caller bounds its buffers itself).
-
-    Raises:
-        ConfigError: an unknown kind, or "native" where the extension is not built.
-    """
-    from trlrec.native import extension
-
-    if kind == "auto":
-        kind = "native" if extension("pwrite") is not None else "thread"
-    if kind == "inline":
-        from trlrec.io.inline import InlineBackend
-
-        return InlineBackend()
-    if kind == "thread":
-        from trlrec.io.thread import ThreadBackend
-
-        return ThreadBackend(max_pending)
-    if kind == "native":
-        native = extension("pwrite")
-        if native is None:
-            raise ConfigError(
-                "the native I/O backend is not built (or TRLREC_NATIVE=0 turned it off); use "
-                "'auto', 'thread' or 'inline', or reinstall trlrec where a C compiler is found"
-            )
-        from trlrec.io.native import NativeBackend
-
-        return NativeBackend(native.Writer(), max_pending)
-    raise ConfigError(
-        f"unknown I/O backend {kind!r}; expected 'auto', 'inline', 'thread', 'native'"
-    )

@@ -7,6 +7,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 
 from trlrec.loggers.base import Logger
@@ -40,6 +41,8 @@ class MemoryLogger(Logger):
     Attributes:
         scalars: ``name -> [(step, value), ...]``.
         videos: ``name -> [LoggedVideo, ...]``.
+        histograms: ``name -> [(step, values), ...]``, ``values`` a float64 array.
+        texts: ``name -> [(step, text), ...]``.
         hparams: the merged configuration.
         trajectories: ``name -> [(step, path), ...]``.
 
@@ -58,19 +61,30 @@ class MemoryLogger(Logger):
         *,
         video_fps: float = DEFAULT_FPS,
     ) -> None:
-        super().__init__(exp_name, log_dir, video_fps=video_fps)
         if log_dir is not None:
             self.experiment_dir = safe_join(log_dir, exp_name)
         self.scalars: dict[str, list[tuple[int, float]]] = defaultdict(list)
         self.videos: dict[str, list[LoggedVideo]] = defaultdict(list)
+        self.histograms: dict[str, list[tuple[int, np.ndarray]]] = defaultdict(list)
+        self.texts: dict[str, list[tuple[int, str]]] = defaultdict(list)
         self.hparams: dict[str, Any] = {}
         self.trajectories: dict[str, list[tuple[int, Path]]] = defaultdict(list)
+        super().__init__(exp_name, log_dir, video_fps=video_fps)
+
+    def _create_experiment(self) -> None:
+        return None
 
     def _log_scalar(self, name: str, value: float, step: int) -> None:
         self.scalars[name].append((step, value))
 
     def _log_video(self, name: str, video: Video, step: int, fps: float) -> None:
         self.videos[name].append(LoggedVideo(step, video.to_tensor(), fps))
+
+    def _log_histogram(self, name: str, values: np.ndarray, step: int, bins: Any) -> None:
+        self.histograms[name].append((step, values))
+
+    def _log_text(self, name: str, text: str, step: int, **options: Any) -> None:
+        self.texts[name].append((step, text))
 
     def _log_hparams(self, cfg: dict[str, Any]) -> None:
         self.hparams.update(cfg)

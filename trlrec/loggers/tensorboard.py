@@ -61,10 +61,10 @@ def _import_tensorboard() -> Any:
 
 
 class TensorBoardLogger(Logger):
-    """Log scalars, videos, hparams and trajectory paths to TensorBoard event files.
+    """Log scalars, videos, histograms, texts, hparams and trajectory paths to TensorBoard.
 
-    The constructor has the shape of ``torchrl.record.loggers.TensorboardLogger``
-    (also importable here under that name).
+    The constructor is ``torchrl.record.loggers.TensorboardLogger``'s (also importable
+    here under that name); videos need no moviepy.
 
     Args:
         exp_name: the experiment's name: the run directory under ``log_dir``.
@@ -73,6 +73,8 @@ class TensorBoardLogger(Logger):
 
     Attributes:
         experiment: the ``torch.utils.tensorboard.SummaryWriter``.
+        log_dir: as given (TorchRL's logger rewrites it to the run directory, which is
+            ``experiment_dir`` here).
 
     Raises:
         MissingDependencyError: when tensorboard is not installed.
@@ -85,10 +87,12 @@ class TensorBoardLogger(Logger):
         *,
         video_fps: float = DEFAULT_FPS,
     ) -> None:
-        tensorboard = _import_tensorboard()
-        super().__init__(exp_name, log_dir, video_fps=video_fps)
+        self._tensorboard = _import_tensorboard()
         self.experiment_dir = safe_join(log_dir, exp_name)
-        self.experiment = tensorboard.SummaryWriter(log_dir=str(self.experiment_dir))
+        super().__init__(exp_name, log_dir, video_fps=video_fps)
+
+    def _create_experiment(self) -> Any:
+        return self._tensorboard.SummaryWriter(log_dir=str(self.experiment_dir))
 
     def _add_summary(self, summary: Any, step: int) -> None:
         self.experiment._get_file_writer().add_summary(summary, step, time.time())
@@ -109,6 +113,13 @@ class TensorBoardLogger(Logger):
         )
         self._add_summary(Summary(value=[Summary.Value(tag=name, image=image)]), step)
 
+    def _log_histogram(self, name: str, values: Any, step: int, bins: Any) -> None:
+        bins = "tensorflow" if bins is None else bins
+        self.experiment.add_histogram(name, values, global_step=step, bins=bins)
+
+    def _log_text(self, name: str, text: str, step: int, **options: Any) -> None:
+        self.experiment.add_text(name, text, global_step=step)
+
     def _log_hparams(self, cfg: dict[str, Any]) -> None:
         from torch.utils.tensorboard.summary import hparams
 
@@ -122,10 +133,8 @@ class TensorBoardLogger(Logger):
         self.experiment.add_text(f"trajectories/{name}", str(path), global_step=step)
         super()._log_trajectory(name, path, step)
 
-    def flush(self) -> None:
-        """Write pending events to the event file."""
-        if not self.closed:
-            self.experiment.flush()
+    def _flush(self) -> None:
+        self.experiment.flush()
 
     def _close(self) -> None:
         self.experiment.close()

@@ -6,6 +6,7 @@ import inspect
 import logging
 import numbers
 import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -77,8 +78,9 @@ class TensorDictRecorder(Transform, Closeable):
        no reward, no ``"next"``, and no call for the step that ends the episode. The
        recorder then pairs consecutive calls into transitions without reward (root:
        call ``k - 1``'s observation with call ``k``'s action; ``"next"``: call ``k``):
-       ``rollout(n)`` gives ``n - 2`` transitions at most, and never the done step. Use
-       1 or 3 to record rewards and whole episodes.
+       ``rollout(n)`` gives ``n - 2`` transitions at most, and never the done step; the
+       recorder warns once when this happens. Use ``break_when_any_done=False``, or 1
+       or 3, to record rewards and whole episodes.
     3. **From collector batches** (:meth:`extend`): ``[T]`` batches of
        ``torchrl.collectors.Collector`` and ``[B, T]`` batches of ``MultiSyncCollector``
        or of collectors over batched envs; episodes are stitched across batches by
@@ -91,10 +93,18 @@ class TensorDictRecorder(Transform, Closeable):
     to the store one step (or batch) later (at once by :meth:`dump` and :meth:`close`),
     so the env's stream never waits and the step loop waits for no copy.
 
+    The first arguments are ``torchrl.record.TensorDictRecorder``'s, in its order
+    (``out_file_base``, ``skip_reset``, ``skip``, ``in_keys``), so switching is an
+    import change; ``out_file_base`` names the store directory (TorchRL's is a file
+    prefix), and ``skip`` defaults to 1 (TorchRL: 4).
+
     Args:
         path: the store directory (created, or appended to as a new shard). May be
             omitted when ``logger`` is given: the data then goes to
             ``<logger's experiment directory>/<tag>``.
+        skip_reset: TorchRL's: do not record what ``env.reset()`` returns as an item
+            of its own. trlrec never does (the reset observation is the root of the
+            episode's first transition), so both values record the same.
         logger: a trlrec or TorchRL logger; :meth:`dump` logs episode statistics to it
             and tells it where the trajectories are.
         tag: the name of the recording in the logger (scalars ``<tag>/episode_return``,
@@ -110,6 +120,7 @@ class TensorDictRecorder(Transform, Closeable):
             one step**, flagged done (``episode_info(i)["flags"] == 1``) when it ended
             the env's episode; episode statistics are then not logged. Tag the steps
             with ``step_fn`` to regroup them.
+        out_file_base: TorchRL's name for ``path`` (pass one of the two).
         metadata: a JSON-serialisable dict stored once with the recording.
         step_fn: ``step_fn(transition) -> dict | None`` called for each recorded
             transition (a rollout row, ``[]`` or ``[B]``; in :meth:`extend` the whole
@@ -152,11 +163,13 @@ class TensorDictRecorder(Transform, Closeable):
     def __init__(
         self,
         path: str | os.PathLike[str] | None = None,
+        skip_reset: bool = True,
+        skip: int = 1,
+        in_keys: Sequence[NestedKey] | None = None,
         *,
+        out_file_base: str | os.PathLike[str] | None = None,
         logger: Any = None,
         tag: str = "trajectories",
-        in_keys: Sequence[NestedKey] | None = None,
-        skip: int = 1,
         metadata: dict[str, Any] | None = None,
         step_fn: StepFn | None = None,
         episode_fn: EpisodeFn | None = None,
@@ -184,7 +197,8 @@ class TensorDictRecorder(Transform, Closeable):
         self.episode_fn = episode_fn
         self.writer_kwargs = dict(writer_kwargs)
         self._keep = keys
-        self.path = self._resolve_path(path)
+        self.skip_reset = _torchrl_skip_reset(skip_reset)
+        self.path = self._resolve_path(_torchrl_path(path, out_file_base))
         self._closed = False
         self._new_runtime()
 
@@ -316,12 +330,29 @@ class TensorDictRecorder(Transform, Closeable):
             return
         # A step-MDP'd root: the observation after action a_k, and a_k. Pair it with the
         # previous call's: (obs_k, a_k) -> obs_k+1, without reward.
+        self._warn_step_mdp_callback()
         current = td.exclude("_step", "_reset").clone()
         actions = [k for k in env.action_keys if k in current.keys(True)]
         if self._prev is not None:
             root = self._prev.exclude(*actions).update(current.select(*actions))
             self._record(root, current.exclude(*actions))
         self._prev = current
+
+    def _warn_step_mdp_callback(self) -> None:
+        """Once per recorder: the callback form with ``break_when_any_done=True`` loses data."""
+        if getattr(self, "_warned_step_mdp", False):
+            return
+        self._warned_step_mdp = True
+        warnings.warn(
+            f"TensorDictRecorder({str(self.path)!r}) is a rollout callback with "
+            "break_when_any_done=True (TorchRL's default), which hands it the next "
+            "observation only: the recorded transitions have no reward and the step that "
+            "ends the episode is missing. To record them, call env.rollout(..., "
+            "callback=rec, break_when_any_done=False), or put the recorder in the env "
+            "(env.append_transform(rec))",
+            UserWarning,
+            stacklevel=4,
+        )
 
     def _record_row(self, row: TensorDictBase) -> None:
         next_ = row.get("next", None)
@@ -516,8 +547,11 @@ class TensorDictRecorder(Transform, Closeable):
             suffix: appended to the scalar names' tag as ``<tag>_<suffix>``.
             step: the step of the means, the count and the trajectory line (default:
                 the transitions committed); each episode stays at its own frame.
+
+        After :meth:`close` it does nothing (everything was committed), as TorchRL's.
         """
-        self._check_open()
+        if self._closed:
+            return
         if suffix is not None and not isinstance(suffix, str):
             raise ConfigError(f"suffix must be a str or None, got {suffix!r}")
         if step is not None and (isinstance(step, bool) or not isinstance(step, int)):
@@ -598,6 +632,27 @@ def _storable_specs(env: EnvBase) -> Any:
         logging.getLogger(__name__).warning("the env's specs are not recorded: %s", err)
         return None
     return specs
+
+
+def _torchrl_path(
+    path: str | os.PathLike[str] | None, out_file_base: str | os.PathLike[str] | None
+) -> str | os.PathLike[str] | None:
+    """``path``, or TorchRL's ``out_file_base`` for it."""
+    if path is not None and out_file_base is not None:
+        raise ConfigError(
+            f"got path={str(path)!r} and out_file_base={str(out_file_base)!r}, which mean the "
+            "same (the store directory); pass one"
+        )
+    return out_file_base if path is None else path
+
+
+def _torchrl_skip_reset(skip_reset: Any) -> bool:
+    if not isinstance(skip_reset, bool):
+        raise ConfigError(
+            f"skip_reset must be a bool, got {skip_reset!r}; it is TorchRL's second argument "
+            "(pass the store directory first, then keywords such as skip=...)"
+        )
+    return skip_reset
 
 
 def _key_list(in_keys: Any) -> list[Any]:

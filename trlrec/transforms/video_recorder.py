@@ -4,13 +4,16 @@ A drop-in for ``torchrl.record.VideoRecorder`` (same constructor arguments) that
 never holds frames in RAM: each frame is converted to RGB ``uint8`` ``(H, W, 3)``
 (:mod:`trlrec.video.frames`) and appended to a *spool file* (:mod:`trlrec.video.spool`,
 which documents the format and where the spool directory is); :meth:`VideoRecorder.dump`
-opens the spool zero-copy and hands the logger a ``(1, T, 3, H, W)`` ``uint8`` view of it.
+hands the logger the video as ``(1, T, 3, H, W)`` ``uint8``: a zero-copy view of the spool
+for trlrec's loggers, a tensor of its own (that it may keep, pickle or send to another
+process) for any other.
 The per-env video state (episodes, triggers) is :mod:`trlrec.video.track`.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import os
 import sys
@@ -18,6 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeAlias
 
+import numpy as np
 import torch
 from tensordict import MemoryMappedTensor, TensorDict, TensorDictBase
 from tensordict.utils import NestedKey
@@ -34,6 +38,7 @@ from trlrec.video.track import Track
 
 __all__ = ["VideoRecorder"]
 
+_log = logging.getLogger(__name__)
 _BATCH_BLOCK_BYTES = 8 << 20
 Flags: TypeAlias = "list[bool] | torch.Tensor | None"
 """A tick's per-env flags: a list, or the GPU tensor they are read from once copied."""
@@ -191,6 +196,7 @@ class VideoRecorder(FastLane, Transform):
         self._closed = False
         self._clock = _FrameClock()
         self._copies = DeviceCopies()  # frames on a GPU: copied to the host behind the loop
+        self._failed: set[Path] = set()  # videos the logger failed on (the error was raised)
 
     @property
     def spool_dir(self) -> Path:
@@ -544,8 +550,11 @@ class VideoRecorder(FastLane, Transform):
                 <trlrec.TensorDictRecorder.dump>` logs; later if a video of the same
                 name was already logged at that step from this spool directory (a second
                 recorder with the same tag), so videos never share a name and step.
+
+        After :meth:`close` it does nothing, as TorchRL's.
         """
-        self._check_open()
+        if self._closed:
+            return
         if suffix is not None and not isinstance(suffix, str):
             raise VideoError(f"suffix must be a str or None, got {suffix!r}")
         if step is not None and (isinstance(step, bool) or not isinstance(step, int)):
@@ -553,7 +562,7 @@ class VideoRecorder(FastLane, Transform):
         self._copies.drain()  # GPU frames still being copied
         self._dump(suffix, step)
 
-    def _dump(self, suffix: str | None, step: int | None) -> None:
+    def _dump(self, suffix: str | None, step: int | None, closing: bool = False) -> None:
         for stream in self._tracks:
             stream.finish()
         if not self._spool.exists():
@@ -561,9 +570,28 @@ class VideoRecorder(FastLane, Transform):
         pending, claimed = self._spool.pending()
         try:
             for sidecar, meta in pending:
-                self._send(sidecar, meta, suffix, step)
+                self._send_once(sidecar, meta, suffix, step, closing)
         finally:
             self._spool.release(claimed)
+
+    def _send_once(
+        self,
+        sidecar: Path,
+        meta: dict[str, Any],
+        suffix: str | None,
+        step: int | None,
+        closing: bool,
+    ) -> None:
+        """:meth:`_send`, raising a logger error once: where it happened, not again at close."""
+        try:
+            self._send(sidecar, meta, suffix, step)
+        except Exception:
+            if closing and sidecar in self._failed:
+                _log.info("VideoRecorder(tag=%r): %s stays in the spool", self.tag, sidecar)
+                return
+            self._failed.add(sidecar)
+            raise
+        self._failed.discard(sidecar)
 
     def _send(
         self, sidecar: Path, meta: dict[str, Any], suffix: str | None, step: int | None
@@ -574,14 +602,13 @@ class VideoRecorder(FastLane, Transform):
         count = size // (height * width * 3)
         if count and self.logger is not None:
             name = self._video_name(meta, suffix)
-            video = MemoryMappedTensor.from_filename(
-                path, dtype=torch.uint8, shape=torch.Size([count, height, width, 3])
-            )
+            video = _frames_for(self.logger, path, torch.Size([count, height, width, 3]))
             kwargs = dict(self.video_kwargs)
             if meta.get("fps") is not None:
                 kwargs.setdefault("fps", meta["fps"])
             at = self._spool.next_step(name, self._clock.frames) if step is None else step
-            self.logger.log_video(name, video.permute(0, 3, 1, 2).unsqueeze(0), step=at, **kwargs)
+            frames = video.permute(0, 3, 1, 2).unsqueeze(0)
+            self.logger.log_video(name=name, video=frames, step=at, **kwargs)  # TorchRL's call
             del video
         path.unlink(missing_ok=True)
         sidecar.unlink(missing_ok=True)
@@ -598,6 +625,10 @@ class VideoRecorder(FastLane, Transform):
     def close(self) -> None:
         """Sends what is left (as :meth:`dump`) and releases the spool. Idempotent.
 
+        A video the logger already failed on (its error was raised by :meth:`dump`) is
+        tried again, but a second failure is not raised: the frames stay in the spool for
+        the next recorder with the same tag and spool directory.
+
         During interpreter shutdown nothing is sent: the frames stay in the spool for the
         next recorder with the same tag and spool directory.
         """
@@ -609,7 +640,7 @@ class VideoRecorder(FastLane, Transform):
                 for stream in self._tracks:
                     stream.finish()
             else:
-                self._dump(None, None)
+                self._dump(None, None, closing=True)
         finally:
             self._closed = True
             self._fast = None
@@ -627,6 +658,23 @@ class VideoRecorder(FastLane, Transform):
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def _frames_for(logger: Any, path: Path, shape: torch.Size) -> torch.Tensor:
+    """The ``(T, H, W, 3)`` frames of a spool file, as the logger may have them.
+
+    trlrec's loggers stream a video during ``log_video`` and keep nothing: they get a
+    zero-copy memory map. Any other logger (TorchRL's, a ``ProcessLogger`` or Ray
+    client) may keep, pickle or send it to another process, which a memory map of a file
+    does not survive: it gets a tensor of its own, in RAM.
+    """
+    from trlrec.loggers.base import Logger
+
+    # not isinstance(): TorchRL's metaclass counts a service owner as the class it runs
+    if Logger in type(logger).__mro__:
+        return MemoryMappedTensor.from_filename(path, dtype=torch.uint8, shape=shape)
+    frames = np.fromfile(path, dtype=np.uint8, count=math.prod(shape))
+    return torch.from_numpy(frames.reshape(tuple(shape)))
 
 
 def _numel(shape: Sequence[int]) -> int:
