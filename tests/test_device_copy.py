@@ -381,6 +381,32 @@ def test_dump_after_a_reset_keeps_the_reset_in_order(tmp_path, fake, stub_env_cl
     assert_store_matches(TrajectoryReader(tmp_path / "run"), torch.stack(rows, dim=1))
 
 
+def _steps_with_resets(path, stub_env_cls) -> TrajectoryReader:
+    torch.manual_seed(0)
+    rec = TensorDictRecorder(path)
+    env = TransformedEnv(stub_env_cls(episode_lengths=(3, 4), batch_size=(2,)), rec)
+    td = env.reset()
+    for t in range(8):
+        td.set("action", torch.randint(0, 3, (2, 1)))
+        _, td = env.step_and_maybe_reset(td)
+        if t in (2, 5):
+            td = env.reset()  # all sub-envs, right after a partial reset: the masks merge
+    rec.close()
+    return TrajectoryReader(path)
+
+
+def test_resets_between_steps_give_the_cpu_paths_episodes(tmp_path, monkeypatch, stub_env_cls):
+    want = _steps_with_resets(tmp_path / "cpu", stub_env_cls)
+    fake = FakeDevice()
+    monkeypatch.setattr(device_copy, "default_device", lambda: fake)
+    got = _steps_with_resets(tmp_path / "gpu", stub_env_cls)
+    assert [e for e in fake.log if e[0] == "record"]
+    assert got.num_episodes == want.num_episodes > 4
+    for i in range(want.num_episodes):
+        assert got.episode_info(i) == want.episode_info(i)
+        assert_td_identical(got.episodes[i], want.episodes[i])
+
+
 def test_recorder_extend_of_gpu_batches_overlaps_and_is_bit_exact(tmp_path, fake, stub_env_cls):
     torch.manual_seed(0)
     env = stub_env_cls(episode_lengths=(3, 5), batch_size=(2,))

@@ -666,8 +666,17 @@ def _key_list(in_keys: Any) -> list[Any]:
 
 
 def _or_masks(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Two resets' stream masks as one (on the device of the first, if they differ)."""
-    return a | b.to(a.device, non_blocking=True)
+    """Two resets' stream masks as one, on the accelerator if one is there.
+
+    A CPU mask goes to the device (a blocking host-to-device copy of a few bytes); never
+    the other way, which would sync with the env's stream or, non-blocking, be read early.
+    """
+    if a.device != b.device:
+        if a.device.type == "cpu":
+            a = a.to(b.device)
+        else:
+            b = b.to(a.device)
+    return a | b
 
 
 def _mean(values: list[float]) -> float:
