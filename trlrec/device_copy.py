@@ -108,7 +108,14 @@ class Device(Protocol):
 
 
 class CudaDevice:
-    """:class:`Device` of torch's CUDA (one side stream per device index)."""
+    """:class:`Device` of torch's CUDA (one side stream per device index).
+
+    Examples:
+        >>> import torch
+        >>> from trlrec.device_copy import CudaDevice
+        >>> CudaDevice().placement(torch.zeros(3)) is None  # host memory: no device copy
+        True
+    """
 
     def __init__(self) -> None:
         self._side: dict[int, Any] = {}
