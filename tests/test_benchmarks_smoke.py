@@ -46,3 +46,22 @@ def test_benchmarks_only_selects_one_module(tmp_path):
     )
     assert proc.returncode != 0
     assert "bench_nonexistent" in proc.stderr
+
+
+def test_bench_cuda_smoke_runs_without_a_gpu(tmp_path, monkeypatch):
+    """bench_cuda imports and smoke-runs on a CPU-only torch, saying so in every row."""
+    import torch
+
+    from benchmarks import bench_cuda
+    from benchmarks.__main__ import check_rows
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    rows = check_rows(bench_cuda.run(smoke=True))
+    names = [r["name"] for r in rows]
+    assert any("TensorDictRecorder vs no-op transform" in n for n in names)
+    assert any("VideoRecorder (grid)" in n for n in names)
+    assert "extend / pinned copy_" in names
+    assert any(n.startswith("host RssAnon growth") for n in names)
+    assert all(isinstance(r["value"], float | int) for r in rows)
+    if not torch.cuda.is_available():
+        assert all(r["ok"] is None and r["note"] == bench_cuda.NO_CUDA for r in rows)

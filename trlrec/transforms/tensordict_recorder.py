@@ -7,7 +7,6 @@ import logging
 import numbers
 import os
 import warnings
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from torchrl.envs import EnvBase
 from torchrl.envs.transforms import Transform
 
 from trlrec.closing import Closeable
+from trlrec.device_copy import DeviceCopies
 from trlrec.errors import ClosedError, ConfigError, SchemaError, UnsupportedDataError
 from trlrec.naming import safe_name
 from trlrec.storage.dataset import check_metadata
@@ -88,9 +88,10 @@ class TensorDictRecorder(Transform, Closeable):
 
     Batched envs (``batch_size=[B]``, ``SerialEnv``, ``ParallelEnv``) give one episode
     stream per sub-env. Every step is copied when it is recorded, so shared buffers
-    (``ParallelEnv``) may be reused. Tensors on an accelerator are copied to the CPU
-    with non-blocking copies, handed to the store one step later (after a reset,
-    :meth:`dump` or :meth:`close` at once), so the step loop does not wait on them.
+    (``ParallelEnv``) may be reused. Steps and :meth:`extend` batches on a GPU are
+    copied to pinned host memory on a side stream (:mod:`trlrec.device_copy`) and handed
+    to the store one step (or batch) later (at once by :meth:`dump` and :meth:`close`),
+    so the env's stream never waits and the step loop waits for no copy.
 
     The first arguments are ``torchrl.record.TensorDictRecorder``'s, in its order
     (``out_file_base``, ``skip_reset``, ``skip``, ``in_keys``), so switching is an
@@ -227,7 +228,8 @@ class TensorDictRecorder(Transform, Closeable):
         self._seen = 0
         self._prev: TensorDictBase | None = None
         self._async: bool | None = None
-        self._inflight: deque[tuple[Any, ...]] = deque()
+        self._copies = DeviceCopies()  # the device path: steps and batches on a GPU
+        self._pending_reset: torch.Tensor | None = None  # a reset behind an in-flight copy
 
     def _open_writer(self, env: EnvBase | None = None) -> TrajectoryWriter:
         kwargs = self.writer_kwargs
@@ -244,7 +246,7 @@ class TensorDictRecorder(Transform, Closeable):
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
-        for name in ("_writer", "_select", "_prev", "_async", "_inflight"):
+        for name in ("_writer", "_select", "_prev", "_async", "_copies", "_pending_reset"):
             state.pop(name, None)
         return state
 
@@ -309,12 +311,11 @@ class TensorDictRecorder(Transform, Closeable):
         self._check_open()
         writer = self._writer
         if writer is not None and writer.schema is not None:
-            self._drain()
+            n = writer.schema.num_streams
             mask = None if tensordict is None else tensordict.get("_reset", None)
             if mask is not None:
-                n = writer.schema.num_streams
                 mask = mask.reshape(n, -1).any(-1) if mask.numel() % n == 0 else None
-            writer.end_episode(mask)
+            self._end_episodes(writer, mask, n)
         return tensordict_reset
 
     def _call(self, next_tensordict: TensorDictBase) -> TensorDictBase:
@@ -383,7 +384,7 @@ class TensorDictRecorder(Transform, Closeable):
         if self._keep is not None:
             root, next_ = self._selected(root, next_)
         if self._async is None:
-            self._async = _device_of(next_) not in (None, "cpu")
+            self._async = self._copies.wanted(next_) or self._copies.wanted(root)
         if self._async:
             self._record_async(writer, root, next_, meta)
             return
@@ -392,34 +393,51 @@ class TensorDictRecorder(Transform, Closeable):
     def _record_async(
         self, writer: TrajectoryWriter, root: TensorDictBase, next_: TensorDictBase, meta: Any
     ) -> None:
-        """Start the device-to-CPU copy of this step; hand the previous one to the writer."""
-        device = _device_of(next_)
-        root = root.exclude("next").to("cpu", non_blocking=True)
-        next_ = next_.to("cpu", non_blocking=True)
-        event = None
-        if device not in (None, "cpu") and hasattr(torch, "Event"):
-            event = torch.Event(device=torch.device(device))
-            event.record()
-        self._inflight.append((root, next_, meta, event))
-        while len(self._inflight) > 1:
-            self._append_inflight(writer)
+        """Start this step's copy to the host; the writer gets it a step later (device path)."""
+        parts: dict[str, Any] = {"root": root.exclude("next"), "next": next_}
+        reset = self._take_reset(parts)
 
-    def _append_inflight(self, writer: TrajectoryWriter) -> None:
-        root, next_, meta, event = self._inflight.popleft()
-        if event is not None:
-            event.synchronize()
-        writer.append_transition(root, next_, episode_metadata=meta)
+        def consume(host: dict[str, Any]) -> None:
+            if reset:
+                writer.end_episode(host["reset"].clone())
+            writer.append_transition(host["root"], host["next"], episode_metadata=meta)
+
+        self._copies.push(parts, consume)
+
+    def _take_reset(self, parts: dict[str, Any]) -> bool:
+        """Put a pending reset's mask into the parts of the copy pushed next; whether one was."""
+        mask, self._pending_reset = self._pending_reset, None
+        if mask is not None:
+            parts["reset"] = mask
+        return mask is not None
+
+    def _end_episodes(
+        self, writer: TrajectoryWriter, mask: torch.Tensor | None, num_streams: int
+    ) -> None:
+        """A reset of the sub-envs in ``mask`` (None: all ``num_streams``) before the next step.
+
+        Behind copies in flight it goes with the next push (the writer gets it in order,
+        and the step loop does not wait for the copies); otherwise to the writer now.
+        """
+        if self._async and len(self._copies):
+            if mask is None:
+                mask = torch.ones(num_streams, dtype=torch.bool)
+            pending = self._pending_reset
+            self._pending_reset = mask if pending is None else _or_masks(pending, mask)
+            return
+        writer.end_episode(mask)
 
     def _drain(self) -> None:
-        writer = self._writer
-        while writer is not None and self._inflight:
-            self._append_inflight(writer)
+        """Hand every copy in flight (and a reset behind them) to the writer."""
+        self._copies.drain()
+        mask, self._pending_reset = self._pending_reset, None
+        if mask is not None and self._writer is not None:
+            self._writer.end_episode(mask.cpu())
 
     def _extend(self, batch: TensorDictBase) -> None:
         writer = self._writer or self._open_writer(getattr(self, "parent", None))
         if batch.get("next", None) is None:
             raise SchemaError("the batch has no 'next' sub-tensordict; extend takes rollout rows")
-        self._drain()
         T = batch.batch_size[-1]
         if self.skip > 1:
             keep = [t for t in range(T) if (self._seen + t + 1) % self.skip == 0]
@@ -443,9 +461,23 @@ class TensorDictRecorder(Transform, Closeable):
         if self._keep is not None:
             root, next_ = self._selected(batch, batch.get("next"))
             batch = root.set("next", next_)
-        if _device_of(batch) not in (None, "cpu"):
-            batch = batch.to("cpu")
+        if self._copies.wanted(batch):
+            self._extend_async(writer, batch, metas)
+            return
+        self._drain()
         writer.extend(batch, episode_metadata=metas)
+
+    def _extend_async(self, writer: TrajectoryWriter, batch: TensorDictBase, metas: Any) -> None:
+        """Start a batch's copy to the host; the writer gets it at the next push (device path)."""
+        parts: dict[str, Any] = {"batch": batch}
+        reset = self._take_reset(parts)
+
+        def consume(host: dict[str, Any]) -> None:
+            if reset:
+                writer.end_episode(host["reset"].clone())
+            writer.extend(host["batch"], episode_metadata=metas)
+
+        self._copies.push(parts, consume)
 
     def _selected(
         self, root: TensorDictBase, next_: TensorDictBase
@@ -633,13 +665,18 @@ def _key_list(in_keys: Any) -> list[Any]:
     return list(in_keys)
 
 
-def _device_of(td: TensorDictBase) -> str | None:
-    if td.device is not None:
-        return td.device.type
-    for value in td.values(True, True):
-        if isinstance(value, torch.Tensor):
-            return value.device.type
-    return None
+def _or_masks(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Two resets' stream masks as one, on the accelerator if one is there.
+
+    A CPU mask goes to the device (a blocking host-to-device copy of a few bytes); never
+    the other way, which would sync with the env's stream or, non-blocking, be read early.
+    """
+    if a.device != b.device:
+        if a.device.type == "cpu":
+            a = a.to(b.device)
+        else:
+            b = b.to(a.device)
+    return a | b
 
 
 def _mean(values: list[float]) -> float:

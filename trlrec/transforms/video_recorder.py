@@ -12,13 +12,14 @@ The per-env video state (episodes, triggers) is :mod:`trlrec.video.track`.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import torch
@@ -27,6 +28,7 @@ from tensordict.utils import NestedKey
 from torchrl.envs import EnvBase
 from torchrl.envs.transforms import Transform
 
+from trlrec.device_copy import DeviceCopies
 from trlrec.errors import ClosedError, VideoError
 from trlrec.naming import safe_name
 from trlrec.transforms.fast_lane import FastLane
@@ -38,6 +40,8 @@ __all__ = ["VideoRecorder"]
 
 _log = logging.getLogger(__name__)
 _BATCH_BLOCK_BYTES = 8 << 20
+Flags: TypeAlias = "list[bool] | torch.Tensor | None"
+"""A tick's per-env flags: a list, or the GPU tensor they are read from once copied."""
 _UINT8 = torch.uint8
 
 
@@ -191,6 +195,7 @@ class VideoRecorder(FastLane, Transform):
         self._top_key = self._key if isinstance(self._key, str) else None
         self._closed = False
         self._clock = _FrameClock()
+        self._copies = DeviceCopies()  # frames on a GPU: copied to the host behind the loop
         self._failed: set[Path] = set()  # videos the logger failed on (the error was raised)
 
     @property
@@ -206,7 +211,7 @@ class VideoRecorder(FastLane, Transform):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for name in ("_spool", "_tracks", "_grid", "_layout", "_hot", "_fast", "_clock"):
+        for name in ("_spool", "_tracks", "_grid", "_layout", "_hot", "_fast", "_clock", "_copies"):
             state.pop(name, None)
         return state
 
@@ -258,7 +263,7 @@ class VideoRecorder(FastLane, Transform):
         self._clock.tick(next_tensordict.batch_size)
         raw = self._fetch(next_tensordict)
         if raw is not None:
-            ends = _flags(next_tensordict.get("done", None), next_tensordict.batch_dims)
+            ends = self._tick_flags(next_tensordict.get("done", None), next_tensordict.batch_dims)
             self._record_tick(raw, next_tensordict.batch_size, ends, None)
         return next_tensordict
 
@@ -271,7 +276,9 @@ class VideoRecorder(FastLane, Transform):
             dims = tensordict_reset.batch_dims
             mask = None if tensordict is None else tensordict.get("_reset", None)
             resets = (
-                [True] * _numel(tensordict_reset.batch_size) if mask is None else _flags(mask, dims)
+                [True] * _numel(tensordict_reset.batch_size)
+                if mask is None
+                else self._tick_flags(mask, dims)
             )
             self._record_tick(raw, tensordict_reset.batch_size, None, resets)
         return tensordict_reset
@@ -376,27 +383,74 @@ class VideoRecorder(FastLane, Transform):
         self,
         raw: torch.Tensor,
         batch: torch.Size,
-        ends: list[bool] | None,
-        resets: list[bool] | None,
+        ends: Flags,
+        resets: Flags,
     ) -> None:
         """Records one step of ``E`` envs: ``raw`` is ``(*batch, <frame>)``.
 
         A frame without the batch dims (one render of a whole vectorized env) is one frame.
+        ``ends`` and ``resets`` may be still on the GPU (see :meth:`_tick_flags`).
         """
         if batch and raw.shape[: len(batch)] != batch and raw.ndim in (2, 3):
+            ends, resets = _host_flags(ends, len(batch)), _host_flags(resets, len(batch))
             batch = torch.Size([])
             ends = None if ends is None else [all(ends)]
             resets = None if resets is None else [all(resets)]
         layout = self._layout_for(raw, batch)
+        if self._copies.wanted(raw):
+            self._push_frames(layout.convert_on_device(raw), layout, batch, ends, resets)
+            return
+        fast = raw.device.type == "cpu"  # the step's fast path may take the next ones
         lead = len(batch)
-        frames = layout.convert(raw)
+        ends, resets = _host_flags(ends, lead), _host_flags(resets, lead)
+        self._feed_tick(layout.convert(raw), fast, layout, batch, ends, resets)
+
+    def _tick_flags(self, value: Any, lead: int) -> Flags:
+        """:func:`_flags`, or ``value`` itself when on the GPU: read a step later, no sync."""
+        if isinstance(value, torch.Tensor) and self._copies.wanted(value):
+            return value
+        return _flags(value, lead)
+
+    def _push_frames(
+        self,
+        frames: torch.Tensor,
+        layout: FrameLayout,
+        batch: torch.Size,
+        ends: Flags,
+        resets: Flags,
+    ) -> None:
+        """A GPU tick's frames (and flags): copied to the host behind the step loop, fed later."""
+        parts: dict[str, Any] = {"frames": frames}
+        for name, flags in (("ends", ends), ("resets", resets)):
+            if isinstance(flags, torch.Tensor):
+                parts[name] = flags
+        lead = len(batch)
+
+        def consume(host: dict[str, Any]) -> None:
+            got_ends = _host_flags(host.get("ends", ends), lead)
+            got_resets = _host_flags(host.get("resets", resets), lead)
+            self._feed_tick(host["frames"], False, layout, batch, got_ends, got_resets)
+
+        self._copies.push(parts, consume)
+
+    def _feed_tick(
+        self,
+        frames: torch.Tensor,
+        fast: bool,
+        layout: FrameLayout,
+        batch: torch.Size,
+        ends: list[bool] | None,
+        resets: list[bool] | None,
+    ) -> None:
+        """Feeds one tick's converted CPU frames to the tracks (``fast``: from the CPU)."""
+        lead = len(batch)
         if lead == 0:
             self._ensure_tracks(1, layout)
-            if layout.identity and raw.device.type == "cpu" and self._keeps_every_frame():
-                self._fast, self._fast_shape = self._tracks[0], raw.shape
+            if fast and layout.identity and self._keeps_every_frame():
+                self._fast, self._fast_shape = self._tracks[0], frames.shape  # raw's: identity
             self._tracks[0].feed(frames, bool(ends and ends[0]), resets is not None)
         else:
-            n_env = _numel(raw.shape[:lead])
+            n_env = _numel(batch)
             self._ensure_tracks(n_env, layout)
             self._feed(frames.reshape(n_env, layout.height, layout.width, 3), ends, resets)
         if self.dump_on_done and ends and all(ends):
@@ -444,17 +498,34 @@ class VideoRecorder(FastLane, Transform):
         self._ensure_tracks(n_env, layout)
         frame_bytes = max(1, n_env * layout.height * layout.width * 3)
         block = max(1, _BATCH_BLOCK_BYTES // frame_bytes)
+        on_device = self._copies.wanted(raw)
         for start in range(0, steps, block):
-            frames = layout.convert(raw[:, start : start + block])
-            for t in range(frames.shape[1]):
-                tick_ends = None if ends is None else [row[start + t] for row in ends]
-                self._feed(frames[:, t], tick_ends, None)
-                if self.dump_on_done and tick_ends and all(tick_ends):
-                    self._dump(None, None)
+            chunk = raw[:, start : start + block]
+            if on_device:  # block k is copied while block k - 1 is fed
+                self._copies.push(
+                    {"frames": layout.convert_on_device(chunk)},
+                    functools.partial(self._feed_copied_block, start=start, ends=ends),
+                )
+            else:
+                self._feed_block(layout.convert(chunk), start, ends)
+        self._copies.drain()
         if ends is not None and any(any(row) for row in ends):
             # A batch's ended episodes are in the files when extend() returns (a kill after
             # it keeps them); the step loop does not wait (the writer thread catches up).
             self._spool.writer.sync()
+
+    def _feed_copied_block(
+        self, host: dict[str, Any], start: int, ends: list[list[bool]] | None
+    ) -> None:
+        self._feed_block(host["frames"], start, ends)
+
+    def _feed_block(self, frames: torch.Tensor, start: int, ends: list[list[bool]] | None) -> None:
+        """Feeds a batch's steps ``start...`` (frames ``(n_env, steps, h, w, 3)``) to the tracks."""
+        for t in range(frames.shape[1]):
+            tick_ends = None if ends is None else [row[start + t] for row in ends]
+            self._feed(frames[:, t], tick_ends, None)
+            if self.dump_on_done and tick_ends and all(tick_ends):
+                self._dump(None, None)
 
     # ------------------------------------------------------------ dump / close
 
@@ -488,6 +559,7 @@ class VideoRecorder(FastLane, Transform):
             raise VideoError(f"suffix must be a str or None, got {suffix!r}")
         if step is not None and (isinstance(step, bool) or not isinstance(step, int)):
             raise VideoError(f"step must be an int or None, got {step!r}")
+        self._copies.drain()  # GPU frames still being copied
         self._dump(suffix, step)
 
     def _dump(self, suffix: str | None, step: int | None, closing: bool = False) -> None:
@@ -563,6 +635,7 @@ class VideoRecorder(FastLane, Transform):
         if self._closed:
             return
         try:
+            self._copies.drain()  # GPU frames still being copied
             if sys.is_finalizing():
                 for stream in self._tracks:
                     stream.finish()
@@ -606,6 +679,11 @@ def _frames_for(logger: Any, path: Path, shape: torch.Size) -> torch.Tensor:
 
 def _numel(shape: Sequence[int]) -> int:
     return math.prod(shape)
+
+
+def _host_flags(flags: Any, lead: int) -> list[bool] | None:
+    """Flags as a list (a tensor's read with :func:`_flags`)."""
+    return _flags(flags, lead) if isinstance(flags, torch.Tensor) else flags
 
 
 def _flags(value: Any, lead: int) -> list[bool] | None:

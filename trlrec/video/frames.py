@@ -189,6 +189,13 @@ class FrameLayout:
 
         Already contiguous RGB ``uint8`` CPU frames are returned as they are (not copied).
         """
+        x = self.convert_on_device(raw)
+        if x.device.type != "cpu":
+            x = x.cpu()
+        return x.contiguous()
+
+    def convert_on_device(self, raw: torch.Tensor) -> torch.Tensor:
+        """:meth:`convert` where the frames are (a GPU's frames stay on it), maybe strided."""
         x = raw
         if self.rank == 2:
             x = x.unsqueeze(-1)
@@ -205,9 +212,7 @@ class FrameLayout:
             x = x.mul(255).round_().clamp_(0, 255).to(torch.uint8)
         elif self.kind == "int":
             x = x.clamp(0, 255).to(torch.uint8)
-        if x.device.type != "cpu":
-            x = x.cpu()
-        return x.contiguous()
+        return x
 
 
 class FrameGrid:
