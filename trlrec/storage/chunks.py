@@ -17,7 +17,7 @@ import torch
 
 from trlrec.errors import StoreWriteError
 from trlrec.io.backend import IOBackend
-from trlrec.storage.format import chunk_dir_name
+from trlrec.storage.format import chunk_dir_name, column_file
 from trlrec.storage.schema import Key, Schema
 
 __all__ = ["ChunkSeries", "default_chunk_rows"]
@@ -55,8 +55,7 @@ class ChunkSeries:
         self.touched: set[int] = set()
 
     def _path(self, index: int, key: Key) -> Path:
-        *parents, last = key
-        return self.directory.joinpath(chunk_dir_name(index), *parents, f"{last}.memmap")
+        return column_file(self.directory / chunk_dir_name(index), key)
 
     def _file(self, index: int, key: Key) -> str:
         """The path of a chunk file as a str, cached (pathlib costs ~10 us a join)."""
@@ -74,11 +73,24 @@ class ChunkSeries:
         try:
             if not path.exists():
                 self._template.expand(self.capacity).memmap_like(str(path))
+                self._empty_files(index)
         except (OSError, RuntimeError) as err:  # tensordict/torch report EFBIG, ENOENT so
             raise StoreWriteError(
                 getattr(err, "errno", None), f"could not create chunk {str(path)!r}: {err}"
             ) from err
         self._created.add(index)
+
+    def _empty_files(self, index: int) -> None:
+        """Create the (empty) files of the columns holding no bytes, which tensordict skips.
+
+        A ``[C, 0]`` column has a zero-byte ``.memmap`` file like any other, so that the
+        reader finds every column of the schema.
+        """
+        for key, size in self._row_bytes.items():
+            if size == 0:
+                path = self._path(index, key)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.touch()
 
     def discard_from(self, index: int) -> None:
         """Delete chunk directories from ``index`` on (uncommitted leftovers of a crash)."""
