@@ -18,6 +18,7 @@ import torch
 from trlrec.errors import StoreWriteError
 from trlrec.io.backend import IOBackend
 from trlrec.storage.format import chunk_dir_name, column_file
+from trlrec.storage.jsonio import fsync_dir
 from trlrec.storage.schema import Key, Schema
 
 __all__ = ["ChunkSeries", "default_chunk_rows"]
@@ -53,6 +54,7 @@ class ChunkSeries:
         self._created: set[int] = set()
         self._paths: dict[tuple[int, Key], str] = {}
         self.touched: set[int] = set()
+        self._new: set[int] = set()  # chunks created since the last sync
 
     def _path(self, index: int, key: Key) -> Path:
         return column_file(self.directory / chunk_dir_name(index), key)
@@ -74,6 +76,7 @@ class ChunkSeries:
             if not path.exists():
                 self._template.expand(self.capacity).memmap_like(str(path))
                 self._empty_files(index)
+                self._new.add(index)
         except (OSError, RuntimeError) as err:  # tensordict/torch report EFBIG, ENOENT so
             raise StoreWriteError(
                 getattr(err, "errno", None), f"could not create chunk {str(path)!r}: {err}"
@@ -124,7 +127,12 @@ class ChunkSeries:
             done += n
 
     def sync(self) -> None:
-        """Fsync the files of every chunk written since the last sync (after a barrier)."""
+        """Fsync the files of every chunk written since the last sync (after a barrier).
+
+        The directories of chunks created since then are fsync'ed too (each directory
+        of the chunk, the stream's, ``streams/`` and the shard's: every new entry on the
+        way to the files), so a durable commit never counts a chunk a power cut lost.
+        """
         for index in sorted(self.touched):
             for key in self._row_bytes:
                 fd = os.open(self._path(index, key), os.O_RDONLY)
@@ -133,3 +141,10 @@ class ChunkSeries:
                 finally:
                     os.close(fd)
         self.touched.clear()
+        if self._new:
+            for index in sorted(self._new):
+                for top, _, _ in os.walk(self.directory / chunk_dir_name(index), False):
+                    fsync_dir(Path(top))
+            for parent in (self.directory, self.directory.parent, self.directory.parent.parent):
+                fsync_dir(parent)
+            self._new.clear()

@@ -135,12 +135,12 @@ class TrajectoryWriter(Closeable):
             self._io = open_backend(io or ("auto" if background else "inline"))
         self._group = self._io.new_group()
         self._error: BaseException | None = None  # an idle commit's failure, raised next call
-        create_dataset(self.path, self.metadata)
+        create_dataset(self.path, self.metadata, durable=durable)
         if specs is not None:  # the env's specs (env.specs), see trlrec.specs
             from trlrec.specs import write_specs
 
             write_specs(self.path, specs, durable=durable)
-        self.shard_path = new_shard_dir(self.path, shard)
+        self.shard_path = new_shard_dir(self.path, shard, durable=durable)
         self._files = ShardFiles(self.shard_path, durable=durable)
         self.schema: Schema | None = None
         # set with the schema (_setup), and read only after it: typed as always set
