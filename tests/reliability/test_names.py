@@ -63,8 +63,8 @@ def test_loggers_keep_distinct_names_apart(tmp_path):
 
 def test_tensordict_recorders_with_colliding_tags_write_two_stores(tmp_path):
     lg = CSVLogger("exp", log_dir=str(tmp_path))
-    recs = [(TensorDictRecorder(logger=lg, tag=tag), v) for tag, v in (("train/ep", 1.0),
-                                                                      ("train_ep", 2.0))]  # fmt: skip
+    tags = (("train/ep", 1.0), ("train_ep", 2.0))
+    recs = [(TensorDictRecorder(logger=lg, tag=tag), v) for tag, v in tags]
     for rec, value in recs:
         td = TensorDict(
             {"observation": torch.tensor([[value]]),
