@@ -501,16 +501,22 @@ class VideoRecorder(FastLane, Transform):
         size = path.stat().st_size if path.exists() else 0
         count = size // (height * width * 3)
         if count and self.logger is not None:
-            name = self._video_name(meta, suffix)
+            sending = meta.get("sending")
+            if sending is not None:  # a kill interrupted its delivery: same name and step
+                name, at = sending
+            else:
+                name = self._video_name(meta, suffix)
+                at = self._spool.next_step(name, self._clock.frames) if step is None else step
+                self._spool.mark(sidecar, meta, sending=[name, at])
             video = MemoryMappedTensor.from_filename(
                 path, dtype=torch.uint8, shape=torch.Size([count, height, width, 3])
             )
             kwargs = dict(self.video_kwargs)
             if meta.get("fps") is not None:
                 kwargs.setdefault("fps", meta["fps"])
-            at = self._spool.next_step(name, self._clock.frames) if step is None else step
             self.logger.log_video(name, video.permute(0, 3, 1, 2).unsqueeze(0), step=at, **kwargs)
             del video
+            self._spool.mark(sidecar, meta, delivered=True)  # a kill from here: not re-sent
         path.unlink(missing_ok=True)
         sidecar.unlink(missing_ok=True)
 
