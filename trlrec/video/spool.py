@@ -26,6 +26,7 @@ video:
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import logging
@@ -271,6 +272,20 @@ class Spool:
             episode: the index of the one episode the video holds (a triggered video),
                 named in the video name as ``..._ep<i>``; None for a video of every episode.
         """
+        try:
+            return self._open_segment(env, height, width, fps, episode)
+        except OSError as err:
+            if isinstance(err, StoreWriteError):
+                raise
+            name = err.filename if err.filename is not None else self._dir
+            raise StoreWriteError(
+                err.errno,
+                f"cannot start a video in the spool: {name!r}: {err.strerror}; {_hint(err)}",
+            ) from err
+
+    def _open_segment(
+        self, env: int | None, height: int, width: int, fps: float | None, episode: int | None
+    ) -> Segment:
         directory = self.directory
         if self._lock_fd is None:
             self._lock_fd = os.open(self._lock_path(self.recorder), os.O_RDWR | os.O_CREAT, 0o644)
@@ -424,9 +439,20 @@ def _write_sidecar(sidecar: Path, meta: dict[str, Any], durable: bool = False) -
             tmp.unlink()
         raise StoreWriteError(
             err.errno,
-            f"cannot write the video spool sidecar {str(sidecar)!r}: {err.strerror}; "
-            "check the disk's space and the file size limit",
+            f"cannot write the video spool sidecar {str(sidecar)!r}: {err.strerror}; {_hint(err)}",
         ) from err
+
+
+def _hint(err: OSError) -> str:
+    """What to do about an OS error of the spool's files."""
+    if err.errno in (errno.EMFILE, errno.ENFILE):
+        return (
+            "raise the open files limit (ulimit -n), or record fewer videos at once "
+            "(make_grid=True tiles the sub-envs into one video)"
+        )
+    if err.errno == errno.EFBIG:
+        return "the file size limit (ulimit -f) is reached; raise it"
+    return "check the disk's space and permissions"
 
 
 def _check_int(meta: dict[str, Any], field: str, high: int, low: int = 0) -> None:
