@@ -21,10 +21,19 @@ from trlrec.storage.format import chunk_dir_name, column_file
 from trlrec.storage.jsonio import fsync_dir
 from trlrec.storage.schema import Key, Schema
 
-__all__ = ["ChunkSeries", "default_chunk_rows"]
+__all__ = ["ChunkSeries", "default_chunk_rows", "fsync_file"]
 
 _CHUNK_BYTES = 128 * 2**20  # a chunk holds about this much data ...
 _MAX_CHUNK_ROWS = 2**16  # ... in at most this many rows, and at least 16
+
+
+def fsync_file(path: Path) -> None:
+    """Fsync one file (opened read-only for it)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def default_chunk_rows(schema: Schema) -> int:
@@ -133,18 +142,24 @@ class ChunkSeries:
         of the chunk, the stream's, ``streams/`` and the shard's: every new entry on the
         way to the files), so a durable commit never counts a chunk a power cut lost.
         """
-        for index in sorted(self.touched):
-            for key in self._row_bytes:
-                fd = os.open(self._path(index, key), os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-        self.touched.clear()
+        paths = [
+            self._path(index, key) for index in sorted(self.touched) for key in self._row_bytes
+        ]
+        dirs = [
+            Path(top)
+            for index in sorted(self._new)
+            for top, _, _ in os.walk(self.directory / chunk_dir_name(index), False)
+        ]
         if self._new:
-            for index in sorted(self._new):
-                for top, _, _ in os.walk(self.directory / chunk_dir_name(index), False):
-                    fsync_dir(Path(top))
-            for parent in (self.directory, self.directory.parent, self.directory.parent.parent):
-                fsync_dir(parent)
-            self._new.clear()
+            dirs += [self.directory, self.directory.parent, self.directory.parent.parent]
+        for i, path in enumerate(paths + dirs):
+            try:
+                (fsync_file if i < len(paths) else fsync_dir)(path)
+            except OSError as err:
+                raise StoreWriteError(
+                    err.errno,
+                    f"cannot fsync {str(path)!r} for a durable commit: {err.strerror}; what "
+                    "was committed before stays readable",
+                ) from err
+        self.touched.clear()
+        self._new.clear()
