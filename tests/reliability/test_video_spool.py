@@ -174,3 +174,32 @@ def test_hostile_sidecars_are_skipped_and_reported_and_the_good_videos_delivered
     warned = " ".join(r.getMessage() for r in caplog.records)
     for stem in [*bad, "list", "deep", "dir"]:
         assert f"clip.{stem}.video.json" in warned, stem
+
+
+def _dead_pid() -> int:
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+    return pid
+
+
+def test_partial_mp4s_of_killed_recorders_are_removed_by_the_next_recorder_of_the_tag(tmp_path):
+    """A kill mid-encode leaves ``.clip_5.mp4.<pid>-<hex>.part``; the next dump removes it."""
+    from trlrec.loggers import CSVLogger
+
+    lg = CSVLogger("exp", log_dir=str(tmp_path))
+    videos = lg.experiment_dir / "videos"
+    videos.mkdir(parents=True, exist_ok=True)
+    dead = _dead_pid()
+    orphan = videos / f".clip_5.mp4.{dead}-0a1b2c3d.part"
+    live = videos / f".clip_7.mp4.{os.getpid()}-0a1b2c3d.part"  # an encode in progress
+    other = videos / f".other_5.mp4.{dead}-0a1b2c3d.part"  # another tag's
+    for p in (orphan, live, other):
+        p.write_bytes(b"partial")
+    vr = VideoRecorder(lg, "clip", spool_dir=tmp_path / "spool")
+    vr.dump()
+    vr.close()
+    assert not orphan.exists()
+    assert live.exists()
+    assert other.exists()

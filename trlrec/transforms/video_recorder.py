@@ -27,7 +27,7 @@ from trlrec.errors import ClosedError, VideoError
 from trlrec.naming import safe_name
 from trlrec.transforms.fast_lane import FastLane
 from trlrec.video.frames import FrameGrid, FrameLayout, as_frame_tensor, crop_size
-from trlrec.video.spool import Spool, frames_path, spool_dir_for
+from trlrec.video.spool import Spool, frames_path, remove_orphan_parts, spool_dir_for
 from trlrec.video.track import Track
 
 __all__ = ["VideoRecorder"]
@@ -484,6 +484,7 @@ class VideoRecorder(FastLane, Transform):
     def _dump(self, suffix: str | None, step: int | None) -> None:
         for stream in self._tracks:
             stream.finish()
+        self._clean_partials()
         if not self._spool.exists():
             return
         pending, claimed = self._spool.pending()
@@ -492,6 +493,14 @@ class VideoRecorder(FastLane, Transform):
                 self._send(sidecar, meta, suffix, step)
         finally:
             self._spool.release(claimed)
+
+    def _clean_partials(self) -> None:
+        """Remove the partial mp4s of this tag left in the logger's directory by kills."""
+        directory = getattr(self.logger, "videos_dir", None)
+        if directory is None and getattr(self.logger, "experiment_dir", None) is not None:
+            directory = Path(self.logger.experiment_dir) / "videos"
+        if isinstance(directory, str | os.PathLike):
+            remove_orphan_parts(Path(directory), self.tag)
 
     def _send(
         self, sidecar: Path, meta: dict[str, Any], suffix: str | None, step: int | None

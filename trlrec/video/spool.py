@@ -54,6 +54,7 @@ __all__ = [
     "Spool",
     "frames_path",
     "read_sidecar",
+    "remove_orphan_parts",
     "spool_dir_for",
 ]
 
@@ -534,6 +535,51 @@ def read_sidecar(sidecar: Path) -> dict[str, Any] | None:
     if not stat.S_ISREG(st.st_mode):
         raise ValueError(f"{str(frames)!r} is a link or not a regular file")
     return meta
+
+
+_PART = re.compile(r"^\.(?P<video>.+\.mp4)\.(?P<pid>[0-9]+)-[0-9a-f]+\.part$")
+
+
+def remove_orphan_parts(videos_dir: Path, tag: str) -> list[Path]:
+    """Delete the partial mp4s of ``tag`` left in ``videos_dir`` by killed processes.
+
+    An mp4 writer encodes into a hidden ``.<video>.mp4.<pid>-<hex>.part`` and renames it
+    when done; a process killed mid-encode leaves it behind (its ffmpeg may even finish
+    it). Those of videos named for ``tag`` whose process is gone are removed.
+
+    Returns:
+        The files removed.
+    """
+    removed: list[Path] = []
+    prefix = safe_name(tag)
+    try:
+        entries = list(os.scandir(videos_dir))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _PART.match(entry.name)
+        if match is None or not match["video"].startswith(prefix):
+            continue
+        if not entry.is_file(follow_symlinks=False) or _alive(int(match["pid"])):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(entry.path)
+            removed.append(Path(entry.path))
+    if removed:
+        _log.info("removed %d partial video(s) of killed recorders: %s", len(removed), removed)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
 
 
 def frames_path(sidecar: Path) -> Path:
