@@ -107,7 +107,7 @@ def test_default_log_dir_is_csv_logs(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 def test_unsafe_experiment_name(tmp_path: Path) -> None:
     with CSVLogger("../outside", log_dir=tmp_path / "logs") as lg:
-        assert lg.experiment_dir == tmp_path / "logs" / ".._outside"
+        assert lg.experiment_dir == tmp_path / "logs" / "..%2Foutside"
     assert not (tmp_path / "outside").exists()
     with pytest.raises(UnsafeNameError, match="NUL"):
         CSVLogger("a\x00b", log_dir=tmp_path)

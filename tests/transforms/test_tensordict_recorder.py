@@ -464,7 +464,7 @@ def test_step_fn_and_episode_fn_in_extend_batched(tmp_path, stub_env_cls):
 def test_dump_logs_episode_statistics(tmp_path, env_factory):
     logger = MemoryLogger("exp", log_dir=tmp_path)
     rec = TensorDictRecorder(logger=logger, tag="eval/traj")
-    assert rec.path == tmp_path / "exp" / "eval_traj"
+    assert rec.path == tmp_path / "exp" / "eval%2Ftraj"
     env = env_factory((3,), recorder=rec)
     rollout = env.rollout(7, break_when_any_done=False)
     rec.dump()

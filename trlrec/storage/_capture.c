@@ -15,8 +15,8 @@
  * Anything else (a missing key, a mismatch, another device, a non-contiguous view,
  * an error from an attribute) returns -1 and the writer takes its Python path, which
  * copies with torch or raises the error that names the key. Only the CPython C API
- * is used (no torch headers): the tensor's dtype, shape, is_cpu, is_contiguous() and
- * data_ptr() are read through its Python attributes (their descriptors, found once).
+ * is used (no torch headers): the tensor's dtype, shape, is_cpu, is_contiguous(), is_neg()
+ * and data_ptr() are read through its Python attributes (their descriptors, found once).
  * Frames (leaves of >= 4 KiB) are copied with non-temporal stores on x86-64.
  *
  * Measured in the step loop (benchmarks/bench_recorder.py's TrivialEnv, 84x84x3): the
@@ -59,12 +59,12 @@ static void copy_leaf(char *dst, const char *src, size_t n) {
     memcpy(dst, src, n);
 }
 
-static PyObject *s_dtype, *s_shape, *s_is_cpu, *s_is_contiguous, *s_data_ptr, *s_version;
+static PyObject *s_dtype, *s_shape, *s_is_cpu, *s_is_contiguous, *s_data_ptr, *s_version, *s_is_neg;
 
 /* The tensor type's attributes, looked up once: for a leaf of exactly that type they are
  * called directly (the descriptor's getter, or the method with the tensor as self),
  * which skips the attribute lookup of each access; a subclass goes the generic way. */
-enum { A_DTYPE, A_SHAPE, A_IS_CPU, A_IS_CONTIGUOUS, A_DATA_PTR, A_VERSION, A_COUNT };
+enum { A_DTYPE, A_SHAPE, A_IS_CPU, A_IS_CONTIGUOUS, A_DATA_PTR, A_VERSION, A_IS_NEG, A_COUNT };
 
 typedef struct {
     PyObject_HEAD
@@ -92,14 +92,15 @@ typedef struct {
 } Plan;
 
 static PyObject *attr_name(int a) {
-    PyObject *names[A_COUNT] = {s_dtype, s_shape, s_is_cpu, s_is_contiguous, s_data_ptr, s_version};
+    PyObject *names[A_COUNT] = {s_dtype,    s_shape,   s_is_cpu, s_is_contiguous,
+                                s_data_ptr, s_version, s_is_neg};
     return names[a];
 }
 
 /* t.<attribute a> (a property) or t.<attribute a>() (a method); new reference or NULL. */
 static PyObject *tensor_attr(Plan *self, PyObject *t, int a) {
     PyObject *d = self->attrs[a];
-    int method = a == A_IS_CONTIGUOUS || a == A_DATA_PTR;
+    int method = a == A_IS_CONTIGUOUS || a == A_DATA_PTR || a == A_IS_NEG;
     if (Py_IS_TYPE(t, self->tensor_type) && d) {
         if (method) return PyObject_Vectorcall(d, &t, 1, NULL);
         descrgetfunc get = Py_TYPE(d)->tp_descr_get;
@@ -300,6 +301,13 @@ static int check_leaf(Plan *self, PyObject *t, Py_ssize_t j, void **ptr) {
     ok = v == Py_True;
     Py_DECREF(v);
     if (!ok) return 0;
+    /* a negative-bit view (z.conj().imag) holds the negated values' bytes negated: its
+     * bytes are not its values, the Python path resolves it */
+    v = tensor_attr(self, t, A_IS_NEG);
+    if (!v) goto fail;
+    ok = v == Py_False;
+    Py_DECREF(v);
+    if (!ok) return 0;
     v = tensor_attr(self, t, A_DATA_PTR);
     if (!v) goto fail;
     *ptr = PyLong_AsVoidPtr(v);
@@ -440,7 +448,9 @@ PyMODINIT_FUNC PyInit__capture(void) {
     s_is_contiguous = PyUnicode_InternFromString("is_contiguous");
     s_data_ptr = PyUnicode_InternFromString("data_ptr");
     s_version = PyUnicode_InternFromString("_version");
-    if (!s_dtype || !s_shape || !s_is_cpu || !s_is_contiguous || !s_data_ptr || !s_version)
+    s_is_neg = PyUnicode_InternFromString("is_neg");
+    if (!s_dtype || !s_shape || !s_is_cpu || !s_is_contiguous || !s_data_ptr || !s_version ||
+        !s_is_neg)
         return NULL;
     if (PyType_Ready(&PlanType) < 0) return NULL;
     PyObject *m = PyModule_Create(&capture_module);

@@ -63,6 +63,15 @@ Slot = tuple["str | None", Key, torch.Size, torch.dtype]
 """A leaf to gather: its top-level name (None if nested), key, full shape and dtype."""
 
 
+def _nested_counts(slots: list[Slot]) -> list[tuple[Key, int]]:
+    """Each nested sub-tensordict of the schema's keys and how many entries it holds."""
+    children: dict[Key, set[str]] = {}
+    for _, key, _, _ in slots:
+        for depth in range(1, len(key)):
+            children.setdefault(key[:depth], set()).add(key[depth])
+    return [(prefix, len(names)) for prefix, names in children.items()]
+
+
 class StepChecker:
     """The schema's leaves in staging order (root side, then ``"next"`` side), with checks.
 
@@ -93,23 +102,40 @@ class StepChecker:
         self.root_rest = self.root_slots[num_state:]
         self.root_top = len({key[0] for _, key, _, _ in self.root_slots})
         self.next_top = len({key[0] for _, key, _, _ in self.next_slots})
-        self._walks = 0  # blocks since the last full key walk
+        # (side, prefix, entries): 0 root, 1 "next"; empty for a schema of top-level keys
+        self.nested = [(0, p, n) for p, n in _nested_counts(self.root_slots)]
+        self.nested += [(1, p, n) for p, n in _nested_counts(self.next_slots)]
 
-    def check_step_keys(self, root: TensorDictBase, next_: TensorDictBase, block: bool) -> None:
-        """Refuse a step's extra keys.
+    def check_step_keys(self, root: TensorDictBase, next_: TensorDictBase) -> None:
+        """Refuse a step's extra keys, at every step.
 
-        Top-level ones at every step (two ``len()``), nested ones with the full walk
-        (~10 us) at every 16th block start (``block``). A missing key is named by the
-        copy into the staging buffer.
+        Each level of the schema's keys is a count compared: the top levels (two
+        ``len()``), then each nested sub-tensordict's entries (a lookup and a ``len()``,
+        ~0.25 us each, only for schemas with nested keys). A level with more entries
+        than the schema's is walked in full (:meth:`check_keys`) to name the extra key;
+        a missing key is named by the copy into the staging buffer.
         """
         rkeys = root._tensordict if type(root) is TensorDict else root.keys()
         nkeys = next_._tensordict if type(next_) is TensorDict else next_.keys()
         if len(rkeys) != self.root_top + ("next" in rkeys) or len(nkeys) != self.next_top:
             self.check_keys(root, next_)
-        elif block:
-            if self._walks == 0:
-                self.check_keys(root, next_)
-            self._walks = (self._walks + 1) % 16
+        elif self.nested:
+            sides = (root, next_)
+            for side, prefix, count in self.nested:
+                sub: Any = sides[side]
+                for part in prefix:  # plain TensorDicts' entries are dicts: ~0.05 us a level
+                    sub = (
+                        sub._tensordict.get(part)
+                        if type(sub) is TensorDict
+                        else fast_get(sub, (part,))
+                    )
+                if type(sub) is TensorDict:
+                    if len(sub._tensordict) != count:
+                        self.check_keys(root, next_)
+                        return
+                elif isinstance(sub, TensorDictBase) and len(sub.keys()) != count:
+                    self.check_keys(root, next_)
+                    return
 
     def columns(self, batch: TensorDictBase, next_: TensorDictBase) -> list[torch.Tensor]:
         """A ``[*batch, T]`` batch's leaves, checked, as ``[N, T, ...]`` CPU tensors."""

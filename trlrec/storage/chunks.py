@@ -17,13 +17,23 @@ import torch
 
 from trlrec.errors import StoreWriteError
 from trlrec.io.backend import IOBackend
-from trlrec.storage.format import chunk_dir_name
+from trlrec.storage.format import chunk_dir_name, column_file
+from trlrec.storage.jsonio import fsync_dir
 from trlrec.storage.schema import Key, Schema
 
-__all__ = ["ChunkSeries", "default_chunk_rows"]
+__all__ = ["ChunkSeries", "default_chunk_rows", "fsync_file"]
 
 _CHUNK_BYTES = 128 * 2**20  # a chunk holds about this much data ...
 _MAX_CHUNK_ROWS = 2**16  # ... in at most this many rows, and at least 16
+
+
+def fsync_file(path: Path) -> None:
+    """Fsync one file (opened read-only for it)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def default_chunk_rows(schema: Schema) -> int:
@@ -53,10 +63,10 @@ class ChunkSeries:
         self._created: set[int] = set()
         self._paths: dict[tuple[int, Key], str] = {}
         self.touched: set[int] = set()
+        self._new: set[int] = set()  # chunks created since the last sync
 
     def _path(self, index: int, key: Key) -> Path:
-        *parents, last = key
-        return self.directory.joinpath(chunk_dir_name(index), *parents, f"{last}.memmap")
+        return column_file(self.directory / chunk_dir_name(index), key)
 
     def _file(self, index: int, key: Key) -> str:
         """The path of a chunk file as a str, cached (pathlib costs ~10 us a join)."""
@@ -74,11 +84,25 @@ class ChunkSeries:
         try:
             if not path.exists():
                 self._template.expand(self.capacity).memmap_like(str(path))
+                self._empty_files(index)
+                self._new.add(index)
         except (OSError, RuntimeError) as err:  # tensordict/torch report EFBIG, ENOENT so
             raise StoreWriteError(
                 getattr(err, "errno", None), f"could not create chunk {str(path)!r}: {err}"
             ) from err
         self._created.add(index)
+
+    def _empty_files(self, index: int) -> None:
+        """Create the (empty) files of the columns holding no bytes, which tensordict skips.
+
+        A ``[C, 0]`` column has a zero-byte ``.memmap`` file like any other, so that the
+        reader finds every column of the schema.
+        """
+        for key, size in self._row_bytes.items():
+            if size == 0:
+                path = self._path(index, key)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.touch()
 
     def discard_from(self, index: int) -> None:
         """Delete chunk directories from ``index`` on (uncommitted leftovers of a crash)."""
@@ -112,12 +136,30 @@ class ChunkSeries:
             done += n
 
     def sync(self) -> None:
-        """Fsync the files of every chunk written since the last sync (after a barrier)."""
-        for index in sorted(self.touched):
-            for key in self._row_bytes:
-                fd = os.open(self._path(index, key), os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+        """Fsync the files of every chunk written since the last sync (after a barrier).
+
+        The directories of chunks created since then are fsync'ed too (each directory
+        of the chunk, the stream's, ``streams/`` and the shard's: every new entry on the
+        way to the files), so a durable commit never counts a chunk a power cut lost.
+        """
+        paths = [
+            self._path(index, key) for index in sorted(self.touched) for key in self._row_bytes
+        ]
+        dirs = [
+            Path(top)
+            for index in sorted(self._new)
+            for top, _, _ in os.walk(self.directory / chunk_dir_name(index), False)
+        ]
+        if self._new:
+            dirs += [self.directory, self.directory.parent, self.directory.parent.parent]
+        for i, path in enumerate(paths + dirs):
+            try:
+                (fsync_file if i < len(paths) else fsync_dir)(path)
+            except OSError as err:
+                raise StoreWriteError(
+                    err.errno,
+                    f"cannot fsync {str(path)!r} for a durable commit: {err.strerror}; what "
+                    "was committed before stays readable",
+                ) from err
         self.touched.clear()
+        self._new.clear()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from trlrec.storage.format import (
     SHARDS_DIR,
     store_format,
 )
-from trlrec.storage.jsonio import dumps, read_json
+from trlrec.storage.jsonio import dumps, fsync_dir, read_json
 
 __all__ = ["open_dataset", "create_dataset", "new_shard_dir", "shard_dirs", "check_metadata"]
 
@@ -60,15 +61,17 @@ def open_dataset(path: Path) -> dict[str, Any]:
     return info
 
 
-def create_dataset(path: Path, metadata: dict[str, Any]) -> dict[str, Any]:
-    """Open the store at ``path`` for writing, creating it if needed (never overwriting)."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        (path / SHARDS_DIR).mkdir(exist_ok=True)
-    except OSError as err:
-        raise StoreWriteError(
-            err.errno, f"cannot create store {str(path)!r}: {err.strerror}"
-        ) from err
+def create_dataset(
+    path: Path, metadata: dict[str, Any], *, durable: bool = False
+) -> dict[str, Any]:
+    """Open the store at ``path`` for writing, creating it if needed (never overwriting).
+
+    Several processes may create the same new store at once: one marker wins (a hard
+    link never replaces), the others open it. ``durable``: the marker's bytes and every
+    new directory entry (the store directory, ``shards/``, ``dataset.json``) are
+    fsync'ed, so a durable commit's store survives a power cut.
+    """
+    created = _make_dirs(path, durable)
     marker = path / DATASET_FILE
     if not marker.exists():
         # A writer killed while creating the store leaves its temp marker: not user data.
@@ -78,50 +81,94 @@ def create_dataset(path: Path, metadata: dict[str, Any]) -> dict[str, Any]:
             for p in path.iterdir()
             if p.name != SHARDS_DIR and not (p.name.startswith(leftover) and p.suffix == ".tmp")
         ]
-        if extra:
+        # another process may have linked its marker (and written more) since exists()
+        if extra and not marker.exists():
             raise NotAStoreError(
                 f"{str(path)!r} is a non-empty directory that is not a trlrec store "
                 f"(it holds {extra[:3]}); choose an empty or new directory"
             )
-        info = {
-            "format": FORMAT_NAME,
-            "version": FORMAT_VERSION,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "metadata": metadata,
-        }
-        tmp = path / f".{DATASET_FILE}.{os.getpid()}.tmp"
-        try:
-            tmp.write_text(dumps(info, "metadata"), encoding="utf-8")
-            try:
-                os.link(tmp, marker)  # atomic, and never replaces another writer's marker
-            except FileExistsError:
-                pass
-            finally:
-                tmp.unlink()
-        except OSError as err:
-            raise StoreWriteError(
-                err.errno,
-                f"cannot write {str(marker)!r}: {err.strerror}; check space and permissions",
-            ) from err
+        if not extra:
+            _write_marker(path, metadata, durable)
+            created = True
+    if durable and created:
+        fsync_dir(path)
     return open_dataset(path)
 
 
-def new_shard_dir(path: Path, shard: str | None) -> Path:
-    """The shard directory for a new writer: a fresh numbered one, or the named one."""
+def _make_dirs(path: Path, durable: bool) -> bool:
+    """Create the store directory and ``shards/``; whether an entry was created."""
+    created = False
+    try:
+        missing = [p for p in (path, *path.parents) if not p.exists()]
+        path.mkdir(parents=True, exist_ok=True)
+        shards = path / SHARDS_DIR
+        if not shards.exists():
+            shards.mkdir(exist_ok=True)
+            created = True
+        if durable:
+            for new in reversed(missing):  # each new directory's entry in its parent
+                fsync_dir(new.parent)
+    except OSError as err:
+        raise StoreWriteError(
+            err.errno, f"cannot create store {str(path)!r}: {err.strerror}"
+        ) from err
+    return created or bool(missing)
+
+
+def _write_marker(path: Path, metadata: dict[str, Any], durable: bool) -> None:
+    """Link a new ``dataset.json`` into ``path``, unless another process linked one first."""
+    marker = path / DATASET_FILE
+    info = {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "metadata": metadata,
+    }
+    tmp = path / f".{DATASET_FILE}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(dumps(info, "metadata"))
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        try:
+            os.link(tmp, marker)  # atomic, and never replaces another writer's marker
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    except OSError as err:
+        raise StoreWriteError(
+            err.errno,
+            f"cannot write {str(marker)!r}: {err.strerror}; check space and permissions",
+        ) from err
+
+
+def new_shard_dir(path: Path, shard: str | None, *, durable: bool = False) -> Path:
+    """The shard directory for a new writer: a fresh numbered one, or the named one.
+
+    ``durable``: a new directory's entry in ``shards/`` is fsync'ed.
+    """
     shards = path / SHARDS_DIR
     try:
         if shard is not None:
             directory = shards / safe_name(shard)
-            directory.mkdir(exist_ok=True)
+            if not directory.exists():
+                directory.mkdir(exist_ok=True)
+                if durable:
+                    fsync_dir(shards)
             return directory
         i = len(list(shards.iterdir()))
         while True:
             directory = shards / f"shard-{i:06d}"
             try:
                 directory.mkdir()
-                return directory
             except FileExistsError:
                 i += 1
+                continue
+            if durable:
+                fsync_dir(shards)
+            return directory
     except OSError as err:
         raise StoreWriteError(
             err.errno, f"cannot create a shard in {str(shards)!r}: {err.strerror}"

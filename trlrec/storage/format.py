@@ -66,6 +66,7 @@ __all__ = [
     "chunk_dir_name",
     "chunk_path",
     "column_file",
+    "key_file_name",
     "row_chunk",
     "chunk_spans",
     "chunk_count",
@@ -124,9 +125,28 @@ def chunk_path(shard_dir: Path, stream: int, index: int) -> Path:
     return shard_dir / STREAMS_DIR / str(stream) / chunk_dir_name(index)
 
 
+# Characters a key component cannot hold as such in a file name, written as ``%XX``
+# (uppercase hex of the code point), as tensordict's memmap_like names its files.
+_ENCODED = frozenset('/<>:"|?*\\ \x00%' + "".join(map(chr, range(32))) + "\x7f")
+
+
+def key_file_name(part: str) -> str:
+    r"""A key component as the file or directory name of its column in a chunk.
+
+    ``camera pose`` is stored as ``camera%20pose``: a space, ``: < > " | ? * % \ /``,
+    a control character or DEL becomes ``%XX``, and ``.``/``..`` become ``%2E``s
+    (tensordict's memmap naming, which creates the files).
+    """
+    if part in (".", ".."):
+        return "%2E" * len(part)
+    if _ENCODED.isdisjoint(part):
+        return part
+    return "".join(f"%{ord(c):02X}" if c in _ENCODED else c for c in part)
+
+
 def column_file(chunk_dir: Path, stored_key: tuple[str, ...]) -> Path:
     """The ``.memmap`` file of a column (its key as stored in a chunk) in a chunk directory."""
-    *parents, last = stored_key
+    *parents, last = map(key_file_name, stored_key)
     return chunk_dir.joinpath(*parents, last + COLUMN_SUFFIX)
 
 

@@ -24,7 +24,7 @@ from tensordict import (
 
 from trlrec.errors import CorruptStoreError, SchemaError, UnsupportedDataError
 from trlrec.storage.dtypes import dtype_from_name, dtype_name
-from trlrec.storage.format import COLUMN_SUFFIX
+from trlrec.storage.format import COLUMN_SUFFIX, key_file_name
 
 __all__ = ["Entry", "Schema", "Key"]
 
@@ -59,12 +59,23 @@ class Entry:
         return self.key[-1] == "done" and self.dtype is torch.bool and self.role != "root"
 
 
+_NAME_BYTES = 255 - len(".memmap")  # a file name's limit (NAME_MAX), with its suffix
+
+
 def _check_name(key: Key) -> None:
+    """Refuse key components that cannot name a column's file (others are %-encoded)."""
     for part in key:
         if not _NAME.match(part) or part in (".", ".."):
             raise SchemaError(
                 f"key {key!r} has a component {part!r} that cannot be a file name "
                 "(no '/', '\\', NUL, '.' or '..'); rename the key"
+            )
+        size = len(key_file_name(part).encode("utf-8", "surrogatepass"))
+        if size > _NAME_BYTES:
+            raise SchemaError(
+                f"key {key!r} has a component of {size} bytes as a file name "
+                f"({part[:40]!r}...), over the {_NAME_BYTES} a file name allows; "
+                "rename the key"
             )
 
 

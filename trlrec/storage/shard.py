@@ -18,6 +18,7 @@ from typing import Any
 
 from trlrec.errors import CorruptStoreError, ShardLockedError, StoreWriteError
 from trlrec.io.backend import IOBackend
+from trlrec.storage.chunks import fsync_file
 from trlrec.storage.format import (
     COMMIT_FILE,
     EPISODE_META_FILE,
@@ -42,6 +43,27 @@ __all__ = ["ShardFiles", "read_commit"]
 def read_commit(path: Path) -> dict[str, Any]:
     """Read and check a shard's COMMIT record (:meth:`CommitRecord.parse`), as its JSON dict."""
     return CommitRecord.parse(path).to_json()
+
+
+def _file_op(path: Path, what: str, op: Any) -> None:
+    """Run ``op()``, a file operation of a commit; an OSError is a StoreWriteError naming it."""
+    try:
+        op()
+    except OSError as err:
+        hint = (
+            "raise the open files limit (ulimit -n)"
+            if err.errno
+            in (
+                errno.EMFILE,
+                errno.ENFILE,
+            )
+            else "check the disk's space and permissions"
+        )
+        raise StoreWriteError(
+            err.errno,
+            f"cannot {what} {str(path)!r} for a commit: {err.strerror}; {hint}. What was "
+            "committed before stays readable",
+        ) from err
 
 
 class ShardFiles:
@@ -187,18 +209,14 @@ class ShardFiles:
         ).to_json()
         for path, data, offset in appends:
             if not path.exists():  # the backend writes into existing files only
-                path.touch()
+                _file_op(path, "create", path.touch)
             if data:
                 io.write(str(path), memoryview(data), offset, group)
         if self.durable:
             io.barrier()
             if io.error(group) is None:
                 for path, _, _ in appends:
-                    fd = os.open(path, os.O_RDONLY)
-                    try:
-                        os.fsync(fd)
-                    finally:
-                        os.close(fd)
+                    _file_op(path, "fsync", lambda path=path: fsync_file(path))
         text = dumps(record, COMMIT_FILE).encode()
         return io.replace(str(self.directory / COMMIT_FILE), text, group, durable=self.durable)
 

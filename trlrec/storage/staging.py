@@ -156,7 +156,7 @@ class StepStaging:
         """
         st = self.current
         i = st.count
-        self.checker.check_step_keys(root, next_, i == 0)
+        self.checker.check_step_keys(root, next_)
         done = -1
         if self._plan is not None:
             rtop = root._tensordict if type(root) is TensorDict else None  # plain: a dict

@@ -123,12 +123,12 @@ class TrajectoryWriter(Closeable):
         self._pending_force: torch.Tensor | None = None  # streams reset before the next step
         self._closed = False
         self.num_steps = 0
-        create_dataset(self.path, self.metadata)
+        create_dataset(self.path, self.metadata, durable=durable)
         if specs is not None:  # the env's specs (env.specs), see trlrec.specs
             from trlrec.specs import write_specs
 
             write_specs(self.path, specs, durable=durable)
-        self.shard_path = new_shard_dir(self.path, shard)
+        self.shard_path = new_shard_dir(self.path, shard, durable=durable)
         if not isinstance(io, IOBackend):
             io = open_backend(io or ("auto" if background else "inline"))
         key = (episode_key,) if isinstance(episode_key, str) else episode_key

@@ -33,7 +33,7 @@ from trlrec.errors import ClosedError, VideoError
 from trlrec.naming import safe_name
 from trlrec.transforms.fast_lane import FastLane
 from trlrec.video.frames import FrameGrid, FrameLayout, as_frame_tensor, crop_size
-from trlrec.video.spool import Spool, frames_path, spool_dir_for
+from trlrec.video.spool import Spool, frames_path, remove_orphan_parts, spool_dir_for
 from trlrec.video.track import Track
 
 __all__ = ["VideoRecorder"]
@@ -565,6 +565,7 @@ class VideoRecorder(FastLane, Transform):
     def _dump(self, suffix: str | None, step: int | None, closing: bool = False) -> None:
         for stream in self._tracks:
             stream.finish()
+        self._clean_partials()
         if not self._spool.exists():
             return
         pending, claimed = self._spool.pending()
@@ -593,6 +594,14 @@ class VideoRecorder(FastLane, Transform):
             raise
         self._failed.discard(sidecar)
 
+    def _clean_partials(self) -> None:
+        """Remove the partial mp4s of this tag left in the logger's directory by kills."""
+        directory = getattr(self.logger, "videos_dir", None)
+        if directory is None and getattr(self.logger, "experiment_dir", None) is not None:
+            directory = Path(self.logger.experiment_dir) / "videos"
+        if isinstance(directory, str | os.PathLike):
+            remove_orphan_parts(Path(directory), self.tag)
+
     def _send(
         self, sidecar: Path, meta: dict[str, Any], suffix: str | None, step: int | None
     ) -> None:
@@ -601,15 +610,21 @@ class VideoRecorder(FastLane, Transform):
         size = path.stat().st_size if path.exists() else 0
         count = size // (height * width * 3)
         if count and self.logger is not None:
-            name = self._video_name(meta, suffix)
+            sending = meta.get("sending")
+            if sending is not None:  # a kill interrupted its delivery: same name and step
+                name, at = sending
+            else:
+                name = self._video_name(meta, suffix)
+                at = self._spool.next_step(name, self._clock.frames) if step is None else step
+                self._spool.mark(sidecar, meta, sending=[name, at])
             video = _frames_for(self.logger, path, torch.Size([count, height, width, 3]))
             kwargs = dict(self.video_kwargs)
             if meta.get("fps") is not None:
                 kwargs.setdefault("fps", meta["fps"])
-            at = self._spool.next_step(name, self._clock.frames) if step is None else step
             frames = video.permute(0, 3, 1, 2).unsqueeze(0)
             self.logger.log_video(name=name, video=frames, step=at, **kwargs)  # TorchRL's call
             del video
+            self._spool.mark(sidecar, meta, delivered=True)  # a kill from here: not re-sent
         path.unlink(missing_ok=True)
         sidecar.unlink(missing_ok=True)
 

@@ -26,10 +26,15 @@ video:
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
+import logging
+import math
 import os
+import re
 import shutil
+import stat
 import tempfile
 import time
 import uuid
@@ -42,7 +47,16 @@ from trlrec.errors import ClosedError, StoreWriteError
 from trlrec.naming import safe_name
 from trlrec.video.frame_writes import FrameBlock, FramesFile, FrameWriter
 
-__all__ = ["SPOOL_FORMAT", "SPOOL_VERSION", "Segment", "Spool", "frames_path", "spool_dir_for"]
+__all__ = [
+    "SPOOL_FORMAT",
+    "SPOOL_VERSION",
+    "Segment",
+    "Spool",
+    "frames_path",
+    "read_sidecar",
+    "remove_orphan_parts",
+    "spool_dir_for",
+]
 
 SPOOL_FORMAT = "trlrec.video_spool"
 """The ``format`` field of every spool sidecar."""
@@ -51,6 +65,11 @@ SPOOL_VERSION = 1
 
 
 _NOTHING: dict[str, Any] = {}  # the native capture's empty "next" side
+_log = logging.getLogger(__name__)
+_RECORDER = re.compile(r"^[0-9a-f]{12}$")  # a recorder id: uuid4().hex[:12]
+_SIDECAR_BYTES = 1 << 16  # a sidecar is ~300 bytes; anything far bigger is not one
+_MAX_SIDE = 1 << 15  # pixels: a frame side beyond this is not a frame
+_STEP_WIDTH = 20  # digits of a step counter, written in place (never truncated)
 
 
 class Segment:
@@ -85,10 +104,7 @@ class Segment:
     )
 
     def __init__(self, stem: Path, meta: dict[str, Any], writer: FrameWriter) -> None:
-        sidecar = stem.with_name(stem.name + ".video.json")
-        tmp = sidecar.with_name(sidecar.name + ".tmp")
-        tmp.write_text(json.dumps(meta))
-        os.replace(tmp, sidecar)
+        _write_sidecar(stem.with_name(stem.name + ".video.json"), meta)
         self._file: FramesFile | None = writer.open(stem.with_name(stem.name + ".frames"))
         self._writer = writer
         self.frames = 0
@@ -257,6 +273,20 @@ class Spool:
             episode: the index of the one episode the video holds (a triggered video),
                 named in the video name as ``..._ep<i>``; None for a video of every episode.
         """
+        try:
+            return self._open_segment(env, height, width, fps, episode)
+        except OSError as err:
+            if isinstance(err, StoreWriteError):
+                raise
+            name = err.filename if err.filename is not None else self._dir
+            raise StoreWriteError(
+                err.errno,
+                f"cannot start a video in the spool: {name!r}: {err.strerror}; {_hint(err)}",
+            ) from err
+
+    def _open_segment(
+        self, env: int | None, height: int, width: int, fps: float | None, episode: int | None
+    ) -> Segment:
         directory = self.directory
         if self._lock_fd is None:
             self._lock_fd = os.open(self._lock_path(self.recorder), os.O_RDWR | os.O_CREAT, 0o644)
@@ -284,26 +314,47 @@ class Spool:
     def pending(self) -> tuple[list[tuple[Path, dict[str, Any]]], dict[str, int]]:
         """Finished videos of this tag: this recorder's and orphans'; plus the claimed locks.
 
+        Sidecars are checked (:func:`read_sidecar`): a damaged or hostile one is skipped
+        and reported (a warning of this module's logger), and the others are delivered.
+        An orphan already delivered (its sidecar says so: its recorder was killed
+        before removing it) is removed, not sent again.
+
         Returns:
             ``(sidecar, meta)`` pairs, oldest first, and the lock file descriptors of the
             dead recorders whose videos are included (give them back to :meth:`release`).
         """
         found: list[tuple[Path, dict[str, Any]]] = []
         claimed: dict[str, int | None] = {self.recorder: None}
-        for sidecar in self.directory.glob("*.video.json"):
+        for sidecar in sorted(self.directory.glob("*.video.json")):
             try:
-                meta = json.loads(sidecar.read_text())
-            except (OSError, ValueError):
+                meta = read_sidecar(sidecar)
+            except ValueError as err:
+                _log.warning("skipping video spool file %r: %s", str(sidecar), err)
                 continue
-            if meta.get("format") != SPOOL_FORMAT or meta.get("tag") != self.tag:
+            if meta is None or meta["tag"] != self.tag:
                 continue
-            owner = str(meta.get("recorder"))
+            owner = meta["recorder"]
             if owner not in claimed:
                 claimed[owner] = self._claim(owner)
-            if owner == self.recorder or claimed[owner] is not None:
-                found.append((sidecar, meta))
+            if owner != self.recorder and claimed[owner] is None:
+                continue
+            if meta.get("delivered"):
+                frames_path(sidecar).unlink(missing_ok=True)
+                sidecar.unlink(missing_ok=True)
+                continue
+            found.append((sidecar, meta))
         found.sort(key=lambda item: (item[1].get("created", 0), item[1].get("seq", 0)))
         return found, {owner: fd for owner, fd in claimed.items() if fd is not None}
+
+    def mark(self, sidecar: Path, meta: dict[str, Any], **fields: Any) -> None:
+        """Record delivery progress in a video's sidecar (replaced atomically, fsync'ed).
+
+        ``sending=[name, step]`` before the logger is called (a re-send after a kill uses
+        the same name and step: a file logger rewrites that one video, never an earlier
+        one), ``delivered=True`` once it returned (the video is not sent again).
+        """
+        meta.update(fields)
+        _write_sidecar(sidecar, meta, durable=True)
 
     def _claim(self, owner: str) -> int | None:
         """Lock a dead recorder's lock file; None when that recorder is alive."""
@@ -335,14 +386,27 @@ class Spool:
         recorders sharing the spool directory never log two videos of a name at one step.
         """
         path = self.directory / f"{safe_name(name)}.step"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as err:
+            raise StoreWriteError(
+                err.errno, f"cannot open the video step counter {str(path)!r}: {err.strerror}"
+            ) from err
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            text = os.read(fd, 64).decode("ascii", "replace").strip()
+            text = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
             step = max(int(text) if text.isdigit() else 0, at_least)
-            os.lseek(fd, 0, os.SEEK_SET)
-            os.ftruncate(fd, 0)
-            os.write(fd, str(step + 1).encode("ascii"))
+            # written in place at a fixed width, never truncated first: a kill leaves the
+            # old value or the new one, never an empty counter that restarts at 0
+            line = f"{step + 1:0{_STEP_WIDTH}d}\n".encode("ascii")
+            if os.pwrite(fd, line, 0) != len(line):
+                raise StoreWriteError(0, f"short write to the video step counter {str(path)!r}")
+        except StoreWriteError:
+            raise
+        except OSError as err:
+            raise StoreWriteError(
+                err.errno, f"cannot update the video step counter {str(path)!r}: {err.strerror}"
+            ) from err
         finally:
             os.close(fd)
         return step
@@ -359,6 +423,163 @@ class Spool:
             leftovers = [p for p in self._dir.iterdir() if not p.name.endswith(".step")]
             if not leftovers:
                 shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def _write_sidecar(sidecar: Path, meta: dict[str, Any], durable: bool = False) -> None:
+    """Write a sidecar atomically (a temp file renamed over it)."""
+    tmp = sidecar.with_name(sidecar.name + ".tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(json.dumps(meta))
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, sidecar)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise StoreWriteError(
+            err.errno,
+            f"cannot write the video spool sidecar {str(sidecar)!r}: {err.strerror}; {_hint(err)}",
+        ) from err
+
+
+def _hint(err: OSError) -> str:
+    """What to do about an OS error of the spool's files."""
+    if err.errno in (errno.EMFILE, errno.ENFILE):
+        return (
+            "raise the open files limit (ulimit -n), or record fewer videos at once "
+            "(make_grid=True tiles the sub-envs into one video)"
+        )
+    if err.errno == errno.EFBIG:
+        return "the file size limit (ulimit -f) is reached; raise it"
+    return "check the disk's space and permissions"
+
+
+def _check_int(meta: dict[str, Any], field: str, high: int, low: int = 0) -> None:
+    value = meta.get(field)
+    if value is None and field not in ("height", "width"):
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"{field!r} is {value!r}, not an int in [{low}, {high}]")
+
+
+def read_sidecar(sidecar: Path) -> dict[str, Any] | None:
+    """Read and check a spool sidecar, and that its ``.frames`` file is a plain file.
+
+    Returns:
+        The sidecar's fields, or None for a file that is not a spool sidecar (another
+        ``format``).
+
+    Raises:
+        ValueError: the sidecar or its frames file is damaged or hostile (a link, not a
+            regular file, too big, deep JSON, a field of the wrong type or range, a
+            recorder id that is not one); the message says which.
+    """
+    try:
+        fd = os.open(sidecar, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as err:
+        raise ValueError(f"cannot open it ({err.strerror}; links are not followed)") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError("it is not a regular file")
+        if st.st_size > _SIDECAR_BYTES:
+            raise ValueError(f"it is {st.st_size} bytes, more than a sidecar's {_SIDECAR_BYTES}")
+        raw = os.read(fd, _SIDECAR_BYTES + 1)
+    finally:
+        os.close(fd)
+    try:
+        meta = json.loads(raw)
+    except (ValueError, RecursionError) as err:
+        raise ValueError(f"it is not valid JSON ({type(err).__name__})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"it holds a JSON {type(meta).__name__}, not an object")
+    if meta.get("format") != SPOOL_FORMAT:
+        return None
+    if not isinstance(meta.get("tag"), str):
+        raise ValueError(f"'tag' is {meta.get('tag')!r}, not a str")
+    recorder = meta.get("recorder")
+    if not isinstance(recorder, str) or not _RECORDER.match(recorder):
+        raise ValueError(f"'recorder' is {recorder!r}, not a recorder id")
+    _check_int(meta, "height", _MAX_SIDE, 1)
+    _check_int(meta, "width", _MAX_SIDE, 1)
+    _check_int(meta, "env", 1 << 20)
+    _check_int(meta, "episode", 1 << 62)
+    _check_int(meta, "seq", 1 << 62)
+    fps = meta.get("fps")
+    if fps is not None and (
+        isinstance(fps, bool)
+        or not isinstance(fps, int | float)
+        or not math.isfinite(fps)
+        or fps <= 0
+    ):
+        raise ValueError(f"'fps' is {fps!r}, not a positive number")
+    created = meta.get("created", 0)
+    if isinstance(created, bool) or not isinstance(created, int | float):
+        raise ValueError(f"'created' is {created!r}, not a number")
+    sending = meta.get("sending")
+    if sending is not None and not (
+        isinstance(sending, list)
+        and len(sending) == 2
+        and isinstance(sending[0], str)
+        and isinstance(sending[1], int)
+        and not isinstance(sending[1], bool)
+    ):
+        raise ValueError(f"'sending' is {sending!r}, not [name, step]")
+    frames = frames_path(sidecar)
+    try:
+        st = os.lstat(frames)
+    except FileNotFoundError:
+        return meta
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"{str(frames)!r} is a link or not a regular file")
+    return meta
+
+
+_PART = re.compile(r"^\.(?P<video>.+\.mp4)\.(?P<pid>[0-9]+)-[0-9a-f]+\.part$")
+
+
+def remove_orphan_parts(videos_dir: Path, tag: str) -> list[Path]:
+    """Delete the partial mp4s of ``tag`` left in ``videos_dir`` by killed processes.
+
+    An mp4 writer encodes into a hidden ``.<video>.mp4.<pid>-<hex>.part`` and renames it
+    when done; a process killed mid-encode leaves it behind (its ffmpeg may even finish
+    it). Those of videos named for ``tag`` whose process is gone are removed.
+
+    Returns:
+        The files removed.
+    """
+    removed: list[Path] = []
+    prefix = safe_name(tag)
+    try:
+        entries = list(os.scandir(videos_dir))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _PART.match(entry.name)
+        if match is None or not match["video"].startswith(prefix):
+            continue
+        if not entry.is_file(follow_symlinks=False) or _alive(int(match["pid"])):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(entry.path)
+            removed.append(Path(entry.path))
+    if removed:
+        _log.info("removed %d partial video(s) of killed recorders: %s", len(removed), removed)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
 
 
 def frames_path(sidecar: Path) -> Path:
