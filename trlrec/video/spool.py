@@ -16,11 +16,16 @@ video:
   "tag", "env", "episode", "height", "width", "channels": 3, "dtype": "uint8", "fps",
   "recorder", "seq", "created"}``; ``episode`` is the index of the one episode a
   triggered video holds (None for a video of every episode since the last dump; absent
-  in sidecars written before it was added).
+  in sidecars written before it was added). Delivery adds ``"sending": [name, step]``
+  before the logger is called and ``"delivered": true`` once it returned (so a kill
+  never makes a video be sent twice after its ``log_video`` returned, nor under another
+  name or step). Sidecars are checked before use (:func:`read_sidecar`); bad ones are
+  skipped with a warning.
 - ``.<recorder>.lock``: held (``flock``) by the live recorder; videos whose recorder
   holds no lock are orphans, sent by the next ``dump()``/``close()`` with the same tag.
-- ``<name>.step``: one past the last default ``step`` used for that video name, so a new
-  recorder with the same tag never logs a video at a step already used.
+- ``<name>.step``: one past the last default ``step`` used for that video name (20
+  digits, rewritten in place: never empty), so a new recorder with the same tag never
+  logs a video at a step already used.
 """
 
 from __future__ import annotations
