@@ -56,11 +56,14 @@ def test_loggers_keep_distinct_names_apart(tmp_path):
     lg.log_scalar("loss/actor", 1.0, step=0)
     lg.log_scalar("loss_actor", 2.0, step=0)
     lg.log_scalar("ж" * 500, 3.0, step=0)  # 1000 bytes: no ENAMETOOLONG
-    files = sorted(p.name for p in (lg.experiment_dir / "scalars").iterdir())
-    assert len(files) == 3, files
-    files = [f for f in files if not f.startswith("ж")]
-    texts = sorted((lg.experiment_dir / "scalars" / f).read_text() for f in files)
-    assert texts[0] != texts[1]
+    scalars = lg.experiment_dir / "scalars"
+    files = sorted(p.relative_to(scalars).as_posix() for p in scalars.rglob("*.csv"))
+    assert len(files) == 3, files  # TorchRL's layout: "loss/actor" is loss/actor.csv
+    assert "loss/actor.csv" in files
+    assert "loss_actor.csv" in files
+    texts = {f: (scalars / f).read_text() for f in files}
+    assert texts["loss/actor.csv"] == "0,1.0\n"
+    assert texts["loss_actor.csv"] == "0,2.0\n"
 
 
 def test_tensordict_recorders_with_colliding_tags_write_two_stores(tmp_path):

@@ -11,7 +11,7 @@ import pytest
 
 from tests.reliability._worker import check_store, rollout
 from trlrec.errors import ShardLockedError
-from trlrec.storage import dataset, writer
+from trlrec.storage import dataset, recording
 from trlrec.storage.dataset import create_dataset
 from trlrec.storage.writer import TrajectoryWriter
 
@@ -84,7 +84,7 @@ def test_closing_an_empty_writer_keeps_the_lock_until_its_shard_is_gone(tmp_path
             attempts.append(p)
         return rmtree(p, *args, **kwargs)
 
-    monkeypatch.setattr(writer.shutil, "rmtree", remove)
+    monkeypatch.setattr(recording.shutil, "rmtree", remove)
     TrajectoryWriter(path, shard="a").close()  # recorded nothing: its shard goes
     assert attempts
     assert not (path / "shards" / "a").exists()

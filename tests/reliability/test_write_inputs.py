@@ -47,7 +47,7 @@ def _record(path, steps, capture: str) -> TrajectoryReader:
     with TrajectoryWriter(path) as w:
         for s in steps:
             w.append(s)
-        assert w._staging.native == (capture == "native")
+        assert w._rec.staging.native == (capture == "native")
     return TrajectoryReader(path)
 
 
