@@ -24,7 +24,10 @@ from typing import Protocol
 
 from trlrec.errors import ConfigError
 
-__all__ = ["CommitClock", "IdleCommitter"]
+__all__ = ["IDLE_GRACE", "CommitClock", "IdleCommitter"]
+
+IDLE_GRACE = 0.05
+"""Seconds without a step after which the idle committer commits a due writer itself."""
 
 
 class CommitClock:
@@ -39,7 +42,7 @@ class CommitClock:
     """
 
     __slots__ = ("armed", "deadline", "every_seconds", "every_steps", "last", "min_interval",
-                 "on_done", "pending")  # fmt: skip
+                 "on_done", "pending", "ticked")  # fmt: skip
 
     def __init__(
         self, every_steps: int, every_seconds: float, on_done: bool, min_interval: float
@@ -55,6 +58,7 @@ class CommitClock:
         self.on_done = on_done
         self.min_interval = float(min_interval)
         self.armed = math.inf  # the deadline the idle committer was told about
+        self.ticked = 0.0  # when a step was last appended
         self.committed()
 
     def committed(self) -> None:
@@ -71,11 +75,20 @@ class CommitClock:
         if self.deadline < self.armed:  # the idle committer must wake sooner
             self.armed = self.deadline
             IdleCommitter.get().wake()
-        return self.pending >= self.every_steps or time.monotonic() >= self.deadline
+        now = self.ticked = time.monotonic()
+        return self.pending >= self.every_steps or now >= self.deadline
 
     def due(self, now: float) -> bool:
-        """Whether appended steps wait for a commit whose time has come."""
-        return self.pending > 0 and now >= self.deadline
+        """Whether appended steps wait for a commit whose time has come, the writer idle.
+
+        Idle: no step for :data:`IDLE_GRACE` seconds. A writer still being called commits
+        at its own next step (:meth:`tick`), so the committer does not compete with it.
+        """
+        return self.pending > 0 and now >= max(self.deadline, self.ticked + IDLE_GRACE)
+
+    def next_check(self) -> float:
+        """When :meth:`due` may next become true."""
+        return max(self.deadline, self.ticked + IDLE_GRACE)
 
 
 class _Committing(Protocol):
@@ -140,7 +153,7 @@ class IdleCommitter:
                     sleep = min(sleep, 0.01)  # busy appending: it commits itself, or retry
                     continue
                 if clock.pending > 0:
-                    sleep = min(sleep, max(0.0, clock.deadline - now))
+                    sleep = min(sleep, max(0.0, clock.next_check() - now))
                     clock.armed = clock.deadline
                 else:
                     clock.armed = math.inf
