@@ -18,22 +18,13 @@ import torch
 from trlrec.errors import StoreWriteError
 from trlrec.io.backend import IOBackend
 from trlrec.storage.format import chunk_dir_name, column_file
-from trlrec.storage.jsonio import fsync_dir
+from trlrec.storage.jsonio import fsync_path
 from trlrec.storage.schema import Key, Schema
 
-__all__ = ["ChunkSeries", "default_chunk_rows", "fsync_file"]
+__all__ = ["ChunkSeries", "default_chunk_rows"]
 
 _CHUNK_BYTES = 128 * 2**20  # a chunk holds about this much data ...
 _MAX_CHUNK_ROWS = 2**16  # ... in at most this many rows, and at least 16
-
-
-def fsync_file(path: Path) -> None:
-    """Fsync one file (opened read-only for it)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def default_chunk_rows(schema: Schema) -> int:
@@ -152,9 +143,9 @@ class ChunkSeries:
         ]
         if self._new:
             dirs += [self.directory, self.directory.parent, self.directory.parent.parent]
-        for i, path in enumerate(paths + dirs):
+        for path in paths + dirs:
             try:
-                (fsync_file if i < len(paths) else fsync_dir)(path)
+                fsync_path(path)
             except OSError as err:
                 raise StoreWriteError(
                     err.errno,

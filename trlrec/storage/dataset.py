@@ -22,7 +22,7 @@ from trlrec.storage.format import (
     SHARDS_DIR,
     store_format,
 )
-from trlrec.storage.jsonio import dumps, fsync_dir, read_json
+from trlrec.storage.jsonio import dumps, fsync_path, read_json
 
 __all__ = ["open_dataset", "create_dataset", "new_shard_dir", "shard_dirs", "check_metadata"]
 
@@ -91,7 +91,7 @@ def create_dataset(
             _write_marker(path, metadata, durable)
             created = True
     if durable and created:
-        fsync_dir(path)
+        fsync_path(path)
     return open_dataset(path)
 
 
@@ -107,7 +107,7 @@ def _make_dirs(path: Path, durable: bool) -> bool:
             created = True
         if durable:
             for new in reversed(missing):  # each new directory's entry in its parent
-                fsync_dir(new.parent)
+                fsync_path(new.parent)
     except OSError as err:
         raise StoreWriteError(
             err.errno, f"cannot create store {str(path)!r}: {err.strerror}"
@@ -156,7 +156,7 @@ def new_shard_dir(path: Path, shard: str | None, *, durable: bool = False) -> Pa
             if not directory.exists():
                 directory.mkdir(exist_ok=True)
                 if durable:
-                    fsync_dir(shards)
+                    fsync_path(shards)
             return directory
         i = len(list(shards.iterdir()))
         while True:
@@ -167,7 +167,7 @@ def new_shard_dir(path: Path, shard: str | None, *, durable: bool = False) -> Pa
                 i += 1
                 continue
             if durable:
-                fsync_dir(shards)
+                fsync_path(shards)
             return directory
     except OSError as err:
         raise StoreWriteError(

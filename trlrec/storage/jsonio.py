@@ -18,7 +18,7 @@ __all__ = [
     "read_json",
     "loads",
     "open_regular",
-    "fsync_dir",
+    "fsync_path",
 ]
 
 MAX_JSON_BYTES = 64 * 2**20  # metadata files larger than this are refused as damaged
@@ -35,8 +35,8 @@ def dumps(value: Any, what: str) -> str:
         ) from err
 
 
-def fsync_dir(path: Path) -> None:
-    """Fsync a directory so a rename inside it survives a power loss."""
+def fsync_path(path: Path) -> None:
+    """Fsync a file, or a directory (so a rename or a new entry in it survives a power loss)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -66,7 +66,7 @@ def write_json_atomic(path: Path, value: Any, *, durable: bool = False, what: st
                 os.fsync(f.fileno())
         os.replace(tmp, path)
         if durable:
-            fsync_dir(path.parent)
+            fsync_path(path.parent)
     except OSError as err:
         raise StoreWriteError(
             err.errno, f"could not write {str(path)!r}: {err.strerror}; check space and permissions"

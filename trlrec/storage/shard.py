@@ -18,7 +18,6 @@ from typing import Any
 
 from trlrec.errors import CorruptStoreError, ShardLockedError, StoreWriteError
 from trlrec.io.backend import IOBackend
-from trlrec.storage.chunks import fsync_file
 from trlrec.storage.format import (
     COMMIT_FILE,
     EPISODE_META_FILE,
@@ -33,7 +32,7 @@ from trlrec.storage.format import (
     EpisodeRecord,
     StreamEntry,
 )
-from trlrec.storage.jsonio import dumps, fsync_dir, read_json, write_json_atomic
+from trlrec.storage.jsonio import dumps, fsync_path, read_json, write_json_atomic
 from trlrec.storage.schema import Schema
 from trlrec.storage.stream import Episode
 
@@ -216,7 +215,7 @@ class ShardFiles:
             io.barrier()
             if io.error(group) is None:
                 for path, _, _ in appends:
-                    _file_op(path, "fsync", lambda path=path: fsync_file(path))
+                    _file_op(path, "fsync", lambda path=path: fsync_path(path))
         text = dumps(record, COMMIT_FILE).encode()
         return io.replace(str(self.directory / COMMIT_FILE), text, group, durable=self.durable)
 
@@ -227,4 +226,4 @@ class ShardFiles:
             os.close(self._lock_fd)
             self._lock_fd = -1
             if self.durable:
-                fsync_dir(self.directory)
+                fsync_path(self.directory)

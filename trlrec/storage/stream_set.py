@@ -8,7 +8,6 @@ after one.
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import torch
 from trlrec.errors import SchemaError
 from trlrec.io.backend import IOBackend
 from trlrec.storage.chunks import ChunkSeries
-from trlrec.storage.format import FLAG_CUT, FLAG_DONE, STREAMS_DIR, StreamEntry
+from trlrec.storage.format import FLAG_CUT, FLAG_DONE, STREAMS_DIR, StreamEntry, chunk_count
 from trlrec.storage.schema import Key
 from trlrec.storage.staging import Stager, StepStaging
 from trlrec.storage.stream import Episode, Stream, write_columns
@@ -167,7 +166,7 @@ class StreamSet:
             self.streams, commit["streams"], strict=True
         ):
             # Continue on a fresh chunk: anything past the commit is a torn tail.
-            chunk = math.ceil(next_row / stream.chunks.capacity)
+            chunk = chunk_count(next_row, stream.chunks.capacity)
             stream.chunks.discard_from(chunk)
             stream.next_row = chunk * stream.chunks.capacity
             stream.transitions = transitions
