@@ -153,10 +153,10 @@ class StoreStorage(Storage):
             mask = inverse == g
             first = int(mask.nonzero()[0, 0])
             s, b, c = int(shard[first]), int(stream[first]), int(chunk[first])
-            leaves: dict[Key, torch.Tensor] = self.reader.shards[s].chunk(b, c)
+            shard_reader = self.reader.shards[s]
             rows = offset[mask]
             for key, col in cols:
-                col[mask] = leaves[key][rows]
+                col[mask] = shard_reader.take(b, c, key, rows)
 
     def set(self, cursor: Any, data: Any, *, set_cursor: bool = True) -> None:
         """Refused: a store is read through this storage, written with a TrajectoryWriter."""

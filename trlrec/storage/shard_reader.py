@@ -231,6 +231,15 @@ class ShardReader:
             self._chunks.move_to_end(key)
         return leaves
 
+    def take(self, stream: int, index: int, key: Key, offsets: torch.Tensor) -> torch.Tensor:
+        """Rows ``offsets`` (int64, positions inside chunk ``index``) of one stored column.
+
+        The one row gather of the read side: the replay buffer samples through it, so a
+        column stored another way (compressed blocks) only has to answer here and in
+        :meth:`rows`.
+        """
+        return self.chunk(stream, index)[key][offsets]
+
     def rows(
         self, stream: int, start: int, count: int, keys: Iterable[Key] | None = None
     ) -> dict[Key, torch.Tensor]:
