@@ -18,6 +18,7 @@ __all__ = [
     "FormatVersionError",
     "ShardLockedError",
     "StoreWriteError",
+    "LoggerWriteError",
     "ClosedError",
     "UnsafeNameError",
     "VideoError",
@@ -26,6 +27,7 @@ __all__ = [
     "PlaybackError",
     "ConfigError",
     "OutOfRangeError",
+    "IndexTypeError",
     "UnsupportedOperationError",
 ]
 
@@ -66,6 +68,10 @@ class StoreWriteError(StoreError, OSError):
     """Writing to the store failed (disk full, file too large, read-only...)."""
 
 
+class LoggerWriteError(TrlrecError, OSError):
+    """An experiment logger could not write its files (disk full, read-only, too large...)."""
+
+
 class ClosedError(TrlrecError, RuntimeError):
     """The writer, reader or recorder was used after ``close()``."""
 
@@ -96,6 +102,10 @@ class ConfigError(TrlrecError, ValueError):
 
 class OutOfRangeError(TrlrecError, IndexError):
     """An index past what a store holds (an episode, a transition); ``except IndexError`` works."""
+
+
+class IndexTypeError(TrlrecError, TypeError):
+    """An index of the wrong type (an episode index that is not an int or a slice)."""
 
 
 class UnsupportedOperationError(TrlrecError, NotImplementedError):

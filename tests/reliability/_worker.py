@@ -19,6 +19,7 @@ import signal
 import sys
 import time
 import traceback
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -523,6 +524,8 @@ def _fs_child(cfg: dict[str, Any], wfd: int) -> None:
             lambda: _fill(filler, cfg["leave"]),
             lambda: os.path.exists(filler) and os.remove(filler),
         )
+    elif cfg["kind"] == "logger_full":
+        out = _logger_full(cfg)
     elif cfg["kind"] == "readonly":
         bind_readonly(cfg["mount"])
         results = {}
@@ -542,6 +545,35 @@ def _fs_child(cfg: dict[str, Any], wfd: int) -> None:
         out["writers"] = results
         out["probe"] = probe(cfg["path"])
     os.write(wfd, ("\nRESULT " + json.dumps(out) + "\n").encode())
+
+
+def _logger_full(cfg: dict[str, Any]) -> dict[str, Any]:
+    """``dump()`` to a CSV logger whose directory (a tiny tmpfs) fills up; then room again."""
+    from trlrec import TensorDictRecorder
+    from trlrec.loggers import CSVLogger
+
+    mount_tmpfs(cfg["mount"], "256k")
+    logger = CSVLogger("exp", log_dir=cfg["mount"])
+    rec = TensorDictRecorder(cfg["path"], logger=logger)
+    td = rollout(steps=40, lengths=(5,))
+    rec.extend(td)
+    filler = os.path.join(cfg["mount"], "filler")
+    _fill(filler, 0)
+    out: dict[str, Any] = {}
+    try:
+        rec.dump()
+        out["error"] = None
+    except BaseException as err:
+        out["error"] = [type(err).__name__, str(err), isinstance(err, OSError), err.errno]
+    out["probe_after_error"] = probe(cfg["path"])
+    os.remove(filler)
+    rec.extend(rollout(steps=10, lengths=(5,)))
+    rec.dump()
+    rec.close()
+    out["probe_final"] = probe(cfg["path"])
+    scalars = os.path.join(cfg["mount"], "exp", "scalars", "trajectories", "episode_return.csv")
+    out["logged_after_room"] = Path(scalars).read_text() if os.path.exists(scalars) else None
+    return out
 
 
 def _safe(fn) -> Any:

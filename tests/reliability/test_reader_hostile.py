@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from tensordict import TensorDict
@@ -24,7 +25,7 @@ from tests.reliability.test_hostile import SHARD, build_store
 from tests.storage.helpers import assert_td_identical
 from trlrec import TrajectoryReader, TrajectoryWriter
 from trlrec.cli import main
-from trlrec.errors import ConfigError, OutOfRangeError, StoreError
+from trlrec.errors import ConfigError, IndexTypeError, OutOfRangeError, StoreError
 from trlrec.replay import StoreStorage
 
 OPEN_SHARD = Path("shards") / "shard-000001"  # the shard left with open episodes
@@ -187,6 +188,21 @@ def test_an_episode_index_out_of_range_is_a_trlrec_index_error(template):
     storage = StoreStorage(reader)
     with pytest.raises(OutOfRangeError, match="transition index out of range"):
         storage[len(storage)]
+
+
+@pytest.mark.parametrize("bad", ["a", 1.0, True, None, torch.tensor(0.5), (0,)])
+def test_an_episode_index_of_the_wrong_type_is_a_trlrec_type_error(template, bad):
+    reader = TrajectoryReader(template)
+    with pytest.raises(IndexTypeError, match="episode indices are ints") as info:
+        reader.episodes[bad]
+    assert isinstance(info.value, TypeError)  # code written against the builtin works
+
+
+def test_numpy_and_torch_integers_index_episodes(template):
+    reader = TrajectoryReader(template)
+    first = reader.episodes[0]
+    for i in (np.int64(0), torch.tensor(0), torch.tensor([0])):
+        assert (reader.episodes[i] == first).all()
 
 
 # ------------------------------------------------------------------ damaged shards

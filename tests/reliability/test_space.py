@@ -82,6 +82,28 @@ def test_disk_full_on_a_small_tmpfs(worker, tmp_path, retry, obs):
     _check_session(out, path)
 
 
+def test_dump_to_a_full_logger_directory_is_a_logger_write_error(worker, tmp_path):
+    """The CSV logger's directory fills up: dump() names the file, the store keeps its data,
+    and once there is room again the next dump() logs."""
+    mount = tmp_path / "mnt"
+    mount.mkdir()
+    cfg = dict(kind="logger_full", mount=str(mount), path=str(tmp_path / "store"))
+    res = worker.call({"op": "fs", "cfg": cfg})
+    out = res["result"]
+    assert out is not None, res["raw"]["exc"] or res["raw"]
+    if "skip" in out:
+        pytest.fail(f"no private mount namespace here: {out['skip']}")
+    name, message, is_os_error, errno = out["error"]
+    assert name == "LoggerWriteError", message
+    assert is_os_error, out["error"]  # code written against the builtin works
+    assert errno == 28, out["error"]  # ENOSPC
+    assert str(mount / "exp" / "scalars") in message, message
+    assert "CSVLogger could not write the" in message, message
+    assert out["probe_after_error"] == {"status": "ok", "episodes": 8, "steps": 40}
+    assert out["probe_final"] == {"status": "ok", "episodes": 10, "steps": 50}
+    assert out["logged_after_room"], "nothing was logged once there was room again"
+
+
 def test_read_only_target(worker, tmp_path):
     """A read-only directory: writers get StoreWriteError, the reader still reads."""
     mount = tmp_path / "ro"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import errno
+import os
+import resource
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,7 @@ import pytest
 from tests.reliability._worker import check_store, rollout
 from trlrec.errors import StoreWriteError
 from trlrec.io.fault import FaultBackend
+from trlrec.native import extension
 from trlrec.storage.writer import TrajectoryWriter
 
 
@@ -51,3 +54,78 @@ def test_emfile_creating_or_syncing_the_index_is_a_store_write_error(
     monkeypatch.undo()
     w.close()
     assert check_store(str(tmp_path / "s"), roll[:6], 0)["steps"] >= 6
+
+
+def _in_child(fn) -> str:
+    """Run ``fn`` in a forked child; the str it returns comes back through a pipe."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        try:
+            out = fn()
+        except BaseException as err:  # reported to the test
+            out = f"unexpected {type(err).__name__}: {err}"
+        os.write(w, out.encode())
+        os._exit(0)
+    os.close(w)
+    with os.fdopen(r) as f:
+        out = f.read()
+    os.waitpid(pid, 0)
+    return out
+
+
+def _no_free_descriptor() -> int:
+    """Lower RLIMIT_NOFILE so that every descriptor below it is in use; the old soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    fillers = []
+    top = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+    while True:  # fill the gaps below the highest open descriptor
+        fd = os.open(os.devnull, os.O_RDONLY)
+        if fd > top:
+            os.close(fd)
+            break
+        fillers.append(fd)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (fd, hard))
+    return soft
+
+
+@pytest.mark.skipif(
+    extension("pwrite") is None, reason="the native backend needs the C extension (on)"
+)
+def test_emfile_in_the_native_backends_commit_is_a_store_write_error(tmp_path):
+    """A real EMFILE inside the native I/O thread's commit: a trlrec error naming the file,
+    the last commit intact, and a new writer continues the shard once descriptors are back."""
+    roll = rollout(0, 30, (5,))
+
+    def child() -> str:
+        w = TrajectoryWriter(tmp_path / "s", io="native", chunk_rows=64, durable=False)
+        for t in range(10):
+            w.append(roll[t])
+        w.flush()
+        for t in range(10, 20):  # rows of the same chunk: its file is open already
+            w.append(roll[t])
+        soft = _no_free_descriptor()
+        try:
+            w.flush()
+            return "no error"
+        except StoreWriteError as err:
+            got = f"{isinstance(err, OSError)} {err.errno} {err}"
+        finally:
+            resource.setrlimit(
+                resource.RLIMIT_NOFILE, (soft, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+            )
+        committed = check_store(str(tmp_path / "s"), roll, 0)["steps"]
+        w.close()
+        w = TrajectoryWriter(tmp_path / "s", shard="shard-000000", io="native")
+        for t in range(committed, 30):
+            w.append(roll[t])
+        w.close()
+        return f"{got}\n{committed} {check_store(str(tmp_path / 's'), roll, 0)['steps']}"
+
+    out = _in_child(child)
+    first, _, counts = out.partition("\n")
+    assert first.startswith(f"True {errno.EMFILE} "), out
+    assert str(tmp_path / "s") in first, out
+    assert "ulimit -n" in first, out
+    assert counts == "10 30", out

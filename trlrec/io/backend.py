@@ -13,6 +13,7 @@ stays failed: take a new one (:meth:`IOBackend.new_group`) to go on.
 from __future__ import annotations
 
 import abc
+import errno
 import itertools
 import os
 
@@ -36,11 +37,20 @@ def drop_from(offset: int, size: int) -> int:
     return max(0, offset - _DROP_LAG * size) if size >= _DROP_BEHIND else -1
 
 
+def write_fix(code: int | None) -> str:
+    """What to do about a failed write with errno ``code`` (for the error message)."""
+    if code in (errno.EMFILE, errno.ENFILE):
+        return "raise the open files limit (ulimit -n)"
+    return "check the disk's space and permissions"
+
+
 def write_error(path: str, code: int | None) -> StoreWriteError:
-    """The error of a failed job, naming its file."""
+    """The error of a failed job, naming its file and what to do."""
     reason = os.strerror(code) if code else "unknown error"
     return StoreWriteError(
-        code, f"could not write {path!r}: {reason}; what was committed before stays readable"
+        code,
+        f"could not write {path!r}: {reason}; {write_fix(code)}. What was committed before "
+        "stays readable",
     )
 
 

@@ -13,13 +13,14 @@ which also accept TorchRL's loggers and their service clients.
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
 import json
 import logging
 import numbers
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -31,7 +32,9 @@ from trlrec.closing import Closeable
 from trlrec.errors import (
     ClosedError,
     ConfigError,
+    LoggerWriteError,
     NotAStoreError,
+    TrlrecError,
     UnsupportedDataError,
     UnsupportedOperationError,
 )
@@ -153,6 +156,29 @@ def _histogram_values(data: Any, name: str) -> np.ndarray:
     return values
 
 
+@contextlib.contextmanager
+def writing_to(logger: Any, what: str) -> Iterator[None]:
+    """Turn an OS error raised while ``logger`` writes ``what`` into a :class:`LoggerWriteError`.
+
+    For trlrec's loggers and any other TorchRL logger a recorder logs to: the error names
+    the file (or the experiment's directory), says what was being logged, and keeps
+    ``errno``; what was logged before stays where it is. trlrec errors pass unchanged.
+    """
+    try:
+        yield
+    except TrlrecError:
+        raise
+    except OSError as err:
+        where = err.filename or getattr(logger, "experiment_dir", None)
+        where = where or getattr(logger, "log_dir", None)
+        raise LoggerWriteError(
+            err.errno,
+            f"{type(logger).__name__} could not write {what} to {str(where)!r}: "
+            f"{err.strerror or err}; what was logged before is kept. Free space in (or pick "
+            "another) log_dir and log again",
+        ) from err
+
+
 class _LoggerMeta(type(TorchRLLogger), abc.ABCMeta):  # type: ignore[misc]
     """TorchRL's service-backend metaclass, with ``abc`` checks of the backend hooks."""
 
@@ -230,6 +256,10 @@ class Logger(TorchRLLogger, Closeable, metaclass=_LoggerMeta):
         counters = self._counters.setdefault(kind, {})
         counters[name] = max(counters.get(name, 0), step + 1)
 
+    def _writing(self, what: str) -> contextlib.AbstractContextManager[None]:
+        """OS errors of the backend's files, as :class:`LoggerWriteError` (:func:`writing_to`)."""
+        return writing_to(self, what)
+
     def _options(self, method: str, kwargs: dict[str, Any], known: frozenset[str]) -> dict:
         """The keyword arguments the backend uses; the others are dropped with a log message."""
         for key in set(kwargs) - known:
@@ -259,7 +289,8 @@ class Logger(TorchRLLogger, Closeable, metaclass=_LoggerMeta):
         safe_name(name)
         v = _as_float(value, name)
         at = self._step("scalar", name, step)
-        self._log_scalar(name, v, at)
+        with self._writing(f"the scalar {name!r}"):
+            self._log_scalar(name, v, at)
         self._advance("scalar", name, at)
 
     def log_video(self, name: str, video: Any, step: int | None = None, **kwargs: Any) -> None:
@@ -290,7 +321,8 @@ class Logger(TorchRLLogger, Closeable, metaclass=_LoggerMeta):
         options = self._options("log_video", kwargs, self._VIDEO_OPTIONS)
         v = Video.of(video)
         at = self._step("video", name, step)
-        self._log_video(name, v, at, float(fps), **options)
+        with self._writing(f"the video {name!r}"):
+            self._log_video(name, v, at, float(fps), **options)
         self._advance("video", name, at)
 
     def log_hparams(self, cfg: Any) -> None:
@@ -301,7 +333,8 @@ class Logger(TorchRLLogger, Closeable, metaclass=_LoggerMeta):
             ClosedError: after :meth:`close`.
         """
         self._check_open("log_hparams")
-        self._log_hparams(plain_hparams(cfg))
+        with self._writing("the hyperparameters"):
+            self._log_hparams(plain_hparams(cfg))
 
     def log_histogram(self, name: str, data: Any, **kwargs: Any) -> None:
         """Log a histogram of ``data`` (TorchRL's ``log_histogram``).
@@ -325,7 +358,8 @@ class Logger(TorchRLLogger, Closeable, metaclass=_LoggerMeta):
         options = self._options("log_histogram", kwargs, self._HISTOGRAM_OPTIONS)
         values = _histogram_values(data, name)
         at = self._step("histogram", name, step)
-        self._log_histogram(name, values, at, bins, **options)
+        with self._writing(f"the histogram {name!r}"):
+            self._log_histogram(name, values, at, bins, **options)
         self._advance("histogram", name, at)
 
     def log_str(self, name: str, value: str, step: int | None = None, **kwargs: Any) -> None:
@@ -343,7 +377,8 @@ class Logger(TorchRLLogger, Closeable, metaclass=_LoggerMeta):
             )
         options = self._options("log_str", kwargs, self._TEXT_OPTIONS)
         at = self._step("text", name, step)
-        self._log_text(name, value, at, **options)
+        with self._writing(f"the text {name!r}"):
+            self._log_text(name, value, at, **options)
         self._advance("text", name, at)
 
     def log_metrics(
@@ -382,7 +417,8 @@ class Logger(TorchRLLogger, Closeable, metaclass=_LoggerMeta):
         if not p.is_dir():
             raise NotAStoreError(f"trajectory {name!r}: {str(path)!r} is not a directory")
         at = self._step("trajectory", name, step)
-        self._log_trajectory(name, p, at)
+        with self._writing(f"the trajectory {name!r}"):
+            self._log_trajectory(name, p, at)
         self._advance("trajectory", name, at)
 
     # -- lifecycle (TorchRL's direct-backend service API) --------------------------------
@@ -391,7 +427,8 @@ class Logger(TorchRLLogger, Closeable, metaclass=_LoggerMeta):
         """Push buffered data to disk; a no-op once closed (``timeout`` is TorchRL's, unused)."""
         del timeout
         if not self.closed:
-            self._flush()
+            with self._writing("buffered data (flush)"):
+                self._flush()
 
     def shutdown(self, timeout: float | None = None) -> None:
         """Flush and release the backend; later calls raise :class:`ClosedError`. Idempotent."""
@@ -399,7 +436,8 @@ class Logger(TorchRLLogger, Closeable, metaclass=_LoggerMeta):
         if self.closed:
             return
         self._service_shutdown = True
-        self._close()
+        with self._writing("buffered data (close)"):
+            self._close()
 
     def close(self, timeout: float | None = None) -> None:
         """Alias of :meth:`shutdown` (TorchRL's)."""

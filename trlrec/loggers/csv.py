@@ -52,6 +52,24 @@ class CSVExperiment:
         return f"CSVExperiment(log_dir={self.log_dir})"
 
 
+def _write_file(path: Path, data: bytes, *, append: bool = False) -> None:
+    """Append ``data`` to ``path``, or replace ``path`` by it (through a temporary file).
+
+    An OS error names the file (a failed ``write`` alone would not), so the logger's
+    error says which file the disk refused.
+    """
+    target = path if append else path.with_name(f".{path.name}.part")
+    try:
+        with open(target, "ab" if append else "wb") as fh:
+            fh.write(data)
+        if not append:
+            os.replace(target, path)
+    except OSError as err:
+        if not append:
+            target.unlink(missing_ok=True)
+        raise OSError(err.errno, err.strerror, str(path)) from err
+
+
 def _as_tensor(video: Video) -> torch.Tensor:
     """The video as given, as one plain CPU tensor (frames of a list or iterator stacked)."""
     src = video.source
@@ -155,8 +173,7 @@ class CSVLogger(Logger):
     def _log_scalar(self, name: str, value: float, step: int) -> None:
         path = self.scalar_path(name)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a", encoding="utf-8") as fh:
-            fh.write(f"{step},{value!r}\n")
+        _write_file(path, f"{step},{value!r}\n".encode(), append=True)
 
     def _log_video(self, name: str, video: Video, step: int, fps: float, **options: Any) -> None:
         path = self.video_path(name, step)
@@ -175,19 +192,13 @@ class CSVLogger(Logger):
             os.replace(tmp, path)
             return
         meta = {"shape": list(tensor.shape), "dtype": str(tensor.dtype).removeprefix("torch.")}
-        tmp.write_bytes(tensor.contiguous().numpy().tobytes())
-        os.replace(tmp, path)
-        side = path.with_name(path.name + ".json")
-        side_tmp = side.with_name(f".{side.name}.part")
-        side_tmp.write_text(json.dumps(meta), encoding="utf-8")
-        os.replace(side_tmp, side)
+        _write_file(path, tensor.contiguous().numpy().tobytes())
+        _write_file(path.with_name(path.name + ".json"), json.dumps(meta).encode())
 
     def _log_text(self, name: str, text: str, step: int, **options: Any) -> None:
         path = self.text_path(name, step)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.part")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        _write_file(path, text.encode())
 
     def _log_hparams(self, cfg: dict[str, Any]) -> None:
         text = "\n".join(f"{k}: {v}" for k, v in sorted(cfg.items()))
@@ -195,7 +206,5 @@ class CSVLogger(Logger):
         self._log_text("hparams", text, at)
         self._advance("text", "hparams", at)
         self._hparams.update(cfg)
-        path = self.experiment_dir / "hparams.json"
-        tmp = path.with_name(".hparams.json.part")
-        tmp.write_text(json.dumps(self._hparams, indent=2, default=str), encoding="utf-8")
-        os.replace(tmp, path)
+        text = json.dumps(self._hparams, indent=2, default=str)
+        _write_file(self.experiment_dir / "hparams.json", text.encode())

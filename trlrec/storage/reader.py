@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import operator
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any, overload
 from tensordict import TensorDict
 
 from trlrec.closing import Closeable
-from trlrec.errors import ConfigError, OutOfRangeError, StoreError
+from trlrec.errors import ConfigError, IndexTypeError, OutOfRangeError, StoreError
 from trlrec.storage.dataset import open_dataset, shard_dirs
 from trlrec.storage.format import COMMIT_FILE
 from trlrec.storage.shard_reader import EpisodeInfo, ShardReader
@@ -156,11 +157,19 @@ class TrajectoryReader(Closeable):
 
         Raises:
             OutOfRangeError: ``i`` is out of range (an ``IndexError``).
-            TypeError: ``i`` is not an int.
+            IndexTypeError: ``i`` is not an int (a ``TypeError``).
         """
         n = self.num_episodes
-        if not isinstance(i, int):
-            raise TypeError(f"episode indices are ints, got {type(i).__name__}")
+        try:
+            if isinstance(i, bool):
+                raise TypeError("a bool is not an episode index")
+            i = operator.index(i)  # numpy and one-element torch integers too
+        except TypeError:
+            raise IndexTypeError(
+                f"episode indices are ints (or slices of episodes), got {type(i).__name__} "
+                f"{str(i)[:80]!r}; to look an episode up by its metadata, use "
+                "episode_metadata(i)"
+            ) from None
         j = i + n if i < 0 else i
         if not 0 <= j < n:
             raise OutOfRangeError(

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from trlrec.errors import CorruptStoreError, ShardLockedError, StoreWriteError
-from trlrec.io.backend import IOBackend
+from trlrec.io.backend import IOBackend, write_fix
 from trlrec.storage.format import (
     COMMIT_FILE,
     EPISODE_META_FILE,
@@ -49,19 +49,10 @@ def _file_op(path: Path, what: str, op: Any) -> None:
     try:
         op()
     except OSError as err:
-        hint = (
-            "raise the open files limit (ulimit -n)"
-            if err.errno
-            in (
-                errno.EMFILE,
-                errno.ENFILE,
-            )
-            else "check the disk's space and permissions"
-        )
         raise StoreWriteError(
             err.errno,
-            f"cannot {what} {str(path)!r} for a commit: {err.strerror}; {hint}. What was "
-            "committed before stays readable",
+            f"cannot {what} {str(path)!r} for a commit: {err.strerror}; "
+            f"{write_fix(err.errno)}. What was committed before stays readable",
         ) from err
 
 

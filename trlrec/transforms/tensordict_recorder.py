@@ -565,14 +565,15 @@ class TensorDictRecorder(Transform, Closeable):
             writer.flush()
         if self.logger is None or writer is None or writer.schema is None:
             return
-        from trlrec.loggers.base import log_trajectory_to
+        from trlrec.loggers.base import log_trajectory_to, writing_to
 
         name = self.tag if suffix is None else f"{self.tag}_{suffix}"
         at = writer.num_transitions if step is None else step
         finished = writer.finished_episodes()  # the writer's own count, since the last dump
-        if self.skip == 1:
-            self._log_episodes(name, finished, at)
-        log_trajectory_to(self.logger, name, self.path, step=at)
+        with writing_to(self.logger, f"the episode statistics of {name!r}"):
+            if self.skip == 1:
+                self._log_episodes(name, finished, at)
+            log_trajectory_to(self.logger, name, self.path, step=at)
 
     def _log_episodes(
         self, name: str, episodes: list[tuple[int, float | None, int]], at: int

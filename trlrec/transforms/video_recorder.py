@@ -605,6 +605,8 @@ class VideoRecorder(FastLane, Transform):
     def _send(
         self, sidecar: Path, meta: dict[str, Any], suffix: str | None, step: int | None
     ) -> None:
+        from trlrec.loggers.base import writing_to  # the loggers import TorchRL's logging
+
         path = frames_path(sidecar)
         height, width = int(meta["height"]), int(meta["width"])
         size = path.stat().st_size if path.exists() else 0
@@ -622,7 +624,8 @@ class VideoRecorder(FastLane, Transform):
             if meta.get("fps") is not None:
                 kwargs.setdefault("fps", meta["fps"])
             frames = video.permute(0, 3, 1, 2).unsqueeze(0)
-            self.logger.log_video(name=name, video=frames, step=at, **kwargs)  # TorchRL's call
+            with writing_to(self.logger, f"the video {name!r}"):
+                self.logger.log_video(name=name, video=frames, step=at, **kwargs)  # TorchRL's
             del video
             self._spool.mark(sidecar, meta, delivered=True)  # a kill from here: not re-sent
         path.unlink(missing_ok=True)
