@@ -290,6 +290,25 @@ def _drain(fd: int) -> bytes:
         data += chunk
 
 
+def in_child(fn) -> str:
+    """Run ``fn`` in a forked child; the str it returns comes back through a pipe."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        try:
+            out = fn()
+        except BaseException as err:  # reported to the test
+            out = f"unexpected {type(err).__name__}: {err}"
+        os.write(w, out.encode())
+        os._exit(0)
+    os.close(w)
+    with os.fdopen(r) as f:
+        out = f.read()
+    os.waitpid(pid, 0)
+    return out
+
+
 def _fork(child, timeout: float | None = None, kill_after: float | None = None) -> dict:
     """Run ``child(ack_fd)`` in a forked process; SIGKILL it after ``kill_after`` seconds."""
     rfd, wfd = os.pipe()

@@ -11,6 +11,7 @@ import pytest
 import torch
 from tensordict import TensorDict
 
+from tests.reliability._worker import in_child
 from trlrec import VideoRecorder
 from trlrec.errors import StoreWriteError
 from trlrec.video.spool import Spool
@@ -19,25 +20,6 @@ from trlrec.video.spool import Spool
 class Never:
     def log_video(self, *args, **kwargs):
         raise AssertionError("not called")
-
-
-def _in_child(fn) -> str:
-    """Run ``fn`` in a forked child; what it returns (a str) comes back through a pipe."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(r)
-        try:
-            out = fn()
-        except BaseException as err:  # reported to the test
-            out = f"unexpected {type(err).__name__}: {err}"
-        os.write(w, out.encode())
-        os._exit(0)
-    os.close(w)
-    with os.fdopen(r) as f:
-        out = f.read()
-    os.waitpid(pid, 0)
-    return out
 
 
 def test_sidecar_over_the_file_size_limit_names_the_file(tmp_path):
@@ -50,7 +32,7 @@ def test_sidecar_over_the_file_size_limit_names_the_file(tmp_path):
             return f"{isinstance(err, OSError)} {err.errno} {err}"
         return "no error"
 
-    out = _in_child(child)
+    out = in_child(child)
     assert out.startswith(f"True {errno.EFBIG} "), out
     assert ".video.json" in out
     assert "file size limit" in out
@@ -92,7 +74,7 @@ def test_more_sub_env_videos_than_open_files_is_a_store_write_error(tmp_path):
             return f"{isinstance(err, OSError)} {err.errno} {err}"
         return "no error"
 
-    out = _in_child(child)
+    out = in_child(child)
     assert out.startswith(f"True {errno.EMFILE} "), out
     assert "ulimit -n" in out
     assert "clip_env" in out

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability._worker import check_store, rollout
+from tests.reliability._worker import check_store, in_child, rollout
 from trlrec.errors import StoreWriteError
 from trlrec.io.fault import FaultBackend
 from trlrec.native import extension
@@ -54,25 +54,6 @@ def test_emfile_creating_or_syncing_the_index_is_a_store_write_error(
     monkeypatch.undo()
     w.close()
     assert check_store(str(tmp_path / "s"), roll[:6], 0)["steps"] >= 6
-
-
-def _in_child(fn) -> str:
-    """Run ``fn`` in a forked child; the str it returns comes back through a pipe."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(r)
-        try:
-            out = fn()
-        except BaseException as err:  # reported to the test
-            out = f"unexpected {type(err).__name__}: {err}"
-        os.write(w, out.encode())
-        os._exit(0)
-    os.close(w)
-    with os.fdopen(r) as f:
-        out = f.read()
-    os.waitpid(pid, 0)
-    return out
 
 
 def _no_free_descriptor() -> int:
@@ -123,7 +104,7 @@ def test_emfile_in_the_native_backends_commit_is_a_store_write_error(tmp_path):
         w.close()
         return f"{got}\n{committed} {check_store(str(tmp_path / 's'), roll, 0)['steps']}"
 
-    out = _in_child(child)
+    out = in_child(child)
     first, _, counts = out.partition("\n")
     assert first.startswith(f"True {errno.EMFILE} "), out
     assert str(tmp_path / "s") in first, out
