@@ -7,6 +7,7 @@ the file fails the test.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -21,12 +22,21 @@ import pytest
 import torch
 from tensordict import TensorDict
 
+from tests.reliability._worker import rollout
 from tests.reliability.test_hostile import SHARD, build_store
 from tests.storage.helpers import assert_td_identical
 from trlrec import TrajectoryReader, TrajectoryWriter
 from trlrec.cli import main
-from trlrec.errors import ConfigError, IndexTypeError, OutOfRangeError, StoreError
+from trlrec.errors import (
+    ConfigError,
+    CorruptStoreError,
+    IndexTypeError,
+    OutOfRangeError,
+    StoreError,
+    UnsupportedDataError,
+)
 from trlrec.replay import StoreStorage
+from trlrec.storage.format import EPISODE_RECORD_BYTES, MAX_EPISODE_META_BYTES, EpisodeRecord
 
 OPEN_SHARD = Path("shards") / "shard-000001"  # the shard left with open episodes
 DEEP = "[" * 100_000 + "]" * 100_000
@@ -203,6 +213,44 @@ def test_numpy_and_torch_integers_index_episodes(template):
     first = reader.episodes[0]
     for i in (np.int64(0), torch.tensor(0), torch.tensor([0])):
         assert (reader.episodes[i] == first).all()
+
+
+def test_a_commit_larger_than_its_streams_allow_is_refused_before_it_is_read(template, tmp_path):
+    """A well-formed COMMIT whose open episode's metadata is 8 MiB: the schema's two streams
+    allow ~2 MiB, so it is refused from its size alone, without parsing."""
+    store = _copy(template, tmp_path)
+    path = store / OPEN_SHARD / "COMMIT"
+    commit = json.loads(path.read_text())
+    commit["open_meta"] = {"0": {"x": "y" * 8 * 2**20}}
+    path.write_text(json.dumps(commit))
+    with pytest.raises(CorruptStoreError, match=r"COMMIT' is \d+ bytes, larger than the \d+"):
+        TrajectoryReader(store)
+    assert TrajectoryReader(store, on_damaged="skip").num_episodes > 0  # the other shard
+
+
+def test_an_episode_with_more_metadata_than_a_writer_stores_is_damage(template, tmp_path):
+    store = _copy(template, tmp_path)
+    path = store / SHARD / "episodes.bin"
+    records = bytearray(path.read_bytes())
+    first = EpisodeRecord.unpack_from(records, 0)
+    assert first.meta_offset >= 0  # the template's episodes of stream 0 have metadata
+    damaged = dataclasses.replace(first, meta_length=MAX_EPISODE_META_BYTES + 1)
+    records[:EPISODE_RECORD_BYTES] = damaged.pack()
+    path.write_bytes(records)
+    reader = TrajectoryReader(store)
+    with pytest.raises(CorruptStoreError, match=r"more than the 1048576 a writer stores"):
+        reader.episode_metadata(0)
+
+
+def test_a_writer_refuses_episode_metadata_over_the_limit(tmp_path):
+    w = TrajectoryWriter(tmp_path / "s")
+    roll = rollout(0, 4, (4,))
+    w.append(roll[0], episode_metadata={"ok": 1})
+    with pytest.raises(UnsupportedDataError, match=r"episode metadata takes \d+ bytes as JSON"):
+        w.append(roll[1], episode_metadata={"x": "y" * MAX_EPISODE_META_BYTES})
+    w.append(roll[1])  # the refused step was not recorded; recording goes on
+    w.close()
+    assert TrajectoryReader(tmp_path / "s").num_steps == 2
 
 
 # ------------------------------------------------------------------ damaged shards

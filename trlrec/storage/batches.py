@@ -14,6 +14,7 @@ from tensordict import TensorDictBase
 
 from trlrec.errors import SchemaError
 from trlrec.storage.dataset import check_metadata
+from trlrec.storage.format import MAX_EPISODE_META_BYTES
 from trlrec.storage.staging import StepStaging
 
 __all__ = [
@@ -77,7 +78,10 @@ def check_episode_metadata(meta: Any, num_streams: int) -> list[dict[str, Any] |
         raise SchemaError(
             f"episode_metadata has {len(metas)} entries, expected {num_streams} (one per stream)"
         )
-    return [check_metadata(m, "episode metadata") if m is not None else None for m in metas]
+    return [
+        check_metadata(m, "episode metadata", MAX_EPISODE_META_BYTES) if m is not None else None
+        for m in metas
+    ]
 
 
 def batch_columns(

@@ -27,16 +27,23 @@ from trlrec.storage.jsonio import dumps, fsync_path, read_json
 __all__ = ["open_dataset", "create_dataset", "new_shard_dir", "shard_dirs", "check_metadata"]
 
 
-def check_metadata(metadata: Any, what: str = "metadata") -> dict[str, Any]:
-    """Check that ``metadata`` is a JSON-serialisable dict and return it."""
+def check_metadata(
+    metadata: Any, what: str = "metadata", max_bytes: int | None = None
+) -> dict[str, Any]:
+    """Check that ``metadata`` is a JSON-serialisable dict (of at most ``max_bytes``)."""
     if metadata is None:
         return {}
     if not isinstance(metadata, dict):
         raise UnsupportedDataError(f"{what} must be a dict, got {type(metadata).__name__}")
     try:
-        dumps(metadata, what)
+        size = len(dumps(metadata, what).encode())
     except TypeError as err:
         raise UnsupportedDataError(str(err)) from None
+    if max_bytes is not None and size > max_bytes:
+        raise UnsupportedDataError(
+            f"{what} takes {size} bytes as JSON, more than the {max_bytes} allowed; record "
+            "large values as keys of the steps instead"
+        )
     return metadata
 
 

@@ -55,6 +55,8 @@ __all__ = [
     "COLUMN_SUFFIX",
     "EPISODE_FIELDS",
     "EPISODE_RECORD_BYTES",
+    "MAX_EPISODE_META_BYTES",
+    "commit_max_bytes",
     "FLAG_DONE",
     "FLAG_CUT",
     "FLAG_OPEN",
@@ -102,6 +104,20 @@ EPISODE_FIELDS = (
 )
 _RECORD = struct.Struct("<" + "q" * len(EPISODE_FIELDS))
 EPISODE_RECORD_BYTES = _RECORD.size
+
+MAX_EPISODE_META_BYTES = 2**20
+"""The most one episode's metadata may take as JSON: writers refuse more, readers call more
+damage. It bounds ``episode_meta.jsonl`` lines and ``COMMIT``'s ``open_meta``."""
+
+
+def commit_max_bytes(num_streams: int) -> int:
+    """The most a ``COMMIT`` of a shard of ``num_streams`` streams can hold, in bytes.
+
+    Its fixed fields, one stream entry (five integers) and one open episode's metadata
+    per stream; a larger file is damage, refused before it is read.
+    """
+    return 4096 + num_streams * (256 + MAX_EPISODE_META_BYTES)
+
 
 # Flags of an episode record.
 FLAG_DONE = 1  # ended by a done flag of the environment
@@ -298,6 +314,13 @@ class EpisodeRecord:
         if self.meta_offset == -1:
             return None
         end = self.meta_offset + self.meta_length
+        if self.meta_length > MAX_EPISODE_META_BYTES:
+            raise _damaged(
+                path,
+                f"episode {index} has {self.meta_length} bytes of metadata, more than the "
+                f"{MAX_EPISODE_META_BYTES} a writer stores",
+                "the episode index is damaged",
+            )
         if self.meta_offset < 0 or self.meta_length < 0 or end > committed:
             raise _damaged(
                 path,
@@ -387,15 +410,21 @@ class CommitRecord:
     version: int = FORMAT_VERSION
 
     @classmethod
-    def parse(cls, path: Path) -> CommitRecord:
+    def parse(cls, path: Path, num_streams: int | None = None) -> CommitRecord:
         """Read and check the COMMIT file at ``path``, by the parser of its version.
+
+        With the shard's ``num_streams`` (from its schema), a file larger than such a
+        commit can be (:func:`commit_max_bytes`) is refused before it is read.
 
         Raises:
             NotAStoreError: the file is missing.
             CorruptStoreError: it is damaged (the message names it and what is wrong).
             FormatVersionError: its version is not in :data:`SUPPORTED_VERSIONS`.
         """
-        data = read_json(path)
+        if num_streams is None:
+            data = read_json(path)
+        else:
+            data = read_json(path, max_bytes=commit_max_bytes(num_streams))
         return store_format(data.get("version"), path).parse_commit(data, path)
 
     def to_json(self) -> dict[str, Any]:

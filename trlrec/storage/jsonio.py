@@ -100,17 +100,22 @@ def open_regular(path: Path) -> io.BufferedReader:
     return io.BufferedReader(io.FileIO(fd, "rb"))
 
 
-def read_json(path: Path, *, kind: type = dict) -> Any:
-    """Read a JSON file of the store, refusing oversized, unparsable or mistyped content."""
+def read_json(path: Path, *, kind: type = dict, max_bytes: int = MAX_JSON_BYTES) -> Any:
+    """Read a JSON file of the store, refusing oversized, unparsable or mistyped content.
+
+    ``max_bytes`` is the most the file may hold (at most :data:`MAX_JSON_BYTES`); a larger
+    file is refused before a byte of it is read or parsed.
+    """
+    limit = min(max_bytes, MAX_JSON_BYTES)
     with open_regular(path) as f:
         size = os.fstat(f.fileno()).st_size
-        if size > MAX_JSON_BYTES:
+        if size > limit:
             raise CorruptStoreError(
-                f"{str(path)!r} is {size} bytes, larger than the {MAX_JSON_BYTES} allowed; "
+                f"{str(path)!r} is {size} bytes, larger than the {limit} allowed; "
                 "the file is damaged"
             )
         try:
-            raw = f.read(MAX_JSON_BYTES + 1)
+            raw = f.read(limit + 1)
         except OSError as err:
             raise CorruptStoreError(f"cannot read {str(path)!r}: {err.strerror}") from err
     value = loads(raw, path)

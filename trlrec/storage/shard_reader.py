@@ -70,9 +70,11 @@ class ShardReader:
         self.root = root
         self.directory = _inside(root, directory)
         self.name = directory.name
-        self.commit = CommitRecord.parse(_inside(root, directory / COMMIT_FILE))
         self.schema = Schema.from_json(
             read_json(_inside(root, directory / SCHEMA_FILE)), directory / SCHEMA_FILE
+        )  # first: its stream count bounds the size of the commit record
+        self.commit = CommitRecord.parse(
+            _inside(root, directory / COMMIT_FILE), self.schema.num_streams
         )
         self.metadata: dict[str, Any] = self._read_metadata(directory / SHARD_FILE)
         self.chunk_rows: int = self.commit.chunk_rows
