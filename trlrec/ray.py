@@ -18,20 +18,29 @@ for its readers (importing it without Ray works, calling them raises
 :class:`~trlrec.errors.MissingDependencyError`).
 
 Example:
+    ``read_transitions(path)`` is ``ray.data.read_datasource(TrajectoryDatasource(path))``;
+    the source plans its read tasks on the caller, and a task is what a Ray worker runs:
+
     >>> import tempfile, torch
     >>> from tensordict import TensorDict
     >>> from trlrec import TrajectoryWriter
-    >>> from trlrec.ray import read_transitions
-    >>> obs = torch.arange(4.0).unsqueeze(-1)  # each step's "next" is the next root
-    >>> done = torch.tensor([[False], [True], [False], [False]])
-    >>> steps = TensorDict({"observation": obs, "action": obs.long(),
-    ...                     "next": {"observation": obs + 1, "done": done}}, [4])
+    >>> from trlrec.ray import TrajectoryDatasource
+    >>> obs = torch.arange(5.0).unsqueeze(-1)  # each step's "next" is the next root
+    >>> steps = TensorDict({"observation": obs[:-1], "action": torch.ones(4, 1).long(),
+    ...                     "next": {"observation": obs[1:],
+    ...                              "done": torch.tensor([[False], [True], [False], [False]])}},
+    ...                    [4])
     >>> path = tempfile.mkdtemp() + "/run"
     >>> with TrajectoryWriter(path) as w:
     ...     w.extend(steps)
-    >>> ds = read_transitions(path)  # doctest: +SKIP
-    >>> sorted(ds.columns())  # doctest: +SKIP
-    ['action', 'episode_index', 'next.done', 'next.observation', 'observation', 'step_index']
+    >>> source = TrajectoryDatasource(path, block_rows=3)
+    >>> [task.metadata.num_rows for task in source.get_read_tasks(2)]
+    [3, 1]
+    >>> block = next(iter(source.get_read_tasks(1)[0]()))  # a pyarrow Table of 3 rows
+    >>> block.column_names
+    ['observation', 'next.observation', 'action', 'next.done', 'episode_index', 'step_index']
+    >>> block["episode_index"].to_pylist(), block["step_index"].to_pylist()
+    ([0, 0, 1], [0, 1, 0])
 """
 
 from __future__ import annotations
@@ -325,7 +334,7 @@ def _read_transitions(
 
 def _ragged(values: list[np.ndarray]) -> np.ndarray:
     """One episode per row: an object array of ``[T, ...]`` arrays (a tensor column in Ray)."""
-    col = np.empty(len(values), dtype=object)
+    col: np.ndarray = np.empty(len(values), dtype=object)
     for i, v in enumerate(values):
         col[i] = v
     return col
@@ -365,6 +374,7 @@ def _empty(columns: list[_Column], kind: str, ids: tuple[str, ...]) -> Any:
     """A block of no rows with the dataset's columns (a store without transitions)."""
     from ray.data.block import BlockAccessor
 
+    batch: dict[str, np.ndarray]
     if kind == "episodes":
         batch = {c.name: np.empty(0, dtype=object) for c in columns}
     else:
@@ -386,7 +396,7 @@ def _block_metadata(num_rows: int, size_bytes: int) -> Any:
         )
 
 
-class TrajectoryDatasource(_Datasource):  # type: ignore[misc,valid-type]
+class TrajectoryDatasource(_Datasource):
     """A trlrec store as a Ray Data datasource: ``ray.data.read_datasource(source)``.
 
     :func:`read_transitions` and :func:`read_episodes` build one; use it directly to pass
