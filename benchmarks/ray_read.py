@@ -7,13 +7,12 @@ reward, done; episodes of 1000 steps) with ``TrajectoryWriter.extend`` of 50 000
 batches, starts a local Ray cluster (2 CPUs, 256 MiB object store), iterates
 ``read_transitions(store).iter_batches(batch_size=4096)`` and prints the rows per second,
 the driver's resident memory growth (anonymous and shared memory: Ray's object store
-pages) and the peak USS of the read tasks as Ray's stats report it.
+pages), for a first read (fresh read workers) and a second one.
 """
 
 from __future__ import annotations
 
 import argparse
-import re
 import tempfile
 import time
 from pathlib import Path
@@ -103,10 +102,6 @@ def read(store: Path, steps: int, read_transitions) -> None:
         "driver growth (MiB): "
         + ", ".join(f"{k} {(peak[k] - before[k]) / 2**20:.1f}" for k in peak)
     )
-    stats = ds.stats()
-    uss = re.findall(r"Peak heap memory usage \(MiB\): ([\d.]+) min, ([\d.]+) max", stats)
-    if uss:
-        print(f"read tasks' peak heap (MiB, min/max): {uss[0][0]} / {uss[0][1]}")
 
 
 if __name__ == "__main__":
