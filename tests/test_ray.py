@@ -366,6 +366,14 @@ def test_a_complex_key_is_refused_unless_left_out(tmp_path) -> None:
     assert block.num_rows == 3
 
 
+def test_a_store_without_transitions_reads_as_no_rows(tmp_path) -> None:
+    TrajectoryWriter(tmp_path / "empty").close()  # a store, no committed shard
+    (task,) = TrajectoryDatasource(tmp_path / "empty").get_read_tasks(4)
+    (block,) = list(task())
+    assert block.num_rows == 0
+    assert block.column_names == ["episode_index", "step_index"]
+
+
 def test_without_ray_the_readers_say_what_to_install(tmp_path, monkeypatch) -> None:
     make_store(tmp_path / "store")
     monkeypatch.setitem(sys.modules, "ray.data", None)  # import ray.data now fails

@@ -312,10 +312,12 @@ class TrajectoryDatasource(Datasource):
     Args:
         path: the store directory (every Ray node must see it at this path).
         kind: ``"transitions"`` (a row per transition) or ``"episodes"`` (a row per episode).
-        columns, separator, ids, block_rows: as :func:`read_transitions`.
+        columns, separator, ids, block_rows: as :func:`trlrec.ray.read_transitions`.
 
     Raises:
-        MissingDependencyError: Ray Data is not installed.
+        NotAStoreError, CorruptStoreError, ConfigError, UnsupportedDataError: as
+            :func:`trlrec.ray.read_transitions` (``trlrec.ray.TrajectoryDatasource`` raises
+            MissingDependencyError without Ray Data).
     """
 
     def __init__(
