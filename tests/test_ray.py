@@ -177,6 +177,14 @@ def test_ray_collector_workers_commit_every_batch_they_yield(cluster, tmp_path: 
         assert_rows_equal(torch.cat(recorded[w]), yielded)
     assert TrajectoryReader(path).num_steps == 240
     assert_episodes_whole(path)
+    # and back through Ray Data: the same transitions, in the reader's episode order
+    wanted = ["observation", "next.reward", "episode_index", "step_index"]
+    cols = gather(read_transitions(path, columns=wanted))
+    order = np.lexsort((cols["step_index"], cols["episode_index"]))
+    reader = TrajectoryReader(path)
+    episodes = [reader.episodes[i] for i in range(reader.num_episodes)]
+    assert np.array_equal(cols["observation"][order], torch.cat(episodes)["observation"].numpy())
+    assert np.array_equal(cols["next.reward"][order], torch.cat(episodes)["next", "reward"].numpy())
 
 
 def test_sigkill_of_a_ray_worker_keeps_its_committed_prefix_and_the_others_go_on(
