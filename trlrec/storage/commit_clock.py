@@ -24,7 +24,7 @@ from typing import Protocol
 
 from trlrec.errors import ConfigError
 
-__all__ = ["IDLE_GRACE", "CommitClock", "IdleCommitter"]
+__all__ = ["IDLE_GRACE", "CommitClock", "IdleCommitter", "open_writers"]
 
 IDLE_GRACE = 0.05
 """Seconds without a step after which the idle committer commits a due writer itself."""
@@ -96,6 +96,8 @@ class _Committing(Protocol):
 
     def commit_if_idle(self) -> bool: ...
 
+    def flush(self) -> None: ...
+
     def close(self) -> None: ...
 
 
@@ -158,6 +160,16 @@ class IdleCommitter:
                 else:
                     clock.armed = math.inf
             self._wake.wait(None if sleep == math.inf else sleep)
+
+
+def open_writers() -> list[_Committing]:
+    """The writers open in this process (those the idle committer watches).
+
+    What a hook run in a worker process (``trlrec.ray.commit_writers``) flushes: it does
+    not know the recorders the env factory made, the process does.
+    """
+    inst = IdleCommitter._instance
+    return [] if inst is None else list(inst._writers)
 
 
 @atexit.register
