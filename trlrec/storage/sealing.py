@@ -36,10 +36,10 @@ from trlrec.storage.format import (
     column_file,
     compressed_file,
 )
-from trlrec.storage.jsonio import atomic_tmp, fsync_path
+from trlrec.storage.jsonio import atomic_tmp, fsync_path, read_json, write_json_atomic
 from trlrec.storage.schema import Key, Schema
 
-__all__ = ["ChunkSealer", "seal_column", "trim_column", "compression_plan"]
+__all__ = ["ChunkSealer", "seal_column", "trim_column", "retag_rows", "compression_plan"]
 
 
 def _write_all(fd: int, data: bytes | memoryview, offset: int) -> None:
@@ -50,17 +50,19 @@ def _write_all(fd: int, data: bytes | memoryview, offset: int) -> None:
 
 
 def seal_column(
-    directory: Path, key: Key, rows: int, need: int, row_bytes: int, codec: Codec, level: int
+    directory: Path, key: Key, rows: int, row_bytes: int, codec: Codec, level: int
 ) -> int:
     """Compress the first ``rows`` rows of column ``key`` of a chunk into its ``.zst`` file.
 
-    ``rows`` is cut to the whole rows the file holds, which must be at least ``need``
-    (the rows its commit counts). Does nothing if the compressed file exists (a kill
-    between its rename and the removal of the raw file: the raw one is removed now).
-    Returns the compressed file's size (0 when it was there already).
+    ``rows`` is cut to the whole rows the file holds (a chunk trimmed when a writer
+    closed or rolled back holds its written rows only; the commit of a writer that
+    went on counts the rows it skipped to reach a fresh chunk). Does nothing if the
+    compressed file exists (a kill between its rename and the removal of the raw
+    file: the raw one is removed now). Returns the compressed file's size (0 when it
+    was there already).
 
     Raises:
-        CorruptStoreError: the raw file holds fewer than ``need`` rows.
+        CorruptStoreError: the raw file is missing.
         StoreWriteError: the compressed file could not be written (the raw one is kept).
     """
     raw, dest = column_file(directory, key), compressed_file(directory, key)
@@ -74,10 +76,6 @@ def seal_column(
     tmp = atomic_tmp(dest)
     try:
         rows = min(rows, os.fstat(fd).st_size // row_bytes)
-        if rows < need:
-            raise CorruptStoreError(
-                f"{str(raw)!r} holds {rows} rows; its commit counts {need}. The chunk is truncated"
-            )
         block_rows = block_rows_for(row_bytes)
         blocks = -(-rows // block_rows)
         start = CompressedHeader(codec.id, block_rows, rows, row_bytes, (0,) * blocks).size
@@ -129,6 +127,28 @@ def trim_column(raw: Path, size: int) -> None:
         ) from err
 
 
+def retag_rows(directory: Path, rows: int) -> None:
+    """Say in a chunk's tensordict metadata (``meta.json``) that it holds ``rows`` rows or
+    fewer, so that ``TensorDict.load_memmap`` still opens a trimmed chunk.
+
+    Raises:
+        StoreWriteError: a metadata file could not be rewritten.
+    """
+    for top, _, files in os.walk(directory):
+        if "meta.json" not in files:
+            continue
+        path = Path(top) / "meta.json"
+        meta = read_json(path)
+        changed = False
+        for value in (meta, *meta.values()):
+            shape = value.get("shape") if isinstance(value, dict) else None
+            if isinstance(shape, list) and shape and type(shape[0]) is int and shape[0] > rows:
+                shape[0] = rows
+                changed = True
+        if changed:
+            write_json_atomic(path, meta)
+
+
 def compression_plan(compression: Any, schema: Schema) -> dict[Key, tuple[Codec, int]]:
     """``{stored key: (codec, level)}`` of the columns ``compression`` compresses in ``schema``."""
     keys = {e.stored_key: (e.key, e.nbytes) for e in schema.entries}
@@ -165,7 +185,7 @@ class ChunkSealer:
         self._sealed = [0] * schema.num_streams
         self._pending.clear()
 
-    def _seal(self, stream: int, index: int, rows: int, need: int) -> None:
+    def _seal(self, stream: int, index: int, rows: int) -> None:
         if not self.plan:
             return
         if self._pool is None:
@@ -174,7 +194,7 @@ class ChunkSealer:
         for key, (codec, level) in self.plan.items():
             size = self._nbytes[key]
             self._futures.append(
-                self._pool.submit(seal_column, directory, key, rows, need, size, codec, level)
+                self._pool.submit(seal_column, directory, key, rows, size, codec, level)
             )
 
     def committed(self, io: IOBackend, group: int, token: int, streams: list[list[int]]) -> None:
@@ -191,7 +211,7 @@ class ChunkSealer:
             self._pending = [p for p in self._pending if p[0] > done]
             for _, b, full in ready:
                 for index in range(self._sealed[b], full):
-                    self._seal(b, index, self._chunk_rows, self._chunk_rows)
+                    self._seal(b, index, self._chunk_rows)
                 self._sealed[b] = max(self._sealed[b], full)
             self._futures = [f for f in self._futures if not f.done() or f.exception()]
             self._raise()
@@ -221,16 +241,17 @@ class ChunkSealer:
             next_row = entry[0]
             last = chunk_count(next_row, C)
             start = 0 if resumed else self._sealed[b]
-            for index in range(start, last):  # all full but the last (an earlier session's
-                # may be shorter: trimmed when it was closed)
-                need = chunk_rows_needed(next_row, index, C) if index == last - 1 else 0
-                self._seal(b, index, need or C, need)
+            for index in range(start, last):  # all full but the last (and an earlier
+                # session's last, trimmed when it closed)
+                self._seal(b, index, chunk_rows_needed(next_row, index, C))
             if last:
                 need = chunk_rows_needed(next_row, last - 1, C)
                 directory = chunk_path(self.shard_path, b, last - 1)
-                for key, size in self._nbytes.items():
-                    if key not in self.plan:
-                        trim_column(column_file(directory, key), need * size)
+                raw = [k for k in self._nbytes if k not in self.plan]
+                for key in raw:
+                    trim_column(column_file(directory, key), need * self._nbytes[key])
+                if raw:
+                    retag_rows(directory, need)
             self._sealed[b] = last
 
     def _raise(self) -> None:

@@ -30,7 +30,6 @@ from trlrec.storage.format import (
     StreamEntry,
     chunk_count,
     chunk_path,
-    chunk_rows_needed,
     chunk_spans,
     column_file,
     compressed_file,
@@ -195,22 +194,19 @@ class ShardReader:
             raise CorruptStoreError(f"{str(path)!r}: metadata of episode {i} is not an object")
         return value
 
-    def _need(self, stream: int, index: int) -> int:
-        """The rows chunk ``index`` of ``stream`` must hold: all the commit counts in the
-        last chunk (earlier ones may be shorter than ``chunk_rows``: trimmed when a
-        writer closed, before another continued the shard in a new chunk)."""
-        next_row = self.streams[stream].next_row
-        if index == chunk_count(next_row, self.chunk_rows) - 1:
-            return chunk_rows_needed(next_row, index, self.chunk_rows)
-        return 0
+    def _leaf(self, directory: Path, e: Entry) -> Leaf:
+        """A column of a chunk: its ``.zst`` where compressed, else its ``.memmap`` mapped.
 
-    def _leaf(self, directory: Path, e: Entry, need: int) -> Leaf:
+        A chunk file holds ``chunk_rows`` rows, or fewer (a writer trims its last chunk
+        when it closes, and may go on in a fresh chunk after it); a row past them is
+        an error when it is read (:meth:`rows`, :meth:`take`), never garbage.
+        """
         packed = compressed_file(directory, e.stored_key)
         if e.nbytes and os.path.lexists(packed):
             column = CompressedColumn(_inside(self.root, packed), e.shape, e.dtype, self._blocks)
-            if column.rows < need or column.rows > self.chunk_rows:
+            if column.rows > self.chunk_rows:
                 raise CorruptStoreError(
-                    f"{str(packed)!r} holds {column.rows} rows; its chunk needs {need} to "
+                    f"{str(packed)!r} holds {column.rows} rows, more than a chunk's "
                     f"{self.chunk_rows}. The chunk is damaged"
                 )
             return column
@@ -226,13 +222,12 @@ class ShardReader:
             ) from err
         if not stat.S_ISREG(st.st_mode):
             raise CorruptStoreError(f"{str(path)!r} is not a regular file; the chunk is damaged")
-        # a chunk file holds chunk_rows rows, or fewer once trimmed (but every committed one)
-        rows = self.chunk_rows if e.nbytes == 0 else min(self.chunk_rows, st.st_size // e.nbytes)
-        if rows < need:
-            need_bytes = need * e.nbytes
+        row_bytes = math.prod(e.shape) * torch.empty((), dtype=e.dtype).element_size()
+        rows = self.chunk_rows if row_bytes == 0 else min(self.chunk_rows, st.st_size // row_bytes)
+        if rows == 0:  # a chunk exists once a row was written to it
             raise CorruptStoreError(
-                f"{str(path)!r} is {st.st_size} bytes, shorter than the {need_bytes} its "
-                f"{need} committed rows of {e.shape} {e.dtype} need; the chunk is truncated"
+                f"{str(path)!r} is {st.st_size} bytes, shorter than one row of {e.shape} "
+                f"{e.dtype} ({row_bytes} bytes); the chunk is truncated"
             )
         numel = rows * math.prod(e.shape)  # Python ints: no int64 overflow
         if numel == 0:
@@ -251,8 +246,7 @@ class ShardReader:
         leaves = self._chunks.get(key)
         if leaves is None:
             directory = chunk_path(self.directory, stream, index)
-            need = self._need(stream, index)
-            leaves = {e.stored_key: self._leaf(directory, e, need) for e in self.schema.entries}
+            leaves = {e.stored_key: self._leaf(directory, e) for e in self.schema.entries}
             self._chunks[key] = leaves
             if len(self._chunks) > _CACHE:
                 self._chunks.popitem(last=False)
@@ -322,14 +316,10 @@ class ShardReader:
                         yield b, c, e, column_file(directory, e.stored_key)
 
     def rows_used(self) -> dict[tuple[int, int], int]:
-        """``{(stream, chunk): rows}``: how many rows of each chunk the commit and the
-        episodes use (all of a chunk an episode goes past, the committed ones of the last)."""
+        """``{(stream, chunk): rows}``: how many rows of each chunk the episodes use (every
+        row written belongs to an episode, closed or open at the commit)."""
         C = self.chunk_rows
         used: dict[tuple[int, int], int] = {}
-        for b, s in enumerate(self.streams):
-            if s.next_row:
-                last = chunk_count(s.next_row, C) - 1
-                used[(b, last)] = chunk_rows_needed(s.next_row, last, C)
         for i in range(self.num_episodes):
             try:
                 rec = self.record(i)
@@ -380,6 +370,20 @@ class ShardReader:
                     f"most {self.chunk_rows} ({self.chunk_rows * e.nbytes} bytes)"
                 )
         return problems
+
+    def column_usage(self) -> Iterator[tuple[Entry, int, int]]:
+        """``(entry, bytes allocated on disk, raw bytes held)`` of every committed column file
+        (a compressed one's raw bytes: its rows, decompressed)."""
+        for _b, _c, e, file in self.column_files():
+            try:
+                st = os.stat(_inside(self.root, file))
+            except (OSError, ValueError):
+                continue
+            if file.suffix == ".zst":
+                rows = CompressedColumn(file, e.shape, e.dtype, self._blocks).rows
+                yield e, st.st_blocks * 512, rows * e.nbytes
+            else:
+                yield e, st.st_blocks * 512, min(st.st_size, self.chunk_rows * e.nbytes)
 
     def check_column(self, stream: int, index: int, e: Entry) -> None:
         """Read every byte a column of a chunk holds: a compressed one's every block
