@@ -140,7 +140,7 @@ def codec_by_id(codec_id: int, path: str | os.PathLike[str]) -> Codec:
 
 
 def _choice(value: Any, where: str) -> tuple[Codec, int]:
-    if isinstance(value, tuple) and len(value) == 2:
+    if isinstance(value, (tuple, list)) and len(value) == 2:  # a list: from JSON
         name, level = value
     else:
         name, level = value, DEFAULT_LEVEL
