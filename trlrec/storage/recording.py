@@ -24,7 +24,7 @@ from trlrec.storage.commit_clock import CommitClock
 from trlrec.storage.format import COMMIT_FILE, SCHEMA_FILE
 from trlrec.storage.jsonio import write_json_atomic
 from trlrec.storage.schema import Key, Schema
-from trlrec.storage.sealing import ChunkSealer
+from trlrec.storage.sealing import ChunkSealer, compression_plan
 from trlrec.storage.shard import ShardFiles
 from trlrec.storage.staging import StepStaging
 from trlrec.storage.stream_set import StreamSet
@@ -97,6 +97,7 @@ class Recording:
     def init_schema(self, root: TensorDictBase, next_: TensorDictBase) -> None:
         """Set the recording up from its first transition (its schema is written)."""
         schema = Schema.from_transition(root, next_)
+        compression_plan(self.sealer.compression, schema)  # a bad key: refused before anything
         write_json_atomic(self.shard_path / SCHEMA_FILE, schema.to_json(), durable=self.durable)
         self._setup(schema)
 
