@@ -279,12 +279,13 @@ def test_info_text_and_json(store, capsys):
     reward = {"key": "next/reward", "role": "next", "shape": [1], "dtype": "float32"}
     assert reward.items() <= next(k for k in info["keys"] if k["key"] == "next/reward").items()
     assert info["metadata"] == {"agent": "stub"}
-    assert info["bytes_on_disk"] > 0 and info["bytes_apparent"] > 0
+    assert info["bytes_on_disk"] > 0
+    assert info["bytes_apparent"] > 0
     obs = next(k for k in info["keys"] if k["key"] == "pixels")
-    assert obs["bytes_raw"] >= 32 * 6 * 8 * 3 and obs["bytes_raw"] % (6 * 8 * 3) == 0
-    assert obs["bytes_on_disk"] > 0 and obs["ratio"] == pytest.approx(
-        obs["bytes_raw"] / obs["bytes_on_disk"]
-    )
+    assert obs["bytes_raw"] >= 32 * 6 * 8 * 3
+    assert obs["bytes_raw"] % (6 * 8 * 3) == 0
+    assert obs["bytes_on_disk"] > 0
+    assert obs["ratio"] == pytest.approx(obs["bytes_raw"] / obs["bytes_on_disk"])
     assert info["shards"][0]["episodes"] == 7
 
 

@@ -60,7 +60,8 @@ def test_sigkill_during_compact(worker, tmp_path):
         assert res["exc"] is None, res["exc"]
         assert check_store(path, expected, 2)["counts"] == before["counts"]
         res = worker.call({"op": "compact_at", "path": path, "delay": 60})
-        assert res["exc"] is None and "compacted" in res["out"], res
+        assert res["exc"] is None, res["exc"]
+        assert "compacted" in res["out"], res
         assert check_store(path, expected, 2)["counts"] == before["counts"]
         left = [p for p in Path(path).rglob("*.memmap") if p.stat().st_size]
         assert not left, f"compact left raw columns: {left[:3]}"

@@ -206,10 +206,13 @@ def test_compact_cli(tmp_path, capsys):
     assert_store_matches(TrajectoryReader(path), rollout)
     assert main(["info", str(path)]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if x.strip().startswith("pixels"))
-    assert "on disk" in line and "raw" in line and "x)" in line
+    assert "on disk" in line
+    assert "raw" in line
+    assert "x)" in line
     assert main(["compact", str(path), "--keys", "nope"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "compression names key 'nope'" in err
+    assert err.count("\n") == 1
+    assert "compression names key 'nope'" in err
     with TrajectoryWriter(path, shard="shard-000000"):  # a writer holds the shard
         assert main(["compact", str(path)]) == 2
     assert "held by another writer" in capsys.readouterr().err

@@ -187,9 +187,7 @@ def test_missing_commit(tmp_path):
 @pytest.mark.parametrize("version", [99, 3, 0, -1, "1", 1.0, True, None, [1]])
 def test_an_unknown_version_is_refused(tmp_path, version):
     path = _write(tmp_path, _with(version=version))
-    match = re.escape(
-        f"'{path}' has format version {version!r}; this trlrec reads versions [1, 2]"
-    )
+    match = re.escape(f"'{path}' has format version {version!r}; this trlrec reads versions [1, 2]")
     with pytest.raises(FormatVersionError, match="^" + match) as info:
         CommitRecord.parse(path)
     assert ("Upgrade trlrec" in str(info.value)) == (type(version) is int and version > 2)

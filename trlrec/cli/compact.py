@@ -61,7 +61,8 @@ def compact_store(
 
     Args:
         path: the store.
-        codec, level: the codec and its level.
+        codec: the codec (``"zstd"``).
+        level: its level.
         keys: the keys to compress (as ``trlrec info`` names them: ``pixels``,
             ``next/reward``), or None for every key.
         progress: show a progress bar on a terminal.

@@ -32,7 +32,6 @@ from trlrec.storage.format import (
     NEXT,
     EpisodeRecord,
 )
-from trlrec.storage.jsonio import open_regular
 from trlrec.storage.shard_reader import ShardReader
 
 __all__ = ["VerifyReport", "ShardCheck", "verify_store", "OK", "DAMAGED", "UNCOMMITTED"]

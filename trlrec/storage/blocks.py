@@ -111,9 +111,9 @@ class CompressedColumn:
         value = self.cache.get(key)
         if value is not None:
             return value
-        first, n = self.head.block_span(index)
+        n = self.head.block_span(index)[1]
         start, end = self.head.frame(index)
-        assert self._map is not None  # noqa: S101 - a file with blocks is not empty
+        assert self._map is not None
         raw = self.codec.decompress(
             memoryview(self._map)[start:end], n * self.head.row_bytes, self.path, index
         )
@@ -128,7 +128,7 @@ class CompressedColumn:
             "for. The chunk is truncated or the episode index damaged"
         )
 
-    def slice(self, start: int, count: int) -> torch.Tensor:
+    def span(self, start: int, count: int) -> torch.Tensor:
         """Rows ``[start, start + count)``."""
         if start + count > self.rows:
             raise self._beyond(start + count - 1)
@@ -143,8 +143,10 @@ class CompressedColumn:
         return torch.cat(pieces)
 
     def take(self, offsets: torch.Tensor) -> torch.Tensor:
-        """Rows ``offsets`` (an int64 tensor of any shape): a random sample decompresses
-        only the blocks it touches."""
+        """Rows ``offsets`` (an int64 tensor of any shape).
+
+        A random sample decompresses only the blocks it touches.
+        """
         if offsets.numel() == 0:
             return torch.empty((*offsets.shape, *self.row_shape), dtype=self.dtype)
         top = int(offsets.max())
@@ -167,15 +169,15 @@ class CompressedColumn:
             start, stop, step = index.indices(self.rows)
             if step != 1:
                 raise IndexError("a compressed column takes slices of step 1")
-            return self.slice(start, max(0, stop - start))
+            return self.span(start, max(0, stop - start))
         return self.take(torch.as_tensor(index, dtype=torch.int64))
 
     def check(self) -> None:
         """Decompress every block (each frame's checksum is checked); raise the first damage."""
         for b in range(self.head.blocks):
-            first, n = self.head.block_span(b)
+            n = self.head.block_span(b)[1]
             start, end = self.head.frame(b)
-            assert self._map is not None  # noqa: S101
+            assert self._map is not None
             self.codec.decompress(
                 memoryview(self._map)[start:end], n * self.head.row_bytes, self.path, b
             )

@@ -128,8 +128,9 @@ def trim_column(raw: Path, size: int) -> None:
 
 
 def retag_rows(directory: Path, rows: int) -> None:
-    """Say in a chunk's tensordict metadata (``meta.json``) that it holds ``rows`` rows or
-    fewer, so that ``TensorDict.load_memmap`` still opens a trimmed chunk.
+    """Say in a chunk's tensordict metadata (``meta.json``) that it holds ``rows`` rows.
+
+    So ``TensorDict.load_memmap`` still opens a trimmed chunk (a shape is only lowered).
 
     Raises:
         StoreWriteError: a metadata file could not be rewritten.
@@ -276,4 +277,3 @@ class ChunkSealer:
             self._pool.shutdown(wait=True)
             self._pool = None
         self._futures = []
-

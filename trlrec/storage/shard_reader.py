@@ -9,7 +9,7 @@ import stat
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import torch
 from tensordict import MemoryMappedTensor, TensorDict
@@ -43,7 +43,7 @@ __all__ = ["ShardReader", "EpisodeInfo"]
 
 _CACHE = 16
 
-Leaf = torch.Tensor | CompressedColumn
+Leaf: TypeAlias = torch.Tensor | CompressedColumn
 """A column of a chunk: a memory-mapped tensor, or compressed blocks read on demand."""
 
 
@@ -239,9 +239,11 @@ class ShardReader:
         return MemoryMappedTensor(data.view(rows, *e.shape))
 
     def chunk(self, stream: int, index: int) -> dict[Key, Leaf]:
-        """The leaves of a chunk: raw columns mapped copy-on-write (the store is never
-        modified), compressed ones as :class:`~trlrec.storage.blocks.CompressedColumn`
-        (indexed like a tensor)."""
+        """The leaves of a chunk, indexed like tensors.
+
+        Raw columns are mapped copy-on-write (the store is never modified), compressed
+        ones are :class:`~trlrec.storage.blocks.CompressedColumn` (blocks on demand).
+        """
         key = (stream, index)
         leaves = self._chunks.get(key)
         if leaves is None:
@@ -316,8 +318,10 @@ class ShardReader:
                         yield b, c, e, column_file(directory, e.stored_key)
 
     def rows_used(self) -> dict[tuple[int, int], int]:
-        """``{(stream, chunk): rows}``: how many rows of each chunk the episodes use (every
-        row written belongs to an episode, closed or open at the commit)."""
+        """``{(stream, chunk): rows}``: how many rows of each chunk the episodes use.
+
+        Every row written belongs to an episode, closed or open at the commit.
+        """
         C = self.chunk_rows
         used: dict[tuple[int, int], int] = {}
         for i in range(self.num_episodes):
@@ -331,8 +335,10 @@ class ShardReader:
         return used
 
     def check_files(self) -> list[str]:
-        """What is wrong with the committed column files (missing, not a file, a wrong size,
-        a damaged compressed header)."""
+        """What is wrong with the committed column files.
+
+        Missing, not a file, a wrong size, a damaged compressed header.
+        """
         problems = []
         used = self.rows_used()
         for b, c, e, file in self.column_files():
@@ -372,8 +378,10 @@ class ShardReader:
         return problems
 
     def column_usage(self) -> Iterator[tuple[Entry, int, int]]:
-        """``(entry, bytes allocated on disk, raw bytes held)`` of every committed column file
-        (a compressed one's raw bytes: its rows, decompressed)."""
+        """``(entry, bytes allocated on disk, raw bytes held)`` of every committed column file.
+
+        A compressed one's raw bytes are its rows, decompressed.
+        """
         for _b, _c, e, file in self.column_files():
             try:
                 st = os.stat(_inside(self.root, file))
@@ -386,8 +394,9 @@ class ShardReader:
                 yield e, st.st_blocks * 512, min(st.st_size, self.chunk_rows * e.nbytes)
 
     def check_column(self, stream: int, index: int, e: Entry) -> None:
-        """Read every byte a column of a chunk holds: a compressed one's every block
-        (checksums checked), a raw one's rows.
+        """Read every byte a column of a chunk holds.
+
+        A compressed one's every block (checksums checked), a raw one's rows.
 
         Raises:
             CorruptStoreError: a block is damaged, or the file cannot be read.

@@ -30,8 +30,8 @@ from trlrec.storage.batches import (
     check_row,
     stream_mask,
 )
-from trlrec.storage.compression import check_compression
 from trlrec.storage.commit_clock import CommitClock, IdleCommitter
+from trlrec.storage.compression import check_compression
 from trlrec.storage.dataset import check_metadata, create_dataset, new_shard_dir
 from trlrec.storage.recording import Recording
 from trlrec.storage.schema import Key, Schema
