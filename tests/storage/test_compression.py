@@ -216,3 +216,20 @@ def test_compact_cli(tmp_path, capsys):
     with TrajectoryWriter(path, shard="shard-000000"):  # a writer holds the shard
         assert main(["compact", str(path)]) == 2
     assert "held by another writer" in capsys.readouterr().err
+
+
+def test_the_pinned_compressed_store_reads_bit_for_bit(tmp_path):
+    """tests/data/store_v2: version 2 as written when compression came; it must keep reading."""
+    import shutil
+
+    from tests.storage.make_pinned_store import PINNED_V2, pinned_rollout
+
+    path = tmp_path / "v2"
+    shutil.copytree(PINNED_V2, path)
+    commit = json.loads((path / "shards" / "s0" / "COMMIT").read_text())
+    assert commit["version"] == 2
+    assert _packed(path)
+    assert not [p for p in path.rglob("*.memmap") if p.stat().st_size]
+    r = TrajectoryReader(path)
+    assert_store_matches(r, pinned_rollout())
+    assert r.episode_metadata(0) == {"t": 2}

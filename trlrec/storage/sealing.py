@@ -193,10 +193,16 @@ class ChunkSealer:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="trlrec-seal")
         directory = chunk_path(self.shard_path, stream, index)
         for key, (codec, level) in self.plan.items():
-            size = self._nbytes[key]
-            self._futures.append(
-                self._pool.submit(seal_column, directory, key, rows, size, codec, level)
-            )
+            job = (directory, key, rows, self._nbytes[key], codec, level)
+            try:
+                self._futures.append(self._pool.submit(seal_column, *job))
+            except RuntimeError:  # the interpreter is exiting (a writer closed at exit)
+                done: Future[int] = Future()
+                try:
+                    done.set_result(seal_column(*job))
+                except BaseException as err:
+                    done.set_exception(err)
+                self._futures.append(done)
 
     def committed(self, io: IOBackend, group: int, token: int, streams: list[list[int]]) -> None:
         """A commit was queued as job ``token``: seal the chunks it went past once written."""

@@ -215,6 +215,8 @@ class ShardReader:
         try:
             st = real.stat()
         except FileNotFoundError:
+            if e.nbytes and os.path.lexists(packed):  # compressed meanwhile, by its writer
+                return self._leaf(directory, e)
             raise CorruptStoreError(f"{str(path)!r} is missing; the chunk is damaged") from None
         except (OSError, ValueError) as err:  # a name too long, a NUL in it
             raise CorruptStoreError(
@@ -235,6 +237,8 @@ class ShardReader:
         try:
             data = torch.from_file(str(real), shared=False, size=numel, dtype=e.dtype)
         except RuntimeError as err:
+            if os.path.lexists(packed):  # compressed meanwhile, by its writer
+                return self._leaf(directory, e)
             raise CorruptStoreError(f"{str(path)!r} cannot be mapped: {err}") from err
         return MemoryMappedTensor(data.view(rows, *e.shape))
 
