@@ -7,7 +7,8 @@ recorded twice side by side, raw (``compression=None``) and ``compression="zstd"
 the ratio is the raw store's allocated bytes (``st_blocks``) over the compressed one's,
 the whole store (every key and file), chunks of 1024 rows (so that chunks fill,
 and are compressed on the writer's worker thread, during the step loop). The step
-cost is the median ``append`` time per step over alternating runs, raw vs zstd, on the same frames. The codec comparison
+cost is the median ``append`` time per step over alternating runs, raw vs zstd, on the
+same frames. The codec comparison
 (zstandard vs blosc2, which chose zstd) compresses the same Pong frames in blocks of
 64 rows.
 
