@@ -233,3 +233,15 @@ def test_the_pinned_compressed_store_reads_bit_for_bit(tmp_path):
     r = TrajectoryReader(path)
     assert_store_matches(r, pinned_rollout())
     assert r.episode_metadata(0) == {"t": 2}
+
+
+def test_the_recorder_passes_compression_through(tmp_path, stub_env_cls):
+    from torchrl.envs import TransformedEnv
+
+    from trlrec import TensorDictRecorder
+
+    env = stub_env_cls(episode_lengths=(3, 5), batch_size=(2,), pixels=(6, 6, 3))
+    with TensorDictRecorder(tmp_path / "r", compression={"pixels": "zstd"}, chunk_rows=4) as rec:
+        rollout = TransformedEnv(env, rec).rollout(12, break_when_any_done=False)
+    assert {p.name for p in _packed(tmp_path / "r")} == {"pixels.zst"}
+    assert_store_matches(TrajectoryReader(tmp_path / "r"), rollout)
