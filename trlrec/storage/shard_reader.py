@@ -382,20 +382,18 @@ class ShardReader:
         return problems
 
     def column_usage(self) -> Iterator[tuple[Entry, int, int]]:
-        """``(entry, bytes allocated on disk, raw bytes held)`` of every committed column file.
+        """``(entry, bytes allocated on disk, raw bytes)`` of every committed column file.
 
-        A compressed one's raw bytes are its rows, decompressed.
+        The raw bytes are those of the rows its episodes use (:meth:`rows_used`), as a
+        raw memory map holds them (a compressed column's, decompressed).
         """
-        for _b, _c, e, file in self.column_files():
+        used = self.rows_used()
+        for b, c, e, file in self.column_files():
             try:
                 st = os.stat(_inside(self.root, file))
             except (OSError, ValueError):
                 continue
-            if file.suffix == ".zst":
-                rows = CompressedColumn(file, e.shape, e.dtype, self._blocks).rows
-                yield e, st.st_blocks * 512, rows * e.nbytes
-            else:
-                yield e, st.st_blocks * 512, min(st.st_size, self.chunk_rows * e.nbytes)
+            yield e, st.st_blocks * 512, used.get((b, c), 0) * e.nbytes
 
     def check_column(self, stream: int, index: int, e: Entry) -> None:
         """Read every byte a column of a chunk holds.
