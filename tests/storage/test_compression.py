@@ -40,6 +40,20 @@ def test_compressed_round_trip(tmp_path, data):
     assert not raw, f"raw columns left in a closed compressed store: {raw[:3]}"
     commit = json.loads((path / "shards" / "shard-000000" / "COMMIT").read_text())
     assert commit["version"] == 2
+    shard = reader.shards[0]
+    gen = torch.Generator().manual_seed(len(rollout))
+    for b, s in enumerate(shard.streams):  # take: rows in any order, across blocks
+        rows = min(s.next_row, shard.chunk_rows) - 1
+        if rows < 1:
+            continue
+        offsets = torch.randint(0, rows, (2, 7), generator=gen)
+        whole = shard.rows(b, 0, rows)
+        for e in shard.schema.entries:
+            got = shard.take(b, 0, e.stored_key, offsets)
+            assert got.dtype == e.dtype
+            assert torch.equal(
+                got.view(torch.uint8), whole[e.stored_key][offsets].view(torch.uint8)
+            )
 
 
 def _frames_rollout(n: int, seed: int = 0) -> TensorDict:

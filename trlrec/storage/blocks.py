@@ -10,11 +10,13 @@ file, never wrong values.
 
 from __future__ import annotations
 
+import itertools
 import mmap
 import os
 from collections import OrderedDict
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from trlrec.errors import CorruptStoreError
@@ -107,6 +109,11 @@ class CompressedColumn:
 
     def block(self, index: int) -> torch.Tensor:
         """Block ``index`` decompressed: its rows as a ``[n, *shape]`` tensor (cached)."""
+        raw = self._raw(index)
+        return raw.view(self.dtype).view(raw.shape[0], *self.row_shape)
+
+    def _raw(self, index: int) -> torch.Tensor:
+        """Block ``index``'s rows as ``[n, row_bytes]`` uint8, from the cache or decompressed."""
         key = (self._name, index)
         value = self.cache.get(key)
         if value is not None:
@@ -117,8 +124,7 @@ class CompressedColumn:
         raw = self.codec.decompress(
             memoryview(self._map)[start:end], n * self.head.row_bytes, self.path, index
         )
-        flat = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
-        value = flat.view(self.dtype).view(n, *self.row_shape)
+        value = torch.frombuffer(bytearray(raw), dtype=torch.uint8).view(n, self.head.row_bytes)
         self.cache.put(key, value)
         return value
 
@@ -153,16 +159,18 @@ class CompressedColumn:
         if top >= self.rows or int(offsets.min()) < 0:
             raise self._beyond(top)
         br = self.head.block_rows
-        blocks = offsets // br
-        unique = torch.unique(blocks)
-        if unique.numel() == 1:
-            b = int(unique[0])
-            return self.block(b)[offsets - b * br]
-        out = torch.empty((*offsets.shape, *self.row_shape), dtype=self.dtype)
-        for b in unique.tolist():
-            mask = blocks == b
-            out[mask] = self.block(b)[offsets[mask] - b * br]
-        return out
+        flat = offsets.reshape(-1).numpy()
+        blocks = flat // br
+        # the rows grouped by block (one sort), then one numpy gather per block, on bytes
+        order = np.argsort(blocks, kind="stable")
+        ordered = blocks[order]
+        local = flat[order] - ordered * br
+        cuts = [0, *(np.flatnonzero(ordered[1:] != ordered[:-1]) + 1).tolist(), len(flat)]
+        out: np.ndarray = np.empty((len(flat), self.head.row_bytes), dtype=np.uint8)
+        for a, b in itertools.pairwise(cuts):
+            out[order[a:b]] = self._raw(int(ordered[a])).numpy()[local[a:b]]
+        typed = torch.from_numpy(out).view(self.dtype)
+        return typed.view(*offsets.shape, *self.row_shape)
 
     def __getitem__(self, index: slice | torch.Tensor) -> torch.Tensor:
         if isinstance(index, slice):
