@@ -259,3 +259,17 @@ def test_the_recorder_passes_compression_through(tmp_path, stub_env_cls):
         rollout = TransformedEnv(env, rec).rollout(12, break_when_any_done=False)
     assert {p.name for p in _packed(tmp_path / "r")} == {"pixels.zst"}
     assert_store_matches(TrajectoryReader(tmp_path / "r"), rollout)
+
+
+@pytest.mark.parametrize("compression", [None, "zstd"])
+def test_the_replay_buffer_samples_compressed_and_raw_stores(tmp_path, compression):
+    rollout = _pixels_rollout(200, h=16)
+    path = tmp_path / "rb"
+    with TrajectoryWriter(path, compression=compression, chunk_rows=64) as w:
+        w.extend(rollout)
+    rb = TrajectoryReader(path).as_replay_buffer(batch_size=64)
+    for _ in range(3):
+        batch = rb.sample()
+        step = batch["pixels"][:, 0, 0].long()
+        assert torch.equal(batch["pixels"], rollout["pixels"][step])
+        assert torch.equal(batch["next", "pixels"], rollout["next", "pixels"][step])
