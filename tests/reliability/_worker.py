@@ -153,7 +153,7 @@ def record(cfg: dict[str, Any], ack_fd: int | None = None) -> None:
     chunk_rows, commit_every_steps, durable (writer); mode ("append" | "extend"),
     block (extend block length), flush_every, start (first rollout step), sleep, idle
     (seconds to wait without a call before closing), io, commit_on_done,
-    min_commit_interval, commit_every_seconds.
+    min_commit_interval, commit_every_seconds, compression.
     """
     from trlrec.storage.writer import TrajectoryWriter
 
@@ -176,6 +176,7 @@ def record(cfg: dict[str, Any], ack_fd: int | None = None) -> None:
         commit_on_done=cfg.get("commit_on_done", True),
         min_commit_interval=cfg.get("min_commit_interval", 0.2),
         io=cfg.get("io"),
+        compression=cfg.get("compression"),
     )
     flush_every = cfg.get("flush_every", 0)
     start, stop = cfg.get("start", 0), cfg["steps"]
@@ -607,6 +608,15 @@ def handle(cmd: dict[str, Any]) -> dict[str, Any]:
     op = cmd["op"]
     if op == "kill_at":  # record, SIGKILL after `delay` seconds
         return _fork(lambda fd: record(cmd["cfg"], fd), kill_after=cmd["delay"])
+    if op == "compact_at":  # compact a store, SIGKILL after `delay` seconds
+
+        def compact(fd: int) -> None:
+            from trlrec.cli.compact import compact_store
+
+            compact_store(cmd["path"], progress=False)
+            os.write(fd, b"compacted\n")
+
+        return _fork(compact, kill_after=cmd["delay"])
     if op == "crashpoint":  # record, SIGKILL at the nth call of a protocol step
         cfg = cmd["cfg"]
 

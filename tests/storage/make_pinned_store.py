@@ -1,6 +1,8 @@
-"""Regenerate tests/data/store_v1 (run only when the format version changes).
+"""Regenerate tests/data/store_v1 or store_v2 (run only when the format version changes).
 
-python -m tests.storage.make_pinned_store
+python -m tests.storage.make_pinned_store [--v2]
+
+store_v2 holds the same rollout with every column compressed (COMMIT version 2).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from tests.conftest import StubEnv
 from trlrec import TrajectoryWriter
 
 PINNED = Path(__file__).resolve().parent.parent / "data" / "store_v1"
+PINNED_V2 = PINNED.with_name("store_v2")
 
 
 def pinned_rollout() -> torch.Tensor:
@@ -23,15 +26,19 @@ def pinned_rollout() -> torch.Tensor:
     return env.rollout(9, break_when_any_done=False)
 
 
-def main() -> None:
-    shutil.rmtree(PINNED, ignore_errors=True)
+def main(v2: bool = False) -> None:
+    path = PINNED_V2 if v2 else PINNED
+    shutil.rmtree(path, ignore_errors=True)
     rollout = pinned_rollout()
-    with TrajectoryWriter(PINNED, metadata={"pinned": True}, chunk_rows=8, shard="s0") as w:
+    kw = {"compression": "zstd"} if v2 else {}
+    with TrajectoryWriter(path, metadata={"pinned": True}, chunk_rows=8, shard="s0", **kw) as w:
         for t in range(rollout.shape[1]):
             w.append(rollout[:, t], episode_metadata=[{"t": t}, None])
-    for lock in PINNED.rglob("LOCK"):
+    for lock in path.rglob("LOCK"):
         lock.unlink()
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    main(v2="--v2" in sys.argv)

@@ -68,6 +68,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="check a store end to end")
     p.add_argument("path")
 
+    p = sub.add_parser(
+        "compact", help="compress a store's committed chunks in place (crash-safe), trim them"
+    )
+    p.add_argument("path")
+    p.add_argument("--codec", default="zstd", help="the codec (default zstd)")
+    p.add_argument("--level", type=int, default=3, help="the codec's level (default 3)")
+    p.add_argument(
+        "--keys", nargs="+", metavar="KEY", help="only these keys (e.g. pixels next/pixels)"
+    )
+
     from trlrec.cli.export import add_parsers
 
     add_parsers(sub)  # export minari|lerobot, import minari
@@ -151,6 +161,20 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_OK if report.ok else EXIT_DAMAGED
 
 
+def _cmd_compact(args: argparse.Namespace) -> int:
+    from trlrec.cli.compact import compact_store
+    from trlrec.cli.stats import _size
+
+    report = compact_store(args.path, codec=args.codec, level=args.level, keys=args.keys)
+    ratio = report.before / max(1, report.after)
+    print(
+        f"compacted {args.path}: "
+        f"{report.compressed} column files compressed in {report.shards} shard(s); "
+        f"{_size(report.before)} on disk before, {_size(report.after)} after ({ratio:.1f}x)"
+    )
+    return EXIT_OK
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from trlrec.cli.export import run_export
 
@@ -168,6 +192,7 @@ _COMMANDS = {
     "info": _cmd_info,
     "video": _cmd_video,
     "verify": _cmd_verify,
+    "compact": _cmd_compact,
     "export": _cmd_export,
     "import": _cmd_import,
 }

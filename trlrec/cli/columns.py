@@ -53,7 +53,8 @@ def episode_column(
     if not with_last:
         rows = rows[: rec.num_steps]
     for index, offset, n in chunk_spans(rows.start, len(rows), shard.chunk_rows):
-        yield shard.chunk(rec.stream, index)[entry.stored_key][offset : offset + n]
+        start = index * shard.chunk_rows + offset  # the rows of one chunk: checked, no copy
+        yield shard.rows(rec.stream, start, n, [entry.stored_key])[entry.stored_key]
 
 
 def require_entries(reader: TrajectoryReader) -> tuple[Entry, ...]:

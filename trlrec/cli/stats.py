@@ -77,6 +77,12 @@ def summarize(reader: TrajectoryReader, *, progress: bool = True) -> dict[str, A
             if progress:
                 bar.update(i + 1)
     used, apparent = disk_usage(reader.path)
+    sizes: dict[tuple[str, ...], list[int]] = {e.stored_key: [0, 0] for e in entries}
+    for shard in reader.shards:
+        for e, disk, raw in shard.column_usage():
+            size = sizes.setdefault(e.stored_key, [0, 0])
+            size[0] += disk
+            size[1] += raw
     return {
         "path": str(reader.path),
         "format_version": reader.format_version,
@@ -93,6 +99,9 @@ def summarize(reader: TrajectoryReader, *, progress: bool = True) -> dict[str, A
                 "role": e.role,
                 "shape": list(e.shape),
                 "dtype": dtype_name(e.dtype),
+                "bytes_on_disk": sizes[e.stored_key][0],
+                "bytes_raw": sizes[e.stored_key][1],
+                "ratio": sizes[e.stored_key][1] / max(1, sizes[e.stored_key][0]),
             }
             for e in entries
         ],
@@ -153,7 +162,11 @@ def describe(summary: dict[str, Any]) -> str:
     width = max([len(k["key"]) for k in summary["keys"]] + [3])
     for k in summary["keys"]:
         shape = "(" + ", ".join(str(d) for d in k["shape"]) + ("," if len(k["shape"]) == 1 else "")
-        lines.append(f"  {k['key']:<{width}}  {k['role']:<5}  {shape + ')':<14} {k['dtype']}")
+        lines.append(
+            f"  {k['key']:<{width}}  {k['role']:<5}  {shape + ')':<14} {k['dtype']:<9} "
+            f"{_size(k['bytes_on_disk'])} on disk, {_size(k['bytes_raw'])} raw "
+            f"({k['ratio']:.1f}x)"
+        )
     lines.append(f"metadata   {json.dumps(summary['metadata'], sort_keys=True)}")
     lines.append("shards")
     for s in summary["shards"]:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 import struct
+import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,13 @@ __all__ = [
     "EPISODE_META_FILE",
     "STREAMS_DIR",
     "COLUMN_SUFFIX",
+    "COMPRESSED_SUFFIX",
+    "COMPRESSED_VERSION",
+    "BLOCK_BYTES",
+    "CompressedHeader",
+    "compressed_file",
+    "block_rows_for",
+    "chunk_rows_needed",
     "EPISODE_FIELDS",
     "EPISODE_RECORD_BYTES",
     "MAX_EPISODE_META_BYTES",
@@ -90,6 +98,9 @@ EPISODES_FILE = "episodes.bin"
 EPISODE_META_FILE = "episode_meta.jsonl"
 STREAMS_DIR = "streams"
 COLUMN_SUFFIX = ".memmap"  # a column's file in a chunk: <key>.memmap
+COMPRESSED_SUFFIX = ".zst"  # a compressed column's file in a chunk: <key>.zst
+COMPRESSED_VERSION = 2
+"""The version of a shard whose chunks may hold compressed columns (COMMIT's version)."""
 
 # episodes.bin: little-endian int64 records of these fields, in this order.
 EPISODE_FIELDS = (
@@ -166,6 +177,12 @@ def column_file(chunk_dir: Path, stored_key: tuple[str, ...]) -> Path:
     return chunk_dir.joinpath(*parents, last + COLUMN_SUFFIX)
 
 
+def compressed_file(chunk_dir: Path, stored_key: tuple[str, ...]) -> Path:
+    """The ``.zst`` file of a compressed column in a chunk directory (see :func:`column_file`)."""
+    raw = column_file(chunk_dir, stored_key)
+    return raw.with_name(raw.name.removesuffix(COLUMN_SUFFIX) + COMPRESSED_SUFFIX)
+
+
 # -------------------------------------------------------- row arithmetic
 @overload
 def row_chunk(row: int, chunk_rows: int) -> tuple[int, int]: ...
@@ -192,6 +209,123 @@ def chunk_spans(start: int, count: int, chunk_rows: int) -> Iterator[tuple[int, 
 def chunk_count(rows: int, chunk_rows: int) -> int:
     """How many chunks hold the rows ``[0, rows)`` of a stream."""
     return -(-rows // chunk_rows)
+
+
+def chunk_rows_needed(next_row: int, index: int, chunk_rows: int) -> int:
+    """How many rows of chunk ``index`` a stream with ``next_row`` committed rows counts.
+
+    Every chunk but the last is whole (``chunk_rows``); the last holds the rest. A closed
+    writer trims (or compresses) its last chunk to this many rows.
+    """
+    return max(0, min(chunk_rows, next_row - index * chunk_rows))
+
+
+BLOCK_BYTES = 256 * 2**10
+"""About this many raw bytes go in one compressed block (a random read decompresses one)."""
+_MAX_BLOCK_ROWS = 1024
+
+
+def block_rows_for(row_bytes: int) -> int:
+    """Rows per compressed block for a column of ``row_bytes`` bytes a row (1 to 1024).
+
+    A block's rows are found as :func:`row_chunk` finds a chunk's: row ``r`` of a chunk is
+    offset ``r % block_rows`` of block ``r // block_rows`` (and :func:`chunk_spans`
+    cuts a run of rows into blocks).
+    """
+    return max(1, min(_MAX_BLOCK_ROWS, BLOCK_BYTES // max(1, row_bytes)))
+
+
+# A compressed column file: this header, the end offset of each block's frame (uint64,
+# from the end of the offsets), then the frames, each an independent codec frame of
+# ``block_rows`` rows (the last block: the rest). ``crc`` covers the header's other
+# fields and the offsets.
+_ZMAGIC = b"TRLRECZ1"
+_ZHEAD = struct.Struct("<8sIIQQQII")  # magic, codec, block_rows, rows, row_bytes, blocks, crc, 0
+
+
+@dataclass(frozen=True)
+class CompressedHeader:
+    """The header and block index of a compressed column file (``<key>.zst``).
+
+    Example:
+        >>> h = CompressedHeader(codec=1, block_rows=4, rows=10, row_bytes=3, ends=(5, 9, 12))
+        >>> data = h.pack() + b"x" * 12
+        >>> CompressedHeader.parse(data[: h.size], len(data), "c.zst") == h
+        True
+        >>> h.frame(2) == (h.size + 9, h.size + 12), h.block_span(2)
+        (True, (8, 2))
+    """
+
+    codec: int
+    block_rows: int
+    rows: int
+    row_bytes: int
+    ends: tuple[int, ...]  # end offset of each block's frame, after the index
+
+    @property
+    def size(self) -> int:
+        """Bytes of the header and the index: where the first frame starts."""
+        return _ZHEAD.size + 8 * len(self.ends)
+
+    @property
+    def blocks(self) -> int:
+        """How many blocks the file holds."""
+        return len(self.ends)
+
+    def block_span(self, block: int) -> tuple[int, int]:
+        """``(first row, rows)`` of ``block`` in the chunk."""
+        first = block * self.block_rows
+        return first, min(self.block_rows, self.rows - first)
+
+    def frame(self, block: int) -> tuple[int, int]:
+        """The bytes ``[start, end)`` of ``block``'s frame in the file."""
+        start = self.ends[block - 1] if block else 0
+        return self.size + start, self.size + self.ends[block]
+
+    def _crc(self) -> int:
+        fields = struct.pack("<IIQQQ", self.codec, self.block_rows, self.rows, self.row_bytes,
+                             len(self.ends))  # fmt: skip
+        return zlib.crc32(struct.pack(f"<{len(self.ends)}Q", *self.ends), zlib.crc32(fields))
+
+    def pack(self) -> bytes:
+        """The header and the index, as written before the frames."""
+        head = _ZHEAD.pack(_ZMAGIC, self.codec, self.block_rows, self.rows, self.row_bytes,
+                           len(self.ends), self._crc(), 0)  # fmt: skip
+        return head + struct.pack(f"<{len(self.ends)}Q", *self.ends)
+
+    @staticmethod
+    def head_size(data: bytes) -> int:
+        """Bytes of header and index, from the file's first :data:`_ZHEAD` bytes (or 0)."""
+        if len(data) < _ZHEAD.size:
+            return 0
+        blocks = _ZHEAD.unpack_from(data)[5]
+        return _ZHEAD.size + 8 * blocks if blocks < _COUNT_LIMIT // 8 else 0
+
+    @classmethod
+    def parse(cls, data: bytes, file_size: int, path: str | os.PathLike[str]) -> CompressedHeader:
+        """Check and decode the header and index ``data`` of a file of ``file_size`` bytes.
+
+        Raises:
+            CorruptStoreError: the file is not a whole compressed column (names ``path``).
+        """
+        fix = "the compressed column is damaged; restore it from a copy"
+        if len(data) < _ZHEAD.size or data[:8] != _ZMAGIC:
+            raise _damaged(path, "not a trlrec compressed column (bad header)", fix)
+        _, codec, block_rows, rows, row_bytes, blocks, crc, _ = _ZHEAD.unpack_from(data)
+        if len(data) < _ZHEAD.size + 8 * blocks:
+            raise _damaged(path, f"its index of {blocks} blocks is cut short", fix)
+        ends = struct.unpack_from(f"<{blocks}Q", data, _ZHEAD.size)
+        head = cls(codec, block_rows, rows, row_bytes, tuple(ends))
+        if crc != head._crc():
+            raise _damaged(path, "its header or block index fails its checksum", fix)
+        if block_rows < 1 or blocks != -(-rows // block_rows):
+            raise _damaged(path, f"{blocks} blocks of {block_rows} rows cannot hold {rows}", fix)
+        if any(b < a for a, b in zip((0, *ends), ends, strict=False)):
+            raise _damaged(path, "its block offsets go backwards", fix)
+        counted = head.size + (ends[-1] if ends else 0)
+        if counted != file_size:
+            raise _damaged(path, f"it is {file_size} bytes; its index counts {counted}", fix)
+        return head
 
 
 # The T + 1 layout: where each stored column's values go in a rollout row. Row
@@ -482,7 +616,7 @@ class CommitRecord:
         return rec
 
 
-def _parse_commit_v1(data: dict[str, Any], path: Path) -> CommitRecord:
+def _parse_commit_v1(data: dict[str, Any], path: Path, version: int = 1) -> CommitRecord:
     """Version 1 of COMMIT: see docs/FORMAT.md."""
     fix = "the commit record is damaged"
     for name in ("seq", "episodes", "episode_meta_bytes", "chunk_rows"):
@@ -512,8 +646,13 @@ def _parse_commit_v1(data: dict[str, Any], path: Path) -> CommitRecord:
         chunk_rows=data["chunk_rows"],
         streams=tuple(StreamEntry.from_json(s, path) for s in streams),
         open_meta=metas,
-        version=1,
+        version=version,
     )
+
+
+def _parse_commit_v2(data: dict[str, Any], path: Path) -> CommitRecord:
+    """Version 2 of COMMIT: version 1's fields; the shard's chunks may hold ``.zst`` columns."""
+    return _parse_commit_v1(data, path, COMPRESSED_VERSION)
 
 
 # ---------------------------------------------------------------- versions
@@ -525,7 +664,10 @@ class StoreFormat:
     parse_commit: Callable[[dict[str, Any], Path], CommitRecord]
 
 
-SUPPORTED_VERSIONS: Mapping[int, StoreFormat] = {1: StoreFormat(1, _parse_commit_v1)}
+SUPPORTED_VERSIONS: Mapping[int, StoreFormat] = {
+    1: StoreFormat(1, _parse_commit_v1),
+    COMPRESSED_VERSION: StoreFormat(COMPRESSED_VERSION, _parse_commit_v2),
+}
 """The versions this trlrec reads, each to its parsers (a new version is a new entry)."""
 
 

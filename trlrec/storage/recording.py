@@ -24,6 +24,7 @@ from trlrec.storage.commit_clock import CommitClock
 from trlrec.storage.format import COMMIT_FILE, SCHEMA_FILE
 from trlrec.storage.jsonio import write_json_atomic
 from trlrec.storage.schema import Key, Schema
+from trlrec.storage.sealing import ChunkSealer, compression_plan
 from trlrec.storage.shard import ShardFiles
 from trlrec.storage.staging import StepStaging
 from trlrec.storage.stream_set import StreamSet
@@ -43,6 +44,7 @@ class Recording:
         stage_steps: steps per staging buffer, or None (a default for the schema).
         durable: fsync at each commit.
         episode_key: a root key whose change starts a new episode, or None.
+        compression: the writer's ``compression`` (columns compressed as chunks seal).
     """
 
     def __init__(
@@ -56,6 +58,7 @@ class Recording:
         stage_steps: int | None,
         durable: bool,
         episode_key: Key | None,
+        compression: Any = None,
     ) -> None:
         self.shard_path = shard_path
         self.io = io
@@ -65,7 +68,8 @@ class Recording:
         self._chunk_rows = chunk_rows
         self._stage_steps = stage_steps
         self._episode_key = episode_key
-        self.files = ShardFiles(shard_path, durable=durable)
+        self.files = ShardFiles(shard_path, durable=durable, compressed=compression is not None)
+        self.sealer = ChunkSealer(shard_path, compression)
         self.schema: Schema | None = None
         # set with the schema (_setup), and read only after it: typed as always set
         self.staging: StepStaging = None  # type: ignore[assignment]
@@ -88,10 +92,12 @@ class Recording:
         self.staging = StepStaging(schema, self._stage_steps, buffers)
         sizes = (self._chunk_rows, self.io, self.group, self._episode_key)
         self.streams = StreamSet(self.shard_path, self.staging, *sizes)
+        self.sealer.setup(schema, self._chunk_rows)
 
     def init_schema(self, root: TensorDictBase, next_: TensorDictBase) -> None:
         """Set the recording up from its first transition (its schema is written)."""
         schema = Schema.from_transition(root, next_)
+        compression_plan(self.sealer.compression, schema)  # a bad key: refused before anything
         write_json_atomic(self.shard_path / SCHEMA_FILE, schema.to_json(), durable=self.durable)
         self._setup(schema)
 
@@ -104,6 +110,7 @@ class Recording:
         self.files.resume(commit)
         for ep in self.streams.resume(commit, self.shard_path / COMMIT_FILE):
             self.files.add_episode(ep)
+        self.sealer.resume(commit["streams"])
         if commit_now:
             self.commit(sync=True)
 
@@ -159,7 +166,8 @@ class Recording:
             self.check_io()
             self.streams.sync()
         entries, open_meta = self.streams.entries()
-        self.files.commit(self.io, self.group, entries, open_meta, self._chunk_rows or 1)
+        token = self.files.commit(self.io, self.group, entries, open_meta, self._chunk_rows or 1)
+        self.sealer.committed(self.io, self.group, token, entries)
         if sync:
             self.io.barrier()
             self.check_io()
@@ -194,9 +202,11 @@ class Recording:
             for ep in self.streams.cut():
                 self.files.add_episode(ep)
             self.commit(sync=True)
+            self.sealer.finish(self.streams.entries()[0])
 
     def release(self) -> None:
         """Close the I/O backend and release the shard (removed if nothing was recorded)."""
+        self.sealer.close()
         self.io.close()
         if self.schema is None and not (self.shard_path / COMMIT_FILE).exists():
             shutil.rmtree(self.shard_path, ignore_errors=True)  # while its lock is still held

@@ -20,6 +20,7 @@ from trlrec.errors import CorruptStoreError, ShardLockedError, StoreWriteError
 from trlrec.io.backend import IOBackend, write_fix
 from trlrec.storage.format import (
     COMMIT_FILE,
+    COMPRESSED_VERSION,
     EPISODE_META_FILE,
     EPISODE_RECORD_BYTES,
     EPISODES_FILE,
@@ -59,9 +60,11 @@ def _file_op(path: Path, what: str, op: Any) -> None:
 class ShardFiles:
     """The files of a shard that a writer appends to, under an exclusive lock."""
 
-    def __init__(self, directory: Path, *, durable: bool):
+    def __init__(self, directory: Path, *, durable: bool, compressed: bool = False):
         self.directory = directory
         self.durable = durable
+        # COMMIT's version: 2 once the shard may hold compressed columns
+        self.version = COMPRESSED_VERSION if compressed else FORMAT_VERSION
         try:
             self._lock_fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as err:
@@ -104,7 +107,9 @@ class ShardFiles:
         """The commit on disk, or None: then the shard starts afresh (its rows are removed)."""
         path = self.directory / COMMIT_FILE
         if path.exists():
-            return read_commit(path)
+            commit = read_commit(path)
+            self.version = max(self.version, commit["version"])
+            return commit
         self.resume({"seq": 0, "episodes": 0, "episode_meta_bytes": 0})
         shutil.rmtree(self.directory / STREAMS_DIR, ignore_errors=True)
         return None
@@ -196,6 +201,7 @@ class ShardFiles:
             chunk_rows=chunk_rows,
             streams=tuple(StreamEntry(*s) for s in streams),
             open_meta=open_meta,
+            version=self.version,
         ).to_json()
         for path, data, offset in appends:
             if not path.exists():  # the backend writes into existing files only

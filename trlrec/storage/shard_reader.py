@@ -9,12 +9,13 @@ import stat
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import torch
 from tensordict import MemoryMappedTensor, TensorDict
 
 from trlrec.errors import CorruptStoreError
+from trlrec.storage.blocks import BlockCache, CompressedColumn
 from trlrec.storage.format import (
     COMMIT_FILE,
     EPISODE_META_FILE,
@@ -31,6 +32,7 @@ from trlrec.storage.format import (
     chunk_path,
     chunk_spans,
     column_file,
+    compressed_file,
     placements,
     store_format,
 )
@@ -40,6 +42,9 @@ from trlrec.storage.schema import Entry, Key, Schema
 __all__ = ["ShardReader", "EpisodeInfo"]
 
 _CACHE = 16
+
+Leaf: TypeAlias = torch.Tensor | CompressedColumn
+"""A column of a chunk: a memory-mapped tensor, or compressed blocks read on demand."""
 
 
 class EpisodeInfo(dict):
@@ -90,7 +95,8 @@ class ShardReader:
         self.open_episodes = self.commit.open_episodes()
         self.num_episodes = self.num_closed + len(self.open_episodes)
         self.num_steps = self.commit.num_transitions
-        self._chunks: OrderedDict[tuple[int, int], dict[Key, torch.Tensor]] = OrderedDict()
+        self._chunks: OrderedDict[tuple[int, int], dict[Key, Leaf]] = OrderedDict()
+        self._blocks = BlockCache()  # decompressed blocks of compressed columns
 
     def _read_metadata(self, path: Path) -> dict[str, Any]:
         """The ``metadata`` of ``shard.json`` (``{}`` without the file), its version checked."""
@@ -190,14 +196,29 @@ class ShardReader:
             raise CorruptStoreError(f"{str(path)!r}: metadata of episode {i} is not an object")
         return value
 
-    def _leaf(self, directory: Path, e: Entry) -> torch.Tensor:
+    def _leaf(self, directory: Path, e: Entry) -> Leaf:
+        """A column of a chunk: its ``.zst`` where compressed, else its ``.memmap`` mapped.
+
+        A chunk file holds ``chunk_rows`` rows, or fewer (a writer trims its last chunk
+        when it closes, and may go on in a fresh chunk after it); a row past them is
+        an error when it is read (:meth:`rows`, :meth:`take`), never garbage.
+        """
+        packed = compressed_file(directory, e.stored_key)
+        if e.nbytes and os.path.lexists(packed):
+            column = CompressedColumn(_inside(self.root, packed), e.shape, e.dtype, self._blocks)
+            if column.rows > self.chunk_rows:
+                raise CorruptStoreError(
+                    f"{str(packed)!r} holds {column.rows} rows, more than a chunk's "
+                    f"{self.chunk_rows}. The chunk is damaged"
+                )
+            return column
         path = column_file(directory, e.stored_key)
         real = _inside(self.root, path)
-        numel = self.chunk_rows * math.prod(e.shape)  # Python ints: no int64 overflow
-        need = numel * torch.empty((), dtype=e.dtype).element_size()
         try:
             st = real.stat()
         except FileNotFoundError:
+            if e.nbytes and os.path.lexists(packed):  # compressed meanwhile, by its writer
+                return self._leaf(directory, e)
             raise CorruptStoreError(f"{str(path)!r} is missing; the chunk is damaged") from None
         except (OSError, ValueError) as err:  # a name too long, a NUL in it
             raise CorruptStoreError(
@@ -205,22 +226,30 @@ class ShardReader:
             ) from err
         if not stat.S_ISREG(st.st_mode):
             raise CorruptStoreError(f"{str(path)!r} is not a regular file; the chunk is damaged")
-        size = st.st_size
-        if size < need:
+        row_bytes = math.prod(e.shape) * torch.empty((), dtype=e.dtype).element_size()
+        rows = self.chunk_rows if row_bytes == 0 else min(self.chunk_rows, st.st_size // row_bytes)
+        if rows == 0:  # a chunk exists once a row was written to it
             raise CorruptStoreError(
-                f"{str(path)!r} is {size} bytes, shorter than the {need} its shape "
-                f"{(self.chunk_rows, *e.shape)} and dtype {e.dtype} need; the chunk is truncated"
+                f"{str(path)!r} is {st.st_size} bytes, shorter than one row of {e.shape} "
+                f"{e.dtype} ({row_bytes} bytes); the chunk is truncated"
             )
+        numel = rows * math.prod(e.shape)  # Python ints: no int64 overflow
         if numel == 0:
-            return MemoryMappedTensor(torch.empty((self.chunk_rows, *e.shape), dtype=e.dtype))
+            return MemoryMappedTensor(torch.empty((rows, *e.shape), dtype=e.dtype))
         try:
             data = torch.from_file(str(real), shared=False, size=numel, dtype=e.dtype)
         except RuntimeError as err:
+            if os.path.lexists(packed):  # compressed meanwhile, by its writer
+                return self._leaf(directory, e)
             raise CorruptStoreError(f"{str(path)!r} cannot be mapped: {err}") from err
-        return MemoryMappedTensor(data.view(self.chunk_rows, *e.shape))
+        return MemoryMappedTensor(data.view(rows, *e.shape))
 
-    def chunk(self, stream: int, index: int) -> dict[Key, torch.Tensor]:
-        """The leaves of a chunk (mapped copy-on-write: the store is never modified)."""
+    def chunk(self, stream: int, index: int) -> dict[Key, Leaf]:
+        """The leaves of a chunk, indexed like tensors.
+
+        Raw columns are mapped copy-on-write (the store is never modified), compressed
+        ones are :class:`~trlrec.storage.blocks.CompressedColumn` (blocks on demand).
+        """
         key = (stream, index)
         leaves = self._chunks.get(key)
         if leaves is None:
@@ -233,43 +262,93 @@ class ShardReader:
             self._chunks.move_to_end(key)
         return leaves
 
+    def _short(self, stream: int, index: int, key: Key, rows: int) -> CorruptStoreError:
+        return CorruptStoreError(
+            f"{str(column_file(chunk_path(self.directory, stream, index), key))!r} holds "
+            f"{rows} rows; a row past them was asked for. The chunk is truncated or the "
+            "episode index damaged"
+        )
+
     def take(self, stream: int, index: int, key: Key, offsets: torch.Tensor) -> torch.Tensor:
         """Rows ``offsets`` (int64, positions inside chunk ``index``) of one stored column.
 
         The one row gather of the read side: the replay buffer samples through it, so a
         column stored another way (compressed blocks) only has to answer here and in
-        :meth:`rows`.
+        :meth:`rows`. A compressed column decompresses only the blocks holding the rows.
+
+        Raises:
+            CorruptStoreError: a row lies past the rows the chunk file holds.
         """
-        return self.chunk(stream, index)[key][offsets]
+        leaf = self.chunk(stream, index)[key]
+        if isinstance(leaf, CompressedColumn):
+            return leaf.take(offsets)
+        if leaf.shape[0] < self.chunk_rows and offsets.numel() and int(offsets.max()) >= len(leaf):
+            raise self._short(stream, index, key, len(leaf))
+        return leaf[offsets]
 
     def rows(
         self, stream: int, start: int, count: int, keys: Iterable[Key] | None = None
     ) -> dict[Key, torch.Tensor]:
         """Rows ``[start, start + count)`` of a stream's columns (``keys``: stored keys, or all).
 
-        Zero-copy unless the rows span chunks (then each column is concatenated).
+        Zero-copy unless the rows span chunks (then each column is concatenated) or
+        blocks of a compressed column.
+
+        Raises:
+            CorruptStoreError: a row lies past the rows a chunk file holds.
         """
         wanted = [e.stored_key for e in self.schema.entries] if keys is None else list(keys)
         pieces: dict[Key, list[torch.Tensor]] = {k: [] for k in wanted}
         for index, offset, n in chunk_spans(start, count, self.chunk_rows):
             leaves = self.chunk(stream, index)
             for k in wanted:
-                pieces[k].append(leaves[k][offset : offset + n])
+                piece = leaves[k][offset : offset + n]
+                if piece.shape[0] != n:
+                    raise self._short(stream, index, k, len(leaves[k]))
+                pieces[k].append(piece)
         return {k: v[0] if len(v) == 1 else torch.cat(v) for k, v in pieces.items()}
 
     def column_files(self) -> Iterator[tuple[int, int, Entry, Path]]:
-        """``(stream, chunk, entry, file)`` of every column file the commit counts."""
+        """``(stream, chunk, entry, file)`` of every column file the commit counts.
+
+        The file is the column's ``.zst`` where it was compressed, else its ``.memmap``.
+        """
         for b, s in enumerate(self.streams):
             for c in range(chunk_count(s.next_row, self.chunk_rows)):
                 directory = chunk_path(self.directory, b, c)
                 for e in self.schema.entries:
-                    yield b, c, e, column_file(directory, e.stored_key)
+                    packed = compressed_file(directory, e.stored_key)
+                    if e.nbytes and os.path.lexists(packed):
+                        yield b, c, e, packed
+                    else:
+                        yield b, c, e, column_file(directory, e.stored_key)
+
+    def rows_used(self) -> dict[tuple[int, int], int]:
+        """``{(stream, chunk): rows}``: how many rows of each chunk the episodes use.
+
+        Every row written belongs to an episode, closed or open at the commit.
+        """
+        C = self.chunk_rows
+        used: dict[tuple[int, int], int] = {}
+        for i in range(self.num_episodes):
+            try:
+                rec = self.record(i)
+            except CorruptStoreError:
+                continue  # reported by whoever reads it
+            for c, offset, n in chunk_spans(rec.start_row, len(rec.rows), C):
+                key = (rec.stream, c)
+                used[key] = max(used.get(key, 0), offset + n)
+        return used
 
     def check_files(self) -> list[str]:
-        """What is wrong with the committed column files (missing, not a file, a wrong size)."""
+        """What is wrong with the committed column files.
+
+        Missing, not a file, a wrong size, a damaged compressed header.
+        """
         problems = []
-        for _b, _c, e, file in self.column_files():
-            need = self.chunk_rows * e.nbytes
+        used = self.rows_used()
+        for b, c, e, file in self.column_files():
+            need = used.get((b, c), 0)
             try:
                 st = os.stat(_inside(self.root, file))
             except CorruptStoreError as err:  # a link out of the store
@@ -283,12 +362,67 @@ class ShardReader:
                 continue
             if not stat.S_ISREG(st.st_mode):
                 problems.append(f"{str(file)!r} is not a regular file")
-            elif st.st_size != need:
+            elif file.suffix == ".zst":
+                try:
+                    rows = CompressedColumn(file, e.shape, e.dtype, self._blocks).rows
+                except CorruptStoreError as err:
+                    problems.append(str(err))
+                    continue
+                if not need <= rows <= self.chunk_rows:
+                    problems.append(
+                        f"{str(file)!r} holds {rows} rows, expected {need} to {self.chunk_rows}"
+                    )
+            elif e.nbytes and (
+                st.st_size % e.nbytes
+                or not need * e.nbytes <= st.st_size <= self.chunk_rows * e.nbytes
+            ):
                 problems.append(
-                    f"{str(file)!r} is {st.st_size} bytes, expected {need} "
-                    f"({self.chunk_rows} rows of {e.shape} {e.dtype})"
+                    f"{str(file)!r} is {st.st_size} bytes, expected whole rows of "
+                    f"{e.shape} {e.dtype}, at least the {need} rows its episodes use and at "
+                    f"most {self.chunk_rows} ({self.chunk_rows * e.nbytes} bytes)"
                 )
         return problems
+
+    def column_usage(self) -> Iterator[tuple[Entry, int, int]]:
+        """``(entry, bytes allocated on disk, raw bytes)`` of every committed column file.
+
+        The raw bytes are those of the rows its episodes use (:meth:`rows_used`), as a
+        raw memory map holds them (a compressed column's, decompressed).
+        """
+        used = self.rows_used()
+        for b, c, e, file in self.column_files():
+            try:
+                st = os.stat(_inside(self.root, file))
+            except (OSError, ValueError):
+                continue
+            yield e, st.st_blocks * 512, used.get((b, c), 0) * e.nbytes
+
+    def check_column(self, stream: int, index: int, e: Entry) -> None:
+        """Read every byte a column of a chunk holds.
+
+        A compressed one's every block (checksums checked), a raw one's rows.
+
+        Raises:
+            CorruptStoreError: a block is damaged, or the file cannot be read.
+        """
+        leaf = self.chunk(stream, index)[e.stored_key]
+        if isinstance(leaf, CompressedColumn):
+            leaf.check()
+            return
+        path = column_file(chunk_path(self.directory, stream, index), e.stored_key)
+        left = len(leaf) * e.nbytes
+        buffer = memoryview(bytearray(min(left, 1 << 20) or 1))
+        try:
+            with open_regular(_inside(self.root, path)) as f:
+                while left > 0:
+                    got = f.readinto(buffer[: min(left, len(buffer))])
+                    if not got:
+                        raise CorruptStoreError(
+                            f"{str(path)!r} ends {left} bytes before its rows; it is truncated"
+                        )
+                    left -= got
+        except OSError as err:
+            raise CorruptStoreError(f"cannot read {str(path)!r}: {err.strerror}") from err
 
     def episode(self, i: int) -> TensorDict:
         """Episode ``i`` as a ``[T]`` TensorDict of rollout rows (root keys + ``"next"``)."""

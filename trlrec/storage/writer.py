@@ -31,6 +31,7 @@ from trlrec.storage.batches import (
     stream_mask,
 )
 from trlrec.storage.commit_clock import CommitClock, IdleCommitter
+from trlrec.storage.compression import check_compression
 from trlrec.storage.dataset import check_metadata, create_dataset, new_shard_dir
 from trlrec.storage.recording import Recording
 from trlrec.storage.schema import Key, Schema
@@ -67,6 +68,12 @@ class TrajectoryWriter(Closeable):
             "auto", or an :class:`~trlrec.io.IOBackend` (the writer closes it).
         episode_key: a root key whose change starts a new episode (a collector's
             trajectory ids), used when present.
+        compression: store columns compressed (lossless): ``None`` (raw memory maps),
+            ``"zstd"`` (every column), ``("zstd", level)``, or a mapping from keys
+            (``"pixels"``, ``("next", "reward")``) to those. A chunk's columns are
+            compressed on a worker thread once the chunk is full and committed (and the
+            last chunks at ``close()``), off the step loop; readers decompress them
+            transparently. Needs the ``zstandard`` package.
         specs: the recording env's specs (``env.specs``), stored as JSON in the
             store's ``specs.json`` (the first writer's are kept) and read back by
             :attr:`TrajectoryReader.specs <trlrec.TrajectoryReader.specs>`.
@@ -109,10 +116,12 @@ class TrajectoryWriter(Closeable):
         io: str | IOBackend | None = None,
         episode_key: Key | str | None = ("collector", "traj_ids"),
         specs: Any = None,
+        compression: Any = None,
     ):
         for name, value in (("chunk_rows", chunk_rows), ("stage_steps", stage_steps)):
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ConfigError(f"{name} must be a positive int, got {value!r}")
+        check_compression(compression)
         self.clock = CommitClock(
             commit_every_steps, commit_every_seconds, commit_on_done, min_commit_interval
         )
@@ -142,6 +151,7 @@ class TrajectoryWriter(Closeable):
                 stage_steps=stage_steps,
                 durable=durable,
                 episode_key=key,
+                compression=compression,
             )
         except BaseException:
             io.close()

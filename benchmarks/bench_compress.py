@@ -1,0 +1,236 @@
+"""Compressed stores on real Atari frames: ratio on disk, bit-exactness, step cost, file sizes.
+
+Frames come from ALE (``ale-py`` ships the ROMs) with a random policy: Pong and
+Breakout, 84x84 grayscale (ALE's grayscale screen area-resized, as
+``AtariPreprocessing`` does; ``frameskip=4``) and the raw 210x160 RGB screen. Each is
+recorded twice side by side, raw (``compression=None``) and ``compression="zstd"``;
+the ratio is the raw store's allocated bytes (``st_blocks``) over the compressed one's,
+the whole store (every key and file), chunks of 1024 rows (so that chunks fill,
+and are compressed on the writer's worker thread, during the step loop). The step
+cost is the median ``append`` time per step over alternating runs, raw vs zstd, on the
+same frames. The codec comparison
+(zstandard vs blosc2, which chose zstd) compresses the same Pong frames in blocks of
+64 rows.
+
+``python -m benchmarks.bench_compress [--smoke]``
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tensordict import TensorDict
+
+from trlrec import TrajectoryReader, TrajectoryWriter
+
+BUDGET_GRAY = 50.0
+BUDGET_RGB = 100.0
+BUDGET_STEP_US = 2.0
+BUDGET_APPARENT = 1.05
+
+
+def frames(env_id: str, n: int, gray: bool, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n + 1`` frames of ``env_id`` under a random policy and the ``n`` done flags."""
+    import ale_py
+    import gymnasium as gym
+
+    gym.register_envs(ale_py)
+    env = gym.make(
+        env_id, obs_type="grayscale" if gray else "rgb", frameskip=4, repeat_action_probability=0.0
+    )
+    gen = torch.Generator().manual_seed(seed)
+
+    def shot(o: Any) -> torch.Tensor:
+        t = torch.from_numpy(o)
+        if not gray:
+            return t
+        small = torch.nn.functional.interpolate(t[None, None].float(), (84, 84), mode="area")
+        return small[0, 0].round().to(torch.uint8)
+
+    obs, _ = env.reset(seed=seed)
+    out, dones = [shot(obs)], []
+    for _ in range(n):
+        obs, _, term, trunc, _ = env.step(int(torch.randint(env.action_space.n, (), generator=gen)))
+        done = bool(term or trunc)
+        dones.append(done)
+        if done:
+            obs, _ = env.reset()
+        out.append(shot(obs))
+    env.close()
+    return torch.stack(out), torch.tensor(dones)
+
+
+def _steps(pix: torch.Tensor, dones: torch.Tensor) -> list[TensorDict]:
+    n = dones.shape[0]
+    return [
+        TensorDict(
+            {
+                "pixels": pix[t],
+                "action": torch.tensor([t % 4]),
+                "next": {
+                    "pixels": pix[t + 1],
+                    "reward": torch.tensor([0.0]),
+                    "done": dones[t : t + 1],
+                },
+            },
+            batch_size=[],
+        )
+        for t in range(n)
+    ]
+
+
+CHUNK_ROWS = 1024  # chunks fill (and are compressed) during the step loop
+
+
+def _record(path: Path, steps: list[TensorDict], compression: Any) -> float:
+    """Record ``steps`` with ``append``; the step loop's seconds per step (close excluded)."""
+    w = TrajectoryWriter(path, compression=compression, chunk_rows=CHUNK_ROWS)
+    t0 = time.perf_counter()
+    for s in steps:
+        w.append(s)
+    dt = time.perf_counter() - t0
+    w.close()
+    return dt / len(steps)
+
+
+def _sizes(path: Path) -> tuple[int, int]:
+    allocated = apparent = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            st = os.lstat(os.path.join(root, name))
+            allocated += st.st_blocks * 512
+            apparent += st.st_size
+    return allocated, apparent
+
+
+def _exact(path: Path, pix: torch.Tensor) -> bool:
+    r = TrajectoryReader(path)
+    got = [r.episodes[i] for i in range(r.num_episodes)]
+    seen = torch.cat([ep["pixels"] for ep in got])
+    nxt = torch.cat([ep["next", "pixels"] for ep in got])
+    return torch.equal(seen, pix[:-1]) and torch.equal(nxt, pix[1:])
+
+
+def _codecs(pix: torch.Tensor) -> list[dict[str, Any]]:
+    """zstandard vs blosc2 on the same blocks of 64 frames: ratio and MB/s each way."""
+    import zstandard
+
+    blocks = [pix[i : i + 64].numpy().tobytes() for i in range(0, pix.shape[0], 64)]
+    raw = sum(map(len, blocks))
+    coders: dict[str, tuple[Any, Any]] = {
+        "zstandard level 3": (
+            zstandard.ZstdCompressor(level=3).compress,
+            zstandard.ZstdDecompressor().decompress,
+        )
+    }
+    try:
+        import blosc2
+
+        coders["blosc2 zstd level 3"] = (
+            lambda b: blosc2.compress(b, typesize=1, clevel=3, codec=blosc2.Codec.ZSTD),
+            blosc2.decompress,
+        )
+        coders["blosc2 lz4 level 5"] = (
+            lambda b: blosc2.compress(b, typesize=1, clevel=5, codec=blosc2.Codec.LZ4),
+            blosc2.decompress,
+        )
+    except ImportError:
+        pass
+    rows = []
+    for name, (comp, dec) in coders.items():
+        t0 = time.perf_counter()
+        packed = [comp(b) for b in blocks]
+        tc = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        back = [dec(p) for p in packed]
+        td = time.perf_counter() - t0
+        assert back == blocks
+        ratio = raw / sum(map(len, packed))
+        note = f"compress {raw / tc / 1e6:.0f} MB/s, decompress {raw / td / 1e6:.0f} MB/s"
+        rows.append(_row(f"codec {name}: Pong 84x84 gray, 64-frame blocks", ratio, "x", None,
+                         None, note))  # fmt: skip
+    return rows
+
+
+def _row(name: str, value: float, unit: str, budget: str | None, ok: bool | None,
+         note: str = "") -> dict[str, Any]:  # fmt: skip
+    return {"name": name, "value": round(value, 2), "unit": unit, "budget": budget, "ok": ok,
+            "note": note}  # fmt: skip
+
+
+def run(smoke: bool = False) -> list[dict[str, Any]]:
+    """Ratios (gray and RGB, Pong and Breakout), bit-exactness, step cost, apparent size.
+
+    Args:
+        smoke: a tiny run (few frames) that checks the code path; no verdicts.
+
+    Returns:
+        Rows ``{"name", "value", "unit", "budget", "ok"}``.
+    """
+    n_gray, n_rgb, reps = (60, 30, 1) if smoke else (6000, 1500, 5)
+    rows: list[dict[str, Any]] = []
+    verdict = (lambda ok: None) if smoke else (lambda ok: bool(ok))
+    with tempfile.TemporaryDirectory(prefix="trlrec-bench-compress-") as tmp:
+        root = Path(tmp)
+        for env_id in ("ALE/Pong-v5", "ALE/Breakout-v5"):
+            game = env_id.split("/")[1].split("-")[0]
+            for gray in (True, False):
+                pix, dones = frames(env_id, n_gray if gray else n_rgb, gray)
+                if gray and game == "Pong":
+                    rows += _codecs(pix)
+                steps = _steps(pix, dones)
+                kind = "84x84 gray" if gray else "210x160 RGB"
+                tag = f"{game}-{'gray' if gray else 'rgb'}"
+                costs: dict[str, list[float]] = {"raw": [], "zstd": []}
+                for rep in range(reps if gray and game == "Pong" else 1):
+                    for mode, comp in (("raw", None), ("zstd", "zstd")):
+                        costs[mode].append(_record(root / f"{tag}-{mode}-{rep}", steps, comp))
+                raw_alloc, raw_apparent = _sizes(root / f"{tag}-raw-0")
+                z_alloc, z_apparent = _sizes(root / f"{tag}-zstd-0")
+                ratio = raw_alloc / max(1, z_alloc)
+                budget = BUDGET_GRAY if gray else BUDGET_RGB
+                rows.append(_row(
+                    f"{game} {kind} zstd: raw / compressed bytes on disk", ratio, "x",
+                    f">= {budget:g}", verdict(ratio >= budget),
+                    f"{len(steps)} steps; raw {raw_alloc / 2**20:.1f} MiB, zstd "
+                    f"{z_alloc / 2**20:.2f} MiB allocated",
+                ))  # fmt: skip
+                exact = _exact(root / f"{tag}-zstd-0", pix)
+                rows.append(_row(f"{game} {kind} zstd: frames read back bit-exact", float(exact),
+                                 "bool", "== 1", verdict(exact)))  # fmt: skip
+                if gray and game == "Pong":
+                    off = statistics.median(costs["raw"]) * 1e6
+                    on = statistics.median(costs["zstd"]) * 1e6
+                    rows.append(_row("Pong 84x84 gray append: step cost, compression off", off,
+                                     "us/step", None, None))  # fmt: skip
+                    rows.append(_row("Pong 84x84 gray append: step cost, zstd on", on,
+                                     "us/step", None, None))  # fmt: skip
+                    rows.append(_row(
+                        "Pong 84x84 gray append: zstd minus off", on - off, "us/step",
+                        f"<= {BUDGET_STEP_US:g}", verdict(on - off <= BUDGET_STEP_US),
+                        f"medians of {reps} alternating runs of {len(steps)} steps",
+                    ))  # fmt: skip
+                    for mode, (alloc, apparent) in (
+                        ("raw", (raw_alloc, raw_apparent)),
+                        ("zstd", (z_alloc, z_apparent)),
+                    ):
+                        value = apparent / max(1, alloc)
+                        rows.append(_row(
+                            f"closed {mode} store: apparent / allocated size", value, "x",
+                            f"<= {BUDGET_APPARENT:g}", verdict(value <= BUDGET_APPARENT),
+                            f"{apparent / 2**20:.2f} MiB apparent, {alloc / 2**20:.2f} allocated",
+                        ))  # fmt: skip
+    return rows
+
+
+if __name__ == "__main__":
+    from benchmarks.report import text_table
+
+    print(text_table([("bench_compress", run(smoke="--smoke" in sys.argv))]))

@@ -1,0 +1,275 @@
+"""Compressed columns and exact-size chunks: round trips, real Atari frames, damage, trims."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import sys
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from tensordict import TensorDict
+
+from tests.storage.helpers import assert_store_matches, record_rows
+from tests.storage.strategies import rollouts
+from trlrec import TrajectoryReader, TrajectoryWriter
+from trlrec.cli import main
+from trlrec.errors import ConfigError, CorruptStoreError, MissingDependencyError
+from trlrec.storage.blocks import BlockCache
+
+_counter = itertools.count()
+
+
+def _packed(path) -> list:
+    return sorted(p for p in path.rglob("*.zst"))
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=rollouts())
+def test_compressed_round_trip(tmp_path, data):
+    """Every dtype, batched streams, nested keys: the compressed store reads back bit for bit."""
+    rollout, kw = data
+    path = tmp_path / f"z{next(_counter)}"
+    reader = record_rows(path, rollout, compression="zstd", **kw)
+    assert_store_matches(reader, rollout)
+    raw = [p for p in path.rglob("*.memmap") if p.stat().st_size]
+    assert not raw, f"raw columns left in a closed compressed store: {raw[:3]}"
+    commit = json.loads((path / "shards" / "shard-000000" / "COMMIT").read_text())
+    assert commit["version"] == 2
+    shard = reader.shards[0]
+    gen = torch.Generator().manual_seed(len(rollout))
+    for b, s in enumerate(shard.streams):  # take: rows in any order, across blocks
+        rows = min(s.next_row, shard.chunk_rows) - 1
+        if rows < 1:
+            continue
+        offsets = torch.randint(0, rows, (2, 7), generator=gen)
+        whole = shard.rows(b, 0, rows)
+        for e in shard.schema.entries:
+            got = shard.take(b, 0, e.stored_key, offsets)
+            assert got.dtype == e.dtype
+            assert torch.equal(
+                got.view(torch.uint8), whole[e.stored_key][offsets].view(torch.uint8)
+            )
+
+
+def _frames_rollout(n: int, seed: int = 0) -> TensorDict:
+    """Real ALE Pong frames, 84x84 grayscale (area-resized, as AtariPreprocessing does)."""
+    import ale_py
+    import gymnasium as gym
+
+    gym.register_envs(ale_py)
+    env = gym.make("ALE/Pong-v5", obs_type="grayscale", repeat_action_probability=0.0)
+    obs, _ = env.reset(seed=seed)
+    gen = torch.Generator().manual_seed(seed)
+
+    def small(o):
+        t = torch.from_numpy(o)[None, None].float()
+        return torch.nn.functional.interpolate(t, size=(84, 84), mode="area")[0, 0].round()
+
+    frames, actions, dones = [small(obs)], [], []
+    for _ in range(n):
+        a = int(torch.randint(env.action_space.n, (), generator=gen))
+        obs, _, term, trunc, _ = env.step(a)
+        frames.append(small(obs))
+        actions.append(a)
+        dones.append(term or trunc)
+    f = torch.stack(frames).to(torch.uint8)
+    return TensorDict(
+        {
+            "pixels": f[:-1],
+            "action": torch.tensor(actions).unsqueeze(-1),
+            "next": {"pixels": f[1:], "done": torch.tensor(dones).unsqueeze(-1)},
+        },
+        batch_size=[n],
+    )
+
+
+def test_real_atari_frames_bit_exact_and_small(tmp_path):
+    rollout = _frames_rollout(400)
+    with TrajectoryWriter(tmp_path / "z", compression={"pixels": "zstd"}, chunk_rows=128) as w:
+        w.extend(rollout)
+    r = TrajectoryReader(tmp_path / "z")
+    assert_store_matches(r, rollout)
+    info = {k["key"]: k for k in _info(tmp_path / "z")["keys"]}
+    assert info["pixels"]["bytes_raw"] == 401 * 84 * 84
+    assert info["pixels"]["ratio"] > 20, info["pixels"]
+    shard = r.shards[0]
+    offsets = torch.tensor([5, 100, 3])
+    assert torch.equal(shard.take(0, 1, ("pixels",), offsets), rollout["pixels"][128 + offsets])
+
+
+def _info(path) -> dict:
+    from trlrec.cli.stats import summarize
+
+    return summarize(TrajectoryReader(path), progress=False)
+
+
+def _pixels_rollout(T: int, h: int = 32) -> TensorDict:
+    pix = torch.arange(T + 1, dtype=torch.int64).reshape(-1, 1, 1).expand(T + 1, h, h) % 251
+    return TensorDict(
+        {
+            "pixels": pix[:-1].to(torch.uint8),
+            "next": {"pixels": pix[1:].to(torch.uint8), "done": torch.zeros(T, 1, dtype=bool)},
+        },
+        batch_size=[T],
+    )
+
+
+def test_a_mapping_compresses_only_its_keys_and_reads_by_block(tmp_path):
+    rollout = _pixels_rollout(300)
+    path = tmp_path / "m"
+    with TrajectoryWriter(path, compression={"pixels": ("zstd", 5)}, chunk_rows=512) as w:
+        w.extend(rollout)
+    names = {p.name for p in _packed(path)}
+    assert names == {"pixels.zst"}
+    r = TrajectoryReader(path)
+    shard = r.shards[0]
+    shard._blocks = BlockCache(capacity=1)  # one block kept at a time: never the whole column
+    got = shard.take(0, 0, ("pixels",), torch.tensor([7]))
+    assert len(shard._blocks) == 1  # a random row decompresses only its block
+    assert torch.equal(got[0], rollout["pixels"][7])
+    assert_store_matches(r, rollout)
+    assert len(shard._blocks) == 1
+
+
+def test_a_damaged_block_is_an_error_naming_the_file(tmp_path):
+    rollout = _pixels_rollout(200, h=64)
+    path = tmp_path / "d"
+    with TrajectoryWriter(path, compression="zstd", chunk_rows=256) as w:
+        w.extend(rollout)
+    (zst,) = [p for p in _packed(path) if p.name == "pixels.zst"]
+    data = bytearray(zst.read_bytes())
+    data[-20] ^= 0xFF  # inside the last block's frame
+    zst.write_bytes(bytes(data))
+    r = TrajectoryReader(path)
+    with pytest.raises(CorruptStoreError, match=r"pixels\.zst'.*block \d+ cannot be decompressed"):
+        r.episodes[0]
+    assert main(["verify", str(path)]) == 1
+    data[20] ^= 0xFF  # the header's checksum fails
+    zst.write_bytes(bytes(data))
+    with pytest.raises(CorruptStoreError, match=r"pixels\.zst'.*checksum"):
+        TrajectoryReader(path).episodes[0]
+
+
+def test_trimmed_chunks_resume_and_stay_exact_size(tmp_path):
+    rollout = _pixels_rollout(150, h=84)
+    path = tmp_path / "t"
+    with TrajectoryWriter(path, chunk_rows=1000) as w:  # a 7 MB chunk holding 151 rows
+        w.extend(rollout[:100])
+    shard = path / "shards" / "shard-000000"
+    chunk = shard / "streams" / "0" / "chunk-000000"
+    assert (chunk / "pixels.memmap").stat().st_size == 101 * 84 * 84
+    td = TensorDict.load_memmap(chunk)  # plain tensordict still opens a trimmed chunk
+    assert torch.equal(td["pixels"][:100], rollout["pixels"][:100])
+    with TrajectoryWriter(path, shard="shard-000000") as w:  # continues in a fresh chunk
+        w.extend(rollout[100:])
+    r = TrajectoryReader(path)
+    assert r.num_steps == 150
+    assert torch.equal(r.episodes[0]["pixels"], rollout["pixels"][:100])
+    assert torch.equal(r.episodes[1]["next", "pixels"], rollout["next", "pixels"][100:])
+    allocated = apparent = 0
+    for p in path.rglob("*"):
+        if p.is_file():
+            st = p.stat()
+            allocated, apparent = allocated + st.st_blocks * 512, apparent + st.st_size
+    assert apparent <= 1.05 * allocated, (apparent, allocated)
+    assert main(["verify", str(path)]) == 0
+
+
+def test_reading_past_a_truncated_chunk_is_an_error(tmp_path):
+    rollout = _pixels_rollout(40)
+    path = tmp_path / "x"
+    with TrajectoryWriter(path, chunk_rows=64) as w:
+        w.extend(rollout)
+    f = next(path.rglob("pixels.memmap"))
+    os.truncate(f, 10 * 32 * 32)
+    r = TrajectoryReader(path)
+    with pytest.raises(CorruptStoreError, match=r"pixels\.memmap' holds 10 rows"):
+        r.episodes[0]
+    with pytest.raises(CorruptStoreError, match=r"pixels\.memmap' holds 10 rows"):
+        r.shards[0].take(0, 0, ("pixels",), torch.tensor([3, 20]))
+
+
+def test_bad_compression_arguments(tmp_path, monkeypatch):
+    with pytest.raises(ConfigError, match="unknown codec 'lz9'"):
+        TrajectoryWriter(tmp_path / "a", compression="lz9")
+    with pytest.raises(ConfigError, match="level 99 of zstd"):
+        TrajectoryWriter(tmp_path / "b", compression=("zstd", 99))
+    w = TrajectoryWriter(tmp_path / "c", compression={"nope": "zstd"})
+    with pytest.raises(ConfigError, match="compression names key 'nope'"):
+        w.extend(_pixels_rollout(3))
+    w.close()
+    monkeypatch.setitem(sys.modules, "zstandard", None)
+    with pytest.raises(MissingDependencyError, match="pip install zstandard"):
+        TrajectoryWriter(tmp_path / "d", compression="zstd")
+
+
+def test_compact_cli(tmp_path, capsys):
+    rollout = _pixels_rollout(300, h=48)
+    path = tmp_path / "c"
+    with TrajectoryWriter(path, chunk_rows=64) as w:
+        w.extend(rollout)
+    assert main(["compact", str(path), "--keys", "pixels", "--level", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "column files compressed in 1 shard(s)" in out
+    assert {p.name for p in _packed(path)} == {"pixels.zst"}
+    assert_store_matches(TrajectoryReader(path), rollout)
+    assert main(["info", str(path)]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.strip().startswith("pixels"))
+    assert "on disk" in line
+    assert "raw" in line
+    assert "x)" in line
+    assert main(["compact", str(path), "--keys", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "compression names key 'nope'" in err
+    with TrajectoryWriter(path, shard="shard-000000"):  # a writer holds the shard
+        assert main(["compact", str(path)]) == 2
+    assert "held by another writer" in capsys.readouterr().err
+
+
+def test_the_pinned_compressed_store_reads_bit_for_bit(tmp_path):
+    """tests/data/store_v2: version 2 as written when compression came; it must keep reading."""
+    import shutil
+
+    from tests.storage.make_pinned_store import PINNED_V2, pinned_rollout
+
+    path = tmp_path / "v2"
+    shutil.copytree(PINNED_V2, path)
+    commit = json.loads((path / "shards" / "s0" / "COMMIT").read_text())
+    assert commit["version"] == 2
+    assert _packed(path)
+    assert not [p for p in path.rglob("*.memmap") if p.stat().st_size]
+    r = TrajectoryReader(path)
+    assert_store_matches(r, pinned_rollout())
+    assert r.episode_metadata(0) == {"t": 2}
+
+
+def test_the_recorder_passes_compression_through(tmp_path, stub_env_cls):
+    from torchrl.envs import TransformedEnv
+
+    from trlrec import TensorDictRecorder
+
+    env = stub_env_cls(episode_lengths=(3, 5), batch_size=(2,), pixels=(6, 6, 3))
+    with TensorDictRecorder(tmp_path / "r", compression={"pixels": "zstd"}, chunk_rows=4) as rec:
+        rollout = TransformedEnv(env, rec).rollout(12, break_when_any_done=False)
+    assert {p.name for p in _packed(tmp_path / "r")} == {"pixels.zst"}
+    assert_store_matches(TrajectoryReader(tmp_path / "r"), rollout)
+
+
+@pytest.mark.parametrize("compression", [None, "zstd"])
+def test_the_replay_buffer_samples_compressed_and_raw_stores(tmp_path, compression):
+    rollout = _pixels_rollout(200, h=16)
+    path = tmp_path / "rb"
+    with TrajectoryWriter(path, compression=compression, chunk_rows=64) as w:
+        w.extend(rollout)
+    rb = TrajectoryReader(path).as_replay_buffer(batch_size=64)
+    for _ in range(3):
+        batch = rb.sample()
+        step = batch["pixels"][:, 0, 0].long()
+        assert torch.equal(batch["pixels"], rollout["pixels"][step])
+        assert torch.equal(batch["next", "pixels"], rollout["next", "pixels"][step])

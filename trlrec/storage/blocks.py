@@ -1,0 +1,191 @@
+"""Reading compressed columns: blocks decompressed on demand, kept in a bounded cache.
+
+A compressed column file (``<key>.zst``, see :class:`~trlrec.storage.format.CompressedHeader`)
+holds independent frames of ``block_rows`` rows each; reading rows decompresses only
+the blocks that hold them, and the decompressed blocks are kept in a least-recently
+used cache of a bounded number of bytes (never the whole dataset). The frames carry
+a checksum: a damaged block is a :class:`~trlrec.errors.CorruptStoreError` naming the
+file, never wrong values.
+"""
+
+from __future__ import annotations
+
+import itertools
+import mmap
+import os
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from trlrec.errors import CorruptStoreError
+from trlrec.storage.compression import codec_by_id
+from trlrec.storage.format import CompressedHeader, chunk_spans
+from trlrec.storage.jsonio import open_regular
+
+__all__ = ["BlockCache", "CompressedColumn"]
+
+BLOCK_CACHE_BYTES = 64 * 2**20
+"""Decompressed bytes a shard reader keeps, by default."""
+
+
+class BlockCache:
+    """Decompressed blocks, least recently used dropped first past ``capacity`` bytes."""
+
+    def __init__(self, capacity: int = BLOCK_CACHE_BYTES) -> None:
+        self.capacity = capacity
+        self.size = 0
+        self._blocks: OrderedDict[tuple[str, int], torch.Tensor] = OrderedDict()
+
+    def get(self, key: tuple[str, int]) -> torch.Tensor | None:
+        """The block at ``key`` (file, block), or None."""
+        value = self._blocks.get(key)
+        if value is not None:
+            self._blocks.move_to_end(key)
+        return value
+
+    def put(self, key: tuple[str, int], value: torch.Tensor) -> None:
+        """Keep ``value``; drop the oldest blocks past the capacity (never the newest)."""
+        self._blocks[key] = value
+        self.size += value.numel() * value.element_size()
+        while self.size > self.capacity and len(self._blocks) > 1:
+            _, old = self._blocks.popitem(last=False)
+            self.size -= old.numel() * old.element_size()
+
+    def __len__(self) -> int:
+        return len(self._blocks)
+
+
+class CompressedColumn:
+    """The rows of one compressed column of a chunk: indexed like the raw tensor.
+
+    ``column[a:b]`` and ``column[offsets]`` (an int64 tensor) return the rows as a
+    tensor of the column's dtype, decompressing only the blocks that hold them.
+
+    Args:
+        path: the ``.zst`` file.
+        shape, dtype: a row's shape and dtype (from the schema).
+        cache: the shard reader's cache of decompressed blocks.
+    """
+
+    def __init__(
+        self, path: Path, shape: tuple[int, ...], dtype: torch.dtype, cache: BlockCache
+    ) -> None:
+        self.path = path
+        self.row_shape = shape
+        self.dtype = dtype
+        self.cache = cache
+        self._name = str(path)
+        try:
+            with open_regular(path) as f:
+                size = os.fstat(f.fileno()).st_size
+                first = f.read(64)
+                want = CompressedHeader.head_size(first)
+                data = first + f.read(max(0, min(want, size) - len(first)))
+                head = CompressedHeader.parse(data, size, path)
+                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else None
+        except OSError as err:
+            raise CorruptStoreError(f"cannot read {str(path)!r}: {err.strerror}") from err
+        row_bytes = torch.empty((), dtype=dtype).element_size()
+        for d in shape:
+            row_bytes *= d
+        if head.row_bytes != row_bytes:
+            raise CorruptStoreError(
+                f"{str(path)!r} holds rows of {head.row_bytes} bytes; the schema's "
+                f"{shape} {dtype} are {row_bytes}. The compressed column is damaged"
+            )
+        self.head = head
+        self.codec = codec_by_id(head.codec, path)
+        self.rows = head.rows
+
+    @property
+    def shape(self) -> torch.Size:
+        """``(rows, *row shape)``."""
+        return torch.Size((self.rows, *self.row_shape))
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def block(self, index: int) -> torch.Tensor:
+        """Block ``index`` decompressed: its rows as a ``[n, *shape]`` tensor (cached)."""
+        raw = self._raw(index)
+        return raw.view(self.dtype).view(raw.shape[0], *self.row_shape)
+
+    def _raw(self, index: int) -> torch.Tensor:
+        """Block ``index``'s rows as ``[n, row_bytes]`` uint8, from the cache or decompressed."""
+        key = (self._name, index)
+        value = self.cache.get(key)
+        if value is not None:
+            return value
+        n = self.head.block_span(index)[1]
+        start, end = self.head.frame(index)
+        assert self._map is not None
+        raw = self.codec.decompress(
+            memoryview(self._map)[start:end], n * self.head.row_bytes, self.path, index
+        )
+        value = torch.frombuffer(bytearray(raw), dtype=torch.uint8).view(n, self.head.row_bytes)
+        self.cache.put(key, value)
+        return value
+
+    def _beyond(self, row: int) -> CorruptStoreError:
+        return CorruptStoreError(
+            f"{str(self.path)!r} holds {self.rows} rows; row {row} of its chunk was asked "
+            "for. The chunk is truncated or the episode index damaged"
+        )
+
+    def span(self, start: int, count: int) -> torch.Tensor:
+        """Rows ``[start, start + count)``."""
+        if start + count > self.rows:
+            raise self._beyond(start + count - 1)
+        br = self.head.block_rows
+        pieces = [
+            self.block(b)[offset : offset + n] for b, offset, n in chunk_spans(start, count, br)
+        ]
+        if len(pieces) == 1:
+            return pieces[0]
+        if not pieces:
+            return torch.empty((0, *self.row_shape), dtype=self.dtype)
+        return torch.cat(pieces)
+
+    def take(self, offsets: torch.Tensor) -> torch.Tensor:
+        """Rows ``offsets`` (an int64 tensor of any shape).
+
+        A random sample decompresses only the blocks it touches.
+        """
+        if offsets.numel() == 0:
+            return torch.empty((*offsets.shape, *self.row_shape), dtype=self.dtype)
+        top = int(offsets.max())
+        if top >= self.rows or int(offsets.min()) < 0:
+            raise self._beyond(top)
+        br = self.head.block_rows
+        flat = offsets.reshape(-1).numpy()
+        blocks = flat // br
+        # the rows grouped by block (one sort), then one numpy gather per block, on bytes
+        order = np.argsort(blocks, kind="stable")
+        ordered = blocks[order]
+        local = flat[order] - ordered * br
+        cuts = [0, *(np.flatnonzero(ordered[1:] != ordered[:-1]) + 1).tolist(), len(flat)]
+        out: np.ndarray = np.empty((len(flat), self.head.row_bytes), dtype=np.uint8)
+        for a, b in itertools.pairwise(cuts):
+            out[order[a:b]] = self._raw(int(ordered[a])).numpy()[local[a:b]]
+        typed = torch.from_numpy(out).view(self.dtype)
+        return typed.view(*offsets.shape, *self.row_shape)
+
+    def __getitem__(self, index: slice | torch.Tensor) -> torch.Tensor:
+        if isinstance(index, slice):
+            start, stop, step = index.indices(self.rows)
+            if step != 1:
+                raise IndexError("a compressed column takes slices of step 1")
+            return self.span(start, max(0, stop - start))
+        return self.take(torch.as_tensor(index, dtype=torch.int64))
+
+    def check(self) -> None:
+        """Decompress every block (each frame's checksum is checked); raise the first damage."""
+        for b in range(self.head.blocks):
+            n = self.head.block_span(b)[1]
+            start, end = self.head.frame(b)
+            assert self._map is not None
+            self.codec.decompress(
+                memoryview(self._map)[start:end], n * self.head.row_bytes, self.path, b
+            )
