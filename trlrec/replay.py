@@ -90,16 +90,36 @@ class _Column:
 
 @dataclass
 class _Plan:
-    """How to read some positions of a gather: the chunks, their rows, the order back.
+    """How to read some positions of a gather: the chunks, their rows, where they go.
 
-    ``sources[g]`` is ``(shard, stream, chunk)`` of group ``g`` and ``rows[g]`` its
-    offsets in the chunk; ``inverse`` maps each position to its row in the joined
-    pieces (``None``: one chunk, ``rows[0]`` is already in position order).
+    Group ``g`` reads rows ``rows[g]`` of chunk ``sources[g]`` (``(shard, stream,
+    chunk)``) into positions ``positions[g]``; row ``j`` of the groups' rows end to end
+    goes to position ``order[j]``, so position ``p`` takes row ``inverse[p]``. With one
+    group, ``rows[0]`` is in position order and ``order`` is ``None``.
     """
 
     sources: list[tuple[ShardReader, int, int]]
     rows: list[torch.Tensor]
+    positions: list[torch.Tensor]
+    order: torch.Tensor | None
     inverse: torch.Tensor | None
+
+
+def _wide(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``t`` ([rows, ...], contiguous) viewed as ``[rows, k]`` of a wide dtype.
+
+    Placing big rows by index costs per element: 16-byte elements make it a fraction
+    of what bytes cost (uint8 pixels: 16 times fewer elements). ``dtype``: that one
+    (else the widest the rows' size and the address allow).
+    """
+    flat = t.contiguous().view(t.shape[0], -1).view(torch.uint8)
+    for wide in (torch.complex128, torch.int64, torch.int32, torch.uint8):
+        size = wide.itemsize
+        if (dtype is None or wide == dtype) and flat.shape[1] % size == 0:
+            if flat.data_ptr() % size:
+                flat = flat.clone()  # a view at an odd address: copy it to an aligned one
+            return flat.view(wide)
+    raise AssertionError(f"{dtype} is one of the wide dtypes")  # pragma: no cover
 
 
 class StoreStorage(Storage):
@@ -273,7 +293,7 @@ class StoreStorage(Storage):
                     plan = plans[blocks] = self._plan(code, offset, n, blocks)
                 data = self._read(plan, col, blocks, n)
                 for part, key, block in col.targets:
-                    at = col.blocks.index(block) * n
+                    at = blocks.index(block) * n
                     values[(part, key)] = data[at : at + n]
         device = self.sample_device
         ep_t = torch.from_numpy(ep)
@@ -283,35 +303,39 @@ class StoreStorage(Storage):
         return self._assemble(values, ep_t, n)
 
     def _plan(self, code: np.ndarray, offset: np.ndarray, n: int, blocks: tuple[int, ...]) -> _Plan:
-        """Group positions ``blocks`` of a gather by chunk, sorted, each row once."""
+        """Group positions ``blocks`` of a gather by chunk (one argsort, no loop per row)."""
         if blocks != tuple(range(len(self._shifts))):
             sel = np.concatenate([np.arange(b * n, (b + 1) * n) for b in blocks])
             code, offset = code[sel], offset[sel]
-        lo, hi = code.min(), code.max()
-        if lo == hi:
-            return _Plan([self._sources[int(lo)]], [torch.from_numpy(offset)], None)
-        unique, inverse = np.unique(code * self._stride + offset, return_inverse=True)
-        codes = unique // self._stride
-        rows = torch.from_numpy(unique - codes * self._stride)
-        cuts = np.flatnonzero(codes[1:] != codes[:-1]) + 1
-        bounds = [0, *cuts.tolist(), unique.size]
+        if code.min() == code.max():
+            rows = torch.from_numpy(offset)
+            return _Plan([self._sources[int(code[0])]], [rows], [], None, None)
+        order = np.argsort(code, kind="stable")
+        codes = code[order]
+        cuts = (np.flatnonzero(codes[1:] != codes[:-1]) + 1).tolist()
+        bounds = list(zip([0, *cuts], [*cuts, codes.size], strict=True))
+        rows = torch.from_numpy(offset[order])
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(order.size)
+        order_t = torch.from_numpy(order)
         return _Plan(
-            [self._sources[c] for c in codes[bounds[:-1]].tolist()],
-            [rows[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)],
-            torch.from_numpy(inverse.reshape(-1)),
+            [self._sources[c] for c in codes[[a for a, _ in bounds]].tolist()],
+            [rows[a:b] for a, b in bounds],
+            [order_t[a:b] for a, b in bounds],
+            order_t,
+            torch.from_numpy(inverse),
         )
 
     def _read(self, plan: _Plan, col: _Column, blocks: tuple[int, ...], n: int) -> torch.Tensor:
-        """The rows of ``col`` at its positions: ``[len(col.blocks) * n, *shape]``.
+        """The rows of ``col`` at positions ``blocks``: ``[len(blocks) * n, *shape]``.
 
-        ``plan`` covers positions ``blocks`` (those of ``col`` or more).
+        One chunk: one ``take`` in position order. Several: one ``take`` per chunk, then
+        small rows are joined and put in order by one ``index_select``, big rows are put
+        in place piece by piece (through a wide view: :func:`_wide`), copied once more.
         """
-        if plan.inverse is None:  # one chunk: read the rows in position order
-            rows = plan.rows[0]
-            if blocks != col.blocks:
-                rows = torch.cat([rows[blocks.index(b) * n :][:n] for b in col.blocks])
+        if plan.inverse is None:
             (shard, stream, chunk), = plan.sources
-            data = shard.take(stream, chunk, col.stored_key, rows)
+            data = shard.take(stream, chunk, col.stored_key, plan.rows[0])
             if not self._pin:
                 return data
             return torch.empty_like(data, pin_memory=True).copy_(data)
@@ -319,14 +343,13 @@ class StoreStorage(Storage):
             shard.take(stream, chunk, col.stored_key, rows)
             for (shard, stream, chunk), rows in zip(plan.sources, plan.rows, strict=True)
         ]
-        joined = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
-        order = plan.inverse
-        if blocks != col.blocks:
-            order = torch.cat([order[blocks.index(b) * n :][:n] for b in col.blocks])
-        out = torch.empty(
-            (len(col.blocks) * n, *col.shape), dtype=col.dtype, pin_memory=self._pin
-        )
-        return torch.index_select(joined, 0, order, out=out)
+        out = torch.empty((len(blocks) * n, *col.shape), dtype=col.dtype, pin_memory=self._pin)
+        if col.row_bytes >= _OWN_PLAN_BYTES:
+            wide = _wide(out)
+            for positions, piece in zip(plan.positions, pieces, strict=True):
+                wide[positions] = _wide(piece, wide.dtype)
+            return out
+        return torch.index_select(torch.cat(pieces), 0, plan.inverse, out=out)
 
     def _assemble(
         self, values: dict[tuple[str, Key], torch.Tensor], episode: torch.Tensor, n: int
@@ -380,6 +403,8 @@ def replay_buffer(
     replacement: bool = True,
     strict_length: bool = True,
     episode_key: str | None = EPISODE_KEY,
+    device: torch.device | str | None = None,
+    prefetch: int | None = None,
     **kwargs: Any,
 ) -> TensorDictReplayBuffer:
     """A read-only TorchRL replay buffer sampling the transitions of a store.
@@ -399,6 +424,10 @@ def replay_buffer(
             per pass over the data).
         strict_length: skip episodes shorter than a slice (else return shorter slices).
         episode_key: root key of the samples holding the episode index, or ``None``.
+        device: where samples go (``None``: the CPU). A CUDA device gets its rows
+            gathered into pinned memory and copied without blocking the host.
+        prefetch: how many samples TorchRL gathers ahead in threads while the training
+            step runs (``None``: none); the gather's copies release the GIL.
         **kwargs: passed to ``TensorDictReplayBuffer`` (``transform``, ``prefetch``...)
             or, for a sliced buffer, to the sampler when they are sampler options
             (``truncated_key``, ``span``, ``pad_output``).
@@ -407,7 +436,8 @@ def replay_buffer(
         A ``TensorDictReplayBuffer`` whose ``sample()`` returns ``[batch_size]`` rollout rows.
 
     Raises:
-        ConfigError: for a bad ``batch_size``, ``slice_len`` or ``num_slices``.
+        ConfigError: for a bad ``batch_size``, ``slice_len``, ``num_slices``, ``device``
+            or ``prefetch``.
         StoreError: the store is empty (and the reader's errors for a missing or damaged store).
 
     Examples:
@@ -437,21 +467,25 @@ def replay_buffer(
             raise ConfigError(f"{name} must be a positive int, got {value!r}")
         if batch_size % value:
             raise ConfigError(f"batch_size ({batch_size}) must be a multiple of {name} ({value})")
-    return _build(reader, batch_size, slice_len, num_slices, replacement, strict_length,
-                  episode_key, kwargs)  # fmt: skip
+    if prefetch is not None and (not isinstance(prefetch, int) or prefetch < 0):
+        raise ConfigError(f"prefetch must be None or an int >= 0, got {prefetch!r}")
+    storage = StoreStorage(reader, episode_key=episode_key, device=device)
+    if prefetch:
+        kwargs["prefetch"] = prefetch
+    return _build(storage, batch_size, slice_len, num_slices, replacement, strict_length,
+                  kwargs)  # fmt: skip
 
 
 def _build(
-    reader: TrajectoryReader,
+    storage: StoreStorage,
     batch_size: int,
     slice_len: int | None,
     num_slices: int | None,
     replacement: bool,
     strict_length: bool,
-    episode_key: str | None,
     kwargs: dict[str, Any],
 ) -> TensorDictReplayBuffer:
-    storage = StoreStorage(reader, episode_key=episode_key)
+    reader = storage.reader
     if slice_len is None and num_slices is None:
         sampler = RandomSampler() if replacement else SamplerWithoutReplacement()
     else:
