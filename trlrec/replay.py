@@ -24,6 +24,7 @@ read straight in sampled order.
 
 from __future__ import annotations
 
+import inspect
 import threading
 import weakref
 from dataclasses import dataclass
@@ -46,9 +47,10 @@ from trlrec.errors import ConfigError, OutOfRangeError, SchemaError, StoreError
 from trlrec.storage.format import NEXT, ROOT, chunk_count, placements, row_chunk
 from trlrec.storage.schema import Entry, Key
 
+from trlrec.storage.shard_reader import ShardReader
+
 if TYPE_CHECKING:  # the reader imports this module (its as_replay_buffer), never the reverse
     from trlrec.storage.reader import TrajectoryReader
-    from trlrec.storage.shard_reader import ShardReader
 
 __all__ = ["StoreStorage", "replay_buffer"]
 
@@ -58,6 +60,9 @@ EPISODE_KEY = "episode"
 # (a root-only image is not read for the row after); smaller ones share the plan of all
 # positions, which saves the calls of a second plan.
 _OWN_PLAN_BYTES = 4096
+
+# A take that writes into a given tensor saves copying each sample's rows once more.
+_TAKE_HAS_OUT = "out" in inspect.signature(ShardReader.take).parameters
 
 # One lock per reader: its chunk cache is shared by every buffer over it, and TorchRL's
 # lock covers one buffer only (two prefetching buffers on one reader sample at once).
@@ -90,36 +95,28 @@ class _Column:
 
 @dataclass
 class _Plan:
-    """How to read some positions of a gather: the chunks, their rows, where they go.
+    """How to read some positions of a gather: the chunks, their rows, the order back.
 
     Group ``g`` reads rows ``rows[g]`` of chunk ``sources[g]`` (``(shard, stream,
-    chunk)``) into positions ``positions[g]``; row ``j`` of the groups' rows end to end
-    goes to position ``order[j]``, so position ``p`` takes row ``inverse[p]``. With one
-    group, ``rows[0]`` is in position order and ``order`` is ``None``.
+    chunk)``), each row once (sorted, de-duplicated); position ``p`` takes row
+    ``inverse[p]`` of the groups' rows end to end. With one chunk, ``rows[0]`` is in
+    position order and ``inverse`` is ``None``.
     """
 
     sources: list[tuple[ShardReader, int, int]]
     rows: list[torch.Tensor]
-    positions: list[torch.Tensor]
-    order: torch.Tensor | None
     inverse: torch.Tensor | None
 
 
-def _wide(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """``t`` ([rows, ...], contiguous) viewed as ``[rows, k]`` of a wide dtype.
-
-    Placing big rows by index costs per element: 16-byte elements make it a fraction
-    of what bytes cost (uint8 pixels: 16 times fewer elements). ``dtype``: that one
-    (else the widest the rows' size and the address allow).
-    """
-    flat = t.contiguous().view(t.shape[0], -1).view(torch.uint8)
-    for wide in (torch.complex128, torch.int64, torch.int32, torch.uint8):
-        size = wide.itemsize
-        if (dtype is None or wide == dtype) and flat.shape[1] % size == 0:
-            if flat.data_ptr() % size:
-                flat = flat.clone()  # a view at an odd address: copy it to an aligned one
-            return flat.view(wide)
-    raise AssertionError(f"{dtype} is one of the wide dtypes")  # pragma: no cover
+def _take_into(
+    shard: ShardReader, stream: int, chunk: int, key: Key, rows: torch.Tensor, out: torch.Tensor
+) -> None:
+    """Rows ``rows`` of a chunk's column into ``out`` (``ShardReader.take``'s ``out=`` when it
+    has one, else a copy of what it returns)."""
+    if _TAKE_HAS_OUT:
+        shard.take(stream, chunk, key, rows, out=out)  # type: ignore[call-arg]
+    else:
+        out.copy_(shard.take(stream, chunk, key, rows))
 
 
 class StoreStorage(Storage):
@@ -179,6 +176,8 @@ class StoreStorage(Storage):
         self.entries: tuple[Entry, ...] = schema.entries
         self.episode_key = episode_key
         self._lock = _reader_lock(reader)
+        # per column, the rows of a sample before they are put in order (used under _lock)
+        self._scratch: dict[Key, torch.Tensor] = {}
         self._init_tables(reader)
         self._init_columns()
         super().__init__(max_size=int(self._offsets[-1]))
@@ -303,35 +302,31 @@ class StoreStorage(Storage):
         return self._assemble(values, ep_t, n)
 
     def _plan(self, code: np.ndarray, offset: np.ndarray, n: int, blocks: tuple[int, ...]) -> _Plan:
-        """Group positions ``blocks`` of a gather by chunk (one argsort, no loop per row)."""
+        """Group positions ``blocks`` of a gather by chunk (one sort, no loop per row)."""
         if blocks != tuple(range(len(self._shifts))):
             sel = np.concatenate([np.arange(b * n, (b + 1) * n) for b in blocks])
             code, offset = code[sel], offset[sel]
         if code.min() == code.max():
-            rows = torch.from_numpy(offset)
-            return _Plan([self._sources[int(code[0])]], [rows], [], None, None)
-        order = np.argsort(code, kind="stable")
-        codes = code[order]
+            return _Plan([self._sources[int(code[0])]], [torch.from_numpy(offset)], None)
+        # each row once: a slice's consecutive transitions share their states
+        unique, inverse = np.unique(code * self._stride + offset, return_inverse=True)
+        codes = unique // self._stride
+        rows = torch.from_numpy(unique - codes * self._stride)
         cuts = (np.flatnonzero(codes[1:] != codes[:-1]) + 1).tolist()
         bounds = list(zip([0, *cuts], [*cuts, codes.size], strict=True))
-        rows = torch.from_numpy(offset[order])
-        inverse = np.empty_like(order)
-        inverse[order] = np.arange(order.size)
-        order_t = torch.from_numpy(order)
         return _Plan(
             [self._sources[c] for c in codes[[a for a, _ in bounds]].tolist()],
             [rows[a:b] for a, b in bounds],
-            [order_t[a:b] for a, b in bounds],
-            order_t,
-            torch.from_numpy(inverse),
+            torch.from_numpy(inverse.reshape(-1)),
         )
 
     def _read(self, plan: _Plan, col: _Column, blocks: tuple[int, ...], n: int) -> torch.Tensor:
         """The rows of ``col`` at positions ``blocks``: ``[len(blocks) * n, *shape]``.
 
-        One chunk: one ``take`` in position order. Several: one ``take`` per chunk, then
-        small rows are joined and put in order by one ``index_select``, big rows are put
-        in place piece by piece (through a wide view: :func:`_wide`), copied once more.
+        One chunk: one ``take`` in position order. Several: one ``take`` per chunk, the
+        pieces joined, then one ``index_select`` puts the rows in position order (a
+        gather copies rows whole; placing rows by index, ``index_copy_``, costs per
+        element: ~10x slower for uint8 pixels).
         """
         if plan.inverse is None:
             (shard, stream, chunk), = plan.sources
@@ -339,17 +334,16 @@ class StoreStorage(Storage):
             if not self._pin:
                 return data
             return torch.empty_like(data, pin_memory=True).copy_(data)
-        pieces = [
-            shard.take(stream, chunk, col.stored_key, rows)
-            for (shard, stream, chunk), rows in zip(plan.sources, plan.rows, strict=True)
-        ]
+        total = sum(len(rows) for rows in plan.rows)
+        joined = self._scratch.get(col.stored_key)
+        if joined is None or joined.shape[0] < total:  # bounded by the batch, kept
+            joined = self._scratch[col.stored_key] = torch.empty((total, *col.shape), dtype=col.dtype)
+        start = 0
+        for (shard, stream, chunk), rows in zip(plan.sources, plan.rows, strict=True):
+            _take_into(shard, stream, chunk, col.stored_key, rows, joined[start : start + len(rows)])
+            start += len(rows)
         out = torch.empty((len(blocks) * n, *col.shape), dtype=col.dtype, pin_memory=self._pin)
-        if col.row_bytes >= _OWN_PLAN_BYTES:
-            wide = _wide(out)
-            for positions, piece in zip(plan.positions, pieces, strict=True):
-                wide[positions] = _wide(piece, wide.dtype)
-            return out
-        return torch.index_select(torch.cat(pieces), 0, plan.inverse, out=out)
+        return torch.index_select(joined[:total], 0, plan.inverse, out=out)
 
     def _assemble(
         self, values: dict[tuple[str, Key], torch.Tensor], episode: torch.Tensor, n: int
