@@ -90,7 +90,7 @@ def _game_frames(n: int, seed: int = 0) -> torch.Tensor:
     frames = torch.zeros(n, 84, 84, 3, dtype=torch.uint8)
     frames[:] = torch.tensor([144, 72, 17], dtype=torch.uint8)
     t = torch.arange(n)
-    for b in range(6):
+    for _ in range(6):  # blocks
         color = torch.randint(0, 256, (3,), dtype=torch.uint8, generator=g)
         x0, y0, vx, vy = (int(v) for v in torch.randint(0, 80, (4,), generator=g))
         xs, ys = (x0 + (vx % 7) * t) % 76, (y0 + (vy % 5) * t) % 76

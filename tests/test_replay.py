@@ -35,7 +35,8 @@ def _expected(reader, rollouts, sample):
     torch.cumsum(storage.episode_lengths, 0, out=offsets[1:])
     by_shard = {s.name: r for s, r in zip(reader.shards, rollouts, strict=True)}
     rows = []
-    for i, e in zip(sample["index"].reshape(-1).tolist(), sample["episode"].reshape(-1).tolist()):
+    index, episode = sample["index"].reshape(-1).tolist(), sample["episode"].reshape(-1).tolist()
+    for i, e in zip(index, episode, strict=True):
         info = reader.episode_info(e)
         rollout = by_shard[info["shard"]]
         t = info["first_transition"] + i - int(offsets[e])
@@ -53,7 +54,8 @@ def _assert_is_rollout(reader, rollouts, sample, sliced=False):
     assert keys == set(sample.exclude("index", "episode").keys(True, True))
     for k in keys - set(SLICE_MARKS if sliced else ()):
         got, want = sample.get(k), expected.get(k)
-        assert got.dtype == want.dtype and torch.equal(got, want), k
+        assert got.dtype == want.dtype, k
+        assert torch.equal(got, want), k
 
 
 @pytest.fixture
@@ -189,7 +191,8 @@ def test_slices_are_the_recorded_rollout_and_stop_at_episode_ends(recorded):
         s = s.reshape(4, 5)
         assert (s["episode"] == s["episode"][:, :1]).all()
         assert (s["index"][:, 1:] == s["index"][:, :-1] + 1).all()
-        assert s["next", "truncated"][:, -1].all() and not s["next", "done"][:, :-1].any()
+        assert s["next", "truncated"][:, -1].all()
+        assert not s["next", "done"][:, :-1].any()
         ends += int(s["next", "terminated"][:, -1].sum())  # slices reaching their episode's end
     assert ends > 0
 
@@ -263,7 +266,8 @@ def test_device_option(recorded):
         reader.as_replay_buffer(batch_size=4, device="nowhere")
     if torch.cuda.is_available():
         s = reader.as_replay_buffer(batch_size=16, device="cuda").sample()
-        assert s.device.type == "cuda" and s["next", "observation"].is_cuda
+        assert s.device.type == "cuda"
+        assert s["next", "observation"].is_cuda
         _assert_is_rollout(reader, [rollout], s.cpu())
     else:
         with pytest.raises(ConfigError, match="CUDA, which this torch cannot use"):

@@ -44,9 +44,8 @@ from torchrl.data import (
 from torchrl.data.replay_buffers.storages import Storage
 
 from trlrec.errors import ConfigError, OutOfRangeError, SchemaError, StoreError
-from trlrec.storage.format import NEXT, ROOT, chunk_count, placements, row_chunk
+from trlrec.storage.format import ROOT, chunk_count, placements, row_chunk
 from trlrec.storage.schema import Entry, Key
-
 from trlrec.storage.shard_reader import ShardReader
 
 if TYPE_CHECKING:  # the reader imports this module (its as_replay_buffer), never the reverse
@@ -111,8 +110,10 @@ class _Plan:
 def _take_into(
     shard: ShardReader, stream: int, chunk: int, key: Key, rows: torch.Tensor, out: torch.Tensor
 ) -> None:
-    """Rows ``rows`` of a chunk's column into ``out`` (``ShardReader.take``'s ``out=`` when it
-    has one, else a copy of what it returns)."""
+    """Rows ``rows`` of a chunk's column into ``out``.
+
+    Through ``ShardReader.take``'s ``out=`` when it has one, else a copy of what it returns.
+    """
     if _TAKE_HAS_OUT:
         shard.take(stream, chunk, key, rows, out=out)  # type: ignore[call-arg]
     else:
@@ -202,7 +203,7 @@ class StoreStorage(Storage):
         )
         lengths = np.array([i["num_steps"] for i in infos], dtype=np.int64)
         self.episode_lengths = torch.from_numpy(lengths)
-        self._offsets = np.zeros(len(infos) + 1, dtype=np.int64)
+        self._offsets: np.ndarray = np.zeros(len(infos) + 1, dtype=np.int64)
         np.cumsum(lengths, out=self._offsets[1:])
         chunk_rows = {s.chunk_rows for s in shards}
         # one chunk size (the usual case) is a scalar; else one per episode
@@ -218,7 +219,9 @@ class StoreStorage(Storage):
         self._shifts = tuple(shifts)
         columns = []
         for e in self.entries:
-            targets = tuple((part, e.key, shifts.index(shift)) for part, shift in placements(e.role))
+            targets = tuple(
+                (part, e.key, shifts.index(shift)) for part, shift in placements(e.role)
+            )
             blocks = tuple(sorted({t[2] for t in targets}))
             columns.append(_Column(e.stored_key, e.shape, e.dtype, blocks, targets, e.nbytes))
         self._columns = tuple(columns)
@@ -240,6 +243,7 @@ class StoreStorage(Storage):
                 raise IndexError(f"a StoreStorage is 1-D; got an index of {len(index)} dims")
             index = index[0]
         n = len(self)
+        flat: np.ndarray
         if isinstance(index, slice):
             flat = np.arange(n, dtype=np.int64)[index]
             shape: tuple[int, ...] = flat.shape
@@ -312,7 +316,7 @@ class StoreStorage(Storage):
         unique, inverse = np.unique(code * self._stride + offset, return_inverse=True)
         codes = unique // self._stride
         rows = torch.from_numpy(unique - codes * self._stride)
-        cuts = (np.flatnonzero(codes[1:] != codes[:-1]) + 1).tolist()
+        cuts: list[int] = (np.flatnonzero(codes[1:] != codes[:-1]) + 1).tolist()
         bounds = list(zip([0, *cuts], [*cuts, codes.size], strict=True))
         return _Plan(
             [self._sources[c] for c in codes[[a for a, _ in bounds]].tolist()],
@@ -329,7 +333,7 @@ class StoreStorage(Storage):
         element: ~10x slower for uint8 pixels).
         """
         if plan.inverse is None:
-            (shard, stream, chunk), = plan.sources
+            ((shard, stream, chunk),) = plan.sources
             data = shard.take(stream, chunk, col.stored_key, plan.rows[0])
             if not self._pin:
                 return data
@@ -337,10 +341,14 @@ class StoreStorage(Storage):
         total = sum(len(rows) for rows in plan.rows)
         joined = self._scratch.get(col.stored_key)
         if joined is None or joined.shape[0] < total:  # bounded by the batch, kept
-            joined = self._scratch[col.stored_key] = torch.empty((total, *col.shape), dtype=col.dtype)
+            joined = self._scratch[col.stored_key] = torch.empty(
+                (total, *col.shape), dtype=col.dtype
+            )
         start = 0
         for (shard, stream, chunk), rows in zip(plan.sources, plan.rows, strict=True):
-            _take_into(shard, stream, chunk, col.stored_key, rows, joined[start : start + len(rows)])
+            _take_into(
+                shard, stream, chunk, col.stored_key, rows, joined[start : start + len(rows)]
+            )
             start += len(rows)
         out = torch.empty((len(blocks) * n, *col.shape), dtype=col.dtype, pin_memory=self._pin)
         return torch.index_select(joined[:total], 0, plan.inverse, out=out)
