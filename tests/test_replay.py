@@ -246,6 +246,8 @@ def test_storage_indices_of_every_kind(store):
     for index in ([5, 5, 2], np.array([7, 1]), range(4), slice(50, None, 3)):
         expected = flat[torch.arange(60)[index] if isinstance(index, slice) else list(index)]
         _assert_rows_equal(storage[index].exclude("episode"), expected)
+    assert storage[[]].batch_size == (0,)
+    assert storage[[]]["next", "pixels"].shape == (0, 6, 8, 3)
     mask = torch.zeros(60, dtype=torch.bool)
     mask[[2, 40]] = True
     _assert_rows_equal(storage[mask].exclude("episode"), flat[mask])

@@ -55,10 +55,10 @@ __all__ = ["StoreStorage", "replay_buffer"]
 
 EPISODE_KEY = "episode"
 
-# Rows of at least this many bytes are gathered with a plan of their own positions only
-# (a root-only image is not read for the row after); smaller ones share the plan of all
-# positions, which saves the calls of a second plan.
-_OWN_PLAN_BYTES = 4096
+# Rows of at least this many bytes are "big": gathered with a plan of their own positions
+# only (a root-only image is not read for the row after), each row read once. Smaller
+# ones share the plan of all positions, which saves the calls of a second plan.
+_BIG_ROW = 4096
 
 # A take that writes into a given tensor saves copying each sample's rows once more.
 _TAKE_HAS_OUT = "out" in inspect.signature(ShardReader.take).parameters
@@ -97,7 +97,7 @@ class _Plan:
     """How to read some positions of a gather: the chunks, their rows, the order back.
 
     Group ``g`` reads rows ``rows[g]`` of chunk ``sources[g]`` (``(shard, stream,
-    chunk)``), each row once (sorted, de-duplicated); position ``p`` takes row
+    chunk)``), sorted by chunk (and de-duplicated for big rows); position ``p`` takes row
     ``inverse[p]`` of the groups' rows end to end. With one chunk, ``rows[0]`` is in
     position order and ``inverse`` is ``None``.
     """
@@ -107,17 +107,20 @@ class _Plan:
     inverse: torch.Tensor | None
 
 
-def _take_into(
-    shard: ShardReader, stream: int, chunk: int, key: Key, rows: torch.Tensor, out: torch.Tensor
-) -> None:
-    """Rows ``rows`` of a chunk's column into ``out``.
+def _take_all(plan: _Plan, key: Key, out: torch.Tensor) -> None:
+    """The rows of every group of ``plan``, end to end, into ``out``.
 
-    Through ``ShardReader.take``'s ``out=`` when it has one, else a copy of what it returns.
+    Through ``ShardReader.take``'s ``out=`` when it has one, else joined into ``out``.
     """
-    if _TAKE_HAS_OUT:
-        shard.take(stream, chunk, key, rows, out=out)  # type: ignore[call-arg]
-    else:
-        out.copy_(shard.take(stream, chunk, key, rows))
+    groups = zip(plan.sources, plan.rows, strict=True)
+    if not _TAKE_HAS_OUT:
+        pieces = [shard.take(stream, chunk, key, rows) for (shard, stream, chunk), rows in groups]
+        torch.cat(pieces, out=out)
+        return
+    start = 0
+    for (shard, stream, chunk), rows in groups:
+        shard.take(stream, chunk, key, rows, out=out[start : start + len(rows)])  # type: ignore[call-arg]
+        start += len(rows)
 
 
 class StoreStorage(Storage):
@@ -225,6 +228,12 @@ class StoreStorage(Storage):
             blocks = tuple(sorted({t[2] for t in targets}))
             columns.append(_Column(e.stored_key, e.shape, e.dtype, blocks, targets, e.nbytes))
         self._columns = tuple(columns)
+        everything = tuple(range(len(shifts)))
+        self._dedup: dict[tuple[int, ...], bool] = {}
+        for c in self._columns:
+            big = c.row_bytes >= _BIG_ROW
+            key = c.blocks if big else everything
+            self._dedup[key] = self._dedup.get(key, False) or big
 
     # ------------------------------------------------------------ Storage API
     def __len__(self) -> int:
@@ -251,6 +260,8 @@ class StoreStorage(Storage):
             if isinstance(index, torch.Tensor):
                 index = index.detach().cpu().numpy()
             arr = np.asarray(index)
+            if arr.size == 0:  # [] is float64 to numpy
+                arr = arr.astype(np.int64)
             if arr.dtype.kind not in "iub" or (arr.dtype.kind == "b" and arr.ndim == 0):
                 raise IndexError(
                     f"a StoreStorage is indexed by integers; got {arr.dtype} {index!r:.80}"
@@ -290,10 +301,11 @@ class StoreStorage(Storage):
         values: dict[tuple[str, Key], torch.Tensor] = {}
         with self._lock:
             for col in self._columns:
-                blocks = col.blocks if col.row_bytes >= _OWN_PLAN_BYTES else everything
+                blocks = col.blocks if col.row_bytes >= _BIG_ROW else everything
                 plan = plans.get(blocks)
                 if plan is None:
-                    plan = plans[blocks] = self._plan(code, offset, n, blocks)
+                    dedup = self._dedup[blocks]
+                    plan = plans[blocks] = self._plan(code, offset, n, blocks, dedup)
                 data = self._read(plan, col, blocks, n)
                 for part, key, block in col.targets:
                     at = blocks.index(block) * n
@@ -305,17 +317,29 @@ class StoreStorage(Storage):
             ep_t = ep_t.to(device)
         return self._assemble(values, ep_t, n)
 
-    def _plan(self, code: np.ndarray, offset: np.ndarray, n: int, blocks: tuple[int, ...]) -> _Plan:
-        """Group positions ``blocks`` of a gather by chunk (one sort, no loop per row)."""
+    def _plan(
+        self, code: np.ndarray, offset: np.ndarray, n: int, blocks: tuple[int, ...], dedup: bool
+    ) -> _Plan:
+        """Group positions ``blocks`` of a gather by chunk (one sort, no loop per row).
+
+        ``dedup``: read each row once (for plans serving big rows).
+        """
         if blocks != tuple(range(len(self._shifts))):
             sel = np.concatenate([np.arange(b * n, (b + 1) * n) for b in blocks])
             code, offset = code[sel], offset[sel]
-        if code.min() == code.max():
-            return _Plan([self._sources[int(code[0])]], [torch.from_numpy(offset)], None)
-        # each row once: a slice's consecutive transitions share their states
-        unique, inverse = np.unique(code * self._stride + offset, return_inverse=True)
-        codes = unique // self._stride
-        rows = torch.from_numpy(unique - codes * self._stride)
+        if code.size == 0 or code.min() == code.max():
+            source = self._sources[int(code[0]) if code.size else 0]
+            return _Plan([source], [torch.from_numpy(offset)], None)
+        if dedup:  # each row once: a slice's consecutive transitions share their states
+            unique, inverse = np.unique(code * self._stride + offset, return_inverse=True)
+            codes = unique // self._stride
+            offsets = unique - codes * self._stride
+        else:  # small rows: reading one twice costs less than finding it
+            order = np.argsort(code, kind="stable")
+            codes, offsets = code[order], offset[order]
+            inverse = np.empty_like(order)
+            inverse[order] = np.arange(order.size)
+        rows = torch.from_numpy(offsets)
         cuts: list[int] = (np.flatnonzero(codes[1:] != codes[:-1]) + 1).tolist()
         bounds = list(zip([0, *cuts], [*cuts, codes.size], strict=True))
         return _Plan(
@@ -338,20 +362,23 @@ class StoreStorage(Storage):
             if not self._pin:
                 return data
             return torch.empty_like(data, pin_memory=True).copy_(data)
-        total = sum(len(rows) for rows in plan.rows)
-        joined = self._scratch.get(col.stored_key)
-        if joined is None or joined.shape[0] < total:  # bounded by the batch, kept
-            joined = self._scratch[col.stored_key] = torch.empty(
-                (total, *col.shape), dtype=col.dtype
-            )
-        start = 0
-        for (shard, stream, chunk), rows in zip(plan.sources, plan.rows, strict=True):
-            _take_into(
-                shard, stream, chunk, col.stored_key, rows, joined[start : start + len(rows)]
-            )
-            start += len(rows)
-        out = torch.empty((len(blocks) * n, *col.shape), dtype=col.dtype, pin_memory=self._pin)
-        return torch.index_select(joined[:total], 0, plan.inverse, out=out)
+        if col.row_bytes < _BIG_ROW and not _TAKE_HAS_OUT:
+            joined = torch.cat(
+                [shard.take(stream, chunk, col.stored_key, rows)
+                 for (shard, stream, chunk), rows in zip(plan.sources, plan.rows, strict=True)]
+            )  # fmt: skip
+        else:  # big rows: into a buffer kept from sample to sample (no fresh pages)
+            total = sum(len(rows) for rows in plan.rows)
+            joined = self._scratch.get(col.stored_key)
+            if joined is None or joined.shape[0] < total:  # bounded by the batch
+                joined = torch.empty((total, *col.shape), dtype=col.dtype)
+                self._scratch[col.stored_key] = joined
+            joined = joined[:total]
+            _take_all(plan, col.stored_key, joined)
+        if not self._pin:
+            return torch.index_select(joined, 0, plan.inverse)
+        out = torch.empty((len(blocks) * n, *col.shape), dtype=col.dtype, pin_memory=True)
+        return torch.index_select(joined, 0, plan.inverse, out=out)
 
     def _assemble(
         self, values: dict[tuple[str, Key], torch.Tensor], episode: torch.Tensor, n: int
