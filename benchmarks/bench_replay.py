@@ -9,6 +9,8 @@ and the budget is on the ratio of the medians, in one run:
 
 - uniform transitions (``RandomSampler``) and ``SliceSampler`` slices (32 slices of 8);
 - small observations (4 float32, 200 k transitions) and 84x84x3 uint8 pixels;
+- the same small transitions stored in many chunks against few (a sample costs one
+  ``take`` per chunk touched and column);
 - a pixel store recorded with ``compression="zstd"`` against the raw one, when this
   tree's ``TrajectoryWriter`` has a ``compression`` parameter (frames with flat areas and
   moving blocks, as a game's screen: noise does not compress);
@@ -159,6 +161,35 @@ def sampling_rows(base: Path, smoke: bool) -> list[dict[str, Any]]:
     return out
 
 
+def chunk_rows_case(base: Path, smoke: bool) -> list[dict[str, Any]]:
+    """The same small transitions in many chunks (4,096 rows) against few (65,536 rows)."""
+    reps, n, calls = (1, 4_000, 2) if smoke else (5, 200_000, 20)
+    batches = batch_cycle("small", None, 1000 if not smoke else 500, 4, 200)
+    bufs = {}
+    for rows in (65_536, 4_096):
+        path = base / f"chunks-{rows}"
+        _write(path, batches, n // batches[0].shape[0], chunk_rows=rows)
+        bufs[rows] = _ours(TrajectoryReader(path), False)
+    res = interleaved({rows: _rate(rb, calls) for rows, rb in bufs.items()}, reps)
+    chunks, few_chunks = -(-n // 4_096), -(-n // 65_536)
+    note = (
+        f"{n:,} small transitions, uniform batch 256, in {chunks} chunks of 4,096 rows against "
+        f"{few_chunks} of 65,536; median of {reps} interleaved runs of {calls} sample() "
+        "calls. A sample touches every chunk: one take per chunk and column, and every "
+        "chunk must stay mapped (ShardReader's chunk cache)"
+    )
+    many, few = median(res[4_096]), median(res[65_536])
+    return [
+        row(f"replay uniform, small, {chunks} chunks", many, "samples/s"),
+        row(
+            f"replay uniform, small, {chunks} chunks / {few_chunks}",
+            many / few,
+            "ratio",
+            note=note,
+        ),
+    ]
+
+
 def compressed_rows(base: Path, smoke: bool) -> list[dict[str, Any]]:
     """A zstd pixel store against the same frames raw (when the writer can compress)."""
     if "compression" not in inspect.signature(TrajectoryWriter.__init__).parameters:
@@ -242,6 +273,7 @@ def run(smoke: bool = False) -> list[dict[str, Any]]:
     with scratch() as base:
         return [
             *sampling_rows(base, smoke),
+            *chunk_rows_case(base, smoke),
             *compressed_rows(base, smoke),
             *drop_rows(base, smoke),
         ]
