@@ -4,18 +4,35 @@ What is zero-copy and what is not:
 
 - The recorded data is never copied or materialised: :class:`StoreStorage` maps a flat
   transition index onto (shard, stream, chunk, row) of the store's chunk files and
-  gathers only the sampled rows, key by key, straight from the memory maps (a sample
-  is a fresh tensordict in RAM, as with any replay buffer). Each observation is
+  gathers only the sampled rows, column by column, through
+  :meth:`~trlrec.storage.shard_reader.ShardReader.take` (a sample is a fresh
+  tensordict in RAM, or on ``device``, as with any replay buffer). Each observation is
   stored once; the ``"next"`` observation of a transition is read from the row after.
 - In RAM: per-episode tables (a few ints per episode) and, for episode-aware slices,
-  the episode id of every transition (8 bytes each), which ``SliceSampler`` needs.
+  the episode id of every transition (8 bytes each), which ``SliceSampler`` needs;
+  per big column (4 KiB rows and up), one batch of rows kept from sample to sample.
 - The buffer is read-only (TorchRL's ``ImmutableDatasetWriter``): ``extend`` raises.
+
+How a sample is gathered (no Python loop per sampled row): the rows a batch needs (row
+``t`` of each transition, and row ``t + 1`` where a state column gives the ``"next"``
+value) are computed as arrays and sorted by chunk once (big rows, such as pixels, also
+de-duplicated: a slice's consecutive transitions share their states); each chunk
+touched is read with one ``take`` per column, and one ``index_select`` puts the rows in
+the sampled order. A batch that falls in one chunk is read straight in sampled order.
+Outputs going to a CUDA device are gathered into pinned memory and copied without
+blocking. The cost is about one ``take`` per (chunk touched, column): a store of many
+chunks samples slower than one of few.
 """
 
 from __future__ import annotations
 
+import inspect
+import threading
+import weakref
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from tensordict import TensorDict
 from torchrl.data import (
@@ -29,8 +46,9 @@ from torchrl.data import (
 from torchrl.data.replay_buffers.storages import Storage
 
 from trlrec.errors import ConfigError, OutOfRangeError, SchemaError, StoreError
-from trlrec.storage.format import NEXT, ROOT, placements, row_chunk
+from trlrec.storage.format import ROOT, chunk_count, placements, row_chunk
 from trlrec.storage.schema import Entry, Key
+from trlrec.storage.shard_reader import ShardReader
 
 if TYPE_CHECKING:  # the reader imports this module (its as_replay_buffer), never the reverse
     from trlrec.storage.reader import TrajectoryReader
@@ -38,6 +56,73 @@ if TYPE_CHECKING:  # the reader imports this module (its as_replay_buffer), neve
 __all__ = ["StoreStorage", "replay_buffer"]
 
 EPISODE_KEY = "episode"
+
+# Rows of at least this many bytes are "big": gathered with a plan of their own positions
+# only (a root-only image is not read for the row after), each row read once. Smaller
+# ones share the plan of all positions, which saves the calls of a second plan.
+_BIG_ROW = 4096
+
+# A take that writes into a given tensor saves copying each sample's rows once more.
+_TAKE_HAS_OUT = "out" in inspect.signature(ShardReader.take).parameters
+
+# One lock per reader: its chunk cache is shared by every buffer over it, and TorchRL's
+# lock covers one buffer only (two prefetching buffers on one reader sample at once).
+_LOCKS: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
+_LOCKS_LOCK = threading.Lock()
+
+
+def _reader_lock(reader: TrajectoryReader) -> threading.Lock:
+    with _LOCKS_LOCK:
+        lock = _LOCKS.get(reader)
+        if lock is None:
+            lock = _LOCKS[reader] = threading.Lock()
+        return lock
+
+
+@dataclass(frozen=True)
+class _Column:
+    """A stored column and where its values go: ``(part, key, block)`` targets.
+
+    Block ``k`` of a gather's positions holds the rows of shift ``shifts[k]``.
+    """
+
+    stored_key: Key
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    blocks: tuple[int, ...]
+    targets: tuple[tuple[str, Key, int], ...]
+    row_bytes: int
+
+
+@dataclass
+class _Plan:
+    """How to read some positions of a gather: the chunks, their rows, the order back.
+
+    Group ``g`` reads rows ``rows[g]`` of chunk ``sources[g]`` (``(shard, stream,
+    chunk)``), sorted by chunk (and de-duplicated for big rows); position ``p`` takes row
+    ``inverse[p]`` of the groups' rows end to end. With one chunk, ``rows[0]`` is in
+    position order and ``inverse`` is ``None``.
+    """
+
+    sources: list[tuple[ShardReader, int, int]]
+    rows: list[torch.Tensor]
+    inverse: torch.Tensor | None
+
+
+def _take_all(plan: _Plan, key: Key, out: torch.Tensor) -> None:
+    """The rows of every group of ``plan``, end to end, into ``out``.
+
+    Through ``ShardReader.take``'s ``out=`` when it has one, else joined into ``out``.
+    """
+    groups = zip(plan.sources, plan.rows, strict=True)
+    if not _TAKE_HAS_OUT:
+        pieces = [shard.take(stream, chunk, key, rows) for (shard, stream, chunk), rows in groups]
+        torch.cat(pieces, out=out)
+        return
+    start = 0
+    for (shard, stream, chunk), rows in groups:
+        shard.take(stream, chunk, key, rows, out=out[start : start + len(rows)])  # type: ignore[call-arg]
+        start += len(rows)
 
 
 class StoreStorage(Storage):
@@ -50,13 +135,22 @@ class StoreStorage(Storage):
     Args:
         reader: an open reader; it must stay open while the storage is used.
         episode_key: root key holding each transition's episode index, or ``None``.
+        device: where the samples go (``None``: the CPU). For a CUDA device the rows are
+            gathered into pinned memory and copied without blocking the host.
 
     Raises:
         StoreError: the store holds no transition.
         SchemaError: its shards have different schemas, or ``episode_key`` is a stored key.
+        ConfigError: ``device`` is not a device.
     """
 
-    def __init__(self, reader: TrajectoryReader, *, episode_key: str | None = EPISODE_KEY):
+    def __init__(
+        self,
+        reader: TrajectoryReader,
+        *,
+        episode_key: str | None = EPISODE_KEY,
+        device: torch.device | str | None = None,
+    ):
         shards = reader.shards
         if reader.num_steps == 0 or reader.num_episodes == 0:
             raise StoreError(f"the store {str(reader.path)!r} holds no transition to sample")
@@ -71,21 +165,77 @@ class StoreStorage(Storage):
             raise SchemaError(
                 f"the store already has a key {episode_key!r}; pass another episode_key"
             )
+        try:
+            self.sample_device = None if device is None else torch.device(device)
+        except (RuntimeError, TypeError) as err:
+            raise ConfigError(
+                f"device must be a torch device or its name ('cpu', 'cuda:0'), got {device!r}"
+            ) from err
+        cuda = self.sample_device is not None and self.sample_device.type == "cuda"
+        if cuda and not torch.cuda.is_available():
+            raise ConfigError(
+                f"device {device!r} asks for CUDA, which this torch cannot use "
+                "(torch.cuda.is_available() is False); pass device='cpu' or None"
+            )
+        self._pin = cuda  # pinned staging, non-blocking copies
         self.reader = reader
         self.entries: tuple[Entry, ...] = schema.entries
         self.episode_key = episode_key
+        self._lock = _reader_lock(reader)
+        # per column, the rows of a sample before they are put in order (used under _lock)
+        self._scratch: dict[Key, torch.Tensor] = {}
+        self._init_tables(reader)
+        self._init_columns()
+        super().__init__(max_size=int(self._offsets[-1]))
+
+    def _init_tables(self, reader: TrajectoryReader) -> None:
+        """Per-episode rows and chunk codes; code -> (shard, stream, chunk) of every chunk."""
+        shards = reader.shards
+        self._sources: list[tuple[ShardReader, int, int]] = []
+        lane_base: dict[tuple[str, int], int] = {}
+        for shard in shards:
+            for b, st in enumerate(shard.streams):
+                lane_base[(shard.name, b)] = len(self._sources)
+                # + 1: the row after a stream's last one is never read, but its code
+                # stays inside the lane whatever the rounding
+                chunks = chunk_count(st.next_row, shard.chunk_rows) + 1
+                self._sources += [(shard, b, c) for c in range(chunks)]
+        rows_of = {s.name: s.chunk_rows for s in shards}
         infos = [reader.episode_info(i) for i in range(reader.num_episodes)]
-        shard_of = {s.name: i for i, s in enumerate(shards)}
-        self._ep_shard = torch.tensor([shard_of[i["shard"]] for i in infos])
-        self._ep_stream = torch.tensor([i["stream"] for i in infos])
-        self._ep_start = torch.tensor([i["start_row"] for i in infos])
-        self.episode_lengths = torch.tensor([i["num_steps"] for i in infos])
-        self._offsets = torch.zeros(len(infos) + 1, dtype=torch.int64)
-        torch.cumsum(self.episode_lengths, 0, out=self._offsets[1:])
-        self._chunk_rows = torch.tensor([s.chunk_rows for s in shards])
-        self._num_streams = max(len(s.streams) for s in shards)
-        n = int(self._offsets[-1])
-        super().__init__(max_size=n)
+        self._ep_start = np.array([i["start_row"] for i in infos], dtype=np.int64)
+        self._ep_base = np.array(
+            [lane_base[(i["shard"], i["stream"])] for i in infos], dtype=np.int64
+        )
+        lengths = np.array([i["num_steps"] for i in infos], dtype=np.int64)
+        self.episode_lengths = torch.from_numpy(lengths)
+        self._offsets: np.ndarray = np.zeros(len(infos) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=self._offsets[1:])
+        chunk_rows = {s.chunk_rows for s in shards}
+        # one chunk size (the usual case) is a scalar; else one per episode
+        self._ep_rows: int | np.ndarray = (
+            chunk_rows.pop()
+            if len(chunk_rows) == 1
+            else np.array([rows_of[i["shard"]] for i in infos], dtype=np.int64)
+        )
+        self._stride = max(s.chunk_rows for s in shards)
+
+    def _init_columns(self) -> None:
+        shifts = sorted({shift for e in self.entries for _, shift in placements(e.role)})
+        self._shifts = tuple(shifts)
+        columns = []
+        for e in self.entries:
+            targets = tuple(
+                (part, e.key, shifts.index(shift)) for part, shift in placements(e.role)
+            )
+            blocks = tuple(sorted({t[2] for t in targets}))
+            columns.append(_Column(e.stored_key, e.shape, e.dtype, blocks, targets, e.nbytes))
+        self._columns = tuple(columns)
+        everything = tuple(range(len(shifts)))
+        self._dedup: dict[tuple[int, ...], bool] = {}
+        for c in self._columns:
+            big = c.row_bytes >= _BIG_ROW
+            key = c.blocks if big else everything
+            self._dedup[key] = self._dedup.get(key, False) or big
 
     # ------------------------------------------------------------ Storage API
     def __len__(self) -> int:
@@ -103,60 +253,151 @@ class StoreStorage(Storage):
             if len(index) != 1:
                 raise IndexError(f"a StoreStorage is 1-D; got an index of {len(index)} dims")
             index = index[0]
-        if isinstance(index, slice):
-            index = torch.arange(len(self))[index]
-        idx = torch.as_tensor(index, dtype=torch.int64)
-        scalar = idx.ndim == 0
-        flat = idx.reshape(-1)
         n = len(self)
-        if flat.numel() and (int(flat.min()) < -n or int(flat.max()) >= n):
+        flat: np.ndarray
+        if isinstance(index, slice):
+            flat = np.arange(n, dtype=np.int64)[index]
+            shape: tuple[int, ...] = flat.shape
+        else:
+            if isinstance(index, torch.Tensor):
+                index = index.detach().cpu().numpy()
+            arr = np.asarray(index)
+            if arr.size == 0:  # [] is float64 to numpy
+                arr = arr.astype(np.int64)
+            if arr.dtype.kind not in "iub" or (arr.dtype.kind == "b" and arr.ndim == 0):
+                raise IndexError(
+                    f"a StoreStorage is indexed by integers; got {arr.dtype} {index!r:.80}"
+                )
+            if arr.dtype.kind == "b":
+                arr = np.flatnonzero(arr)
+            shape = arr.shape
+            flat = arr.astype(np.int64, copy=False).reshape(-1)
+        if flat.size and (flat.min() < -n or flat.max() >= n):
             raise OutOfRangeError(
                 f"transition index out of range: {str(self.reader.path)!r} has {n} transitions"
             )
-        out = self._gather(torch.where(flat < 0, flat + n, flat))
-        out = out.reshape(idx.shape)
-        return out[()] if scalar else out
+        flat = np.where(flat < 0, flat + n, flat)
+        out = self._gather(flat)
+        if len(shape) != 1:
+            out = out.reshape(shape)
+        return out[()] if not shape else out
 
-    def _gather(self, idx: torch.Tensor) -> TensorDict:
-        ep = torch.searchsorted(self._offsets, idx, right=True) - 1
+    # ------------------------------------------------------------ the gather
+    def _gather(self, idx: np.ndarray) -> TensorDict:
+        n = idx.size
+        ep = np.searchsorted(self._offsets, idx, side="right") - 1
         row = self._ep_start[ep] + (idx - self._offsets[ep])
-        shard, stream = self._ep_shard[ep], self._ep_stream[ep]
-        n = idx.numel()
-        parts = {ROOT: TensorDict({}, batch_size=[n]), NEXT: TensorDict({}, batch_size=[n])}
-        by_shift: dict[int, list[tuple[Key, torch.Tensor]]] = {}
-        for e in self.entries:
-            for part, shift in placements(e.role):
-                col = torch.empty((n, *e.shape), dtype=e.dtype)
-                parts[part].set(e.key, col)
-                by_shift.setdefault(shift, []).append((e.stored_key, col))
-        for shift, cols in by_shift.items():
-            self._fill(shard, stream, row + shift, cols)
-        out = parts[ROOT]
-        out.set("next", parts[NEXT])
-        if self.episode_key is not None:
-            out.set(self.episode_key, ep)
-        return out
+        k = len(self._shifts)
+        rows = np.concatenate([row + s for s in self._shifts]) if k > 1 else row + self._shifts[0]
+        base, chunk_rows = self._ep_base[ep], self._ep_rows
+        if k > 1:
+            base = np.tile(base, k)
+            if isinstance(chunk_rows, np.ndarray):
+                chunk_rows = np.tile(chunk_rows[ep], k)
+        elif isinstance(chunk_rows, np.ndarray):
+            chunk_rows = chunk_rows[ep]
+        chunk, offset = row_chunk(rows, chunk_rows)
+        code = base + chunk
+        plans: dict[tuple[int, ...], _Plan] = {}
+        everything = tuple(range(k))
+        values: dict[tuple[str, Key], torch.Tensor] = {}
+        with self._lock:
+            for col in self._columns:
+                blocks = col.blocks if col.row_bytes >= _BIG_ROW else everything
+                plan = plans.get(blocks)
+                if plan is None:
+                    dedup = self._dedup[blocks]
+                    plan = plans[blocks] = self._plan(code, offset, n, blocks, dedup)
+                data = self._read(plan, col, blocks, n)
+                for part, key, block in col.targets:
+                    at = blocks.index(block) * n
+                    values[(part, key)] = data[at : at + n]
+        device = self.sample_device
+        ep_t = torch.from_numpy(ep)
+        if device is not None and device.type != "cpu":
+            values = {k: v.to(device, non_blocking=self._pin) for k, v in values.items()}
+            ep_t = ep_t.to(device)
+        return self._assemble(values, ep_t, n)
 
-    def _fill(
-        self,
-        shard: torch.Tensor,
-        stream: torch.Tensor,
-        row: torch.Tensor,
-        cols: list[tuple[Key, torch.Tensor]],
-    ) -> None:
-        if row.numel() == 0:
-            return
-        chunk, offset = row_chunk(row, self._chunk_rows[shard])
-        code = (shard * self._num_streams + stream) * (int(chunk.max()) + 1) + chunk
-        groups, inverse = torch.unique(code, return_inverse=True)
-        for g in range(groups.numel()):
-            mask = inverse == g
-            first = int(mask.nonzero()[0, 0])
-            s, b, c = int(shard[first]), int(stream[first]), int(chunk[first])
-            shard_reader = self.reader.shards[s]
-            rows = offset[mask]
-            for key, col in cols:
-                col[mask] = shard_reader.take(b, c, key, rows)
+    def _plan(
+        self, code: np.ndarray, offset: np.ndarray, n: int, blocks: tuple[int, ...], dedup: bool
+    ) -> _Plan:
+        """Group positions ``blocks`` of a gather by chunk (one sort, no loop per row).
+
+        ``dedup``: read each row once (for plans serving big rows).
+        """
+        if blocks != tuple(range(len(self._shifts))):
+            sel = np.concatenate([np.arange(b * n, (b + 1) * n) for b in blocks])
+            code, offset = code[sel], offset[sel]
+        if code.size == 0 or code.min() == code.max():
+            source = self._sources[int(code[0]) if code.size else 0]
+            return _Plan([source], [torch.from_numpy(offset)], None)
+        if dedup:  # each row once: a slice's consecutive transitions share their states
+            unique, inverse = np.unique(code * self._stride + offset, return_inverse=True)
+            codes = unique // self._stride
+            offsets = unique - codes * self._stride
+        else:  # small rows: reading one twice costs less than finding it
+            order = np.argsort(code, kind="stable")
+            codes, offsets = code[order], offset[order]
+            inverse = np.empty_like(order)
+            inverse[order] = np.arange(order.size)
+        rows = torch.from_numpy(offsets)
+        cuts: list[int] = (np.flatnonzero(codes[1:] != codes[:-1]) + 1).tolist()
+        bounds = list(zip([0, *cuts], [*cuts, codes.size], strict=True))
+        return _Plan(
+            [self._sources[c] for c in codes[[a for a, _ in bounds]].tolist()],
+            [rows[a:b] for a, b in bounds],
+            torch.from_numpy(inverse.reshape(-1)),
+        )
+
+    def _read(self, plan: _Plan, col: _Column, blocks: tuple[int, ...], n: int) -> torch.Tensor:
+        """The rows of ``col`` at positions ``blocks``: ``[len(blocks) * n, *shape]``.
+
+        One chunk: one ``take`` in position order. Several: one ``take`` per chunk, the
+        pieces joined, then one ``index_select`` puts the rows in position order (a
+        gather copies rows whole; placing rows by index, ``index_copy_``, costs per
+        element: ~10x slower for uint8 pixels).
+        """
+        if plan.inverse is None:
+            ((shard, stream, chunk),) = plan.sources
+            data = shard.take(stream, chunk, col.stored_key, plan.rows[0])
+            if not self._pin:
+                return data
+            return torch.empty_like(data, pin_memory=True).copy_(data)
+        if col.row_bytes < _BIG_ROW and not _TAKE_HAS_OUT:
+            joined = torch.cat(
+                [shard.take(stream, chunk, col.stored_key, rows)
+                 for (shard, stream, chunk), rows in zip(plan.sources, plan.rows, strict=True)]
+            )  # fmt: skip
+        else:  # big rows: into a buffer kept from sample to sample (no fresh pages)
+            total = sum(len(rows) for rows in plan.rows)
+            joined = self._scratch.get(col.stored_key)
+            if joined is None or joined.shape[0] < total:  # bounded by the batch
+                joined = torch.empty((total, *col.shape), dtype=col.dtype)
+                self._scratch[col.stored_key] = joined
+            joined = joined[:total]
+            _take_all(plan, col.stored_key, joined)
+        if not self._pin:
+            return torch.index_select(joined, 0, plan.inverse)
+        out = torch.empty((len(blocks) * n, *col.shape), dtype=col.dtype, pin_memory=True)
+        return torch.index_select(joined, 0, plan.inverse, out=out)
+
+    def _assemble(
+        self, values: dict[tuple[str, Key], torch.Tensor], episode: torch.Tensor, n: int
+    ) -> TensorDict:
+        """The ``[n]`` rollout rows: root keys, ``"next"`` and the episode index."""
+        root: dict[str, Any] = {}
+        nxt: dict[str, Any] = {}
+        for (part, key), value in values.items():
+            d = root if part == ROOT else nxt
+            for name in key[:-1]:
+                d = d.setdefault(name, {})
+            d[key[-1]] = value
+        if self.episode_key is not None:
+            root[self.episode_key] = episode
+        root["next"] = nxt
+        # the values are fresh [n, ...] tensors on one device: nothing to check
+        return TensorDict._new_unsafe(root, batch_size=torch.Size([n]), device=self.sample_device)
 
     def set(self, cursor: Any, data: Any, *, set_cursor: bool = True) -> None:
         """Refused: a store is read through this storage, written with a TrajectoryWriter."""
@@ -193,6 +434,8 @@ def replay_buffer(
     replacement: bool = True,
     strict_length: bool = True,
     episode_key: str | None = EPISODE_KEY,
+    device: torch.device | str | None = None,
+    prefetch: int | None = None,
     **kwargs: Any,
 ) -> TensorDictReplayBuffer:
     """A read-only TorchRL replay buffer sampling the transitions of a store.
@@ -212,6 +455,10 @@ def replay_buffer(
             per pass over the data).
         strict_length: skip episodes shorter than a slice (else return shorter slices).
         episode_key: root key of the samples holding the episode index, or ``None``.
+        device: where samples go (``None``: the CPU). A CUDA device gets its rows
+            gathered into pinned memory and copied without blocking the host.
+        prefetch: how many samples TorchRL gathers ahead in threads while the training
+            step runs (``None``: none); the gather's copies release the GIL.
         **kwargs: passed to ``TensorDictReplayBuffer`` (``transform``, ``prefetch``...)
             or, for a sliced buffer, to the sampler when they are sampler options
             (``truncated_key``, ``span``, ``pad_output``).
@@ -220,7 +467,8 @@ def replay_buffer(
         A ``TensorDictReplayBuffer`` whose ``sample()`` returns ``[batch_size]`` rollout rows.
 
     Raises:
-        ConfigError: for a bad ``batch_size``, ``slice_len`` or ``num_slices``.
+        ConfigError: for a bad ``batch_size``, ``slice_len``, ``num_slices``, ``device``
+            or ``prefetch``.
         StoreError: the store is empty (and the reader's errors for a missing or damaged store).
 
     Examples:
@@ -250,21 +498,25 @@ def replay_buffer(
             raise ConfigError(f"{name} must be a positive int, got {value!r}")
         if batch_size % value:
             raise ConfigError(f"batch_size ({batch_size}) must be a multiple of {name} ({value})")
-    return _build(reader, batch_size, slice_len, num_slices, replacement, strict_length,
-                  episode_key, kwargs)  # fmt: skip
+    if prefetch is not None and (not isinstance(prefetch, int) or prefetch < 0):
+        raise ConfigError(f"prefetch must be None or an int >= 0, got {prefetch!r}")
+    storage = StoreStorage(reader, episode_key=episode_key, device=device)
+    if prefetch:
+        kwargs["prefetch"] = prefetch
+    return _build(storage, batch_size, slice_len, num_slices, replacement, strict_length,
+                  kwargs)  # fmt: skip
 
 
 def _build(
-    reader: TrajectoryReader,
+    storage: StoreStorage,
     batch_size: int,
     slice_len: int | None,
     num_slices: int | None,
     replacement: bool,
     strict_length: bool,
-    episode_key: str | None,
     kwargs: dict[str, Any],
 ) -> TensorDictReplayBuffer:
-    storage = StoreStorage(reader, episode_key=episode_key)
+    reader = storage.reader
     if slice_len is None and num_slices is None:
         sampler = RandomSampler() if replacement else SamplerWithoutReplacement()
     else:

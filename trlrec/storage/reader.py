@@ -191,7 +191,13 @@ class TrajectoryReader(Closeable):
         return shard.info(j)
 
     def as_replay_buffer(self, *, batch_size: int, **kwargs: Any) -> Any:
-        """A TorchRL replay buffer over this store, see :func:`trlrec.replay.replay_buffer`."""
+        """A TorchRL replay buffer over this store, see :func:`trlrec.replay.replay_buffer`.
+
+        ``kwargs``: ``slice_len``/``num_slices`` (episode-aware slices), ``replacement``,
+        ``device`` (samples on a GPU: pinned staging, non-blocking copies), ``prefetch``
+        (samples gathered ahead in threads), and TorchRL's ``TensorDictReplayBuffer``
+        options.
+        """
         from trlrec.replay import replay_buffer  # imports TorchRL's data package: only now
 
         return replay_buffer(self, batch_size=batch_size, **kwargs)
