@@ -92,10 +92,13 @@ class ShardReader:
 
     def _read_metadata(self, path: Path) -> dict[str, Any]:
         """The ``metadata`` of ``shard.json`` (``{}`` without the file), its version checked."""
+        self.written_by: dict[str, Any] = {}
         if not path.exists():
             return {}
         data = read_json(_inside(self.root, path))
         store_format(data.get("version"), path)
+        # who wrote it (host, pid, rank); older shards have only a pid, or nothing
+        self.written_by = {k: data[k] for k in ("host", "pid", "rank") if k in data}
         metadata = data.get("metadata", {})
         if not isinstance(metadata, dict):
             raise CorruptStoreError(
