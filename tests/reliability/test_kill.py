@@ -10,8 +10,8 @@ a new writer can append, to a new shard or continuing the killed one.
 from __future__ import annotations
 
 import random
-from pathlib import Path
 import time
+from pathlib import Path
 
 import pytest
 
@@ -56,12 +56,12 @@ ITERATIONS = 40
 BUDGET_S = 35
 
 
-
 def _first_shard(path: str | Path) -> str:
     """The name of the store's only shard (the killed writer's); "" before it exists."""
     shards = sorted((Path(path) / "shards").iterdir()) if (Path(path) / "shards").is_dir() else []
     assert len(shards) <= 1, f"expected the killed writer's shard only, found {shards}"
     return shards[0].name if shards else ""
+
 
 def _expected(cfg: dict) -> object:
     return rollout(
@@ -203,7 +203,9 @@ def test_kill_between_chunk_rows_and_commit_keeps_previous_commit(worker, tmp_pa
     assert res["signal"] == 9
     committed = _verify(cfg, res["acked"])
     assert res["acked"] <= committed <= res["acked"] + 1
-    rows = sorted((tmp_path / "s" / "shards" / _first_shard(cfg["path"]) / "streams" / "0").iterdir())
+    rows = sorted(
+        (tmp_path / "s" / "shards" / _first_shard(cfg["path"]) / "streams" / "0").iterdir()
+    )
     assert rows, "the killed writer created no chunk"
     _continue(cfg, committed, same_shard=True)
 

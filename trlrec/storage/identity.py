@@ -43,7 +43,7 @@ def _rank() -> str | None:
                 actor = ray.get_runtime_context().get_actor_id()
                 if actor:
                     return "ray" + str(actor)[:12]
-        except Exception:  # noqa: BLE001 - Ray's API differs between versions: no rank then
+        except Exception:
             pass
     for name in ("SLURM_PROCID", "RANK"):
         value = os.environ.get(name, "")

@@ -67,6 +67,11 @@ class Recording:
         self._episode_key = episode_key
         self.files = ShardFiles(shard_path, durable=durable)
         self.schema: Schema | None = None
+        # what the last commit holds, and the I/O errors met (read by TrajectoryWriter.stats)
+        self.committed_steps = 0
+        self.committed_rows = 0
+        self.errors = 0
+        self.last_error: str | None = None
         # set with the schema (_setup), and read only after it: typed as always set
         self.staging: StepStaging = None  # type: ignore[assignment]
         self.streams: StreamSet = None  # type: ignore[assignment]
@@ -102,6 +107,7 @@ class Recording:
         (a roll back, whose cause may fail a commit now too).
         """
         self.files.resume(commit)
+        self._count_committed(commit["streams"])
         for ep in self.streams.resume(commit, self.shard_path / COMMIT_FILE):
             self.files.add_episode(ep)
         if commit_now:
@@ -159,15 +165,27 @@ class Recording:
             self.check_io()
             self.streams.sync()
         entries, open_meta = self.streams.entries()
+        self._count_committed(entries)
         self.files.commit(self.io, self.group, entries, open_meta, self._chunk_rows or 1)
         if sync:
             self.io.barrier()
             self.check_io()
 
+    def _count_committed(self, entries: list[list[int]]) -> None:
+        """Keep the rows and transitions of the streams' COMMIT entries (for stats)."""
+        self.committed_rows = sum(e[0] for e in entries)
+        self.committed_steps = sum(e[1] for e in entries)
+
+    def note_error(self, err: BaseException) -> None:
+        """Count an error met while writing and keep its text (for stats)."""
+        self.errors += 1
+        self.last_error = f"{type(err).__name__}: {err}"
+
     def check_io(self) -> None:
         """Raise the I/O backend's error, if any, after rolling back to the last commit."""
         err = self.io.error(self.group)
         if err is not None:
+            self.note_error(err)
             self._roll_back()
             raise err
 

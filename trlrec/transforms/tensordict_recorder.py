@@ -22,6 +22,7 @@ from trlrec.device_copy import DeviceCopies
 from trlrec.errors import ClosedError, ConfigError, SchemaError, UnsupportedDataError
 from trlrec.naming import safe_name
 from trlrec.storage.dataset import check_metadata
+from trlrec.storage.lanes import Lanes, merge_stats
 from trlrec.storage.writer import TrajectoryWriter
 
 __all__ = ["TensorDictRecorder"]
@@ -173,12 +174,16 @@ class TensorDictRecorder(Transform, Closeable):
         metadata: dict[str, Any] | None = None,
         step_fn: StepFn | None = None,
         episode_fn: EpisodeFn | None = None,
+        max_lanes: int = 64,
         **writer_kwargs: Any,
     ):
         keys = None if in_keys is None else [_as_key(k) for k in _key_list(in_keys)]
         super().__init__(in_keys=None if keys is None else [k for k in keys])
         if isinstance(skip, bool) or not isinstance(skip, int) or skip < 1:
             raise ConfigError(f"skip must be an int >= 1, got {skip!r}")
+        if isinstance(max_lanes, bool) or not isinstance(max_lanes, int) or max_lanes < 1:
+            raise ConfigError(f"max_lanes must be an int >= 1, got {max_lanes!r}")
+        self.max_lanes = max_lanes
         for name, fn in (("step_fn", step_fn), ("episode_fn", episode_fn)):
             if fn is not None and not callable(fn):
                 raise ConfigError(f"{name} must be callable or None, got {type(fn).__name__}")
@@ -224,6 +229,7 @@ class TensorDictRecorder(Transform, Closeable):
     def _new_runtime(self) -> None:
         """State that belongs to one recording process (never shared by clones/pickles)."""
         self._writer: TrajectoryWriter | None = None
+        self._lanes: Lanes | None = None  # extend()'s writers, one per interleaved worker
         self._select: tuple[list[Key], list[Key]] | None = None
         self._seen = 0
         self._prev: TensorDictBase | None = None
@@ -238,6 +244,21 @@ class TensorDictRecorder(Transform, Closeable):
         self._writer = TrajectoryWriter(self.path, metadata=self.metadata, **kwargs)
         return self._writer
 
+    def _lanes_of(self, writer: TrajectoryWriter) -> Lanes:
+        """The lanes :meth:`extend` routes batches to; the first is ``writer``."""
+        if self._lanes is None:
+            kwargs = dict(self.writer_kwargs)
+            shard = kwargs.pop("shard", None)
+
+            def open_lane(i: int) -> TrajectoryWriter:
+                name = None if shard is None else f"{shard}-lane{i}"
+                return TrajectoryWriter(self.path, metadata=self.metadata, shard=name, **kwargs)
+
+            key = kwargs.get("episode_key", ("collector", "traj_ids"))
+            key = (key,) if isinstance(key, str) else key
+            self._lanes = Lanes(writer, open_lane, key, self.max_lanes)
+        return self._lanes
+
     def clone(self) -> TensorDictRecorder:
         """A recorder with the same settings and no parent; it writes its own new shard."""
         out = super().clone()
@@ -246,7 +267,15 @@ class TensorDictRecorder(Transform, Closeable):
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
-        for name in ("_writer", "_select", "_prev", "_async", "_copies", "_pending_reset"):
+        for name in (
+            "_writer",
+            "_lanes",
+            "_select",
+            "_prev",
+            "_async",
+            "_copies",
+            "_pending_reset",
+        ):
             state.pop(name, None)
         return state
 
@@ -465,7 +494,7 @@ class TensorDictRecorder(Transform, Closeable):
             self._extend_async(writer, batch, metas)
             return
         self._drain()
-        writer.extend(batch, episode_metadata=metas)
+        self._lanes_of(writer).extend(batch, metas)
 
     def _extend_async(self, writer: TrajectoryWriter, batch: TensorDictBase, metas: Any) -> None:
         """Start a batch's copy to the host; the writer gets it at the next push (device path)."""
@@ -475,7 +504,7 @@ class TensorDictRecorder(Transform, Closeable):
         def consume(host: dict[str, Any]) -> None:
             if reset:
                 writer.end_episode(host["reset"].clone())
-            writer.extend(host["batch"], episode_metadata=metas)
+            self._lanes_of(writer).extend(host["batch"], metas)
 
         self._copies.push(parts, consume)
 
@@ -562,14 +591,17 @@ class TensorDictRecorder(Transform, Closeable):
         writer = self._writer
         if writer is not None:
             self._drain()
-            writer.flush()
+            for w in self.writers:
+                w.flush()
         if self.logger is None or writer is None or writer.schema is None:
             return
         from trlrec.loggers.base import log_trajectory_to
 
         name = self.tag if suffix is None else f"{self.tag}_{suffix}"
-        at = writer.num_transitions if step is None else step
-        finished = writer.finished_episodes()  # the writer's own count, since the last dump
+        lanes = self._lanes
+        at = sum(w.num_transitions for w in self.writers) if step is None else step
+        # the writers' own counts since the last dump; frames count every lane's steps
+        finished = writer.finished_episodes() if lanes is None else lanes.finished_episodes()
         if self.skip == 1:
             self._log_episodes(name, finished, at)
         log_trajectory_to(self.logger, name, self.path, step=at)
@@ -604,7 +636,57 @@ class TensorDictRecorder(Transform, Closeable):
             try:
                 self._drain()
             finally:
-                writer.close()
+                errors = []
+                for w in self.writers:
+                    try:
+                        w.close()
+                    except Exception as err:  # the other lanes still commit and close
+                        errors.append(err)
+                if errors:
+                    raise errors[0]
+
+    @property
+    def writers(self) -> list[TrajectoryWriter]:
+        """The writers of this process's shards: :attr:`writer`, and one per extra lane.
+
+        :meth:`extend` keeps interleaved collector workers apart in lanes of their own
+        (see :mod:`trlrec.storage.lanes`), each a shard.
+        """
+        if self._lanes is not None:
+            return self._lanes.writers
+        return [] if self._writer is None else [self._writer]
+
+    def stats(self) -> dict[str, float | int | str | None]:
+        """Health of the recording, a cheap snapshot in the shape TorchRL's ``LoggerMonitor`` polls.
+
+        The writers' :meth:`TrajectoryWriter.stats <trlrec.TrajectoryWriter.stats>`
+        summed over this process's shards (``shards`` counts them;
+        ``seconds_since_commit`` is the oldest commit with steps waiting behind it), and
+        ``steps_in_flight``: steps still being copied from a GPU. All zero before the
+        first step. Poll it from any thread:
+        ``LoggerMonitor(logger).watch(rec, name="recorder")``.
+
+        Examples:
+            >>> import tempfile
+            >>> from torchrl.envs import GymEnv
+            >>> from trlrec import TensorDictRecorder
+            >>> rec = TensorDictRecorder(tempfile.mkdtemp() + "/run")
+            >>> _ = GymEnv("CartPole-v1").append_transform(rec).rollout(10)
+            >>> rec.dump()
+            >>> s = rec.stats()
+            >>> s["steps_committed"], s["shards"], s["errors"]
+            (10, 1, 0)
+            >>> rec.close()
+        """
+        empty: dict[str, float | int | str | None] = {
+            "steps": 0, "steps_committed": 0, "steps_pending": 0, "episodes_committed": 0,
+            "bytes_written": 0, "seconds_since_commit": 0.0, "shards": 0, "errors": 0,
+            "last_error": None,
+        }  # fmt: skip
+        writers = self.writers
+        out = merge_stats([w.stats() for w in writers]) if writers else empty
+        out["steps_in_flight"] = len(self._copies)
+        return out
 
     def _check_open(self) -> None:
         if self._closed:
