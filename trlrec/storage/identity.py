@@ -15,6 +15,7 @@ trlrec never imports it), ``SLURM_PROCID``, then ``RANK`` (set by ``torchrun``).
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import sys
@@ -43,8 +44,8 @@ def _rank() -> str | None:
                 actor = ray.get_runtime_context().get_actor_id()
                 if actor:
                     return "ray" + str(actor)[:12]
-        except Exception:
-            pass
+        except (AttributeError, RuntimeError) as err:  # another Ray API: no rank from it
+            logging.getLogger(__name__).debug("no Ray actor id for the shard name: %s", err)
     for name in ("SLURM_PROCID", "RANK"):
         value = os.environ.get(name, "")
         if value.isdigit():
