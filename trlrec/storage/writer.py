@@ -11,6 +11,7 @@ backend (:mod:`trlrec.io`), chosen once when it opens.
 
 from __future__ import annotations
 
+import multiprocessing.util
 import os
 import threading
 import time
@@ -31,7 +32,7 @@ from trlrec.storage.batches import (
     check_row,
     stream_mask,
 )
-from trlrec.storage.commit_clock import CommitClock, IdleCommitter
+from trlrec.storage.commit_clock import CommitClock, IdleCommitter, _close_at_exit
 from trlrec.storage.dataset import check_metadata, create_dataset, new_shard_dir
 from trlrec.storage.recording import Recording
 from trlrec.storage.schema import Key, Schema
@@ -360,3 +361,25 @@ class TrajectoryWriter(Closeable):
     def __repr__(self) -> str:
         shard = self.shard_path.name
         return f"TrajectoryWriter({str(self.path)!r}, shard={shard!r}, steps={self.num_steps})"
+
+
+class _WorkerExit:
+    """Closes this process's open writers when a ``multiprocessing`` child ends normally.
+
+    The close at interpreter exit (:mod:`~trlrec.storage.commit_clock`, an ``atexit``
+    hook) does not run in a *forked* ``multiprocessing`` child, which leaves with
+    ``os._exit`` after its target returns: a recorder inside a collector's or a
+    ``ParallelEnv``'s worker would lose what it appended since its last commit. After
+    each fork this registers the same close as a ``multiprocessing`` finalizer of the
+    child, which its normal end runs (a spawned child runs ``atexit`` itself).
+    """
+
+    def __init__(self) -> None:
+        multiprocessing.util.register_after_fork(self, _WorkerExit._in_child)
+
+    @staticmethod
+    def _in_child(_self: _WorkerExit) -> None:
+        multiprocessing.util.Finalize(None, _close_at_exit, exitpriority=100)
+
+
+_WORKER_EXIT = _WorkerExit()
