@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from tensordict import TensorDictBase
 
+from trlrec.errors import TrlrecError
 from trlrec.io import IOBackend
 from trlrec.storage.batches import batch_columns
 from trlrec.storage.chunks import default_chunk_rows
@@ -72,6 +73,7 @@ class Recording:
         self.committed_rows = 0
         self.errors = 0
         self.last_error: str | None = None
+        self._noted: BaseException | None = None
         # set with the schema (_setup), and read only after it: typed as always set
         self.staging: StepStaging = None  # type: ignore[assignment]
         self.streams: StreamSet = None  # type: ignore[assignment]
@@ -123,6 +125,9 @@ class Recording:
             st.written_at = self.io.submitted
             if commit:
                 self.commit()
+        except (OSError, TrlrecError) as err:
+            self.note_error(err)
+            raise
         finally:
             st.clear()
         nxt = self.staging.swap()
@@ -165,8 +170,12 @@ class Recording:
             self.check_io()
             self.streams.sync()
         entries, open_meta = self.streams.entries()
-        self._count_committed(entries)
-        self.files.commit(self.io, self.group, entries, open_meta, self._chunk_rows or 1)
+        try:
+            self.files.commit(self.io, self.group, entries, open_meta, self._chunk_rows or 1)
+        except (OSError, TrlrecError) as err:
+            self.note_error(err)
+            raise
+        self._count_committed(entries)  # queued: a failure rolls back and counts again
         if sync:
             self.io.barrier()
             self.check_io()
@@ -177,7 +186,10 @@ class Recording:
         self.committed_steps = sum(e[1] for e in entries)
 
     def note_error(self, err: BaseException) -> None:
-        """Count an error met while writing and keep its text (for stats)."""
+        """Count an error met while writing and keep its text (for stats); once per error."""
+        if err is self._noted:
+            return
+        self._noted = err
         self.errors += 1
         self.last_error = f"{type(err).__name__}: {err}"
 
