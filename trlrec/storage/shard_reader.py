@@ -303,3 +303,20 @@ class ShardReader:
         out = parts[ROOT]
         out.set("next", parts[NEXT])
         return out
+
+
+def worker_label(written_by: dict[str, Any]) -> str:
+    """A shard's writer as ``trlrec info`` and ``verify`` name it: ``host pid N [rank R]``.
+
+    Examples:
+        >>> worker_label({"host": "node1", "pid": 42, "rank": "3"})
+        'node1 pid 42 rank 3'
+        >>> worker_label({})
+        'unknown writer'
+    """
+    if not written_by:
+        return "unknown writer"
+    parts = [str(written_by.get("host", "?")), f"pid {written_by.get('pid', '?')}"]
+    if written_by.get("rank") is not None:
+        parts.append(f"rank {written_by['rank']}")
+    return " ".join(parts)
