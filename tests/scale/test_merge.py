@@ -1,4 +1,4 @@
-"""``trlrec merge``, and ``trlrec info`` / ``verify`` summarising shard by shard, worker by worker."""
+"""``trlrec merge``; ``trlrec info`` and ``verify`` summarising per shard and per worker."""
 
 from __future__ import annotations
 

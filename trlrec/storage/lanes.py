@@ -123,7 +123,11 @@ class Lanes:
         changed = (ids[:, 1:] != ids[:, :-1]).any(-1)  # [N, T - 1]
         cuts = changed.all(0)
         if bool(cuts.any()):
-            held = [lane.last_ids[lane.open, 0] for lane in self._lanes if lane.open is not None]
+            held = [
+                lane.last_ids[lane.open, 0]
+                for lane in self._lanes
+                if lane.open is not None and lane.last_ids is not None
+            ]
             held_open = torch.cat(held) if held else torch.zeros(0, dtype=torch.int64)
             resumes = torch.isin(ids[:, 1:, 0], held_open).any(0)
             cuts &= (~done[:, :-1]).any(0) | resumes
