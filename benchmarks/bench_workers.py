@@ -27,7 +27,7 @@ import torch
 if __package__ in (None, ""):  # run as a script: its directory, not the repo, is on sys.path
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks import row, settle
+from benchmarks import row, segmented, settle, timed
 from benchmarks.baselines import NoOp
 from benchmarks.bench_recorder import TrivialEnv
 
@@ -64,15 +64,20 @@ def _collect(path: str | None, frames_per_batch: int, batches: int) -> float:
         collector.shutdown()
 
 
-def _single(path: str | None, steps: int) -> float:
-    env = make_env(path)
-    env.rollout(50, break_when_any_done=False)  # warm-up
-    t0 = time.perf_counter()
-    env.rollout(steps, break_when_any_done=False)
-    elapsed = time.perf_counter() - t0
-    if path is not None:
-        env.transform.close()
-    return elapsed / steps
+def _single(tmp: str, steps: int, reps: int) -> dict[str, list[float]]:
+    """Seconds per step of ``env.rollout`` in this process, the cases alternating in segments."""
+    envs = {"without": make_env(None), "with": make_env(os.path.join(tmp, "single"))}
+    for env in envs.values():
+        env.rollout(50, break_when_any_done=False)  # warm-up: the writer opened
+
+    def case(env):
+        return lambda: timed(lambda: env.rollout(steps, break_when_any_done=False)) / steps
+
+    try:
+        out = segmented({name: case(env) for name, env in envs.items()}, reps, 4)
+    finally:
+        envs["with"].transform.close()
+    return {name: [v / 4 for v in values] for name, values in out.items()}
 
 
 def _fork_workers() -> tuple[object, object]:
@@ -98,22 +103,19 @@ def _restore(saved: tuple[object, object]) -> None:
 
 def run(smoke: bool = False) -> list[dict]:
     """Per-frame time in collector workers and in one process, with and without a recorder."""
-    fpb, batches, reps, steps = (64, 2, 1, 200) if smoke else (1000, 6, 5, 3000)
+    fpb, batches, reps, steps = (64, 2, 1, 100) if smoke else (1000, 6, 5, 1000)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     saved = _fork_workers()
     try:
         with tempfile.TemporaryDirectory(prefix="trlrec-bench-workers-") as tmp:
-            worker = {"with": [], "without": []}
-            single = {"with": [], "without": []}
+            worker: dict[str, list[float]] = {"with": [], "without": []}
             for rep in range(reps):
                 for case in ("without", "with"):
                     path = None if case == "without" else os.path.join(tmp, f"w{rep}")
                     settle()
                     worker[case].append(_collect(path, fpb, batches))
-                    path = None if case == "without" else os.path.join(tmp, f"s{rep}")
-                    settle()
-                    single[case].append(_single(path, steps))
+            single = _single(tmp, steps, reps)
     finally:
         _restore(saved)
         torch.set_num_threads(threads)

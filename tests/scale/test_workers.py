@@ -130,3 +130,29 @@ def test_sigkill_of_one_worker_loses_nothing_the_other_committed(tmp_path, fork_
     assert killed >= before[pids[1]]  # its committed prefix, exact
     report = verify_store(path, progress=False)
     assert report.ok, report.problems
+
+
+def make_filmed_env(log_dir: str) -> TransformedEnv:
+    """A worker's env filmed by a VideoRecorder with its own CSV logger (same directory)."""
+    from trlrec import VideoRecorder
+    from trlrec.loggers import CSVLogger
+
+    logger = CSVLogger("films", log_dir=log_dir)
+    return TransformedEnv(StubEnv(pixels=(8, 8, 3)), VideoRecorder(logger, tag="clip"))
+
+
+def test_video_recorders_in_workers_send_each_worker_video_once(tmp_path):
+    from tests.loggers.logger_readback import read_mp4
+
+    env = ParallelEnv(2, partial(make_filmed_env, str(tmp_path)), mp_start_method="fork")
+    rollout = env.rollout(12, break_when_any_done=False)
+    env.close()  # the workers end: each finishes its video and hands it to its logger
+    videos = sorted((tmp_path / "films" / "videos").glob("clip_*.mp4"))
+    assert len(videos) == 2, videos  # one per worker, at distinct steps
+    for video in videos:
+        frames = read_mp4(video)
+        assert frames.shape[1:3] == (8, 8)
+        assert frames.shape[0] == 12 + 3  # 12 steps, plus the frames of the 3 resets
+    assert rollout.shape == (2, 12)
+    spool = tmp_path / "films" / "video_spool"
+    assert not list(spool.glob("*.video.json"))  # nothing left to send again

@@ -82,13 +82,31 @@ class TensorDictRecorder(Transform, Closeable):
        ``rollout(n)`` gives ``n - 2`` transitions at most, and never the done step; the
        recorder warns once when this happens. Use ``break_when_any_done=False``, or 1
        or 3, to record rewards and whole episodes.
-    3. **From collector batches** (:meth:`extend`): ``[T]`` batches of
-       ``torchrl.collectors.Collector`` and ``[B, T]`` batches of ``MultiSyncCollector``
-       or of collectors over batched envs; episodes are stitched across batches by
-       ``("collector", "traj_ids")`` and by continuity of the observations.
+    3. **From collector batches** (:meth:`extend`): the batches of every TorchRL
+       collector: ``Collector`` and ``AsyncCollector`` (``[T]``, or ``[B, T]`` over a
+       batched env), ``MultiSyncCollector`` (workers stacked as rows, or one after the
+       other along time with ``cat_results=-1``) and ``MultiAsyncCollector`` (one
+       worker's batch at a time, interleaved). Episodes are stitched across batches by
+       ``("collector", "traj_ids")`` and by continuity of the observations, and the
+       workers of a multi-process collector are kept apart: a batch (or the part of
+       one) that continues another worker's trajectories than the last goes to that
+       worker's *lane*, a shard of its own (:mod:`trlrec.storage.lanes` states the
+       rule), so no episode is cut that the env did not end. What a batch must carry
+       for that: ``("collector", "traj_ids")`` (TorchRL's collectors write it unless
+       ``track_traj_ids=False``; ids unique across the batches given to one recorder,
+       as one collector's are) and the ``"next"`` done flags. Without trajectory ids
+       the batches are one stream of steps, as before routing existed.
 
     Batched envs (``batch_size=[B]``, ``SerialEnv``, ``ParallelEnv``) give one episode
-    stream per sub-env. Every step is copied when it is recorded, so shared buffers
+    stream per sub-env.
+
+    **In worker processes**: an env factory whose env holds a recorder at one path,
+    handed to a collector or to ``ParallelEnv``, makes each worker record a shard of
+    its own of one dataset (shards are named ``<host>[-r<rank>]-p<pid>-NNNNNN``, so
+    they never collide across processes or machines). A worker's recorder does not
+    need ``close()`` (TorchRL's workers do not call it on a plain ``EnvBase``): its
+    writer commits on its own clock and at the worker's normal exit. See
+    ``docs/SCALING.md``. Every step is copied when it is recorded, so shared buffers
     (``ParallelEnv``) may be reused. Steps and :meth:`extend` batches on a GPU are
     copied to pinned host memory on a side stream (:mod:`trlrec.device_copy`) and handed
     to the store one step (or batch) later (at once by :meth:`dump` and :meth:`close`),
@@ -133,6 +151,11 @@ class TensorDictRecorder(Transform, Closeable):
             transition (``[]`` or ``[B]``, also in :meth:`extend`); a dict (or one per
             sub-env) of JSON values attached to the transition's episode, the last
             non-None one kept (``TrajectoryReader.episode_metadata(i)``).
+        max_lanes: the most shards :meth:`extend` opens to keep interleaved collector
+            workers apart (default 64: more than a collector's workers). Past it, a
+            batch starting new trajectories goes to the lane written longest ago, ending
+            its open episodes (flagged cut): the bound for a collector that restarts
+            its envs at every batch (``reset_at_each_iter=True``).
         **writer_kwargs: passed to :class:`~trlrec.TrajectoryWriter` (``chunk_rows``,
             ``commit_every_steps``, ``commit_every_seconds``, ``durable``, ``shard``...).
             The env's specs are recorded from the transform's parent or the rollout

@@ -15,8 +15,11 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import multiprocessing
+import multiprocessing.util
 import os
 import sys
+import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeAlias
@@ -206,6 +209,7 @@ class VideoRecorder(FastLane, Transform):
         self._sent = 0  # videos the logger received (for stats)
         self._errors = 0
         self._last_error: str | None = None
+        _watch_in_worker(self)
 
     @property
     def spool_dir(self) -> Path:
@@ -672,6 +676,7 @@ class VideoRecorder(FastLane, Transform):
             self._closed = True
             self._fast = None
             self._spool.close()
+            _IN_WORKER.discard(self)
 
     def stats(self) -> dict[str, float | int | str | None]:
         """Health of the recorder, a cheap snapshot in the shape TorchRL's ``LoggerMonitor`` polls.
@@ -740,6 +745,34 @@ class VideoRecorder(FastLane, Transform):
 
 
 # ----------------------------------------------------------------------------- helpers
+
+_IN_WORKER: weakref.WeakSet[VideoRecorder] = weakref.WeakSet()
+_WORKER_EXIT_PID = [0]  # the process whose exit closes the recorders of _IN_WORKER
+
+
+def _watch_in_worker(recorder: VideoRecorder) -> None:
+    """In a ``multiprocessing`` worker, close ``recorder`` when the worker ends normally.
+
+    A worker's recorder is out of reach (TorchRL's collectors and ``ParallelEnv`` build
+    the env in the worker, and do not close a plain ``EnvBase``'s transforms): at the
+    worker's normal end its videos are finished and sent to its logger, once, as a
+    :meth:`VideoRecorder.close` does. In the main process nothing changes: at exit the
+    frames stay in the spool for the next recorder with the same tag.
+    """
+    if multiprocessing.parent_process() is None:
+        return
+    _IN_WORKER.add(recorder)
+    if _WORKER_EXIT_PID[0] != os.getpid():
+        _WORKER_EXIT_PID[0] = os.getpid()
+        multiprocessing.util.Finalize(None, _close_in_worker, exitpriority=100)
+
+
+def _close_in_worker() -> None:
+    for recorder in list(_IN_WORKER):
+        try:
+            recorder.close()
+        except Exception:  # at the worker's exit there is no caller left to raise to: log it
+            _log.exception("closing %r at the worker's exit failed", recorder)
 
 
 def _frames_for(logger: Any, path: Path, shape: torch.Size) -> torch.Tensor:
