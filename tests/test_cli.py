@@ -42,7 +42,9 @@ def one_error_line(err, *needles):
 def store(tmp_path, stub_env_cls):
     """30 steps of 5-step episodes with (6, 8, 3) uint8 pixels."""
     env = stub_env_cls(episode_lengths=(5,), pixels=(6, 8, 3))
-    with TrajectoryWriter(tmp_path / "store", metadata={"agent": "stub"}) as w:
+    with TrajectoryWriter(
+        tmp_path / "store", shard="shard-000000", metadata={"agent": "stub"}
+    ) as w:
         w.extend(env.rollout(32, break_when_any_done=False))
     return tmp_path / "store"
 

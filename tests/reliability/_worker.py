@@ -462,7 +462,7 @@ def faulty_session(cfg: dict[str, Any], set_limit, lift_limit) -> dict[str, Any]
 
     out: dict[str, Any] = {}
     roll = rollout(0, cfg["steps"], obs_shape=tuple(cfg.get("obs_shape", (4,))))
-    record(dict(cfg, steps=cfg["warmup"]))
+    record(dict(cfg, steps=cfg["warmup"], shard="shard-000000"))
     out["before"] = TrajectoryReader(cfg["path"]).num_steps
     set_limit()
     acked, w = 0, None

@@ -38,10 +38,10 @@ FILES = [
 def build_store(path: Path) -> None:
     """Two shards: one closed with episode metadata, one left with an open episode."""
     roll = rollout(2, 30, (4, 7))
-    with TrajectoryWriter(path, chunk_rows=8, metadata={"run": 1}) as w:
+    with TrajectoryWriter(path, shard="shard-000000", chunk_rows=8, metadata={"run": 1}) as w:
         for t in range(30):
             w.append(roll[:, t], episode_metadata=[{"t": t}, None])
-    w2 = TrajectoryWriter(path, chunk_rows=8)
+    w2 = TrajectoryWriter(path, shard="shard-000001", chunk_rows=8)
     for t in range(6):
         w2.append(roll[:, t], episode_metadata={"open": t})
     w2.flush()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 import time
+from pathlib import Path
 
 import pytest
 
@@ -55,6 +56,13 @@ ITERATIONS = 40
 BUDGET_S = 35
 
 
+def _first_shard(path: str | Path) -> str:
+    """The name of the store's only shard (the killed writer's); "" before it exists."""
+    shards = sorted((Path(path) / "shards").iterdir()) if (Path(path) / "shards").is_dir() else []
+    assert len(shards) <= 1, f"expected the killed writer's shard only, found {shards}"
+    return shards[0].name if shards else ""
+
+
 def _expected(cfg: dict) -> object:
     return rollout(
         cfg.get("num_envs", 0),
@@ -75,7 +83,7 @@ def _verify(cfg: dict, acked: int) -> int:
         assert acked == 0, f"{path}: {acked} steps were committed but the store does not open"
         return 0
     streams = max(1, cfg.get("num_envs", 0))
-    counts = [got["counts"].get(f"shard-000000/{b}", 0) for b in range(streams)]
+    counts = [got["counts"].get(f"{_first_shard(path)}/{b}", 0) for b in range(streams)]
     assert len(set(counts)) == 1, f"streams committed different step counts: {counts}"
     assert counts[0] >= acked, f"{acked} steps were acknowledged, {counts[0]} are in the store"
     assert counts[0] <= cfg["steps"]
@@ -87,7 +95,7 @@ def _continue(cfg: dict, committed: int, same_shard: bool) -> None:
     more = min(cfg["steps"], committed + 11)
     cont = dict(cfg, start=committed, steps=more, durable=False)
     if same_shard:
-        cont["shard"] = "shard-000000"
+        cont["shard"] = _first_shard(cfg["path"])
     else:
         cont["start"] = 0
         cont["steps"] = 11
@@ -99,7 +107,8 @@ def _continue(cfg: dict, committed: int, same_shard: bool) -> None:
     got = check_store(cfg["path"], _expected(cfg), cfg.get("num_envs", 0))
     streams = max(1, cfg.get("num_envs", 0))
     if same_shard:
-        assert all(got["counts"][f"shard-000000/{b}"] == more for b in range(streams)), got
+        first = _first_shard(cfg["path"])
+        assert all(got["counts"][f"{first}/{b}"] == more for b in range(streams)), got
     else:
         assert got["steps"] == before + 11 * streams, (before, got)
 
@@ -194,7 +203,9 @@ def test_kill_between_chunk_rows_and_commit_keeps_previous_commit(worker, tmp_pa
     assert res["signal"] == 9
     committed = _verify(cfg, res["acked"])
     assert res["acked"] <= committed <= res["acked"] + 1
-    rows = sorted((tmp_path / "s" / "shards" / "shard-000000" / "streams" / "0").iterdir())
+    rows = sorted(
+        (tmp_path / "s" / "shards" / _first_shard(cfg["path"]) / "streams" / "0").iterdir()
+    )
     assert rows, "the killed writer created no chunk"
     _continue(cfg, committed, same_shard=True)
 

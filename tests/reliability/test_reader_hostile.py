@@ -351,7 +351,7 @@ def test_verify_reads_a_big_chunk_in_bounded_blocks(tmp_path):
         batch_size=[3],
     )
     store = tmp_path / "big"
-    with TrajectoryWriter(store, chunk_rows=4096) as w:
+    with TrajectoryWriter(store, shard="shard-000000", chunk_rows=4096) as w:
         w.extend(rollout)
     commit = store / "shards" / "shard-000000" / "COMMIT"
     record = json.loads(commit.read_text())

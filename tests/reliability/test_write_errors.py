@@ -35,7 +35,7 @@ def test_emfile_creating_or_syncing_the_index_is_a_store_write_error(
 ):
     """The commit's own file operations (creating episodes.bin, fsyncs) name the file."""
     roll = rollout(0, 12, (3,))
-    w = TrajectoryWriter(tmp_path / "s", io="inline", durable=durable)
+    w = TrajectoryWriter(tmp_path / "s", shard="shard-000000", io="inline", durable=durable)
     for t in range(6):
         w.append(roll[t])
     w.flush()

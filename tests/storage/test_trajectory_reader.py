@@ -20,7 +20,7 @@ from trlrec.errors import CorruptStoreError, FormatVersionError, NotAStoreError
 @pytest.fixture
 def store(tmp_path, stub_env):
     rollout = stub_env.rollout(23, break_when_any_done=False)
-    with TrajectoryWriter(tmp_path / "s", chunk_rows=64) as w:
+    with TrajectoryWriter(tmp_path / "s", shard="shard-000000", chunk_rows=64) as w:
         w.extend(rollout)
     return tmp_path / "s", rollout
 

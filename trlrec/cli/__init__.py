@@ -78,6 +78,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--keys", nargs="+", metavar="KEY", help="only these keys (e.g. pixels next/pixels)"
     )
 
+    p = sub.add_parser(
+        "merge",
+        help="combine stores recorded separately into a new one (data files hard-linked)",
+    )
+    p.add_argument(
+        "paths", nargs="+", metavar="PATH", help="SRC... DST: the stores, then the new one"
+    )
+    p.add_argument("--copy", action="store_true", help="copy the data files instead of linking")
+
     from trlrec.cli.export import add_parsers
 
     add_parsers(sub)  # export minari|lerobot, import minari
@@ -158,6 +167,13 @@ def _cmd_verify(args: argparse.Namespace) -> int:
             print(f"  shard {s.name}: never committed (its writer has not committed; empty)")
         else:
             print(f"  shard {s.name}: OK, {s.episodes} episodes, {s.steps} steps")
+    for worker, checks in report.by_worker().items():
+        damaged = sum(s.state == DAMAGED for s in checks)
+        state = f"DAMAGED ({damaged} shard(s))" if damaged else "OK"
+        print(
+            f"  worker {worker}: {state}, {len(checks)} shard(s), "
+            f"{sum(s.episodes for s in checks)} episodes, {sum(s.steps for s in checks)} steps"
+        )
     return EXIT_OK if report.ok else EXIT_DAMAGED
 
 
@@ -172,6 +188,25 @@ def _cmd_compact(args: argparse.Namespace) -> int:
         f"{report.compressed} column files compressed in {report.shards} shard(s); "
         f"{_size(report.before)} on disk before, {_size(report.after)} after ({ratio:.1f}x)"
     )
+    return EXIT_OK
+
+
+def _cmd_merge(args: argparse.Namespace) -> int:
+    from trlrec.errors import ConfigError
+    from trlrec.storage.merge import merge_stores
+
+    if len(args.paths) < 2:
+        raise ConfigError("merge takes SRC... DST: at least one store and the new store's path")
+    *sources, dest = args.paths
+    result = merge_stores(sources, dest, copy=args.copy)
+    mib = 2**20
+    print(
+        f"merged {len(result.shards)} shard(s) of {len(sources)} store(s) into {result.path}: "
+        f"{result.linked} data file(s) linked ({result.bytes_linked / mib:.1f} MiB), "
+        f"{result.copied} copied ({result.bytes_copied / mib:.1f} MiB)"
+    )
+    for skipped in result.skipped:
+        print(f"  left out {skipped}: never committed (empty)")
     return EXIT_OK
 
 
@@ -193,6 +228,7 @@ _COMMANDS = {
     "video": _cmd_video,
     "verify": _cmd_verify,
     "compact": _cmd_compact,
+    "merge": _cmd_merge,
     "export": _cmd_export,
     "import": _cmd_import,
 }

@@ -14,6 +14,7 @@ from trlrec.storage.dtypes import dtype_name
 from trlrec.storage.format import FLAG_CUT, FLAG_DONE, FLAG_OPEN
 from trlrec.storage.reader import TrajectoryReader
 from trlrec.storage.schema import Entry
+from trlrec.storage.shard_reader import worker_label
 
 __all__ = ["summarize", "disk_usage", "describe"]
 
@@ -59,6 +60,7 @@ def summarize(reader: TrajectoryReader, *, progress: bool = True) -> dict[str, A
     reward = _reward_entry(entries)
     lengths, returns, done_returns = [], [], []
     flags = {"done": 0, "cut": 0, "open": 0}
+    shard_ends = {s.name: {"done": 0, "cut": 0, "open": 0} for s in reader.shards}
     with Progress("reading episodes", reader.num_episodes) as bar:
         for i in range(reader.num_episodes):
             info = reader.episode_info(i)
@@ -67,6 +69,10 @@ def summarize(reader: TrajectoryReader, *, progress: bool = True) -> dict[str, A
             flags["done"] += bool(f & FLAG_DONE)
             flags["cut"] += bool(f & FLAG_CUT)
             flags["open"] += bool(f & FLAG_OPEN)
+            ends = shard_ends[info["shard"]]
+            ends["done"] += bool(f & FLAG_DONE)
+            ends["cut"] += bool(f & FLAG_CUT)
+            ends["open"] += bool(f & FLAG_OPEN)
             if reward is not None:
                 total = sum(
                     float(p.to(torch.float64).sum()) for p in episode_column(reader, i, reward)
@@ -117,10 +123,31 @@ def summarize(reader: TrajectoryReader, *, progress: bool = True) -> dict[str, A
                 "batch_shape": list(s.schema.batch_shape),
                 "chunk_rows": s.chunk_rows,
                 "metadata": s.metadata,
+                "worker": worker_label(s.written_by),
+                "episode_ends": shard_ends[s.name],
             }
             for s in reader.shards
         ],
+        "workers": _workers(reader, shard_ends),
     }
+
+
+def _workers(reader: TrajectoryReader, shard_ends: dict[str, dict[str, int]]) -> list[dict]:
+    """The shards grouped by the process that wrote them (shard.json's host, pid, rank)."""
+    out: dict[str, dict[str, Any]] = {}
+    for s in reader.shards:
+        label = worker_label(s.written_by)
+        w = out.setdefault(
+            label,
+            {"worker": label, **s.written_by, "shards": [], "steps": 0, "episodes": 0,
+             "episode_ends": {"done": 0, "cut": 0, "open": 0}},
+        )  # fmt: skip
+        w["shards"].append(s.name)
+        w["steps"] += s.num_steps
+        w["episodes"] += s.num_episodes
+        for k, v in shard_ends[s.name].items():
+            w["episode_ends"][k] += v
+    return list(out.values())
 
 
 def _size(n: int) -> str:
@@ -173,5 +200,13 @@ def describe(summary: dict[str, Any]) -> str:
         lines.append(
             f"  {s['name']}  {s['steps']} steps  {s['episodes']} episodes  "
             f"{s['streams']} stream(s)  chunk_rows {s['chunk_rows']}"
+        )
+    lines.append("workers")
+    for w in summary["workers"]:
+        ends = w["episode_ends"]
+        lines.append(
+            f"  {w['worker']}  {len(w['shards'])} shard(s)  {w['steps']} steps  "
+            f"{w['episodes']} episodes ({ends['done']} done, {ends['cut']} cut, "
+            f"{ends['open']} open)"
         )
     return "\n".join(lines)

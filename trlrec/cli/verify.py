@@ -30,9 +30,11 @@ from trlrec.storage.format import (
     FLAG_DONE,
     FLAG_OPEN,
     NEXT,
+    SHARD_FILE,
     EpisodeRecord,
 )
-from trlrec.storage.shard_reader import ShardReader
+from trlrec.storage.jsonio import read_json
+from trlrec.storage.shard_reader import ShardReader, worker_label
 
 __all__ = ["VerifyReport", "ShardCheck", "verify_store", "OK", "DAMAGED", "UNCOMMITTED"]
 
@@ -47,6 +49,7 @@ class ShardCheck:
 
     name: str
     state: str = OK  # OK, DAMAGED or UNCOMMITTED (a writer that has not committed: empty)
+    worker: str = "unknown writer"  # who wrote it (shard.json): host, pid, rank
     episodes: int = 0
     steps: int = 0
     problems: list[str] = field(default_factory=list)
@@ -93,6 +96,13 @@ class VerifyReport:
         """No problem found."""
         return not self.problems
 
+    def by_worker(self) -> dict[str, list[ShardCheck]]:
+        """The shard checks grouped by the worker that wrote them, in shard order."""
+        out: dict[str, list[ShardCheck]] = {}
+        for s in self.shard_checks:
+            out.setdefault(s.worker, []).append(s)
+        return out
+
 
 def verify_store(path: str | os.PathLike[str], *, progress: bool = True) -> VerifyReport:
     """Check the store at ``path`` (see the module docstring for what is checked).
@@ -113,6 +123,7 @@ def verify_store(path: str | os.PathLike[str], *, progress: bool = True) -> Veri
         # printable even when the name is not UTF-8 (shown with \x escapes)
         check = ShardCheck(os.fsencode(directory.name).decode("utf-8", "backslashreplace"))
         report.shard_checks.append(check)
+        check.worker = _worker_of(directory)
         if not (directory / COMMIT_FILE).exists():
             _check_uncommitted(directory, check)
             continue
@@ -123,6 +134,17 @@ def verify_store(path: str | os.PathLike[str], *, progress: bool = True) -> Veri
             continue
         _check_shard(shard, check, report, progress)
     return report
+
+
+def _worker_of(directory: Path) -> str:
+    """Who wrote the shard, from its ``shard.json`` (``unknown writer`` if it does not say)."""
+    try:
+        data = read_json(directory / SHARD_FILE)
+    except (CorruptStoreError, OSError, ValueError):
+        return worker_label({})
+    if not isinstance(data, dict):
+        return worker_label({})
+    return worker_label({k: data[k] for k in ("host", "pid", "rank") if k in data})
 
 
 def _check_uncommitted(directory: Path, check: ShardCheck) -> None:

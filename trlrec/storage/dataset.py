@@ -22,6 +22,7 @@ from trlrec.storage.format import (
     SHARDS_DIR,
     store_format,
 )
+from trlrec.storage.identity import shard_prefix
 from trlrec.storage.jsonio import dumps, fsync_path, read_json
 
 __all__ = ["open_dataset", "create_dataset", "new_shard_dir", "shard_dirs", "check_metadata"]
@@ -152,9 +153,13 @@ def _write_marker(path: Path, metadata: dict[str, Any], durable: bool) -> None:
 
 
 def new_shard_dir(path: Path, shard: str | None, *, durable: bool = False) -> Path:
-    """The shard directory for a new writer: a fresh numbered one, or the named one.
+    """The shard directory for a new writer: a fresh one named for this process, or the named one.
 
-    ``durable``: a new directory's entry in ``shards/`` is fsync'ed.
+    A fresh shard is ``<host>[-r<rank>]-p<pid>-<index>``
+    (:func:`~trlrec.storage.identity.shard_prefix`), claimed with an exclusive
+    ``mkdir``, so that writers in other processes or on other machines sharing the
+    filesystem never take the same one. ``durable``: a new directory's entry in
+    ``shards/`` is fsync'ed.
     """
     shards = path / SHARDS_DIR
     try:
@@ -165,9 +170,10 @@ def new_shard_dir(path: Path, shard: str | None, *, durable: bool = False) -> Pa
                 if durable:
                     fsync_path(shards)
             return directory
-        i = len(list(shards.iterdir()))
+        prefix = shard_prefix() + "-"
+        i = sum(1 for p in shards.iterdir() if p.name.startswith(prefix))
         while True:
-            directory = shards / f"shard-{i:06d}"
+            directory = shards / f"{prefix}{i:06d}"
             try:
                 directory.mkdir()
             except FileExistsError:

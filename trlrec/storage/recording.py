@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from tensordict import TensorDictBase
 
+from trlrec.errors import TrlrecError
 from trlrec.io import IOBackend
 from trlrec.storage.batches import batch_columns
 from trlrec.storage.chunks import default_chunk_rows
@@ -71,6 +72,12 @@ class Recording:
         self.files = ShardFiles(shard_path, durable=durable, compressed=compression is not None)
         self.sealer = ChunkSealer(shard_path, compression)
         self.schema: Schema | None = None
+        # what the last commit holds, and the I/O errors met (read by TrajectoryWriter.stats)
+        self.committed_steps = 0
+        self.committed_rows = 0
+        self.errors = 0
+        self.last_error: str | None = None
+        self._noted: BaseException | None = None
         # set with the schema (_setup), and read only after it: typed as always set
         self.staging: StepStaging = None  # type: ignore[assignment]
         self.streams: StreamSet = None  # type: ignore[assignment]
@@ -108,6 +115,7 @@ class Recording:
         (a roll back, whose cause may fail a commit now too).
         """
         self.files.resume(commit)
+        self._count_committed(commit["streams"])
         for ep in self.streams.resume(commit, self.shard_path / COMMIT_FILE):
             self.files.add_episode(ep)
         self.sealer.resume(commit["streams"])
@@ -124,6 +132,9 @@ class Recording:
             st.written_at = self.io.submitted
             if commit:
                 self.commit()
+        except (OSError, TrlrecError) as err:
+            self.note_error(err)
+            raise
         finally:
             st.clear()
         nxt = self.staging.swap()
@@ -166,16 +177,37 @@ class Recording:
             self.check_io()
             self.streams.sync()
         entries, open_meta = self.streams.entries()
-        token = self.files.commit(self.io, self.group, entries, open_meta, self._chunk_rows or 1)
+        try:
+            token = self.files.commit(
+                self.io, self.group, entries, open_meta, self._chunk_rows or 1
+            )
+        except (OSError, TrlrecError) as err:
+            self.note_error(err)
+            raise
         self.sealer.committed(self.io, self.group, token, entries)
+        self._count_committed(entries)  # queued: a failure rolls back and counts again
         if sync:
             self.io.barrier()
             self.check_io()
+
+    def _count_committed(self, entries: list[list[int]]) -> None:
+        """Keep the rows and transitions of the streams' COMMIT entries (for stats)."""
+        self.committed_rows = sum(e[0] for e in entries)
+        self.committed_steps = sum(e[1] for e in entries)
+
+    def note_error(self, err: BaseException) -> None:
+        """Count an error met while writing and keep its text (for stats); once per error."""
+        if err is self._noted:
+            return
+        self._noted = err
+        self.errors += 1
+        self.last_error = f"{type(err).__name__}: {err}"
 
     def check_io(self) -> None:
         """Raise the I/O backend's error, if any, after rolling back to the last commit."""
         err = self.io.error(self.group)
         if err is not None:
+            self.note_error(err)
             self._roll_back()
             raise err
 

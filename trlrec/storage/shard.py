@@ -33,6 +33,7 @@ from trlrec.storage.format import (
     EpisodeRecord,
     StreamEntry,
 )
+from trlrec.storage.identity import worker_identity
 from trlrec.storage.jsonio import dumps, fsync_path, read_json, write_json_atomic
 from trlrec.storage.schema import Schema
 from trlrec.storage.stream import Episode
@@ -94,7 +95,7 @@ class ShardFiles:
         """
         write_json_atomic(
             self.directory / SHARD_FILE,
-            {"version": FORMAT_VERSION, "metadata": metadata, "pid": os.getpid()},
+            {"version": FORMAT_VERSION, "metadata": metadata, **worker_identity()},
             durable=self.durable,
         )
         commit = self.last_commit()

@@ -100,10 +100,13 @@ class ShardReader:
 
     def _read_metadata(self, path: Path) -> dict[str, Any]:
         """The ``metadata`` of ``shard.json`` (``{}`` without the file), its version checked."""
+        self.written_by: dict[str, Any] = {}
         if not path.exists():
             return {}
         data = read_json(_inside(self.root, path))
         store_format(data.get("version"), path)
+        # who wrote it (host, pid, rank); older shards have only a pid, or nothing
+        self.written_by = {k: data[k] for k in ("host", "pid", "rank") if k in data}
         metadata = data.get("metadata", {})
         if not isinstance(metadata, dict):
             raise CorruptStoreError(
@@ -436,3 +439,20 @@ class ShardReader:
         out = parts[ROOT]
         out.set("next", parts[NEXT])
         return out
+
+
+def worker_label(written_by: dict[str, Any]) -> str:
+    """A shard's writer as ``trlrec info`` and ``verify`` name it: ``host pid N [rank R]``.
+
+    Examples:
+        >>> worker_label({"host": "node1", "pid": 42, "rank": "3"})
+        'node1 pid 42 rank 3'
+        >>> worker_label({})
+        'unknown writer'
+    """
+    if not written_by:
+        return "unknown writer"
+    parts = [str(written_by.get("host", "?")), f"pid {written_by.get('pid', '?')}"]
+    if written_by.get("rank") is not None:
+        parts.append(f"rank {written_by['rank']}")
+    return " ".join(parts)

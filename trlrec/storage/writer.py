@@ -11,8 +11,10 @@ backend (:mod:`trlrec.io`), chosen once when it opens.
 
 from __future__ import annotations
 
+import multiprocessing.util
 import os
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,7 @@ from trlrec.storage.batches import (
     check_row,
     stream_mask,
 )
-from trlrec.storage.commit_clock import CommitClock, IdleCommitter
+from trlrec.storage.commit_clock import CommitClock, IdleCommitter, _close_at_exit
 from trlrec.storage.compression import check_compression
 from trlrec.storage.dataset import check_metadata, create_dataset, new_shard_dir
 from trlrec.storage.recording import Recording
@@ -297,9 +299,54 @@ class TrajectoryWriter(Closeable):
                 self._rec.submit(True)
         except (StoreWriteError, OSError) as err:
             self._error = err
+            if not isinstance(err, StoreWriteError):  # an I/O error is counted by check_io
+                self._rec.note_error(err)
         finally:
             self._lock.release()
         return True
+
+    def stats(self) -> dict[str, float | int | str | None]:
+        """Health of this writer, a cheap snapshot to poll (TorchRL's ``LoggerMonitor`` shape).
+
+        A flat dict: the numbers are what a monitor logs (it drops ``last_error``, a str).
+        Read without waiting for the writer's lock, so it never slows the step loop; the
+        counts are those of the moment, each exact, not all of one instant.
+
+        Returns:
+            ``steps``: transitions appended (a ``[B]`` step counts B);
+            ``steps_committed``, ``episodes_committed``: what the last commit holds (what
+            a crash now keeps; episodes: the finished ones); ``steps_pending``: appended
+            since; ``bytes_written``: the committed rows' bytes (uncompressed);
+            ``seconds_since_commit``; ``shards``: 1; ``errors``: write errors met (each
+            also raised); ``last_error``: the last one's text, or None.
+
+        Examples:
+            >>> import tempfile, torch
+            >>> from tensordict import TensorDict
+            >>> from trlrec import TrajectoryWriter
+            >>> w = TrajectoryWriter(tempfile.mkdtemp() + "/run")
+            >>> w.append(TensorDict(observation=torch.zeros(2), next=TensorDict(
+            ...     observation=torch.ones(2), done=torch.tensor([True]))))
+            >>> w.flush()
+            >>> s = w.stats()
+            >>> s["steps"], s["steps_committed"], s["episodes_committed"], s["last_error"]
+            (1, 1, 1, None)
+            >>> w.close()
+        """
+        rec = self._rec
+        row_bytes = rec.schema.row_bytes() if rec.schema is not None else 0
+        steps = self.num_transitions
+        return {
+            "steps": steps,
+            "steps_committed": rec.committed_steps,
+            "steps_pending": max(0, steps - rec.committed_steps),
+            "episodes_committed": rec.files.num_episodes,
+            "bytes_written": rec.committed_rows * row_bytes,
+            "seconds_since_commit": max(0.0, time.monotonic() - self.clock.last),
+            "shards": 1,
+            "errors": rec.errors,
+            "last_error": rec.last_error,
+        }
 
     def flush(self) -> None:
         """Write staged steps and commit: everything appended so far survives a crash."""
@@ -324,3 +371,25 @@ class TrajectoryWriter(Closeable):
     def __repr__(self) -> str:
         shard = self.shard_path.name
         return f"TrajectoryWriter({str(self.path)!r}, shard={shard!r}, steps={self.num_steps})"
+
+
+class _WorkerExit:
+    """Closes this process's open writers when a ``multiprocessing`` child ends normally.
+
+    The close at interpreter exit (:mod:`~trlrec.storage.commit_clock`, an ``atexit``
+    hook) does not run in a *forked* ``multiprocessing`` child, which leaves with
+    ``os._exit`` after its target returns: a recorder inside a collector's or a
+    ``ParallelEnv``'s worker would lose what it appended since its last commit. After
+    each fork this registers the same close as a ``multiprocessing`` finalizer of the
+    child, which its normal end runs (a spawned child runs ``atexit`` itself).
+    """
+
+    def __init__(self) -> None:
+        multiprocessing.util.register_after_fork(self, _WorkerExit._in_child)
+
+    @staticmethod
+    def _in_child(_self: _WorkerExit) -> None:
+        multiprocessing.util.Finalize(None, _close_at_exit, exitpriority=100)
+
+
+_WORKER_EXIT = _WorkerExit()

@@ -22,6 +22,7 @@ from trlrec.device_copy import DeviceCopies
 from trlrec.errors import ClosedError, ConfigError, SchemaError, UnsupportedDataError
 from trlrec.naming import safe_name
 from trlrec.storage.dataset import check_metadata
+from trlrec.storage.lanes import Lanes, merge_stats
 from trlrec.storage.writer import TrajectoryWriter
 
 __all__ = ["TensorDictRecorder"]
@@ -81,13 +82,31 @@ class TensorDictRecorder(Transform, Closeable):
        ``rollout(n)`` gives ``n - 2`` transitions at most, and never the done step; the
        recorder warns once when this happens. Use ``break_when_any_done=False``, or 1
        or 3, to record rewards and whole episodes.
-    3. **From collector batches** (:meth:`extend`): ``[T]`` batches of
-       ``torchrl.collectors.Collector`` and ``[B, T]`` batches of ``MultiSyncCollector``
-       or of collectors over batched envs; episodes are stitched across batches by
-       ``("collector", "traj_ids")`` and by continuity of the observations.
+    3. **From collector batches** (:meth:`extend`): the batches of every TorchRL
+       collector: ``Collector`` and ``AsyncCollector`` (``[T]``, or ``[B, T]`` over a
+       batched env), ``MultiSyncCollector`` (workers stacked as rows, or one after the
+       other along time with ``cat_results=-1``) and ``MultiAsyncCollector`` (one
+       worker's batch at a time, interleaved). Episodes are stitched across batches by
+       ``("collector", "traj_ids")`` and by continuity of the observations, and the
+       workers of a multi-process collector are kept apart: a batch (or the part of
+       one) that continues another worker's trajectories than the last goes to that
+       worker's *lane*, a shard of its own (:mod:`trlrec.storage.lanes` states the
+       rule), so no episode is cut that the env did not end. What a batch must carry
+       for that: ``("collector", "traj_ids")`` (TorchRL's collectors write it unless
+       ``track_traj_ids=False``; ids unique across the batches given to one recorder,
+       as one collector's are) and the ``"next"`` done flags. Without trajectory ids
+       the batches are one stream of steps, as before routing existed.
 
     Batched envs (``batch_size=[B]``, ``SerialEnv``, ``ParallelEnv``) give one episode
-    stream per sub-env. Every step is copied when it is recorded, so shared buffers
+    stream per sub-env.
+
+    **In worker processes**: an env factory whose env holds a recorder at one path,
+    handed to a collector or to ``ParallelEnv``, makes each worker record a shard of
+    its own of one dataset (shards are named ``<host>[-r<rank>]-p<pid>-NNNNNN``, so
+    they never collide across processes or machines). A worker's recorder does not
+    need ``close()`` (TorchRL's workers do not call it on a plain ``EnvBase``): its
+    writer commits on its own clock and at the worker's normal exit. See
+    ``docs/SCALING.md``. Every step is copied when it is recorded, so shared buffers
     (``ParallelEnv``) may be reused. Steps and :meth:`extend` batches on a GPU are
     copied to pinned host memory on a side stream (:mod:`trlrec.device_copy`) and handed
     to the store one step (or batch) later (at once by :meth:`dump` and :meth:`close`),
@@ -132,6 +151,11 @@ class TensorDictRecorder(Transform, Closeable):
             transition (``[]`` or ``[B]``, also in :meth:`extend`); a dict (or one per
             sub-env) of JSON values attached to the transition's episode, the last
             non-None one kept (``TrajectoryReader.episode_metadata(i)``).
+        max_lanes: the most shards :meth:`extend` opens to keep interleaved collector
+            workers apart (default 64: more than a collector's workers). Past it, a
+            batch starting new trajectories goes to the lane written longest ago, ending
+            its open episodes (flagged cut): the bound for a collector that restarts
+            its envs at every batch (``reset_at_each_iter=True``).
         **writer_kwargs: passed to :class:`~trlrec.TrajectoryWriter` (``chunk_rows``,
             ``commit_every_steps``, ``commit_every_seconds``, ``durable``, ``shard``...).
             The env's specs are recorded from the transform's parent or the rollout
@@ -173,12 +197,16 @@ class TensorDictRecorder(Transform, Closeable):
         metadata: dict[str, Any] | None = None,
         step_fn: StepFn | None = None,
         episode_fn: EpisodeFn | None = None,
+        max_lanes: int = 64,
         **writer_kwargs: Any,
     ):
         keys = None if in_keys is None else [_as_key(k) for k in _key_list(in_keys)]
         super().__init__(in_keys=None if keys is None else [k for k in keys])
         if isinstance(skip, bool) or not isinstance(skip, int) or skip < 1:
             raise ConfigError(f"skip must be an int >= 1, got {skip!r}")
+        if isinstance(max_lanes, bool) or not isinstance(max_lanes, int) or max_lanes < 1:
+            raise ConfigError(f"max_lanes must be an int >= 1, got {max_lanes!r}")
+        self.max_lanes = max_lanes
         for name, fn in (("step_fn", step_fn), ("episode_fn", episode_fn)):
             if fn is not None and not callable(fn):
                 raise ConfigError(f"{name} must be callable or None, got {type(fn).__name__}")
@@ -224,6 +252,7 @@ class TensorDictRecorder(Transform, Closeable):
     def _new_runtime(self) -> None:
         """State that belongs to one recording process (never shared by clones/pickles)."""
         self._writer: TrajectoryWriter | None = None
+        self._lanes: Lanes | None = None  # extend()'s writers, one per interleaved worker
         self._select: tuple[list[Key], list[Key]] | None = None
         self._seen = 0
         self._prev: TensorDictBase | None = None
@@ -238,6 +267,21 @@ class TensorDictRecorder(Transform, Closeable):
         self._writer = TrajectoryWriter(self.path, metadata=self.metadata, **kwargs)
         return self._writer
 
+    def _lanes_of(self, writer: TrajectoryWriter) -> Lanes:
+        """The lanes :meth:`extend` routes batches to; the first is ``writer``."""
+        if self._lanes is None:
+            kwargs = dict(self.writer_kwargs)
+            shard = kwargs.pop("shard", None)
+
+            def open_lane(i: int) -> TrajectoryWriter:
+                name = None if shard is None else f"{shard}-lane{i}"
+                return TrajectoryWriter(self.path, metadata=self.metadata, shard=name, **kwargs)
+
+            key = kwargs.get("episode_key", ("collector", "traj_ids"))
+            key = (key,) if isinstance(key, str) else key
+            self._lanes = Lanes(writer, open_lane, key, self.max_lanes)
+        return self._lanes
+
     def clone(self) -> TensorDictRecorder:
         """A recorder with the same settings and no parent; it writes its own new shard."""
         out = super().clone()
@@ -246,7 +290,15 @@ class TensorDictRecorder(Transform, Closeable):
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
-        for name in ("_writer", "_select", "_prev", "_async", "_copies", "_pending_reset"):
+        for name in (
+            "_writer",
+            "_lanes",
+            "_select",
+            "_prev",
+            "_async",
+            "_copies",
+            "_pending_reset",
+        ):
             state.pop(name, None)
         return state
 
@@ -465,7 +517,7 @@ class TensorDictRecorder(Transform, Closeable):
             self._extend_async(writer, batch, metas)
             return
         self._drain()
-        writer.extend(batch, episode_metadata=metas)
+        self._lanes_of(writer).extend(batch, metas)
 
     def _extend_async(self, writer: TrajectoryWriter, batch: TensorDictBase, metas: Any) -> None:
         """Start a batch's copy to the host; the writer gets it at the next push (device path)."""
@@ -475,7 +527,7 @@ class TensorDictRecorder(Transform, Closeable):
         def consume(host: dict[str, Any]) -> None:
             if reset:
                 writer.end_episode(host["reset"].clone())
-            writer.extend(host["batch"], episode_metadata=metas)
+            self._lanes_of(writer).extend(host["batch"], metas)
 
         self._copies.push(parts, consume)
 
@@ -562,14 +614,17 @@ class TensorDictRecorder(Transform, Closeable):
         writer = self._writer
         if writer is not None:
             self._drain()
-            writer.flush()
+            for w in self.writers:
+                w.flush()
         if self.logger is None or writer is None or writer.schema is None:
             return
         from trlrec.loggers.base import log_trajectory_to, writing_to
 
         name = self.tag if suffix is None else f"{self.tag}_{suffix}"
-        at = writer.num_transitions if step is None else step
-        finished = writer.finished_episodes()  # the writer's own count, since the last dump
+        lanes = self._lanes
+        at = sum(w.num_transitions for w in self.writers) if step is None else step
+        # the writers' own counts since the last dump; frames count every lane's steps
+        finished = writer.finished_episodes() if lanes is None else lanes.finished_episodes()
         with writing_to(self.logger, f"the episode statistics of {name!r}"):
             if self.skip == 1:
                 self._log_episodes(name, finished, at)
@@ -605,7 +660,57 @@ class TensorDictRecorder(Transform, Closeable):
             try:
                 self._drain()
             finally:
-                writer.close()
+                errors = []
+                for w in self.writers:
+                    try:
+                        w.close()
+                    except Exception as err:  # the other lanes still commit and close
+                        errors.append(err)
+                if errors:
+                    raise errors[0]
+
+    @property
+    def writers(self) -> list[TrajectoryWriter]:
+        """The writers of this process's shards: :attr:`writer`, and one per extra lane.
+
+        :meth:`extend` keeps interleaved collector workers apart in lanes of their own
+        (see :mod:`trlrec.storage.lanes`), each a shard.
+        """
+        if self._lanes is not None:
+            return self._lanes.writers
+        return [] if self._writer is None else [self._writer]
+
+    def stats(self) -> dict[str, float | int | str | None]:
+        """Health of the recording, a cheap snapshot in the shape TorchRL's ``LoggerMonitor`` polls.
+
+        The writers' :meth:`TrajectoryWriter.stats <trlrec.TrajectoryWriter.stats>`
+        summed over this process's shards (``shards`` counts them;
+        ``seconds_since_commit`` is the oldest commit with steps waiting behind it), and
+        ``steps_in_flight``: steps still being copied from a GPU. All zero before the
+        first step. Poll it from any thread:
+        ``LoggerMonitor(logger).watch(rec, name="recorder")``.
+
+        Examples:
+            >>> import tempfile
+            >>> from torchrl.envs import GymEnv
+            >>> from trlrec import TensorDictRecorder
+            >>> rec = TensorDictRecorder(tempfile.mkdtemp() + "/run")
+            >>> _ = GymEnv("CartPole-v1").append_transform(rec).rollout(10)
+            >>> rec.dump()
+            >>> s = rec.stats()
+            >>> s["steps_committed"], s["shards"], s["errors"]
+            (10, 1, 0)
+            >>> rec.close()
+        """
+        empty: dict[str, float | int | str | None] = {
+            "steps": 0, "steps_committed": 0, "steps_pending": 0, "episodes_committed": 0,
+            "bytes_written": 0, "seconds_since_commit": 0.0, "shards": 0, "errors": 0,
+            "last_error": None,
+        }  # fmt: skip
+        writers = self.writers
+        out = merge_stats([w.stats() for w in writers]) if writers else empty
+        out["steps_in_flight"] = len(self._copies)
+        return out
 
     def _check_open(self) -> None:
         if self._closed:

@@ -15,8 +15,11 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import multiprocessing
+import multiprocessing.util
 import os
 import sys
+import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeAlias
@@ -33,7 +36,13 @@ from trlrec.errors import ClosedError, VideoError
 from trlrec.naming import safe_name
 from trlrec.transforms.fast_lane import FastLane
 from trlrec.video.frames import FrameGrid, FrameLayout, as_frame_tensor, crop_size
-from trlrec.video.spool import Spool, frames_path, remove_orphan_parts, spool_dir_for
+from trlrec.video.spool import (
+    Spool,
+    frames_path,
+    read_sidecar,
+    remove_orphan_parts,
+    spool_dir_for,
+)
 from trlrec.video.track import Track
 
 __all__ = ["VideoRecorder"]
@@ -197,6 +206,10 @@ class VideoRecorder(FastLane, Transform):
         self._clock = _FrameClock()
         self._copies = DeviceCopies()  # frames on a GPU: copied to the host behind the loop
         self._failed: set[Path] = set()  # videos the logger failed on (the error was raised)
+        self._sent = 0  # videos the logger received (for stats)
+        self._errors = 0
+        self._last_error: str | None = None
+        _watch_in_worker(self)
 
     @property
     def spool_dir(self) -> Path:
@@ -586,7 +599,9 @@ class VideoRecorder(FastLane, Transform):
         """:meth:`_send`, raising a logger error once: where it happened, not again at close."""
         try:
             self._send(sidecar, meta, suffix, step)
-        except Exception:
+        except Exception as err:
+            self._errors += 1
+            self._last_error = f"{type(err).__name__}: {err}"
             if closing and sidecar in self._failed:
                 _log.info("VideoRecorder(tag=%r): %s stays in the spool", self.tag, sidecar)
                 return
@@ -626,6 +641,7 @@ class VideoRecorder(FastLane, Transform):
             frames = video.permute(0, 3, 1, 2).unsqueeze(0)
             with writing_to(self.logger, f"the video {name!r}"):
                 self.logger.log_video(name=name, video=frames, step=at, **kwargs)  # TorchRL's
+            self._sent += 1
             del video
             self._spool.mark(sidecar, meta, delivered=True)  # a kill from here: not re-sent
         path.unlink(missing_ok=True)
@@ -663,6 +679,62 @@ class VideoRecorder(FastLane, Transform):
             self._closed = True
             self._fast = None
             self._spool.close()
+            _IN_WORKER.discard(self)
+
+    def stats(self) -> dict[str, float | int | str | None]:
+        """Health of the recorder, a cheap snapshot in the shape TorchRL's ``LoggerMonitor`` polls.
+
+        Returns:
+            A flat dict: ``frames`` (env frames seen), ``frames_spooled`` and
+            ``videos_pending`` (this recorder's frames and videos on disk that the logger
+            has not received yet: they survive a crash and go with the next
+            :meth:`dump`, or a later recorder's of the same tag), ``videos_sent``,
+            ``errors`` (logger failures, each also raised) and ``last_error`` (its text,
+            or None; a monitor drops it, a str).
+
+        Examples:
+            >>> import tempfile, torch
+            >>> from tensordict import TensorDict
+            >>> from trlrec import VideoRecorder
+            >>> from trlrec.loggers import MemoryLogger
+            >>> vr = VideoRecorder(MemoryLogger("demo", log_dir=tempfile.mkdtemp()), tag="clip")
+            >>> vr.extend(TensorDict(pixels=torch.zeros(4, 8, 8, 3, dtype=torch.uint8),
+            ...     next=TensorDict(done=torch.zeros(4, 1, dtype=torch.bool), batch_size=[4]),
+            ...     batch_size=[4]))
+            >>> s = vr.stats()
+            >>> s["frames_spooled"], s["videos_pending"], s["videos_sent"]
+            (4, 1, 0)
+            >>> vr.dump()
+            >>> s = vr.stats()
+            >>> s["frames_spooled"], s["videos_pending"], s["videos_sent"]
+            (0, 0, 1)
+            >>> vr.close()
+        """
+        open_ = [t.segment for t in self._tracks if t.segment is not None]
+        frames = sum(s.frames for s in open_)
+        videos = len(open_)
+        open_files = {s.frames_file for s in open_}
+        if self._spool.exists():
+            for sidecar in self._spool.directory.glob(f"*.{self._spool.recorder}.*.video.json"):
+                if str(frames_path(sidecar)) in open_files:
+                    continue
+                try:
+                    meta = read_sidecar(sidecar)
+                    size = frames_path(sidecar).stat().st_size
+                except (OSError, ValueError):  # sent and removed meanwhile, or damaged
+                    continue
+                if meta is None or meta.get("delivered"):
+                    continue
+                videos += 1
+                frames += size // max(1, int(meta["height"]) * int(meta["width"]) * 3)
+        return {
+            "frames": self._clock.frames,
+            "frames_spooled": frames,
+            "videos_pending": videos,
+            "videos_sent": self._sent,
+            "errors": self._errors,
+            "last_error": self._last_error,
+        }
 
     def _check_open(self) -> None:
         if self._closed:
@@ -676,6 +748,34 @@ class VideoRecorder(FastLane, Transform):
 
 
 # ----------------------------------------------------------------------------- helpers
+
+_IN_WORKER: weakref.WeakSet[VideoRecorder] = weakref.WeakSet()
+_WORKER_EXIT_PID = [0]  # the process whose exit closes the recorders of _IN_WORKER
+
+
+def _watch_in_worker(recorder: VideoRecorder) -> None:
+    """In a ``multiprocessing`` worker, close ``recorder`` when the worker ends normally.
+
+    A worker's recorder is out of reach (TorchRL's collectors and ``ParallelEnv`` build
+    the env in the worker, and do not close a plain ``EnvBase``'s transforms): at the
+    worker's normal end its videos are finished and sent to its logger, once, as a
+    :meth:`VideoRecorder.close` does. In the main process nothing changes: at exit the
+    frames stay in the spool for the next recorder with the same tag.
+    """
+    if multiprocessing.parent_process() is None:
+        return
+    _IN_WORKER.add(recorder)
+    if _WORKER_EXIT_PID[0] != os.getpid():
+        _WORKER_EXIT_PID[0] = os.getpid()
+        multiprocessing.util.Finalize(None, _close_in_worker, exitpriority=100)
+
+
+def _close_in_worker() -> None:
+    for recorder in list(_IN_WORKER):
+        try:
+            recorder.close()
+        except Exception:  # at the worker's exit there is no caller left to raise to: log it
+            _log.exception("closing %r at the worker's exit failed", recorder)
 
 
 def _frames_for(logger: Any, path: Path, shape: torch.Size) -> torch.Tensor:

@@ -120,6 +120,11 @@ class Segment:
         self._capture = self._block.capture(shape)
         self._slot = 0
 
+    @property
+    def frames_file(self) -> str | None:
+        """The path of the segment's ``.frames`` file, or None once it is closed."""
+        return None if self._file is None else str(self._file.path)
+
     def write(self, frame: torch.Tensor) -> None:
         """Copies one CPU ``uint8`` frame ``(height, width, 3)`` into the spool.
 
