@@ -18,7 +18,7 @@ import torch
 from tensordict import TensorDict
 
 from trlrec import TrajectoryReader, TrajectoryWriter, as_replay_buffer
-from trlrec.errors import ConfigError, SchemaError, StoreError
+from trlrec.errors import ConfigError, ReadOnlyError, SchemaError, StoreError
 from trlrec.replay import StoreStorage
 
 
@@ -134,10 +134,14 @@ def test_several_shards_are_merged(tmp_path, stub_env_cls):
 
 def test_the_buffer_is_read_only(store):
     rb = store.as_replay_buffer(batch_size=4)
-    with pytest.raises(RuntimeError, match="doesn't allow writing"):
-        rb.extend(rb.sample())
-    with pytest.raises(StoreError, match="read-only"):
-        rb._storage.set(0, rb.sample())
+    sample = rb.sample()
+    for write in (rb.extend, rb.add, lambda _: rb.empty()):
+        with pytest.raises(ReadOnlyError, match="this replay buffer .*is read-only") as info:
+            write(sample)
+        assert isinstance(info.value, RuntimeError)  # what TorchRL's own writer raises
+    with pytest.raises(ReadOnlyError, match="a StoreStorage is read-only"):
+        rb._storage.set(0, sample)
+    assert len(rb) == len(rb._storage)  # nothing was written
 
 
 def test_bad_arguments(store):

@@ -20,6 +20,7 @@ __all__ = [
     "StoreWriteError",
     "LoggerWriteError",
     "ClosedError",
+    "ReadOnlyError",
     "UnsafeNameError",
     "VideoError",
     "MissingDependencyError",
@@ -74,6 +75,10 @@ class LoggerWriteError(TrlrecError, OSError):
 
 class ClosedError(TrlrecError, RuntimeError):
     """The writer, reader or recorder was used after ``close()``."""
+
+
+class ReadOnlyError(StoreError, RuntimeError):
+    """A write to something that only reads a store (its replay buffer, its storage)."""
 
 
 class UnsafeNameError(TrlrecError, ValueError):

@@ -45,7 +45,7 @@ from torchrl.data import (
 )
 from torchrl.data.replay_buffers.storages import Storage
 
-from trlrec.errors import ConfigError, OutOfRangeError, SchemaError, StoreError
+from trlrec.errors import ConfigError, OutOfRangeError, ReadOnlyError, SchemaError, StoreError
 from trlrec.storage.format import ROOT, chunk_count, placements, row_chunk
 from trlrec.storage.schema import Entry, Key
 from trlrec.storage.shard_reader import ShardReader
@@ -123,6 +123,26 @@ def _take_all(plan: _Plan, key: Key, out: torch.Tensor) -> None:
     for (shard, stream, chunk), rows in groups:
         shard.take(stream, chunk, key, rows, out=out[start : start + len(rows)])  # type: ignore[call-arg]
         start += len(rows)
+
+
+_READ_ONLY = (
+    "{what} is read-only: it samples a store on disk. Record new transitions with a "
+    "TrajectoryWriter (or a TensorDictRecorder) into the store, then open a new buffer, or "
+    "copy samples into a buffer of your own to modify them"
+)
+
+
+class _ReadOnlyWriter(ImmutableDatasetWriter):
+    """TorchRL's writer for immutable datasets, refusing writes with a trlrec error."""
+
+    def add(self, data: Any) -> int:
+        raise ReadOnlyError(_READ_ONLY.format(what="this replay buffer"))
+
+    def extend(self, data: Any) -> torch.Tensor:
+        raise ReadOnlyError(_READ_ONLY.format(what="this replay buffer"))
+
+    def _empty(self, empty_write_count: bool = True) -> None:
+        raise ReadOnlyError(_READ_ONLY.format(what="this replay buffer (it cannot be emptied)"))
 
 
 class StoreStorage(Storage):
@@ -401,7 +421,7 @@ class StoreStorage(Storage):
 
     def set(self, cursor: Any, data: Any, *, set_cursor: bool = True) -> None:
         """Refused: a store is read through this storage, written with a TrajectoryWriter."""
-        raise StoreError("a StoreStorage is read-only; write with a TrajectoryWriter instead")
+        raise ReadOnlyError(_READ_ONLY.format(what="a StoreStorage"))
 
     def contains(self, item: Any) -> bool:
         """Whether ``item`` is a valid transition index."""
@@ -415,7 +435,7 @@ class StoreStorage(Storage):
         """Nothing to load: the store on disk is the state."""
 
     def _empty(self) -> None:
-        raise StoreError("a StoreStorage is read-only; it cannot be emptied")
+        raise ReadOnlyError(_READ_ONLY.format(what="a StoreStorage (it cannot be emptied)"))
 
     def __repr__(self) -> str:
         return f"StoreStorage({str(self.reader.path)!r}, transitions={len(self)})"
@@ -541,7 +561,7 @@ def _build(
     return TensorDictReplayBuffer(
         storage=storage,
         sampler=sampler,
-        writer=ImmutableDatasetWriter(),
+        writer=_ReadOnlyWriter(),
         batch_size=batch_size,
         **kwargs,
     )
