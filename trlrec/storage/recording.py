@@ -70,6 +70,7 @@ class Recording:
         # set with the schema (_setup), and read only after it: typed as always set
         self.staging: StepStaging = None  # type: ignore[assignment]
         self.streams: StreamSet = None  # type: ignore[assignment]
+        self.capture: Any = None  # the staging's native capture (StepStaging.capture)
         try:
             commit, schema = self.files.open(metadata)
             if commit is not None and schema is not None:
@@ -86,6 +87,8 @@ class Recording:
         self._chunk_rows = self._chunk_rows or default_chunk_rows(schema)
         buffers = 2 if self.io.name in ("thread", "native") else 1  # fill one, write one
         self.staging = StepStaging(schema, self._stage_steps, buffers)
+        self.capture = self.staging.capture
+        self.clock.attach(self.capture)  # it counts the steps it stages
         sizes = (self._chunk_rows, self.io, self.group, self._episode_key)
         self.streams = StreamSet(self.shard_path, self.staging, *sizes)
 

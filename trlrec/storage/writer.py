@@ -12,7 +12,6 @@ backend (:mod:`trlrec.io`), chosen once when it opens.
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from trlrec.storage.commit_clock import CommitClock, IdleCommitter
 from trlrec.storage.dataset import check_metadata, create_dataset, new_shard_dir
 from trlrec.storage.recording import Recording
 from trlrec.storage.schema import Key, Schema
+from trlrec.storage.staging import StagingLock
 
 __all__ = ["TrajectoryWriter"]
 
@@ -118,11 +118,9 @@ class TrajectoryWriter(Closeable):
         )
         self.path = Path(path)
         self.metadata = check_metadata(metadata)
-        self._lock = threading.Lock()  # the caller's thread vs. the idle committer
         self._error: BaseException | None = None  # an idle commit's failure, raised next call
         self._pending_force: torch.Tensor | None = None  # streams reset before the next step
         self._closed = False
-        self.num_steps = 0
         create_dataset(self.path, self.metadata, durable=durable)
         if specs is not None:  # the env's specs (env.specs), see trlrec.specs
             from trlrec.specs import write_specs
@@ -146,6 +144,7 @@ class TrajectoryWriter(Closeable):
         except BaseException:
             io.close()
             raise
+        self._lock = StagingLock(self._rec)  # the caller's thread vs. the idle committer
         IdleCommitter.get().add(self)  # commits it while idle, closes it at exit
 
     @property
@@ -161,6 +160,11 @@ class TrajectoryWriter(Closeable):
             return 0
         staged = rec.staging.current.count * rec.staging.num_streams
         return sum(s.transitions for s in rec.streams.streams) + staged
+
+    @property
+    def num_steps(self) -> int:
+        """Steps appended so far (an ``extend`` of ``[B, T]`` counts ``B * T``)."""
+        return self.clock.appended
 
     @property
     def background(self) -> bool:
@@ -182,7 +186,17 @@ class TrajectoryWriter(Closeable):
             raise ClosedError(f"the writer of {str(self.shard_path)!r} is closed; open a new one")
         if self._error is not None:
             err, self._error = self._error, None
+            self._gate()
             raise err
+
+    def _gate(self) -> None:
+        """Keep the native capture's steps out while the Python path must see the next step
+        (closed, an error to raise, a reset to stage)."""
+        capture = self._rec.capture
+        if capture is not None:
+            capture.blocked = (
+                self._closed or self._error is not None or self._pending_force is not None
+            )
 
     def append(
         self, step: TensorDictBase, *, episode_metadata: dict | Sequence[dict | None] | None = None
@@ -211,6 +225,15 @@ class TrajectoryWriter(Closeable):
         ``root`` holds the step's inputs (observation, action...; a ``"next"`` entry in
         it is ignored) and ``next_`` its outputs. Same rules as :meth:`append`.
         """
+        capture = self._rec.capture
+        if capture is not None and episode_metadata is None:
+            staged = capture.append(root, next_)  # checked, staged and counted, or -1
+            if not staged:
+                return
+            if staged > 0:
+                with self._lock:
+                    self._staged(0, staged == 1)
+                return
         self._check_open()
         check_pair(root, next_)
         with self._lock:
@@ -221,16 +244,23 @@ class TrajectoryWriter(Closeable):
         rec = self._rec
         if rec.schema is None:
             rec.init_schema(root, next_)
+            if rec.capture is not None:
+                rec.capture.hold()  # new, unheld: held as StagingLock holds it
         staging = rec.staging
         meta = episode_metadata
         if meta is not None:
             meta = check_episode_metadata(meta, staging.num_streams)
         done = staging.stage(root, next_, self._pending_force, meta)
-        self._pending_force = None
-        self.num_steps += 1
-        due = self.clock.tick(1, done)
-        if due or staging.full():
-            rec.submit(due)
+        if self._pending_force is not None:
+            self._pending_force = None
+            self._gate()
+        self._staged(1, done)
+
+    def _staged(self, steps: int, ended: bool) -> None:
+        """Tick the clock (``steps`` not counted by the capture); write and commit when due."""
+        due = self.clock.tick(steps, ended)
+        if due or self._rec.staging.full():
+            self._rec.submit(due)
 
     def end_episode(self, streams: torch.Tensor | Sequence[bool] | None = None) -> None:
         """Mark that the next transition of these streams starts a new episode (a reset).
@@ -246,6 +276,7 @@ class TrajectoryWriter(Closeable):
         with self._lock:
             pending = self._pending_force
             self._pending_force = mask if pending is None else pending | mask
+            self._gate()
 
     def extend(
         self,
@@ -270,9 +301,8 @@ class TrajectoryWriter(Closeable):
         with self._lock:
             closed = self._rec.extend(batch, episode_metadata, self._pending_force)
             self._pending_force = None
-            n = self._rec.staging.num_streams
-            self.num_steps += n * T
-            if self.clock.tick(n * T, closed):
+            self._gate()
+            if self.clock.tick(self._rec.staging.num_streams * T, closed):
                 self._rec.commit()
 
     def commit_if_idle(self) -> bool:
@@ -288,6 +318,7 @@ class TrajectoryWriter(Closeable):
         except (StoreWriteError, OSError) as err:
             self._error = err
         finally:
+            self._gate()  # a roll back's new capture too
             self._lock.release()
         return True
 
@@ -309,8 +340,10 @@ class TrajectoryWriter(Closeable):
                 self._rec.finish()
         finally:
             self._closed = True
+            self._gate()
             self._rec.release()
 
     def __repr__(self) -> str:
         shard = self.shard_path.name
         return f"TrajectoryWriter({str(self.path)!r}, shard={shard!r}, steps={self.num_steps})"
+

@@ -224,6 +224,7 @@ class TensorDictRecorder(Transform, Closeable):
     def _new_runtime(self) -> None:
         """State that belongs to one recording process (never shared by clones/pickles)."""
         self._writer: TrajectoryWriter | None = None
+        self._direct: TrajectoryWriter | None = None  # the writer, when _record passes steps as-is
         self._select: tuple[list[Key], list[Key]] | None = None
         self._seen = 0
         self._prev: TensorDictBase | None = None
@@ -246,7 +247,8 @@ class TensorDictRecorder(Transform, Closeable):
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
-        for name in ("_writer", "_select", "_prev", "_async", "_copies", "_pending_reset"):
+        runtime = ("_writer", "_direct", "_select", "_prev", "_async", "_copies", "_pending_reset")
+        for name in runtime:
             state.pop(name, None)
         return state
 
@@ -301,6 +303,10 @@ class TensorDictRecorder(Transform, Closeable):
 
     # -------------------------------------------------------- transform hooks
     def _step(self, tensordict: TensorDictBase, next_tensordict: TensorDictBase) -> TensorDictBase:
+        writer = self._direct  # a plain recording: the step goes to the writer as it is
+        if writer is not None and not self._closed:
+            writer.append_transition(tensordict, next_tensordict)
+            return next_tensordict
         self._check_open()
         self._record(tensordict, next_tensordict)
         return next_tensordict
@@ -388,6 +394,9 @@ class TensorDictRecorder(Transform, Closeable):
         if self._async:
             self._record_async(writer, root, next_, meta)
             return
+        plain = self.skip == 1 and self.step_fn is None and self.episode_fn is None
+        if plain and self._keep is None and self._direct is None:
+            self._direct = writer  # nothing above applies: _step skips it from now on
         writer.append_transition(root, next_, episode_metadata=meta)
 
     def _record_async(
