@@ -82,7 +82,7 @@ class CommitClock:
         self.armed = math.inf  # the deadline the idle committer was told about
         self._ticked = 0.0  # when a step was last ticked
         self._pending = 0  # steps ticked since the last commit
-        self._appended = 0  # steps ticked before the current count
+        self._appended = 0  # steps ticked in all
         self._counter: StepCounter | None = None
         self.committed()
 
@@ -101,7 +101,8 @@ class CommitClock:
     @property
     def appended(self) -> int:
         """Steps appended in all (the writer's ``num_steps``)."""
-        return self._appended + self.pending
+        counter = self._counter
+        return self._appended + (0 if counter is None else counter.pending)
 
     def attach(self, counter: StepCounter | None) -> None:
         """Let ``counter`` count the steps between ticks (None: every step ticks)."""

@@ -304,7 +304,8 @@ class TensorDictRecorder(Transform, Closeable):
     # -------------------------------------------------------- transform hooks
     def _step(self, tensordict: TensorDictBase, next_tensordict: TensorDictBase) -> TensorDictBase:
         writer = self._direct  # a plain recording: the step goes to the writer as it is
-        if writer is not None and not self._closed:
+        plain = self.skip == 1 and self.step_fn is None and self.episode_fn is None
+        if writer is not None and plain and not self._closed:  # (settings may change)
             writer.append_transition(tensordict, next_tensordict)
             return next_tensordict
         self._check_open()
@@ -394,9 +395,8 @@ class TensorDictRecorder(Transform, Closeable):
         if self._async:
             self._record_async(writer, root, next_, meta)
             return
-        plain = self.skip == 1 and self.step_fn is None and self.episode_fn is None
-        if plain and self._keep is None and self._direct is None:
-            self._direct = writer  # nothing above applies: _step skips it from now on
+        if self._keep is None and self._direct is None:
+            self._direct = writer  # _step passes plain steps as they are from now on
         writer.append_transition(root, next_, episode_metadata=meta)
 
     def _record_async(
