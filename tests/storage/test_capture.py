@@ -326,7 +326,8 @@ def test_append_stages_counts_and_returns_when_the_clock_must_see_a_step():
     plan, (root, nxt, done), _ = _bound_plan(capacity=4, buffers=1)
     assert plan.append(*_td_step(0.0)) == 2  # bound, not armed: the clock sees the first step
     assert (plan.count, plan.pending) == (1, 1)
-    assert plan.take() == 1 and plan.pending == 0
+    assert plan.take() == 1
+    assert plan.pending == 0
     plan.arm(2, float("inf"))  # the clock must see the step that makes the count 2
     assert plan.append(*_td_step(1.0)) == 0
     assert plan.append(*_td_step(2.0)) == 2
@@ -342,7 +343,8 @@ def test_append_stages_counts_and_returns_when_the_clock_must_see_a_step():
     plan.count = 0
     plan.arm(100, float("inf"))
     assert plan.append(*_td_step(5.0, done=True)) == 1  # an episode ended
-    assert done[0].item() and plan.count == 1
+    assert done[0].item()
+    assert plan.count == 1
 
 
 def test_append_leaves_what_it_cannot_check_to_the_python_path():
@@ -355,7 +357,8 @@ def test_append_leaves_what_it_cannot_check_to_the_python_path():
     wrong = TensorDict({"x": torch.zeros(3)})
     for args in [(r, extra), (swapped, n), (wrong, n), (r.to_dict(), n), (r.unsqueeze(0), n)]:
         assert plan.append(*args) == -1
-    assert plan.count == 0 and plan.pending == 0
+    assert plan.count == 0
+    assert plan.pending == 0
     with_next = r.clone()
     with_next["next"] = n  # a rollout row: its "next" is not a root key
     assert plan.append(with_next, n) == 0
@@ -366,7 +369,8 @@ def test_append_leaves_what_it_cannot_check_to_the_python_path():
     assert plan.append(r, n) == -1
     plan.release()
     assert plan.append(r, n) == 0
-    assert plan.count == 2 and torch.equal(root[1], torch.tensor([1.0, 1.0]))
+    assert plan.count == 2
+    assert torch.equal(root[1], torch.tensor([1.0, 1.0]))
     with pytest.raises(ValueError, match="out of the 8 rows"):
         plan.count = 9
     with pytest.raises(ValueError, match="must divide"):
@@ -391,7 +395,8 @@ def test_hold_fails_while_a_step_is_being_staged():
     r["x"] = r["x"].as_subclass(Peeking)
     assert plan.append(r, n) == 0
     assert held == [False]  # the step was half-staged: the committer must not write now
-    assert plan.hold() and plan.append(*_td_step(2.0)) == -1
+    assert plan.hold()
+    assert plan.append(*_td_step(2.0)) == -1
 
 
 def test_the_writer_counts_native_steps_for_its_clock(tmp_path, stub_env, path_kind):

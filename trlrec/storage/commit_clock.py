@@ -48,8 +48,7 @@ class StepCounter(Protocol):
         """The steps counted since the last take; the count starts again."""
 
     def arm(self, budget: int, deadline: float, /) -> None:
-        """Hand the clock the step that makes the count ``budget``, and any step at or
-        after ``deadline``."""
+        """Hand the clock the step that makes the count ``budget``, and any after ``deadline``."""
 
 
 class CommitClock:
@@ -115,8 +114,11 @@ class CommitClock:
         self._arm()
 
     def _arm(self) -> None:
-        """Tell the counter the next step to tick: the first after a commit (which the idle
-        committer must learn of), the one that makes the steps due, one at the deadline."""
+        """Tell the counter which step the clock must see.
+
+        The first after a commit (the idle committer learns of it then), else the one that
+        makes the steps due; and any step at or after the deadline.
+        """
         if self._counter is not None:
             budget = self.every_steps - self._pending if self._pending else 1
             self._counter.arm(budget, self.deadline)

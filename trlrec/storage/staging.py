@@ -40,6 +40,7 @@ class _Rows:
         self.base = 0  # the current buffer's first row
         self.count = 0
 
+
 _STAGE_BYTES = 8 * 2**20  # a staging buffer holds about this much (at most 1024 steps):
 _STAGE_STEPS = 1024  # a block costs ~0.5-1 ms of fixed work, spread over its steps
 

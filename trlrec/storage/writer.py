@@ -190,8 +190,7 @@ class TrajectoryWriter(Closeable):
             raise err
 
     def _gate(self) -> None:
-        """Keep the native capture's steps out while the Python path must see the next step
-        (closed, an error to raise, a reset to stage)."""
+        """Send the next step the Python way if it must see it (closed, an error, a reset)."""
         capture = self._rec.capture
         if capture is not None:
             capture.blocked = (
@@ -346,4 +345,3 @@ class TrajectoryWriter(Closeable):
     def __repr__(self) -> str:
         shard = self.shard_path.name
         return f"TrajectoryWriter({str(self.path)!r}, shard={shard!r}, steps={self.num_steps})"
-
