@@ -416,3 +416,26 @@ def test_the_writer_counts_native_steps_for_its_clock(tmp_path, stub_env, path_k
         assert w.num_steps == 10
     r = TrajectoryReader(tmp_path / "c")
     assert r.num_steps == 10
+
+
+def test_the_idle_committer_never_commits_a_half_staged_step(tmp_path, stub_env, path_kind):
+    rollout = stub_env.rollout(3, break_when_any_done=False)
+    answers = []
+
+    class Peeking(torch.Tensor):
+        """A leaf whose attributes run Python code: the idle committer asks meanwhile."""
+
+        @classmethod
+        def __torch_function__(cls, func, types, args=(), kwargs=None):
+            if not answers:
+                answers.append(w.commit_if_idle())
+            return super().__torch_function__(func, types, args, kwargs or {})
+
+    with TrajectoryWriter(tmp_path / "h", background=False, commit_every_steps=1) as w:
+        w.append(rollout[0])
+        step = rollout[1].clone()
+        step["observation"] = step["observation"].as_subclass(Peeking)
+        w.append(step)
+        assert answers == [False]  # busy: it commits at its next wake-up
+        w.append(rollout[2])
+    assert_store_matches(TrajectoryReader(tmp_path / "h"), rollout)
