@@ -1,7 +1,8 @@
 """trlrec's optional C extensions, and the switch that turns them off.
 
 - ``trlrec.storage._capture`` (``_capture.c``): a step's leaves found, checked and
-  copied into the staging row in one call (:mod:`trlrec.storage.staging`).
+  copied into the staging row in one call, and the writer's whole step (checked,
+  staged and counted for the commit clock) in one call (:mod:`trlrec.storage.staging`).
 - ``trlrec.io._pwrite`` (``_pwrite.c``): ``Writer``, a thread doing the store's and the
   video spool's writes without ever taking the GIL (:mod:`trlrec.io.native`).
 

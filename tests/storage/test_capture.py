@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 
 import pytest
 import torch
@@ -306,3 +307,135 @@ def test_plan_holds_its_alias_flags():
     del plan
     flags.extend(b"x")
     assert len(flags) == 3
+
+
+def _bound_plan(capacity: int = 2, buffers: int = 2):
+    """_plan's plan, bound to TensorDict steps with ``buffers`` buffers of ``capacity``."""
+    plan, bufs, flags = _plan(capacity * buffers)
+    plan.bind(TensorDict, 1, 2, capacity)
+    return plan, bufs, flags
+
+
+def _td_step(t: float, done: bool = False):
+    root = TensorDict({"x": torch.tensor([t, t])})
+    nxt = TensorDict({"x": torch.tensor([t + 1, t + 1]), "done": torch.tensor([done])})
+    return root, nxt
+
+
+def test_append_stages_counts_and_returns_when_the_clock_must_see_a_step():
+    plan, (root, nxt, done), _ = _bound_plan(capacity=4, buffers=1)
+    assert plan.append(*_td_step(0.0)) == 2  # bound, not armed: the clock sees the first step
+    assert (plan.count, plan.pending) == (1, 1)
+    assert plan.take() == 1
+    assert plan.pending == 0
+    plan.arm(2, float("inf"))  # the clock must see the step that makes the count 2
+    assert plan.append(*_td_step(1.0)) == 0
+    assert plan.append(*_td_step(2.0)) == 2
+    assert torch.equal(root[:3, 0], torch.tensor([0.0, 1.0, 2.0]))
+    assert torch.equal(nxt[:3, 0], torch.tensor([1.0, 2.0, 3.0]))
+    plan.take()
+    plan.arm(100, time.monotonic() - 1)  # a deadline passed
+    assert plan.append(*_td_step(3.0)) == 2
+    assert plan.count == 4
+    assert plan.append(*_td_step(4.0)) == -1  # the buffer is full: nothing staged
+    assert (plan.count, plan.pending) == (4, 1)
+    assert time.monotonic() - plan.ticked < 60
+    plan.count = 0
+    plan.arm(100, float("inf"))
+    assert plan.append(*_td_step(5.0, done=True)) == 1  # an episode ended
+    assert done[0].item()
+    assert plan.count == 1
+
+
+def test_append_leaves_what_it_cannot_check_to_the_python_path():
+    plan, (root, _, _), _ = _bound_plan(capacity=8, buffers=1)
+    plan.arm(100, float("inf"))
+    r, n = _td_step(1.0)
+    extra = n.clone()
+    extra["y"] = torch.zeros(1)
+    swapped = TensorDict({"y": torch.zeros(2)})  # same count, another key
+    wrong = TensorDict({"x": torch.zeros(3)})
+    for args in [(r, extra), (swapped, n), (wrong, n), (r.to_dict(), n), (r.unsqueeze(0), n)]:
+        assert plan.append(*args) == -1
+    assert plan.count == 0
+    assert plan.pending == 0
+    with_next = r.clone()
+    with_next["next"] = n  # a rollout row: its "next" is not a root key
+    assert plan.append(with_next, n) == 0
+    plan.blocked = True  # the writer's: a reset, an error or a close to see
+    assert plan.append(r, n) == -1
+    plan.blocked = False
+    assert plan.hold()  # the idle committer's
+    assert plan.append(r, n) == -1
+    plan.release()
+    assert plan.append(r, n) == 0
+    assert plan.count == 2
+    assert torch.equal(root[1], torch.tensor([1.0, 1.0]))
+    with pytest.raises(ValueError, match="out of the 8 rows"):
+        plan.count = 9
+    with pytest.raises(ValueError, match="must divide"):
+        _plan(4)[0].bind(TensorDict, 1, 2, 3)
+
+
+def test_hold_fails_while_a_step_is_being_staged():
+    plan, _bufs, _ = _bound_plan(capacity=4, buffers=1)
+    plan.arm(100, float("inf"))
+    held = []
+
+    class Peeking(torch.Tensor):
+        """A leaf whose attributes run Python code (another thread could run here)."""
+
+        @classmethod
+        def __torch_function__(cls, func, types, args=(), kwargs=None):
+            if not held:
+                held.append(plan.hold())
+            return super().__torch_function__(func, types, args, kwargs or {})
+
+    r, n = _td_step(1.0)
+    r["x"] = r["x"].as_subclass(Peeking)
+    assert plan.append(r, n) == 0
+    assert held == [False]  # the step was half-staged: the committer must not write now
+    assert plan.hold()
+    assert plan.append(*_td_step(2.0)) == -1
+
+
+def test_the_writer_counts_native_steps_for_its_clock(tmp_path, stub_env, path_kind):
+    rollout = stub_env.rollout(12, break_when_any_done=False)
+    kw = {"commit_every_steps": 4, "commit_on_done": False, "background": False}
+    with TrajectoryWriter(tmp_path / "c", **kw) as w:  # commits on disk when they return
+        for t in range(6):
+            w.append(rollout[t])
+            assert w.num_steps == t + 1
+            assert w.num_transitions == t + 1
+            assert w.clock.pending == (t + 1) % 4
+        assert TrajectoryReader(tmp_path / "c").num_steps == 4  # committed at the 4th step
+        w.end_episode()  # a reset: the Python path stages the next step
+        w.append(rollout[6])
+        w.extend(rollout[7:9])
+        w.append(rollout[9])
+        assert w.num_steps == 10
+    r = TrajectoryReader(tmp_path / "c")
+    assert r.num_steps == 10
+
+
+def test_the_idle_committer_never_commits_a_half_staged_step(tmp_path, stub_env, path_kind):
+    rollout = stub_env.rollout(3, break_when_any_done=False)
+    answers = []
+
+    class Peeking(torch.Tensor):
+        """A leaf whose attributes run Python code: the idle committer asks meanwhile."""
+
+        @classmethod
+        def __torch_function__(cls, func, types, args=(), kwargs=None):
+            if not answers:
+                answers.append(w.commit_if_idle())
+            return super().__torch_function__(func, types, args, kwargs or {})
+
+    with TrajectoryWriter(tmp_path / "h", background=False, commit_every_steps=1) as w:
+        w.append(rollout[0])
+        step = rollout[1].clone()
+        step["observation"] = step["observation"].as_subclass(Peeking)
+        w.append(step)
+        assert answers == [False]  # busy: it commits at its next wake-up
+        w.append(rollout[2])
+    assert_store_matches(TrajectoryReader(tmp_path / "h"), rollout)

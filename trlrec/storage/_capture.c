@@ -19,13 +19,31 @@
  * and data_ptr() are read through its Python attributes (their descriptors, found once).
  * Frames (leaves of >= 4 KiB) are copied with non-temporal stores on x86-64.
  *
+ * The writer's step in one call (Plan.append, once Plan.bind gave it the TensorDict type
+ * and the staging buffers' size): the checks the Python path makes (two TensorDicts, their
+ * key counts), the copy into the current buffer's next row, and the step counted for the
+ * commit clock. The plan owns the counters in its struct (the staged steps, the steps
+ * counted since the clock last took them, when the last one was): Python reads them
+ * through getters. The commit rule is not here: the clock (commit_clock.py) hands the
+ * plan a budget of steps and a deadline (Plan.arm), and append only counts down and
+ * compares; a step that ends an episode, fills the buffer, spends the budget or passes
+ * the deadline returns to Python, which ticks the clock and writes or commits.
+ *
+ * The idle committer (another thread) must never write a half-staged step: append marks
+ * the plan busy while it runs (the GIL may pass to another thread if a leaf's attribute
+ * runs Python code), and Plan.hold, which the committer takes before it writes, fails
+ * while the plan is busy; a held or blocked plan's append returns -1 and the step takes
+ * the writer's locked Python path.
+ *
  * Measured in the step loop (benchmarks/bench_recorder.py's TrivialEnv, 84x84x3): the
  * direct descriptor calls and the non-temporal copy took trlrec's ratio against a no-op
  * transform from ~1.20 to ~1.165 (isolated plan.step: 7.9 -> 5.7 us for 10 leaves).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stddef.h>
 #include <string.h>
+#include <time.h>
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #endif
@@ -59,6 +77,7 @@ static void copy_leaf(char *dst, const char *src, size_t n) {
     memcpy(dst, src, n);
 }
 
+static PyObject *s_tensordict, *s_next;
 static PyObject *s_dtype, *s_shape, *s_is_cpu, *s_is_contiguous, *s_data_ptr, *s_version, *s_is_neg;
 
 /* The tensor type's attributes, looked up once: for a leaf of exactly that type they are
@@ -89,6 +108,20 @@ typedef struct {
     Py_ssize_t nalias;
     PyObject *keepalive;       /* the staging buffers the addresses point into */
     PyObject *attrs[A_COUNT];  /* tensor_type's descriptors (see A_DTYPE) */
+    /* the writer's step (append), set by bind */
+    PyTypeObject *td_type;     /* tensordict.TensorDict (NULL: append falls back) */
+    Py_ssize_t root_top;       /* a step's top-level root entries (its "next" aside) */
+    Py_ssize_t next_top;       /* and "next" entries */
+    Py_ssize_t capacity;       /* rows per staging buffer */
+    Py_ssize_t base;           /* the current buffer's first row */
+    Py_ssize_t count;          /* steps staged in the current buffer */
+    long long pending;         /* steps counted here since the clock took them (take) */
+    long long budget;          /* the clock must see the step that makes pending this */
+    double deadline;           /* ... or the first step at or after this (monotonic s) */
+    double ticked;             /* when the last step was counted here (monotonic s) */
+    char blocked;              /* the writer's: its next step takes the Python path */
+    char held;                 /* the idle committer's (hold/release) */
+    char busy;                 /* append is running */
 } Plan;
 
 static PyObject *attr_name(int a) {
@@ -134,6 +167,7 @@ static void Plan_dealloc(Plan *self) {
     PyMem_Free(self->seen);
     PyMem_Free(self->alias_flag);
     Py_XDECREF(self->tensor_type);
+    Py_XDECREF(self->td_type);
     Py_XDECREF(self->keepalive);
     for (int a = 0; a < A_COUNT; a++) Py_XDECREF(self->attrs[a]);
     for (Py_ssize_t a = 0; a < self->nalias; a++) PyBuffer_Release(&self->alias_bufs[a]);
@@ -419,12 +453,187 @@ static PyObject *Plan_forget(Plan *self, PyObject *unused) {
     Py_RETURN_NONE;
 }
 
+
+/* The monotonic clock of Python's time.monotonic(), in seconds. */
+static double monotonic(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* plan.bind(tensordict_type, root_top, next_top, capacity): append takes steps. */
+static PyObject *Plan_bind(Plan *self, PyObject *args) {
+    PyObject *td_type;
+    Py_ssize_t root_top, next_top, capacity;
+    if (!PyArg_ParseTuple(args, "O!nnn", &PyType_Type, &td_type, &root_top, &next_top, &capacity))
+        return NULL;
+    if (capacity < 1 || self->rows % capacity || root_top < 0 || next_top < 0) {
+        PyErr_Format(PyExc_ValueError, "capacity %zd must divide the %zd rows", capacity,
+                     self->rows);
+        return NULL;
+    }
+    Py_INCREF(td_type);
+    Py_XSETREF(self->td_type, (PyTypeObject *)td_type);
+    self->root_top = root_top;
+    self->next_top = next_top;
+    self->capacity = capacity;
+    self->budget = 1; /* the clock sees the first step, until it arms the plan */
+    self->deadline = 0.0;
+    Py_RETURN_NONE;
+}
+
+/* The step in the current buffer's next row, counted: 0 nothing more to do, 1 a done flag
+ * is set, 2 the buffer is full or the clock must see the step; -1 nothing was staged. */
+static int plan_append(Plan *self, PyObject *root, PyObject *next) {
+    if (!Py_IS_TYPE(root, self->td_type) || !Py_IS_TYPE(next, self->td_type)) return -1;
+    int r = -1;
+    PyObject *rd = PyObject_GetAttr(root, s_tensordict);
+    PyObject *nd = rd ? PyObject_GetAttr(next, s_tensordict) : NULL;
+    if (!nd || !PyDict_CheckExact(rd) || !PyDict_CheckExact(nd)) goto out;
+    /* the Python path's check_step_keys: an extra key makes a count differ */
+    int has_next = PyDict_Contains(rd, s_next);
+    if (has_next < 0 || PyDict_GET_SIZE(rd) != self->root_top + has_next ||
+        PyDict_GET_SIZE(nd) != self->next_top)
+        goto out;
+    int done = plan_step(self, rd, nd, self->base + self->count, 1);
+    if (done < 0) goto out;
+    self->count++;
+    self->pending++;
+    double now = self->ticked = monotonic();
+    r = done ? 1
+        : (self->count >= self->capacity || self->pending >= self->budget ||
+           now >= self->deadline)
+            ? 2
+            : 0;
+out:
+    PyErr_Clear(); /* the Python path raises what is wrong */
+    Py_XDECREF(rd);
+    Py_XDECREF(nd);
+    return r;
+}
+
+/* plan.append(root, next) -> 0, 1, 2 (staged and counted) or -1 (the Python path's). */
+static PyObject *Plan_append(Plan *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "append(root, next)");
+        return NULL;
+    }
+    if (!self->td_type || self->blocked || self->held || self->busy ||
+        self->count >= self->capacity)
+        return PyLong_FromLong(-1);
+    self->busy = 1;
+    int r = plan_append(self, args[0], args[1]);
+    self->busy = 0;
+    return PyLong_FromLong(r);
+}
+
+/* plan.take() -> the steps counted since the last take; the count starts again. */
+static PyObject *Plan_take(Plan *self, PyObject *unused) {
+    long long n = self->pending;
+    self->pending = 0;
+    return PyLong_FromLongLong(n);
+}
+
+/* plan.arm(budget, deadline): the clock must see the step that makes the count budget,
+ * and the first step at or after deadline (monotonic seconds). */
+static PyObject *Plan_arm(Plan *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "arm(budget, deadline)");
+        return NULL;
+    }
+    long long budget = PyLong_AsLongLong(args[0]);
+    if (budget == -1 && PyErr_Occurred()) return NULL;
+    double deadline = PyFloat_AsDouble(args[1]);
+    if (deadline == -1.0 && PyErr_Occurred()) return NULL;
+    self->budget = budget;
+    self->deadline = deadline;
+    Py_RETURN_NONE;
+}
+
+/* plan.hold() -> True: append now falls back, until release(); False: a step is being
+ * staged (by another thread): try again later. */
+static PyObject *Plan_hold(Plan *self, PyObject *unused) {
+    if (self->busy) Py_RETURN_FALSE;
+    self->held = 1;
+    Py_RETURN_TRUE;
+}
+
+static PyObject *Plan_release(Plan *self, PyObject *unused) {
+    self->held = 0;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef Plan_methods[] = {
     {"step", (PyCFunction)(void (*)(void))Plan_step, METH_FASTCALL,
      "step(root_dict, next_dict, row, may_alias) -> 1 done, 0 not done, -1 fall back"},
     {"forget", (PyCFunction)Plan_forget, METH_NOARGS,
      "forget the previous step: the next one is not aliased"},
+    {"bind", (PyCFunction)Plan_bind, METH_VARARGS,
+     "bind(tensordict_type, root_top, next_top, capacity): append takes steps"},
+    {"append", (PyCFunction)(void (*)(void))Plan_append, METH_FASTCALL,
+     "append(root, next) -> 0 staged, 1 staged and done, 2 staged and Python must act, "
+     "-1 fall back"},
+    {"take", (PyCFunction)Plan_take, METH_NOARGS, "the steps counted since; restart the count"},
+    {"arm", (PyCFunction)(void (*)(void))Plan_arm, METH_FASTCALL,
+     "arm(budget, deadline): when the clock must see a step"},
+    {"hold", (PyCFunction)Plan_hold, METH_NOARGS,
+     "keep append out (True), or False while a step is being staged"},
+    {"release", (PyCFunction)Plan_release, METH_NOARGS, "let append take steps again"},
     {NULL}};
+
+static PyObject *get_flag(Plan *self, void *which) {
+    char *f = (char *)self + (Py_ssize_t)which;
+    return PyBool_FromLong(*f);
+}
+
+static int set_blocked(Plan *self, PyObject *v, void *unused) {
+    int b = v ? PyObject_IsTrue(v) : -1;
+    if (b < 0) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "blocked cannot be deleted");
+        return -1;
+    }
+    self->blocked = (char)b;
+    return 0;
+}
+
+static PyObject *get_ssize(Plan *self, void *which) {
+    return PyLong_FromSsize_t(*(Py_ssize_t *)((char *)self + (Py_ssize_t)which));
+}
+
+static int set_ssize(Plan *self, PyObject *v, void *which) {
+    Py_ssize_t n = v ? PyLong_AsSsize_t(v) : -1;
+    if (n == -1 && (!v || PyErr_Occurred())) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "cannot be deleted");
+        return -1;
+    }
+    Py_ssize_t off = (Py_ssize_t)which;
+    /* base and count stay inside the rows: append writes row base + count */
+    Py_ssize_t base = off == offsetof(Plan, base) ? n : self->base;
+    Py_ssize_t count = off == offsetof(Plan, count) ? n : self->count;
+    if (n < 0 || base + count > self->rows || (self->capacity && count > self->capacity)) {
+        PyErr_Format(PyExc_ValueError, "base %zd + count %zd out of the %zd rows", base, count,
+                     self->rows);
+        return -1;
+    }
+    *(Py_ssize_t *)((char *)self + off) = n;
+    return 0;
+}
+
+static PyObject *get_pending(Plan *self, void *unused) { return PyLong_FromLongLong(self->pending); }
+
+static PyObject *get_ticked(Plan *self, void *unused) { return PyFloat_FromDouble(self->ticked); }
+
+#define OFF(f) ((void *)offsetof(Plan, f))
+static PyGetSetDef Plan_getset[] = {
+    {"count", (getter)get_ssize, (setter)set_ssize, "steps staged in the current buffer", OFF(count)},
+    {"base", (getter)get_ssize, (setter)set_ssize, "the current buffer's first row", OFF(base)},
+    {"pending", (getter)get_pending, NULL, "steps counted since the last take()", NULL},
+    {"ticked", (getter)get_ticked, NULL, "when append last counted a step (monotonic s)", NULL},
+    {"blocked", (getter)get_flag, (setter)set_blocked, "the next step takes the Python path",
+     OFF(blocked)},
+    {"held", (getter)get_flag, NULL, "held by hold()", OFF(held)},
+    {NULL}};
+#undef OFF
 
 static PyTypeObject PlanType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "trlrec.storage._capture.Plan",
@@ -433,6 +642,7 @@ static PyTypeObject PlanType = {
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "A staging plan: where each leaf of a step goes, and how it is checked.",
     .tp_methods = Plan_methods,
+    .tp_getset = Plan_getset,
     .tp_init = (initproc)Plan_init,
     .tp_new = PyType_GenericNew,
 };
@@ -442,6 +652,9 @@ static struct PyModuleDef capture_module = {
     PyModuleDef_HEAD_INIT, "_capture", "Native step capture for trlrec's writer.", -1, NULL};
 
 PyMODINIT_FUNC PyInit__capture(void) {
+    s_tensordict = PyUnicode_InternFromString("_tensordict");
+    s_next = PyUnicode_InternFromString("next");
+    if (!s_tensordict || !s_next) return NULL;
     s_dtype = PyUnicode_InternFromString("dtype");
     s_shape = PyUnicode_InternFromString("shape");
     s_is_cpu = PyUnicode_InternFromString("is_cpu");

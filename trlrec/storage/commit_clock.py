@@ -5,7 +5,10 @@ close at interpreter exit (a forgotten ``close()``).
 
 A commit is due every ``every_steps`` transitions, ``every_seconds`` after the last
 commit, and ``min_interval`` after it once an episode has ended (with ``on_done``).
-The writer asks :meth:`CommitClock.tick` after each append. So that the rule also
+The writer asks :meth:`CommitClock.tick` after each append, or, where the native
+capture counts its steps (:meth:`CommitClock.attach`), the clock hands the capture a
+budget of steps and a deadline and is asked only at the step that spends either (or
+ends an episode): the capture counts down and compares, the rule stays here. So that the rule also
 holds while nobody appends (a collect-then-train loop, a worker waiting for its next
 batch), one daemon thread per process (:class:`IdleCommitter`) sleeps until the
 earliest deadline of the writers with uncommitted steps and has each commit then.
@@ -16,6 +19,7 @@ from __future__ import annotations
 import atexit
 import logging
 import math
+import multiprocessing.util
 import os
 import threading
 import time
@@ -24,10 +28,28 @@ from typing import Protocol
 
 from trlrec.errors import ConfigError
 
-__all__ = ["IDLE_GRACE", "CommitClock", "IdleCommitter", "open_writers"]
+__all__ = ["IDLE_GRACE", "CommitClock", "IdleCommitter", "StepCounter", "open_writers"]
 
 IDLE_GRACE = 0.05
 """Seconds without a step after which the idle committer commits a due writer itself."""
+
+
+class StepCounter(Protocol):
+    """What counts steps for a clock between its ticks (the native capture)."""
+
+    @property
+    def pending(self) -> int:
+        """Steps counted since the last :meth:`take`."""
+
+    @property
+    def ticked(self) -> float:
+        """When the last step was counted (``time.monotonic()``)."""
+
+    def take(self) -> int:
+        """The steps counted since the last take; the count starts again."""
+
+    def arm(self, budget: int, deadline: float, /) -> None:
+        """Hand the clock the step that makes the count ``budget``, and any after ``deadline``."""
 
 
 class CommitClock:
@@ -41,8 +63,8 @@ class CommitClock:
             short-episode envs in a batch do not commit at every step.
     """
 
-    __slots__ = ("armed", "deadline", "every_seconds", "every_steps", "last", "min_interval",
-                 "on_done", "pending", "ticked")  # fmt: skip
+    __slots__ = ("_appended", "_counter", "_pending", "_ticked", "armed", "deadline",
+                 "every_seconds", "every_steps", "last", "min_interval", "on_done")  # fmt: skip
 
     def __init__(
         self, every_steps: int, every_seconds: float, on_done: bool, min_interval: float
@@ -58,25 +80,78 @@ class CommitClock:
         self.on_done = on_done
         self.min_interval = float(min_interval)
         self.armed = math.inf  # the deadline the idle committer was told about
-        self.ticked = 0.0  # when a step was last appended
+        self._ticked = 0.0  # when a step was last ticked
+        self._pending = 0  # steps ticked since the last commit
+        self._appended = 0  # steps ticked in all
+        self._counter: StepCounter | None = None
         self.committed()
+
+    @property
+    def pending(self) -> int:
+        """Steps appended since the last commit."""
+        counter = self._counter
+        return self._pending + (0 if counter is None else counter.pending)
+
+    @property
+    def ticked(self) -> float:
+        """When a step was last appended (``time.monotonic()``)."""
+        counter = self._counter
+        return self._ticked if counter is None else max(self._ticked, counter.ticked)
+
+    @property
+    def appended(self) -> int:
+        """Steps appended in all (the writer's ``num_steps``)."""
+        counter = self._counter
+        return self._appended + (0 if counter is None else counter.pending)
+
+    def attach(self, counter: StepCounter | None) -> None:
+        """Let ``counter`` count the steps between ticks (None: every step ticks)."""
+        old = self._counter
+        if old is not None:  # a replaced counter's steps were appended
+            steps = old.take()
+            self._pending += steps
+            self._appended += steps
+        self._counter = counter
+        self._arm()
+
+    def _arm(self) -> None:
+        """Tell the counter which step the clock must see.
+
+        The first after a commit (the idle committer learns of it then), else the one that
+        makes the steps due; and any step at or after the deadline.
+        """
+        if self._counter is not None:
+            budget = self.every_steps - self._pending if self._pending else 1
+            self._counter.arm(budget, self.deadline)
 
     def committed(self) -> None:
         """A commit was made: nothing is pending, the clock starts again."""
-        self.pending = 0
+        counter = self._counter
+        if counter is not None:
+            self._appended += counter.take()
+        self._pending = 0
         self.last = time.monotonic()
         self.deadline = self.last + self.every_seconds
+        self._arm()
 
     def tick(self, steps: int, ended: bool) -> bool:
-        """``steps`` transitions were appended (``ended``: an episode ended); whether to commit."""
-        self.pending += steps
+        """``steps`` transitions were appended (``ended``: an episode ended); whether to commit.
+
+        The steps the counter counted since the last tick are added to ``steps``.
+        """
+        counter = self._counter
+        if counter is not None:
+            steps += counter.take()
+        self._pending += steps
+        self._appended += steps
         if ended and self.on_done:
             self.deadline = min(self.deadline, self.last + self.min_interval)
         if self.deadline < self.armed:  # the idle committer must wake sooner
             self.armed = self.deadline
             IdleCommitter.get().wake()
-        now = self.ticked = time.monotonic()
-        return self.pending >= self.every_steps or now >= self.deadline
+        now = self._ticked = time.monotonic()
+        self._arm()
+        return self._pending >= self.every_steps or now >= self.deadline
 
     def due(self, now: float) -> bool:
         """Whether appended steps wait for a commit whose time has come, the writer idle.
@@ -190,3 +265,18 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _close_at_worker_exit(_: object) -> None:
+    """Close this process's open writers when a ``multiprocessing`` child ends normally.
+
+    The ``atexit`` close above does not run in a *forked* ``multiprocessing`` child, which
+    leaves with ``os._exit`` after its target returns: a recorder inside a collector's or
+    a ``ParallelEnv``'s worker would lose what it appended since its last commit. After
+    each fork this registers the same close as a ``multiprocessing`` finalizer of the
+    child, which its normal end runs (a spawned child runs ``atexit`` itself).
+    """
+    multiprocessing.util.Finalize(None, _close_at_exit, exitpriority=100)
+
+
+multiprocessing.util.register_after_fork(_close_at_worker_exit, _close_at_worker_exit)

@@ -11,6 +11,7 @@ is not thread-safe: the writer's lock serialises its callers.
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,7 @@ class Recording:
         # set with the schema (_setup), and read only after it: typed as always set
         self.staging: StepStaging = None  # type: ignore[assignment]
         self.streams: StreamSet = None  # type: ignore[assignment]
+        self.capture: Any = None  # the staging's native capture (StepStaging.capture)
         try:
             commit, schema = self.files.open(metadata)
             if commit is not None and schema is not None:
@@ -97,6 +99,8 @@ class Recording:
         self._chunk_rows = self._chunk_rows or default_chunk_rows(schema)
         buffers = 2 if self.io.name in ("thread", "native") else 1  # fill one, write one
         self.staging = StepStaging(schema, self._stage_steps, buffers)
+        self.capture = self.staging.capture
+        self.clock.attach(self.capture)  # it counts the steps it stages
         sizes = (self._chunk_rows, self.io, self.group, self._episode_key)
         self.streams = StreamSet(self.shard_path, self.staging, *sizes)
         self.sealer.setup(schema, self._chunk_rows)
@@ -202,6 +206,21 @@ class Recording:
         self._noted = err
         self.errors += 1
         self.last_error = f"{type(err).__name__}: {err}"
+
+    def stats(self, steps: int, last_commit: float) -> dict[str, float | int | str | None]:
+        """The writer's :meth:`~trlrec.TrajectoryWriter.stats`, given its appended steps."""
+        row_bytes = self.schema.row_bytes() if self.schema is not None else 0
+        return {
+            "steps": steps,
+            "steps_committed": self.committed_steps,
+            "steps_pending": max(0, steps - self.committed_steps),
+            "episodes_committed": self.files.num_episodes,
+            "bytes_written": self.committed_rows * row_bytes,
+            "seconds_since_commit": max(0.0, time.monotonic() - last_commit),
+            "shards": 1,
+            "errors": self.errors,
+            "last_error": self.last_error,
+        }
 
     def check_io(self) -> None:
         """Raise the I/O backend's error, if any, after rolling back to the last commit."""

@@ -8,10 +8,16 @@ capture (``_capture.c``: find, check and ``memcpy`` every leaf in one call) wher
 is built and applies, else torch's ``_foreach_copy_``. Both store the same bytes; a
 step the native capture cannot take (a mismatch, another device, a view) goes to the
 Python copy, which copies it or raises the error naming the key.
+
+The native capture also takes the writer's whole step (:meth:`StepStaging.capture`'s
+``append``: checked, copied and counted for the commit clock in one call) and then owns
+the count of staged steps; without it a small Python object holds the count.
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 import torch
@@ -22,7 +28,18 @@ from trlrec.storage.checks import StepChecker, fast_get, raise_mismatch, raise_m
 from trlrec.storage.schema import Entry, Schema
 from trlrec.storage.stream import SMALL_ROW
 
-__all__ = ["Stager", "StepStaging"]
+__all__ = ["StagingLock", "Stager", "StepStaging"]
+
+
+class _Rows:
+    """The staged-step count of the current buffer, where no native capture owns it."""
+
+    __slots__ = ("base", "count")
+
+    def __init__(self) -> None:
+        self.base = 0  # the current buffer's first row
+        self.count = 0
+
 
 _STAGE_BYTES = 8 * 2**20  # a staging buffer holds about this much (at most 1024 steps):
 _STAGE_STEPS = 1024  # a block costs ~0.5-1 ms of fixed work, spread over its steps
@@ -36,7 +53,9 @@ class Stager:
     ``rows[count]``.
     """
 
-    def __init__(self, schema: Schema, capacity: int, entries: list[Entry], num_state: int):
+    def __init__(
+        self, schema: Schema, capacity: int, entries: list[Entry], num_state: int, base: int
+    ):
         self.capacity = capacity
         self.batch_shape = torch.Size(schema.batch_shape)
         n = schema.num_streams
@@ -50,9 +69,20 @@ class Stager:
         self.alias = bytearray(capacity)  # 1: the root state was not copied (aliased)
         self.force_new = torch.zeros(n, capacity, dtype=torch.bool)
         self.metas: dict[int, list[Any]] = {}
-        self.count = 0
-        self.base = 0  # this buffer's first row in the native capture's rows
+        self.base = base  # this buffer's first row in the native capture's rows
         self.written_at = 0  # the I/O token after which this buffer's writes are done
+        self.rows_count: Any = _Rows()  # shared by the stagers: see count
+
+    @property
+    def count(self) -> int:
+        """Steps staged in this buffer (only the current one holds any)."""
+        rows = self.rows_count
+        return rows.count if rows.base == self.base else 0
+
+    @count.setter
+    def count(self, n: int) -> None:
+        if self.rows_count.base == self.base:
+            self.rows_count.count = n
 
     def _row_views(self, buffer: torch.Tensor, entry: Entry) -> tuple[torch.Tensor, ...]:
         """``buffer``'s steps as views of the step's full shape (``[*batch, *shape]``)."""
@@ -98,7 +128,8 @@ class StepStaging:
         self.entries = root + self.next_entries
         self.checker = ck = StepChecker(schema, root, self.next_entries)
         self.stagers = [
-            Stager(schema, capacity, self.entries, self.num_state) for _ in range(buffers)
+            Stager(schema, capacity, self.entries, self.num_state, k * capacity)
+            for k in range(buffers)
         ]
         self.current = self.stagers[0]
         nr = len(root)
@@ -109,6 +140,10 @@ class StepStaging:
         self._done_item = self.done_slots[0] if len(self.done_slots) == 1 and scalar else None
         self._next_state = [nr + i for i, e in enumerate(self.next_entries) if e.role == "state"]
         self._plan = self._native_plan()
+        rows = _Rows() if self._plan is None else self._plan
+        for st in self.stagers:
+            st.rows_count = rows
+        self._rows = rows
         # aliasing on the Python path pays off for big states (pixels) only
         big = any(e.role == "state" and e.nbytes > SMALL_ROW for e in self.entries)
         self._alias = self._plan is None and big
@@ -119,11 +154,26 @@ class StepStaging:
         """Whether steps are copied by the native capture."""
         return self._plan is not None
 
+    @property
+    def capture(self) -> Any:
+        """The native capture of the writer's steps, or None (the Python path).
+
+        ``append(root, next_)`` checks a plain step, copies it into the current buffer's
+        next row and counts it for the commit clock, in one call: 0 done with it; 1 it
+        ends an episode, 2 the buffer is full or the clock must see it (the writer acts);
+        -1 nothing was staged (the writer's Python path stages it or raises the error).
+        Its ``count`` is the current buffer's; ``take``/``arm``/``pending``/``ticked`` are
+        the clock's counter (:meth:`~trlrec.storage.commit_clock.CommitClock.attach`);
+        ``hold``/``release``/``blocked`` keep steps on the Python path (the writer's).
+        """
+        return self._plan
+
     def swap(self) -> Stager:
         """Stage into the other buffer (with two); the one to fill next."""
         if len(self.stagers) == 2:
             a, b = self.stagers
             self.current = b if self.current is a else a
+            self._rows.base = self.current.base
         return self.current
 
     def forget(self) -> None:
@@ -155,7 +205,8 @@ class StepStaging:
             SchemaError: a key of the schema is missing or extra, or a shape or dtype differs.
         """
         st = self.current
-        i = st.count
+        rows = self._rows
+        i = rows.count
         self.checker.check_step_keys(root, next_)
         done = -1
         if self._plan is not None:
@@ -168,7 +219,7 @@ class StepStaging:
             st.force_new[:, i] = force
         if metas is not None:
             st.metas[i] = metas
-        st.count = i + 1
+        rows.count = i + 1
         if done:
             self.forget()
         return bool(done)
@@ -236,7 +287,7 @@ class StepStaging:
         view's bytes are not its values), each row's destination views are contiguous
         and the done flags are bool. Stager ``k``'s row ``i`` is the plan's row
         ``k * capacity + i``. ``plan.step(root, next, row, may_alias)`` returns 1/0
-        (done or not) or -1 (take the Python path).
+        (done or not) or -1 (take the Python path); ``plan.append`` is :attr:`capture`'s.
         """
         native = extension("capture")
         ck = self.checker
@@ -250,11 +301,9 @@ class StepStaging:
         rows = [row for st in self.stagers for row in st.rows]
         if not all(v.is_contiguous() for row in rows for v in row):
             return None
-        for k, st in enumerate(self.stagers):
-            st.base = k * st.capacity
         nr = len(ck.root_slots)
         next_index = {key: nr + j for j, (_, key, _, _) in enumerate(ck.next_slots)}
-        return native.Plan(
+        plan = native.Plan(
             torch.Tensor,
             [name for name, _, _, _ in slots],
             [0] * nr + [1] * len(ck.next_slots),
@@ -267,3 +316,52 @@ class StepStaging:
             [st.alias for st in self.stagers],
             [st.buffers for st in self.stagers],
         )
+        plan.bind(TensorDict, ck.root_top, ck.next_top, self.current.capacity)
+        return plan
+
+
+class StagingLock:
+    """A writer's lock, which also holds the native capture: no step is staged meanwhile.
+
+    The capture's steps do not take the lock (at ~0.1 us a step): held, they take the
+    writer's locked path instead. Holding fails while a step is half-staged (by another
+    thread: a leaf's attribute ran Python code); it then finishes first.
+
+    Args:
+        rec: what holds the capture (its ``capture`` attribute, None without one; a roll
+            back replaces it).
+    """
+
+    __slots__ = ("_lock", "_rec")
+
+    def __init__(self, rec: Any) -> None:
+        self._lock = threading.Lock()
+        self._rec = rec
+
+    def acquire(self, blocking: bool = True) -> bool:
+        """Take the lock and hold the capture; False if not ``blocking`` and busy."""
+        if not self._lock.acquire(blocking):
+            return False
+        capture = self._rec.capture
+        while capture is not None and not capture.hold():
+            if not blocking:
+                self._lock.release()
+                return False
+            time.sleep(0)
+        return True
+
+    def release(self) -> None:
+        """Release the capture (the current one: a roll back made a new one) and the lock."""
+        capture = self._rec.capture
+        if capture is not None:
+            capture.release()
+        self._lock.release()
+
+    def __enter__(self) -> None:  # acquire(), one call less (the Python path's every step)
+        self._lock.acquire()
+        capture = self._rec.capture
+        while capture is not None and not capture.hold():
+            time.sleep(0)
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

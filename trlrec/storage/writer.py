@@ -11,10 +11,7 @@ backend (:mod:`trlrec.io`), chosen once when it opens.
 
 from __future__ import annotations
 
-import multiprocessing.util
 import os
-import threading
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,11 +29,12 @@ from trlrec.storage.batches import (
     check_row,
     stream_mask,
 )
-from trlrec.storage.commit_clock import CommitClock, IdleCommitter, _close_at_exit
+from trlrec.storage.commit_clock import CommitClock, IdleCommitter
 from trlrec.storage.compression import check_compression
 from trlrec.storage.dataset import check_metadata, create_dataset, new_shard_dir
 from trlrec.storage.recording import Recording
 from trlrec.storage.schema import Key, Schema
+from trlrec.storage.staging import StagingLock
 
 __all__ = ["TrajectoryWriter"]
 
@@ -129,11 +127,9 @@ class TrajectoryWriter(Closeable):
         )
         self.path = Path(path)
         self.metadata = check_metadata(metadata)
-        self._lock = threading.Lock()  # the caller's thread vs. the idle committer
         self._error: BaseException | None = None  # an idle commit's failure, raised next call
         self._pending_force: torch.Tensor | None = None  # streams reset before the next step
         self._closed = False
-        self.num_steps = 0
         create_dataset(self.path, self.metadata, durable=durable)
         if specs is not None:  # the env's specs (env.specs), see trlrec.specs
             from trlrec.specs import write_specs
@@ -158,6 +154,7 @@ class TrajectoryWriter(Closeable):
         except BaseException:
             io.close()
             raise
+        self._lock = StagingLock(self._rec)  # the caller's thread vs. the idle committer
         IdleCommitter.get().add(self)  # commits it while idle, closes it at exit
 
     @property
@@ -173,6 +170,11 @@ class TrajectoryWriter(Closeable):
             return 0
         staged = rec.staging.current.count * rec.staging.num_streams
         return sum(s.transitions for s in rec.streams.streams) + staged
+
+    @property
+    def num_steps(self) -> int:
+        """Steps appended so far (an ``extend`` of ``[B, T]`` counts ``B * T``)."""
+        return self.clock.appended
 
     @property
     def background(self) -> bool:
@@ -194,7 +196,16 @@ class TrajectoryWriter(Closeable):
             raise ClosedError(f"the writer of {str(self.shard_path)!r} is closed; open a new one")
         if self._error is not None:
             err, self._error = self._error, None
+            self._gate()
             raise err
+
+    def _gate(self) -> None:
+        """Send the next step the Python way if it must see it (closed, an error, a reset)."""
+        capture = self._rec.capture
+        if capture is not None:
+            capture.blocked = (
+                self._closed or self._error is not None or self._pending_force is not None
+            )
 
     def append(
         self, step: TensorDictBase, *, episode_metadata: dict | Sequence[dict | None] | None = None
@@ -223,6 +234,15 @@ class TrajectoryWriter(Closeable):
         ``root`` holds the step's inputs (observation, action...; a ``"next"`` entry in
         it is ignored) and ``next_`` its outputs. Same rules as :meth:`append`.
         """
+        capture = self._rec.capture
+        if capture is not None and episode_metadata is None:
+            staged = capture.append(root, next_)  # checked, staged and counted, or -1
+            if not staged:
+                return
+            if staged > 0:
+                with self._lock:
+                    self._staged(0, staged == 1)
+                return
         self._check_open()
         check_pair(root, next_)
         with self._lock:
@@ -233,16 +253,23 @@ class TrajectoryWriter(Closeable):
         rec = self._rec
         if rec.schema is None:
             rec.init_schema(root, next_)
+            if rec.capture is not None:
+                rec.capture.hold()  # new, unheld: held as StagingLock holds it
         staging = rec.staging
         meta = episode_metadata
         if meta is not None:
             meta = check_episode_metadata(meta, staging.num_streams)
         done = staging.stage(root, next_, self._pending_force, meta)
-        self._pending_force = None
-        self.num_steps += 1
-        due = self.clock.tick(1, done)
-        if due or staging.full():
-            rec.submit(due)
+        if self._pending_force is not None:
+            self._pending_force = None
+            self._gate()
+        self._staged(1, done)
+
+    def _staged(self, steps: int, ended: bool) -> None:
+        """Tick the clock (``steps`` not counted by the capture); write and commit when due."""
+        due = self.clock.tick(steps, ended)
+        if due or self._rec.staging.full():
+            self._rec.submit(due)
 
     def end_episode(self, streams: torch.Tensor | Sequence[bool] | None = None) -> None:
         """Mark that the next transition of these streams starts a new episode (a reset).
@@ -258,6 +285,7 @@ class TrajectoryWriter(Closeable):
         with self._lock:
             pending = self._pending_force
             self._pending_force = mask if pending is None else pending | mask
+            self._gate()
 
     def extend(
         self,
@@ -282,9 +310,8 @@ class TrajectoryWriter(Closeable):
         with self._lock:
             closed = self._rec.extend(batch, episode_metadata, self._pending_force)
             self._pending_force = None
-            n = self._rec.staging.num_streams
-            self.num_steps += n * T
-            if self.clock.tick(n * T, closed):
+            self._gate()
+            if self.clock.tick(self._rec.staging.num_streams * T, closed):
                 self._rec.commit()
 
     def commit_if_idle(self) -> bool:
@@ -302,23 +329,18 @@ class TrajectoryWriter(Closeable):
             if not isinstance(err, StoreWriteError):  # an I/O error is counted by check_io
                 self._rec.note_error(err)
         finally:
+            self._gate()  # a roll back's new capture too
             self._lock.release()
         return True
 
     def stats(self) -> dict[str, float | int | str | None]:
-        """Health of this writer, a cheap snapshot to poll (TorchRL's ``LoggerMonitor`` shape).
+        """Health of this writer: a lock-free snapshot in the shape ``LoggerMonitor`` polls.
 
-        A flat dict: the numbers are what a monitor logs (it drops ``last_error``, a str).
-        Read without waiting for the writer's lock, so it never slows the step loop; the
-        counts are those of the moment, each exact, not all of one instant.
-
-        Returns:
-            ``steps``: transitions appended (a ``[B]`` step counts B);
-            ``steps_committed``, ``episodes_committed``: what the last commit holds (what
-            a crash now keeps; episodes: the finished ones); ``steps_pending``: appended
-            since; ``bytes_written``: the committed rows' bytes (uncompressed);
-            ``seconds_since_commit``; ``shards``: 1; ``errors``: write errors met (each
-            also raised); ``last_error``: the last one's text, or None.
+        Keys: ``steps`` (a ``[B]`` step counts B), ``steps_committed``, ``steps_pending``,
+        ``episodes_committed`` (finished), ``bytes_written`` (committed rows,
+        uncompressed), ``seconds_since_commit``, ``shards`` (1), ``errors`` (write errors
+        met, each also raised) and ``last_error`` (its text, or None). Each count is
+        exact at its moment; a monitor logs the numbers and drops the text.
 
         Examples:
             >>> import tempfile, torch
@@ -333,20 +355,7 @@ class TrajectoryWriter(Closeable):
             (1, 1, 1, None)
             >>> w.close()
         """
-        rec = self._rec
-        row_bytes = rec.schema.row_bytes() if rec.schema is not None else 0
-        steps = self.num_transitions
-        return {
-            "steps": steps,
-            "steps_committed": rec.committed_steps,
-            "steps_pending": max(0, steps - rec.committed_steps),
-            "episodes_committed": rec.files.num_episodes,
-            "bytes_written": rec.committed_rows * row_bytes,
-            "seconds_since_commit": max(0.0, time.monotonic() - self.clock.last),
-            "shards": 1,
-            "errors": rec.errors,
-            "last_error": rec.last_error,
-        }
+        return self._rec.stats(self.num_transitions, self.clock.last)
 
     def flush(self) -> None:
         """Write staged steps and commit: everything appended so far survives a crash."""
@@ -366,30 +375,9 @@ class TrajectoryWriter(Closeable):
                 self._rec.finish()
         finally:
             self._closed = True
+            self._gate()
             self._rec.release()
 
     def __repr__(self) -> str:
         shard = self.shard_path.name
         return f"TrajectoryWriter({str(self.path)!r}, shard={shard!r}, steps={self.num_steps})"
-
-
-class _WorkerExit:
-    """Closes this process's open writers when a ``multiprocessing`` child ends normally.
-
-    The close at interpreter exit (:mod:`~trlrec.storage.commit_clock`, an ``atexit``
-    hook) does not run in a *forked* ``multiprocessing`` child, which leaves with
-    ``os._exit`` after its target returns: a recorder inside a collector's or a
-    ``ParallelEnv``'s worker would lose what it appended since its last commit. After
-    each fork this registers the same close as a ``multiprocessing`` finalizer of the
-    child, which its normal end runs (a spawned child runs ``atexit`` itself).
-    """
-
-    def __init__(self) -> None:
-        multiprocessing.util.register_after_fork(self, _WorkerExit._in_child)
-
-    @staticmethod
-    def _in_child(_self: _WorkerExit) -> None:
-        multiprocessing.util.Finalize(None, _close_at_exit, exitpriority=100)
-
-
-_WORKER_EXIT = _WorkerExit()

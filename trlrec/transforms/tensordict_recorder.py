@@ -253,6 +253,7 @@ class TensorDictRecorder(Transform, Closeable):
         """State that belongs to one recording process (never shared by clones/pickles)."""
         self._writer: TrajectoryWriter | None = None
         self._lanes: Lanes | None = None  # extend()'s writers, one per interleaved worker
+        self._direct: TrajectoryWriter | None = None  # the writer, when _record passes steps as-is
         self._select: tuple[list[Key], list[Key]] | None = None
         self._seen = 0
         self._prev: TensorDictBase | None = None
@@ -290,15 +291,17 @@ class TensorDictRecorder(Transform, Closeable):
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
-        for name in (
+        runtime = (
             "_writer",
             "_lanes",
+            "_direct",
             "_select",
             "_prev",
             "_async",
             "_copies",
             "_pending_reset",
-        ):
+        )
+        for name in runtime:
             state.pop(name, None)
         return state
 
@@ -353,6 +356,11 @@ class TensorDictRecorder(Transform, Closeable):
 
     # -------------------------------------------------------- transform hooks
     def _step(self, tensordict: TensorDictBase, next_tensordict: TensorDictBase) -> TensorDictBase:
+        writer = self._direct  # a plain recording: the step goes to the writer as it is
+        plain = self.skip == 1 and self.step_fn is None and self.episode_fn is None
+        if writer is not None and plain and not self._closed:  # (settings may change)
+            writer.append_transition(tensordict, next_tensordict)
+            return next_tensordict
         self._check_open()
         self._record(tensordict, next_tensordict)
         return next_tensordict
@@ -440,6 +448,8 @@ class TensorDictRecorder(Transform, Closeable):
         if self._async:
             self._record_async(writer, root, next_, meta)
             return
+        if self._keep is None and self._direct is None:
+            self._direct = writer  # _step passes plain steps as they are from now on
         writer.append_transition(root, next_, episode_metadata=meta)
 
     def _record_async(
