@@ -221,7 +221,7 @@ static int Plan_init(Plan *self, PyObject *args, PyObject *kwds) {
     self->dtypes = PyMem_Calloc(n ? n : 1, sizeof(PyObject *));
     self->shapes = PyMem_Calloc(n ? n : 1, sizeof(PyObject *));
     self->nbytes = PyMem_Calloc(n ? n : 1, sizeof(Py_ssize_t));
-    self->dst = PyMem_Calloc(rows * n ? rows * n : 1, sizeof(char *));
+    self->dst = PyMem_Calloc(rows * n > 0 ? rows * n : 1, sizeof(char *));
     self->done = PyMem_Calloc(self->ndone ? self->ndone : 1, sizeof(Py_ssize_t));
     if (!self->names || !self->sides || !self->dtypes || !self->shapes || !self->nbytes ||
         !self->dst || !self->done) {
