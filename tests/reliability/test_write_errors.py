@@ -98,7 +98,7 @@ def test_emfile_in_the_native_backends_commit_is_a_store_write_error(tmp_path):
             )
         committed = check_store(str(tmp_path / "s"), roll, 0)["steps"]
         w.close()
-        w = TrajectoryWriter(tmp_path / "s", shard="shard-000000", io="native")
+        w = TrajectoryWriter(tmp_path / "s", shard=w.shard_path.name, io="native")
         for t in range(committed, 30):
             w.append(roll[t])
         w.close()

@@ -38,7 +38,7 @@ def test_compressed_round_trip(tmp_path, data):
     assert_store_matches(reader, rollout)
     raw = [p for p in path.rglob("*.memmap") if p.stat().st_size]
     assert not raw, f"raw columns left in a closed compressed store: {raw[:3]}"
-    commit = json.loads((path / "shards" / "shard-000000" / "COMMIT").read_text())
+    commit = json.loads((reader.shards[0].directory / "COMMIT").read_text())
     assert commit["version"] == 2
     shard = reader.shards[0]
     gen = torch.Generator().manual_seed(len(rollout))
@@ -160,12 +160,12 @@ def test_trimmed_chunks_resume_and_stay_exact_size(tmp_path):
     path = tmp_path / "t"
     with TrajectoryWriter(path, chunk_rows=1000) as w:  # a 7 MB chunk holding 151 rows
         w.extend(rollout[:100])
-    shard = path / "shards" / "shard-000000"
+    shard = w.shard_path
     chunk = shard / "streams" / "0" / "chunk-000000"
     assert (chunk / "pixels.memmap").stat().st_size == 101 * 84 * 84
     td = TensorDict.load_memmap(chunk)  # plain tensordict still opens a trimmed chunk
     assert torch.equal(td["pixels"][:100], rollout["pixels"][:100])
-    with TrajectoryWriter(path, shard="shard-000000") as w:  # continues in a fresh chunk
+    with TrajectoryWriter(path, shard=shard.name) as w:  # continues in a fresh chunk
         w.extend(rollout[100:])
     r = TrajectoryReader(path)
     assert r.num_steps == 150
@@ -227,7 +227,8 @@ def test_compact_cli(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert "compression names key 'nope'" in err
-    with TrajectoryWriter(path, shard="shard-000000"):  # a writer holds the shard
+    (shard,) = (path / "shards").iterdir()
+    with TrajectoryWriter(path, shard=shard.name):  # a writer holds the shard
         assert main(["compact", str(path)]) == 2
     assert "held by another writer" in capsys.readouterr().err
 
