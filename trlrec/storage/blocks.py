@@ -112,6 +112,18 @@ class CompressedColumn:
         raw = self._raw(index)
         return raw.view(self.dtype).view(raw.shape[0], *self.row_shape)
 
+    def _decompress(self, index: int) -> bytes:
+        """Block ``index``'s frame decompressed (its checksum checked), or the damage named."""
+        if self._map is None:  # an empty file has no frame to read
+            raise CorruptStoreError(
+                f"{str(self.path)!r} is empty; the compressed column is damaged"
+            )
+        n = self.head.block_span(index)[1]
+        start, end = self.head.frame(index)
+        return self.codec.decompress(
+            memoryview(self._map)[start:end], n * self.head.row_bytes, self.path, index
+        )
+
     def _raw(self, index: int) -> torch.Tensor:
         """Block ``index``'s rows as ``[n, row_bytes]`` uint8, from the cache or decompressed."""
         key = (self._name, index)
@@ -119,11 +131,7 @@ class CompressedColumn:
         if value is not None:
             return value
         n = self.head.block_span(index)[1]
-        start, end = self.head.frame(index)
-        assert self._map is not None
-        raw = self.codec.decompress(
-            memoryview(self._map)[start:end], n * self.head.row_bytes, self.path, index
-        )
+        raw = self._decompress(index)
         value = torch.frombuffer(bytearray(raw), dtype=torch.uint8).view(n, self.head.row_bytes)
         self.cache.put(key, value)
         return value
@@ -183,9 +191,4 @@ class CompressedColumn:
     def check(self) -> None:
         """Decompress every block (each frame's checksum is checked); raise the first damage."""
         for b in range(self.head.blocks):
-            n = self.head.block_span(b)[1]
-            start, end = self.head.frame(b)
-            assert self._map is not None
-            self.codec.decompress(
-                memoryview(self._map)[start:end], n * self.head.row_bytes, self.path, b
-            )
+            self._decompress(b)
