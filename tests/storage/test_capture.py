@@ -140,16 +140,34 @@ def test_a_non_tensor_value_under_a_schema_key_is_refused(tmp_path, stub_env, pa
     assert_store_matches(TrajectoryReader(tmp_path / "t"), rollout)
 
 
+def test_nested_keys_take_the_native_path(tmp_path, stub_env_cls, path_kind):
+    # TorchRL's collectors put ("collector", "traj_ids") in every step: nested keys
+    # (two levels too, on both sides) are captured natively, bit for bit
+    rollout = stub_env_cls(episode_lengths=(4,)).rollout(10, break_when_any_done=False)
+    rollout["collector", "traj_ids"] = torch.arange(10)
+    arm = torch.randn(11, 3)  # a state: each step's is the step before's "next"
+    rollout["agent", "arm", "obs"] = arm[:10]
+    rollout["next", "agent", "arm", "obs"] = arm[1:]
+    with TrajectoryWriter(tmp_path / "n") as w:
+        for t in range(10):
+            w.append(rollout[t])
+        assert _uses_native(w) == (path_kind == "native")
+        bad = rollout[0].clone()
+        bad["agent", "arm", "extra"] = torch.zeros(1)  # a nested extra key is still refused
+        with pytest.raises(SchemaError, match=r"\('agent', 'arm', 'extra'\)"):
+            w.append(bad)
+    r = TrajectoryReader(tmp_path / "n")
+    assert [len(r.episodes[i]) for i in range(len(r.episodes))] == [4, 4, 2]
+    assert_store_matches(r, rollout)
+
+
 @pytest.mark.parametrize(
     ("env_kw", "extra"),
-    [({"batch_size": (2,)}, None), ({}, "nested"), ({}, "complex")],
-    ids=["batched", "nested-key", "complex-dtype"],
+    [({"batch_size": (2,)}, None), ({}, "complex")],
+    ids=["batched", "complex-dtype"],
 )
 def test_native_path_is_not_used_where_it_does_not_apply(tmp_path, stub_env_cls, env_kw, extra):
     rollout = stub_env_cls(**env_kw).rollout(3, break_when_any_done=False)
-    if extra == "nested":
-        rollout["agent", "obs"] = torch.ones(*rollout.shape, 2)
-        rollout["next", "agent", "obs"] = torch.ones(*rollout.shape, 2)
     if extra == "complex":
         rollout["phase"] = torch.ones(*rollout.shape, 2, dtype=torch.complex64)
     with TrajectoryWriter(tmp_path / "x") as w:
@@ -375,6 +393,40 @@ def test_append_leaves_what_it_cannot_check_to_the_python_path():
         plan.count = 9
     with pytest.raises(ValueError, match="must divide"):
         _plan(4)[0].bind(TensorDict, 1, 2, 3)
+
+
+def test_append_finds_nested_keys_and_checks_their_sub_tensordicts():
+    # root "a" -> "b" -> "x" [2] (prefixes ("a",) 0 and ("a", "b") 1), "next" "done" [1]
+    bufs = [torch.zeros(4, 2), torch.zeros(4, 1, dtype=torch.bool)]
+    plan = _capture.Plan(
+        torch.Tensor, ["x", "done"], [0, 1], [torch.float32, torch.bool],
+        [torch.Size([2]), torch.Size([1])], [8, 1],
+        [[b[i].data_ptr() for b in bufs] for i in range(4)], [1], [], [bytearray(4)], bufs,
+        [1, -1], [(0, -1, "a", 1), (0, 0, "b", 1)],
+    )  # fmt: skip
+    plan.bind(TensorDict, 1, 1, 4)
+    plan.arm(100, float("inf"))
+    nxt = TensorDict({"done": torch.tensor([False])})
+
+    def root(value, **extra):
+        return TensorDict({"a": TensorDict({"b": TensorDict({"x": value, **extra})})})
+
+    assert plan.append(root(torch.tensor([1.0, 2.0])), nxt) == 0
+    assert torch.equal(bufs[0][0], torch.tensor([1.0, 2.0]))
+    assert plan.append(root(torch.zeros(2), y=torch.zeros(1)), nxt) == -1  # a nested extra key
+    assert plan.append(root(torch.zeros(3)), nxt) == -1  # a nested mismatch
+    other = TensorDict({"a": TensorDict({"c": TensorDict({"x": torch.zeros(2)})})})
+    assert plan.append(other, nxt) == -1  # the same counts, another nested key
+    assert plan.append(TensorDict({"a": {"b": torch.zeros(2)}}), nxt) == -1  # a leaf, not a sub-td
+    assert plan.count == 1
+    r = root(torch.tensor([3.0, 4.0]))  # step (the Python path's caller) skips the counts
+    assert plan.step(r._tensordict, nxt._tensordict, 1, True) == 0
+    assert torch.equal(bufs[0][1], torch.tensor([3.0, 4.0]))
+    with pytest.raises(ValueError, match="earlier prefix"):
+        _capture.Plan(
+            torch.Tensor, ["x"], [0], [torch.float32], [torch.Size([2])], [8], [[0]], [], [],
+            [bytearray(1)], None, [0], [(0, 0, "a", 1)],
+        )  # fmt: skip
 
 
 def test_hold_fails_while_a_step_is_being_staged():

@@ -6,6 +6,11 @@
  * dicts, checks each is a contiguous CPU tensor of the schema's dtype and shape, and
  * memcpy's its bytes into the row's preallocated destination (exact: raw bytes).
  *
+ * A nested key (("collector", "traj_ids"), which TorchRL's collectors put in every step)
+ * is found through its sub-TensorDicts: each nested prefix of the schema is resolved once a
+ * step, from its parent's dict, and must be exactly a TensorDict (append also compares its
+ * entry count, as it does the top levels').
+ *
  * A step whose root states are the very tensors the previous step gave as its "next"
  * states, unmodified since (same objects, same version counters), is aliased: its root
  * states are not copied (the writer then neither compares them), as the Python path
@@ -90,8 +95,15 @@ typedef struct {
     PyTypeObject *tensor_type; /* torch.Tensor */
     Py_ssize_t n;              /* leaves a step has */
     Py_ssize_t rows;           /* staging rows */
-    PyObject **names;          /* n top-level keys (str) */
+    PyObject **names;          /* n: each leaf's last key (str) */
     char *sides;               /* n: 0 root, 1 "next" */
+    Py_ssize_t *parents;       /* n: the nested prefix holding the leaf, -1 the side's top */
+    Py_ssize_t nnest;          /* nested prefixes (sub-TensorDicts) of the schema's keys */
+    PyObject **nest_names;     /* nnest: the prefix's last key (str) */
+    char *nest_sides;          /* nnest: 0 root, 1 "next" */
+    Py_ssize_t *nest_parents;  /* nnest: its parent prefix (an earlier one), -1 the top */
+    Py_ssize_t *nest_counts;   /* nnest: the entries its sub-TensorDict holds */
+    PyObject **subs;           /* nnest: this step's sub-dicts (owned, during a step) */
     PyObject **dtypes;         /* n torch.dtype */
     PyObject **shapes;         /* n torch.Size */
     Py_ssize_t *nbytes;        /* n */
@@ -149,6 +161,16 @@ static void forget(Plan *self) {
 
 static void Plan_dealloc(Plan *self) {
     forget(self);
+    for (Py_ssize_t k = 0; k < self->nnest; k++) {
+        if (self->nest_names) Py_XDECREF(self->nest_names[k]);
+        if (self->subs) Py_XDECREF(self->subs[k]);
+    }
+    PyMem_Free(self->parents);
+    PyMem_Free(self->nest_names);
+    PyMem_Free(self->nest_sides);
+    PyMem_Free(self->nest_parents);
+    PyMem_Free(self->nest_counts);
+    PyMem_Free(self->subs);
     for (Py_ssize_t j = 0; j < self->n; j++) {
         if (self->names) Py_XDECREF(self->names[j]);
         if (self->dtypes) Py_XDECREF(self->dtypes[j]);
@@ -175,17 +197,71 @@ static void Plan_dealloc(Plan *self) {
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+/* The nested prefixes: nested is a list of (side, parent, name, count), each parent an
+ * earlier prefix of the same side or -1; parents gives each leaf's prefix (or -1). Both
+ * may be NULL: no nested prefix, every leaf a top-level key. */
+static int init_nested(Plan *self, PyObject *parents, PyObject *nested) {
+    Py_ssize_t n = self->n, m = nested ? PyList_GET_SIZE(nested) : 0;
+    if (parents && PyList_GET_SIZE(parents) != n) {
+        PyErr_SetString(PyExc_ValueError, "one parent per leaf");
+        return -1;
+    }
+    self->parents = PyMem_Calloc(n ? n : 1, sizeof(Py_ssize_t));
+    self->nest_names = PyMem_Calloc(m ? m : 1, sizeof(PyObject *));
+    self->nest_sides = PyMem_Calloc(m ? m : 1, 1);
+    self->nest_parents = PyMem_Calloc(m ? m : 1, sizeof(Py_ssize_t));
+    self->nest_counts = PyMem_Calloc(m ? m : 1, sizeof(Py_ssize_t));
+    self->subs = PyMem_Calloc(m ? m : 1, sizeof(PyObject *));
+    if (!self->parents || !self->nest_names || !self->nest_sides || !self->nest_parents ||
+        !self->nest_counts || !self->subs) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t k = 0; k < m; k++) {
+        PyObject *t = PyList_GET_ITEM(nested, k);
+        long side;
+        Py_ssize_t parent, count;
+        PyObject *name;
+        if (!PyTuple_Check(t) || !PyArg_ParseTuple(t, "lnUn", &side, &parent, &name, &count))
+            goto bad;
+        if (parent < -1 || parent >= k || (parent >= 0 && self->nest_sides[parent] != (side != 0)))
+            goto bad;
+        Py_INCREF(name);
+        self->nest_names[k] = name;
+        self->nest_sides[k] = side ? 1 : 0;
+        self->nest_parents[k] = parent;
+        self->nest_counts[k] = count;
+        self->nnest = k + 1;
+    }
+    for (Py_ssize_t j = 0; j < n; j++) {
+        Py_ssize_t parent = parents ? PyLong_AsSsize_t(PyList_GET_ITEM(parents, j)) : -1;
+        if (PyErr_Occurred()) return -1;
+        if (parent < -1 || parent >= m || (parent >= 0 && self->nest_sides[parent] != self->sides[j]))
+            goto bad;
+        self->parents[j] = parent;
+    }
+    return 0;
+bad:
+    if (!PyErr_Occurred())
+        PyErr_SetString(PyExc_ValueError,
+                        "nested: (side, parent, name, count), each parent an earlier prefix of "
+                        "its side; parents: a prefix of the leaf's side, or -1");
+    return -1;
+}
+
 /* Plan(tensor_type, names, sides, dtypes, shapes, nbytes, dst_rows, done, next_state,
- *      alias_flags, keepalive): alias_flags is a list of bytearrays whose bytes, in
- *      order, are the rows' "aliased" flags (one per destination row). */
+ *      alias_flags, keepalive[, parents, nested]): alias_flags is a list of bytearrays
+ *      whose bytes, in order, are the rows' "aliased" flags (one per destination row);
+ *      parents and nested as in init_nested (by default, every leaf a top-level key). */
 static int Plan_init(Plan *self, PyObject *args, PyObject *kwds) {
     PyObject *tensor_type, *names, *sides, *dtypes, *shapes, *nbytes, *dst_rows, *done;
-    PyObject *next_state, *alias_flags, *keep;
-    if (!PyArg_ParseTuple(args, "O!O!O!O!O!O!O!O!O!O!O", &PyType_Type, &tensor_type,
+    PyObject *next_state, *alias_flags, *keep, *parents = NULL, *nested = NULL;
+    if (!PyArg_ParseTuple(args, "O!O!O!O!O!O!O!O!O!O!O|O!O!", &PyType_Type, &tensor_type,
                           &PyList_Type, &names, &PyList_Type, &sides, &PyList_Type, &dtypes,
                           &PyList_Type, &shapes, &PyList_Type, &nbytes, &PyList_Type,
                           &dst_rows, &PyList_Type, &done, &PyList_Type, &next_state,
-                          &PyList_Type, &alias_flags, &keep))
+                          &PyList_Type, &alias_flags, &keep, &PyList_Type, &parents,
+                          &PyList_Type, &nested))
         return -1;
     if (self->names) {
         PyErr_SetString(PyExc_TypeError, "a capture plan is initialised once");
@@ -255,6 +331,7 @@ static int Plan_init(Plan *self, PyObject *args, PyObject *kwds) {
         self->sides[j] = side ? 1 : 0;
         self->nbytes[j] = nb;
     }
+    if (init_nested(self, parents, nested) < 0) return -1;
     for (Py_ssize_t i = 0; i < rows; i++) {
         PyObject *row = PyList_GET_ITEM(dst_rows, i);
         if (!PyList_Check(row) || PyList_GET_SIZE(row) != n) {
@@ -355,11 +432,44 @@ fail:
     return 0;
 }
 
+/* The dict holding leaf j this step: its side's top dict, or its resolved sub-dict. */
+static PyObject *leaf_dict(Plan *self, PyObject **sides, Py_ssize_t j) {
+    Py_ssize_t p = self->parents[j];
+    return p < 0 ? sides[(int)self->sides[j]] : self->subs[p];
+}
+
+/* Drop this step's sub-dicts. */
+static void release_subs(Plan *self) {
+    for (Py_ssize_t k = 0; k < self->nnest; k++) Py_CLEAR(self->subs[k]);
+}
+
+/* Resolve the nested prefixes' sub-dicts (each exactly a TensorDict's dict; with
+ * check_counts, of the schema's entry count): 0, or -1 (released; nothing raised). */
+static int resolve_subs(Plan *self, PyObject **sides, int check_counts) {
+    for (Py_ssize_t k = 0; k < self->nnest; k++) {
+        Py_ssize_t p = self->nest_parents[k];
+        PyObject *parent = p < 0 ? sides[(int)self->nest_sides[k]] : self->subs[p];
+        PyObject *td = PyDict_GetItemWithError(parent, self->nest_names[k]);
+        PyObject *d = NULL;
+        if (td && self->td_type && Py_IS_TYPE(td, self->td_type))
+            d = PyObject_GetAttr(td, s_tensordict);
+        if (!d || !PyDict_CheckExact(d) ||
+            (check_counts && PyDict_GET_SIZE(d) != self->nest_counts[k])) {
+            Py_XDECREF(d);
+            PyErr_Clear();
+            release_subs(self);
+            return -1;
+        }
+        self->subs[k] = d;
+    }
+    return 0;
+}
+
 /* Whether this step's root states are the previous step's next states, unmodified. */
-static int is_aliased(Plan *self, PyObject *root) {
+static int is_aliased(Plan *self, PyObject **sides) {
     for (Py_ssize_t k = 0; k < self->nstate; k++) {
         PyObject *prev = self->prev[k];
-        if (!prev || PyDict_GetItemWithError(root, self->names[k]) != prev) {
+        if (!prev || PyDict_GetItemWithError(leaf_dict(self, sides, k), self->names[k]) != prev) {
             PyErr_Clear();
             return 0;
         }
@@ -393,14 +503,12 @@ static void remember(Plan *self) {
     }
 }
 
-/* Stage a step into row i (two dicts, 0 <= i < rows): 1 a done flag is set, 0 not, -1 fall
- * back (nothing raised). */
-static int plan_step(Plan *self, PyObject *root, PyObject *next, Py_ssize_t i, int may_alias) {
-    PyObject *sides[2] = {root, next};
-    int aliased = may_alias && is_aliased(self, root);
+/* Stage a step into row i with its sub-dicts resolved (see plan_step). */
+static int stage_row(Plan *self, PyObject **sides, Py_ssize_t i, int may_alias) {
+    int aliased = may_alias && is_aliased(self, sides);
     char **dst = self->dst + i * self->n;
     for (Py_ssize_t j = aliased ? self->nstate : 0; j < self->n; j++) {
-        PyObject *t = PyDict_GetItemWithError(sides[(int)self->sides[j]], self->names[j]);
+        PyObject *t = PyDict_GetItemWithError(leaf_dict(self, sides, j), self->names[j]);
         void *src = NULL;
         if (!t || !check_leaf(self, t, j, &src)) {
             PyErr_Clear();
@@ -424,6 +532,20 @@ static int plan_step(Plan *self, PyObject *root, PyObject *next, Py_ssize_t i, i
     return 0;
 }
 
+/* Stage a step into row i (two dicts, 0 <= i < rows): 1 a done flag is set, 0 not, -1 fall
+ * back (nothing raised). check_counts: compare the nested sub-TensorDicts' entry counts. */
+static int plan_step(Plan *self, PyObject *root, PyObject *next, Py_ssize_t i, int may_alias,
+                     int check_counts) {
+    PyObject *sides[2] = {root, next};
+    if (resolve_subs(self, sides, check_counts) < 0) {
+        forget(self);
+        return -1;
+    }
+    int r = stage_row(self, sides, i, may_alias);
+    release_subs(self);
+    return r;
+}
+
 /* plan.step(root_dict, next_dict, row, may_alias) -> 1 if a done flag is set, 0 if not,
  * -1 to fall back (also for None dicts: the previous step is then forgotten). */
 static PyObject *Plan_step(Plan *self, PyObject *const *args, Py_ssize_t nargs) {
@@ -445,7 +567,7 @@ static PyObject *Plan_step(Plan *self, PyObject *const *args, Py_ssize_t nargs) 
     }
     int may_alias = PyObject_IsTrue(args[3]);
     if (may_alias < 0) return NULL;
-    return PyLong_FromLong(plan_step(self, args[0], args[1], i, may_alias));
+    return PyLong_FromLong(plan_step(self, args[0], args[1], i, may_alias, 0));
 }
 
 static PyObject *Plan_forget(Plan *self, PyObject *unused) {
@@ -495,7 +617,7 @@ static int plan_append(Plan *self, PyObject *root, PyObject *next) {
     if (has_next < 0 || PyDict_GET_SIZE(rd) != self->root_top + has_next ||
         PyDict_GET_SIZE(nd) != self->next_top)
         goto out;
-    int done = plan_step(self, rd, nd, self->base + self->count, 1);
+    int done = plan_step(self, rd, nd, self->base + self->count, 1, 1);
     if (done < 0) goto out;
     self->count++;
     self->pending++;

@@ -283,7 +283,7 @@ class StepStaging:
     def _native_plan(self) -> Any:
         """The native capture of a step into the stagers' rows, or None where it does not apply.
 
-        It applies when every leaf is a top-level key, no dtype is complex (a conjugate
+        It applies when no dtype is complex (a conjugate
         view's bytes are not its values), each row's destination views are contiguous
         and the done flags are bool. Stager ``k``'s row ``i`` is the plan's row
         ``k * capacity + i``. ``plan.step(root, next, row, may_alias)`` returns 1/0
@@ -292,7 +292,7 @@ class StepStaging:
         native = extension("capture")
         ck = self.checker
         slots = ck.root_slots + ck.next_slots
-        if native is None or any(name is None for name, _, _, _ in slots):
+        if native is None:
             return None
         if any(dtype.is_complex for _, _, _, dtype in slots):
             return None
@@ -303,10 +303,19 @@ class StepStaging:
             return None
         nr = len(ck.root_slots)
         next_index = {key: nr + j for j, (_, key, _, _) in enumerate(ck.next_slots)}
+        sides = [0] * nr + [1] * len(ck.next_slots)
+        # nested keys: each sub-tensordict prefix once, after its parent (checker order)
+        prefix_at = {(side, prefix): k for k, (side, prefix, _) in enumerate(ck.nested)}
+        nested = [
+            (side, prefix_at.get((side, prefix[:-1]), -1), prefix[-1], count)
+            for side, prefix, count in ck.nested
+        ]
+        keys = [key for _, key, _, _ in slots]
+        parents = [prefix_at.get((s, k[:-1]), -1) for s, k in zip(sides, keys, strict=True)]
         plan = native.Plan(
             torch.Tensor,
-            [name for name, _, _, _ in slots],
-            [0] * nr + [1] * len(ck.next_slots),
+            [key[-1] for key in keys],
+            sides,
             [dtype for _, _, _, dtype in slots],
             [shape for _, _, shape, _ in slots],
             [shape.numel() * dtype.itemsize for _, _, shape, dtype in slots],
@@ -315,6 +324,8 @@ class StepStaging:
             [next_index[key] for _, key, _, _ in ck.root_state],
             [st.alias for st in self.stagers],
             [st.buffers for st in self.stagers],
+            parents,
+            nested,
         )
         plan.bind(TensorDict, ck.root_top, ck.next_top, self.current.capacity)
         return plan
