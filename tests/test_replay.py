@@ -8,7 +8,6 @@ stream's transitions, so the same transition is ``rollout[stream, first + t]``.
 
 from __future__ import annotations
 
-import inspect
 import subprocess
 import sys
 
@@ -292,11 +291,6 @@ def test_prefetch_samples_ahead_from_the_same_store(recorded):
     _assert_is_rollout(reader, [rollout], sliced.sample(), sliced=True)
 
 
-# Runs once the compressed chunks (wip-comp) are merged: then the writer has the parameter.
-@pytest.mark.skipif(
-    "compression" not in inspect.signature(TrajectoryWriter.__init__).parameters,
-    reason="this tree's TrajectoryWriter cannot compress yet",
-)
 def test_compressed_store_samples_are_the_recorded_rollout(tmp_path, stub_env_cls):
     env = stub_env_cls(episode_lengths=(5, 7), batch_size=(2,), pixels=(32, 32, 4))
     rollout = _record(tmp_path / "s", env, 40, chunk_rows=16, compression="zstd")
@@ -305,3 +299,70 @@ def test_compressed_store_samples_are_the_recorded_rollout(tmp_path, stub_env_cl
         rb = reader.as_replay_buffer(batch_size=20, slice_len=slice_len)
         for _ in range(3):
             _assert_is_rollout(reader, [rollout], rb.sample(), sliced=slice_len is not None)
+
+
+def test_a_slice_sample_is_gathered_once(recorded):
+    # SliceSampler reads storage[index] for its done flags, then the buffer gets the same
+    # index: the storage keeps the first gather for the second
+    reader, rollout = recorded
+    rb = reader.as_replay_buffer(batch_size=12, slice_len=4)
+    storage = rb._storage
+    calls = []
+    gather = storage._gather
+    storage._gather = lambda idx: calls.append(len(idx)) or gather(idx)
+    for _ in range(3):
+        _assert_is_rollout(reader, [rollout], rb.sample(), sliced=True)
+    assert calls == [12, 12, 12]
+
+
+def test_a_kept_sample_serves_one_get_of_the_same_index(store):
+    storage = StoreStorage(store)
+    idx = torch.tensor([3, 1, 4])
+    first = storage[idx]
+    assert storage.get(idx) is first  # kept for the get that follows
+    again = storage.get(idx)
+    assert again is not first  # once
+    _assert_rows_equal(again, first)
+    _ = storage[idx]
+    other = storage.get(torch.tensor([3, 1, 5]))  # another index: gathered anew
+    _assert_rows_equal(other[:2], first[:2])
+    assert not torch.equal(other["observation"][2], first["observation"][2])
+
+
+def test_sample_tensors_are_views_of_one_buffer(store):
+    sample = StoreStorage(store).get(torch.arange(10))
+    storages = {v.untyped_storage().data_ptr() for v in sample.values(True, True)}
+    assert len(storages) == 1
+
+
+def test_sampling_a_compressed_store_keeps_memory_flat(tmp_path):
+    """Decompressed blocks live in their own maps: dropped from the cache, they are freed."""
+    code = f"""
+import torch
+from trlrec import TrajectoryReader, TrajectoryWriter
+from tensordict import TensorDict
+g = torch.Generator().manual_seed(0)
+n = 3000
+frames = torch.randint(0, 4, (n + 1, 64, 64, 3), dtype=torch.uint8, generator=g)
+td = TensorDict({{"pixels": frames[:-1], "next": {{"pixels": frames[1:],
+    "done": torch.zeros(n, 1, dtype=torch.bool)}}}}, batch_size=[n])
+with TrajectoryWriter({str(tmp_path / "z")!r}, compression="zstd", chunk_rows=1024) as w:
+    w.extend(td)
+reader = TrajectoryReader({str(tmp_path / "z")!r})
+for s in reader.shards:
+    s._blocks.capacity = 8 * 2**20  # a small cache: blocks come and go
+rb = reader.as_replay_buffer(batch_size=64)
+def anon():
+    for line in open("/proc/self/status"):
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) * 1024
+for _ in range(30):
+    rb.sample()
+before = anon()
+for _ in range(300):
+    rb.sample()
+print((anon() - before) / 2**20)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    grown = float(out.stdout.split()[-1])
+    assert grown < 3, f"RssAnon grew by {grown:.1f} MiB over 300 samples"

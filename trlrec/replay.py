@@ -10,23 +10,23 @@ What is zero-copy and what is not:
   stored once; the ``"next"`` observation of a transition is read from the row after.
 - In RAM: per-episode tables (a few ints per episode) and, for episode-aware slices,
   the episode id of every transition (8 bytes each), which ``SliceSampler`` needs;
-  per big column (4 KiB rows and up), one batch of rows kept from sample to sample.
+  per column, one batch of rows kept from sample to sample (for samples spanning chunks).
 - The buffer is read-only (TorchRL's ``ImmutableDatasetWriter``): ``extend`` raises.
 
 How a sample is gathered (no Python loop per sampled row): the rows a batch needs (row
 ``t`` of each transition, and row ``t + 1`` where a state column gives the ``"next"``
 value) are computed as arrays and sorted by chunk once (big rows, such as pixels, also
 de-duplicated: a slice's consecutive transitions share their states); each chunk
-touched is read with one ``take`` per column, and one ``index_select`` puts the rows in
+touched is read with one ``take`` per column, and one more ``take`` puts the rows in
 the sampled order. A batch that falls in one chunk is read straight in sampled order.
-Outputs going to a CUDA device are gathered into pinned memory and copied without
-blocking. The cost is about one ``take`` per (chunk touched, column): a store of many
+A sample is one buffer: every column's rows (copied as bytes) and the episode ids, each
+tensor of the sample a view of it; for a CUDA device the buffer is pinned and copied in
+one non-blocking copy. The cost is about one ``take`` per (chunk touched, column): a store of many
 chunks samples slower than one of few.
 """
 
 from __future__ import annotations
 
-import inspect
 import threading
 import weakref
 from dataclasses import dataclass
@@ -62,9 +62,6 @@ EPISODE_KEY = "episode"
 # ones share the plan of all positions, which saves the calls of a second plan.
 _BIG_ROW = 4096
 
-# A take that writes into a given tensor saves copying each sample's rows once more.
-_TAKE_HAS_OUT = "out" in inspect.signature(ShardReader.take).parameters
-
 # One lock per reader: its chunk cache is shared by every buffer over it, and TorchRL's
 # lock covers one buffer only (two prefetching buffers on one reader sample at once).
 _LOCKS: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
@@ -92,6 +89,7 @@ class _Column:
     blocks: tuple[int, ...]
     targets: tuple[tuple[str, Key, int], ...]
     row_bytes: int
+    read: tuple[int, ...] = ()  # the blocks gathered: its own (big rows), else all
 
 
 @dataclass
@@ -105,24 +103,17 @@ class _Plan:
     """
 
     sources: list[tuple[ShardReader, int, int]]
-    rows: list[torch.Tensor]
-    inverse: torch.Tensor | None
+    rows: list[np.ndarray]
+    inverse: np.ndarray | None
 
 
-def _take_all(plan: _Plan, key: Key, out: torch.Tensor) -> None:
-    """The rows of every group of ``plan``, end to end, into ``out``.
-
-    Through ``ShardReader.take``'s ``out=`` when it has one, else joined into ``out``.
-    """
-    groups = zip(plan.sources, plan.rows, strict=True)
-    if not _TAKE_HAS_OUT:
-        pieces = [shard.take(stream, chunk, key, rows) for (shard, stream, chunk), rows in groups]
-        torch.cat(pieces, out=out)
-        return
+def _take_all(plan: _Plan, key: Key, dst: np.ndarray) -> None:
+    """The rows of every group of ``plan``, end to end, into ``dst`` (``[rows, bytes]``)."""
     start = 0
-    for (shard, stream, chunk), rows in groups:
-        shard.take(stream, chunk, key, rows, out=out[start : start + len(rows)])  # type: ignore[call-arg]
-        start += len(rows)
+    for (shard, stream, chunk), rows in zip(plan.sources, plan.rows, strict=True):
+        end = start + len(rows)
+        shard.take_bytes(stream, chunk, key, rows, dst[start:end])
+        start = end
 
 
 _READ_ONLY = (
@@ -202,8 +193,10 @@ class StoreStorage(Storage):
         self.entries: tuple[Entry, ...] = schema.entries
         self.episode_key = episode_key
         self._lock = _reader_lock(reader)
+        # the sample __getitem__ gathered, for the get that follows it (per thread)
+        self._kept = threading.local()
         # per column, the rows of a sample before they are put in order (used under _lock)
-        self._scratch: dict[Key, torch.Tensor] = {}
+        self._scratch: dict[Key, np.ndarray] = {}
         self._init_tables(reader)
         self._init_columns()
         super().__init__(max_size=int(self._offsets[-1]))
@@ -248,14 +241,12 @@ class StoreStorage(Storage):
                 (part, e.key, shifts.index(shift)) for part, shift in placements(e.role)
             )
             blocks = tuple(sorted({t[2] for t in targets}))
-            columns.append(_Column(e.stored_key, e.shape, e.dtype, blocks, targets, e.nbytes))
+            read = blocks if e.nbytes >= _BIG_ROW else tuple(range(len(shifts)))
+            columns.append(_Column(e.stored_key, e.shape, e.dtype, blocks, targets, e.nbytes, read))
         self._columns = tuple(columns)
-        everything = tuple(range(len(shifts)))
         self._dedup: dict[tuple[int, ...], bool] = {}
         for c in self._columns:
-            big = c.row_bytes >= _BIG_ROW
-            key = c.blocks if big else everything
-            self._dedup[key] = self._dedup.get(key, False) or big
+            self._dedup[c.read] = self._dedup.get(c.read, False) or c.row_bytes >= _BIG_ROW
 
     # ------------------------------------------------------------ Storage API
     def __len__(self) -> int:
@@ -267,8 +258,32 @@ class StoreStorage(Storage):
             torch.arange(len(self.episode_lengths)), self.episode_lengths
         )
 
+    def __getitem__(self, index: Any) -> TensorDict:
+        """:meth:`get`, the sample kept for the next ``get`` of the same index in this thread.
+
+        TorchRL's ``SliceSampler`` reads ``storage[index]`` (for the done flags at its
+        slices' ends) just before the buffer gathers the very same index with ``get``:
+        kept, that sample is gathered once, not twice (the second ``get`` returns the same
+        tensordict, once; any other index gathers anew).
+        """
+        out = self.get(index)
+        self._kept.sample = (self._kept.index, out)
+        return out
+
     def get(self, index: Any) -> TensorDict:
         """Gather transitions ``index`` (int, slice, sequence or tensor) from the memory maps."""
+        flat, shape = self._flat_index(index)
+        kept = self._kept.__dict__.pop("sample", None)
+        key = self._kept.index = (shape, flat.tobytes())
+        if kept is not None and kept[0] == key:
+            return kept[1]
+        out = self._gather(flat)
+        if len(shape) != 1:
+            out = out.reshape(shape)
+        return out[()] if not shape else out
+
+    def _flat_index(self, index: Any) -> tuple[np.ndarray, tuple[int, ...]]:
+        """An index as flat int64 positions (negative ones counted from the end) and its shape."""
         if isinstance(index, tuple):
             if len(index) != 1:
                 raise IndexError(f"a StoreStorage is 1-D; got an index of {len(index)} dims")
@@ -296,11 +311,7 @@ class StoreStorage(Storage):
             raise OutOfRangeError(
                 f"transition index out of range: {str(self.reader.path)!r} has {n} transitions"
             )
-        flat = np.where(flat < 0, flat + n, flat)
-        out = self._gather(flat)
-        if len(shape) != 1:
-            out = out.reshape(shape)
-        return out[()] if not shape else out
+        return (np.where(flat < 0, flat + n, flat) if flat.size and flat.min() < 0 else flat), shape
 
     # ------------------------------------------------------------ the gather
     def _gather(self, idx: np.ndarray) -> TensorDict:
@@ -318,26 +329,35 @@ class StoreStorage(Storage):
             chunk_rows = chunk_rows[ep]
         chunk, offset = row_chunk(rows, chunk_rows)
         code = base + chunk
+        # the whole sample in one buffer (one allocation, one copy to a device): each
+        # column's rows as bytes at a 16-byte aligned offset, then the episode ids
+        spans, size = [], 0
+        for col in self._columns:
+            nbytes = len(col.read) * n * col.row_bytes
+            spans.append((size, nbytes))
+            size += -(-nbytes // 16) * 16
+        buf = torch.empty(size + 8 * n, dtype=torch.uint8, pin_memory=self._pin)
+        flat = buf.numpy()
+        flat[size:].view(np.int64)[:] = ep
         plans: dict[tuple[int, ...], _Plan] = {}
-        everything = tuple(range(k))
-        values: dict[tuple[str, Key], torch.Tensor] = {}
         with self._lock:
-            for col in self._columns:
-                blocks = col.blocks if col.row_bytes >= _BIG_ROW else everything
-                plan = plans.get(blocks)
+            for col, (at, nbytes) in zip(self._columns, spans, strict=True):
+                plan = plans.get(col.read)
                 if plan is None:
-                    dedup = self._dedup[blocks]
-                    plan = plans[blocks] = self._plan(code, offset, n, blocks, dedup)
-                data = self._read(plan, col, blocks, n)
-                for part, key, block in col.targets:
-                    at = blocks.index(block) * n
-                    values[(part, key)] = data[at : at + n]
+                    dedup = self._dedup[col.read]
+                    plan = plans[col.read] = self._plan(code, offset, n, col.read, dedup)
+                if nbytes:
+                    self._read(plan, col, flat[at : at + nbytes].reshape(-1, col.row_bytes))
         device = self.sample_device
-        ep_t = torch.from_numpy(ep)
         if device is not None and device.type != "cpu":
-            values = {k: v.to(device, non_blocking=self._pin) for k, v in values.items()}
-            ep_t = ep_t.to(device)
-        return self._assemble(values, ep_t, n)
+            buf = buf.to(device, non_blocking=self._pin)
+        values: dict[tuple[str, Key], torch.Tensor] = {}
+        for col, (at, nbytes) in zip(self._columns, spans, strict=True):
+            m = len(col.read) * n
+            typed = buf.narrow(0, at, nbytes).view(col.dtype).view(m, *col.shape)
+            for part, key, block in col.targets:
+                values[(part, key)] = typed.narrow(0, col.read.index(block) * n, n)
+        return self._assemble(values, buf.narrow(0, size, 8 * n).view(torch.int64), n)
 
     def _plan(
         self, code: np.ndarray, offset: np.ndarray, n: int, blocks: tuple[int, ...], dedup: bool
@@ -351,7 +371,7 @@ class StoreStorage(Storage):
             code, offset = code[sel], offset[sel]
         if code.size == 0 or code.min() == code.max():
             source = self._sources[int(code[0]) if code.size else 0]
-            return _Plan([source], [torch.from_numpy(offset)], None)
+            return _Plan([source], [offset], None)
         if dedup:  # each row once: a slice's consecutive transitions share their states
             unique, inverse = np.unique(code * self._stride + offset, return_inverse=True)
             codes = unique // self._stride
@@ -361,46 +381,32 @@ class StoreStorage(Storage):
             codes, offsets = code[order], offset[order]
             inverse = np.empty_like(order)
             inverse[order] = np.arange(order.size)
-        rows = torch.from_numpy(offsets)
         cuts: list[int] = (np.flatnonzero(codes[1:] != codes[:-1]) + 1).tolist()
         bounds = list(zip([0, *cuts], [*cuts, codes.size], strict=True))
         return _Plan(
             [self._sources[c] for c in codes[[a for a, _ in bounds]].tolist()],
-            [rows[a:b] for a, b in bounds],
-            torch.from_numpy(inverse.reshape(-1)),
+            [offsets[a:b] for a, b in bounds],
+            inverse.reshape(-1),
         )
 
-    def _read(self, plan: _Plan, col: _Column, blocks: tuple[int, ...], n: int) -> torch.Tensor:
-        """The rows of ``col`` at positions ``blocks``: ``[len(blocks) * n, *shape]``.
+    def _read(self, plan: _Plan, col: _Column, out: np.ndarray) -> None:
+        """The rows of ``col`` at its positions ``col.read``, as bytes into ``out``.
 
-        One chunk: one ``take`` in position order. Several: one ``take`` per chunk, the
-        pieces joined, then one ``index_select`` puts the rows in position order (a
-        gather copies rows whole; placing rows by index, ``index_copy_``, costs per
-        element: ~10x slower for uint8 pixels).
+        One chunk: one ``take`` in position order, straight into the output. Several: one
+        ``take`` per chunk into a buffer kept from sample to sample (no fresh pages), then
+        one ``take`` puts the rows in position order (a gather copies rows whole; placing
+        rows by index costs per element: ~10x slower for uint8 pixels). Rows are copied as
+        bytes (numpy's ``take``: every dtype alike, ~2 us a call against ~5 for torch's).
         """
         if plan.inverse is None:
-            ((shard, stream, chunk),) = plan.sources
-            data = shard.take(stream, chunk, col.stored_key, plan.rows[0])
-            if not self._pin:
-                return data
-            return torch.empty_like(data, pin_memory=True).copy_(data)
-        if col.row_bytes < _BIG_ROW and not _TAKE_HAS_OUT:
-            joined = torch.cat(
-                [shard.take(stream, chunk, col.stored_key, rows)
-                 for (shard, stream, chunk), rows in zip(plan.sources, plan.rows, strict=True)]
-            )  # fmt: skip
-        else:  # big rows: into a buffer kept from sample to sample (no fresh pages)
-            total = sum(len(rows) for rows in plan.rows)
-            joined = self._scratch.get(col.stored_key)
-            if joined is None or joined.shape[0] < total:  # bounded by the batch
-                joined = torch.empty((total, *col.shape), dtype=col.dtype)
-                self._scratch[col.stored_key] = joined
-            joined = joined[:total]
-            _take_all(plan, col.stored_key, joined)
-        if not self._pin:
-            return torch.index_select(joined, 0, plan.inverse)
-        out = torch.empty((len(blocks) * n, *col.shape), dtype=col.dtype, pin_memory=True)
-        return torch.index_select(joined, 0, plan.inverse, out=out)
+            _take_all(plan, col.stored_key, out)
+            return
+        total = sum(len(rows) for rows in plan.rows)
+        joined = self._scratch.get(col.stored_key)
+        if joined is None or joined.shape[0] < total:  # bounded by the batch
+            joined = self._scratch[col.stored_key] = np.empty((total, col.row_bytes), np.uint8)
+        _take_all(plan, col.stored_key, joined)
+        joined.take(plan.inverse, axis=0, out=out, mode="clip")  # every position is a row
 
     def _assemble(
         self, values: dict[tuple[str, Key], torch.Tensor], episode: torch.Tensor, n: int

@@ -16,7 +16,7 @@ from tests.storage.helpers import assert_store_matches, record_rows
 from tests.storage.strategies import rollouts
 from trlrec import TrajectoryReader, TrajectoryWriter
 from trlrec.cli import main
-from trlrec.errors import ConfigError, CorruptStoreError, MissingDependencyError
+from trlrec.errors import ConfigError, CorruptStoreError, MissingDependencyError, OutOfRangeError
 from trlrec.storage.blocks import BlockCache
 
 _counter = itertools.count()
@@ -30,16 +30,22 @@ def _packed(path) -> list:
     max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(data=rollouts())
-def test_compressed_round_trip(tmp_path, data):
-    """Every dtype, batched streams, nested keys: the compressed store reads back bit for bit."""
+@pytest.mark.parametrize("compression", [None, "zstd"])
+def test_compressed_round_trip(tmp_path, data, compression):
+    """Every dtype, batched streams, nested keys: the compressed store reads back bit for bit.
+
+    ``take`` (the replay buffer's gather, on bytes) too, raw and compressed, into a new
+    tensor or into ``out``.
+    """
     rollout, kw = data
     path = tmp_path / f"z{next(_counter)}"
-    reader = record_rows(path, rollout, compression="zstd", **kw)
+    reader = record_rows(path, rollout, compression=compression, **kw)
     assert_store_matches(reader, rollout)
-    raw = [p for p in path.rglob("*.memmap") if p.stat().st_size]
-    assert not raw, f"raw columns left in a closed compressed store: {raw[:3]}"
-    commit = json.loads((reader.shards[0].directory / "COMMIT").read_text())
-    assert commit["version"] == 2
+    if compression:
+        raw = [p for p in path.rglob("*.memmap") if p.stat().st_size]
+        assert not raw, f"raw columns left in a closed compressed store: {raw[:3]}"
+        commit = json.loads((reader.shards[0].directory / "COMMIT").read_text())
+        assert commit["version"] == 2
     shard = reader.shards[0]
     gen = torch.Generator().manual_seed(len(rollout))
     for b, s in enumerate(shard.streams):  # take: rows in any order, across blocks
@@ -51,9 +57,13 @@ def test_compressed_round_trip(tmp_path, data):
         for e in shard.schema.entries:
             got = shard.take(b, 0, e.stored_key, offsets)
             assert got.dtype == e.dtype
-            assert torch.equal(
-                got.view(torch.uint8), whole[e.stored_key][offsets].view(torch.uint8)
-            )
+            want = whole[e.stored_key][offsets]
+            assert torch.equal(got.view(torch.uint8), want.view(torch.uint8))
+            out = torch.full_like(want, 1) if e.dtype.is_floating_point else torch.zeros_like(want)
+            assert shard.take(b, 0, e.stored_key, offsets, out=out) is out
+            assert torch.equal(out.view(torch.uint8), want.view(torch.uint8))
+            with pytest.raises(OutOfRangeError, match="offsets must be >= 0, got -1"):
+                shard.take(b, 0, e.stored_key, torch.full_like(offsets, -1))
 
 
 def _frames_rollout(n: int, seed: int = 0) -> TensorDict:

@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trlrec.errors import CorruptStoreError
+from trlrec.errors import CorruptStoreError, OutOfRangeError
 from trlrec.storage.compression import codec_by_id
+from trlrec.storage.dtypes import row_bytes_view
 from trlrec.storage.format import CompressedHeader, chunk_spans
 from trlrec.storage.jsonio import open_regular
 
@@ -112,17 +113,23 @@ class CompressedColumn:
         raw = self._raw(index)
         return raw.view(self.dtype).view(raw.shape[0], *self.row_shape)
 
-    def _decompress(self, index: int) -> bytes:
-        """Block ``index``'s frame decompressed (its checksum checked), or the damage named."""
+    def _decompress(self, index: int) -> mmap.mmap:
+        """Block ``index``'s frame decompressed (its checksum checked), or the damage named.
+
+        Into an anonymous memory map of its own: a dropped block's memory goes back to the
+        OS (blocks of ~256 KiB from malloc fragment its heap as they come and go: a
+        reader sampling a compressed store grew by a GB).
+        """
         if self._map is None:  # an empty file has no frame to read
             raise CorruptStoreError(
                 f"{str(self.path)!r} is empty; the compressed column is damaged"
             )
-        n = self.head.block_span(index)[1]
+        size = self.head.block_span(index)[1] * self.head.row_bytes
         start, end = self.head.frame(index)
-        return self.codec.decompress(
-            memoryview(self._map)[start:end], n * self.head.row_bytes, self.path, index
-        )
+        out = mmap.mmap(-1, max(1, size))
+        with memoryview(out) as view, memoryview(self._map) as frames:
+            self.codec.decompress_into(frames[start:end], view[:size], self.path, index)
+        return out
 
     def _raw(self, index: int) -> torch.Tensor:
         """Block ``index``'s rows as ``[n, row_bytes]`` uint8, from the cache or decompressed."""
@@ -131,8 +138,8 @@ class CompressedColumn:
         if value is not None:
             return value
         n = self.head.block_span(index)[1]
-        raw = self._decompress(index)
-        value = torch.frombuffer(bytearray(raw), dtype=torch.uint8).view(n, self.head.row_bytes)
+        value = torch.frombuffer(self._decompress(index), dtype=torch.uint8)
+        value = value[: n * self.head.row_bytes].view(n, self.head.row_bytes)
         self.cache.put(key, value)
         return value
 
@@ -156,29 +163,46 @@ class CompressedColumn:
             return torch.empty((0, *self.row_shape), dtype=self.dtype)
         return torch.cat(pieces)
 
-    def take(self, offsets: torch.Tensor) -> torch.Tensor:
-        """Rows ``offsets`` (an int64 tensor of any shape).
+    def take(self, offsets: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Rows ``offsets`` (an int64 tensor of any shape), into ``out`` when given.
 
-        A random sample decompresses only the blocks it touches.
+        A random sample decompresses only the blocks it touches. ``out``: contiguous,
+        ``[*offsets.shape, *row shape]`` of the column's dtype.
         """
-        if offsets.numel() == 0:
-            return torch.empty((*offsets.shape, *self.row_shape), dtype=self.dtype)
+        if out is None:
+            out = torch.empty((*offsets.shape, *self.row_shape), dtype=self.dtype)
+        n = offsets.numel()
+        if n:
+            flat = offsets.reshape(-1).numpy()
+            if flat.min() < 0:  # numpy would count them from the end
+                raise OutOfRangeError(
+                    f"row offsets must be >= 0, got {int(flat.min())}; a row of "
+                    f"{str(self.path)!r} is its offset in the chunk"
+                )
+            if self.head.row_bytes:
+                self.take_bytes(flat, row_bytes_view(out, n))
+        return out
+
+    def take_bytes(self, offsets: np.ndarray, out: np.ndarray) -> None:
+        """:meth:`take` on bytes: rows ``offsets`` (1-D int64, >= 0) into ``out`` ``[n, bytes]``."""
+        if not len(offsets):
+            return
         top = int(offsets.max())
-        if top >= self.rows or int(offsets.min()) < 0:
+        if top >= self.rows:
             raise self._beyond(top)
         br = self.head.block_rows
-        flat = offsets.reshape(-1).numpy()
-        blocks = flat // br
-        # the rows grouped by block (one sort), then one numpy gather per block, on bytes
+        blocks: np.ndarray = offsets // br
+        first = int(blocks[0])
+        if (blocks == first).all():  # one block: one gather
+            self._raw(first).numpy().take(offsets - first * br, axis=0, out=out, mode="clip")
+            return
+        # the rows grouped by block (one sort), then one numpy gather per block
         order = np.argsort(blocks, kind="stable")
         ordered = blocks[order]
-        local = flat[order] - ordered * br
-        cuts = [0, *(np.flatnonzero(ordered[1:] != ordered[:-1]) + 1).tolist(), len(flat)]
-        out: np.ndarray = np.empty((len(flat), self.head.row_bytes), dtype=np.uint8)
+        local = offsets[order] - ordered * br
+        cuts = [0, *(np.flatnonzero(ordered[1:] != ordered[:-1]) + 1).tolist(), len(offsets)]
         for a, b in itertools.pairwise(cuts):
             out[order[a:b]] = self._raw(int(ordered[a])).numpy()[local[a:b]]
-        typed = torch.from_numpy(out).view(self.dtype)
-        return typed.view(*offsets.shape, *self.row_shape)
 
     def __getitem__(self, index: slice | torch.Tensor) -> torch.Tensor:
         if isinstance(index, slice):

@@ -15,7 +15,9 @@ Example:
     >>> codec = get_codec("zstd")
     >>> data = bytes(1000)
     >>> frame = codec.compress(data, 3)
-    >>> len(frame) < 50, codec.decompress(frame, 1000, "x.zst", 0) == data
+    >>> out = bytearray(1000)
+    >>> codec.decompress_into(frame, memoryview(out), "x.zst", 0)
+    >>> len(frame) < 50, out == data
     (True, True)
 """
 
@@ -78,10 +80,14 @@ class Codec:
             _local.__dict__.setdefault("zstd", {})[key] = comp
         return bytes(comp.compress(data))
 
-    def decompress(
-        self, frame: bytes | memoryview, size: int, path: str | os.PathLike[str], block: int
-    ) -> bytes:
-        """The ``size`` bytes of a frame of block ``block`` of the file at ``path``.
+    def decompress_into(
+        self, frame: bytes | memoryview, out: memoryview, path: str | os.PathLike[str], block: int
+    ) -> None:
+        """Decompress a frame of block ``block`` of the file at ``path`` into ``out``.
+
+        The frame must hold exactly ``len(out)`` bytes. Decompressing into a buffer the
+        caller owns (the block cache's, returned to the OS when a block is dropped) keeps
+        a reader's memory from fragmenting as blocks come and go.
 
         Raises:
             CorruptStoreError: the frame is damaged (its checksum or size is wrong).
@@ -90,19 +96,28 @@ class Codec:
         dec = getattr(_local, "zstd_d", None)
         if dec is None:
             dec = _local.zstd_d = zstd.ZstdDecompressor()
+        size = len(out)
+        got = 0
         try:
-            out = dec.decompress(frame, max_output_size=size)
+            with dec.stream_reader(frame, read_across_frames=False) as reader:
+                while got < size:
+                    n = reader.readinto(out[got:])
+                    if not n:
+                        break
+                    got += n
+                # reading on to the frame's end checks its checksum (and finds extra bytes)
+                extra = len(reader.read(1)) if got == size else 0
         except zstd.ZstdError as err:
             raise CorruptStoreError(
                 f"{str(path)!r}: block {block} cannot be decompressed ({err}); the compressed "
                 "column is damaged, restore it from a copy"
             ) from None
-        if len(out) != size:
+        if got != size or extra:
+            held = f"{got} bytes" if got != size else f"more than {size} bytes"
             raise CorruptStoreError(
-                f"{str(path)!r}: block {block} holds {len(out)} bytes, expected {size}; the "
+                f"{str(path)!r}: block {block} holds {held}, expected {size}; the "
                 "compressed column is damaged, restore it from a copy"
             )
-        return out
 
 
 CODECS: Mapping[str, Codec] = {"zstd": Codec("zstd", 1, range(1, 23))}

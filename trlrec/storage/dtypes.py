@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from trlrec.errors import UnsupportedDataError
 
-__all__ = ["DTYPES", "dtype_name", "dtype_from_name", "bits_view"]
+__all__ = ["DTYPES", "dtype_name", "dtype_from_name", "bits_view", "row_bytes_view"]
 
 DTYPES: dict[str, torch.dtype] = {
     "bool": torch.bool,
@@ -51,3 +52,17 @@ def bits_view(t: torch.Tensor) -> torch.Tensor:
     if t.is_complex():
         t = torch.view_as_real(t)
     return t.view(_BITS[t.element_size()])
+
+
+def row_bytes_view(t: torch.Tensor, rows: int) -> np.ndarray:
+    """A contiguous tensor of ``rows`` rows as a ``[rows, bytes a row]`` uint8 array (a view).
+
+    The gathers of the read side copy rows as bytes: one code path for every dtype,
+    numpy's included or not (``bool``, ``bfloat16``, ``uint16``...). ``rows`` and the
+    bytes of a row are not 0 (a caller has nothing to copy then).
+
+    Examples:
+        >>> row_bytes_view(torch.zeros(3, 2, dtype=torch.bfloat16), 3).shape
+        (3, 4)
+    """
+    return t.reshape(-1).view(torch.uint8).view(rows, -1).numpy()

@@ -9,13 +9,15 @@ import stat
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, cast
 
+import numpy as np
 import torch
 from tensordict import MemoryMappedTensor, TensorDict
 
-from trlrec.errors import CorruptStoreError
+from trlrec.errors import CorruptStoreError, OutOfRangeError
 from trlrec.storage.blocks import BlockCache, CompressedColumn
+from trlrec.storage.dtypes import row_bytes_view
 from trlrec.storage.format import (
     COMMIT_FILE,
     EPISODE_META_FILE,
@@ -41,10 +43,32 @@ from trlrec.storage.schema import Entry, Key, Schema
 
 __all__ = ["ShardReader", "EpisodeInfo"]
 
-_CACHE = 16
+# Chunks whose columns stay mapped: this many columns in all (a memory map each, well
+# under the kernel's 65,530), and at least 16 chunks. A replay buffer touches the chunks of
+# its samples over and over: a chunk mapped again costs ~0.1 ms a column.
+_MAPPED_COLUMNS = 8192
+_MIN_CHUNKS = 16
 
 Leaf: TypeAlias = torch.Tensor | CompressedColumn
 """A column of a chunk: a memory-mapped tensor, or compressed blocks read on demand."""
+
+
+class _Chunk:
+    """A chunk's leaves, and the raw ones as ``[rows, bytes a row]`` uint8 arrays (made once)."""
+
+    __slots__ = ("_bytes", "leaves")
+
+    def __init__(self, leaves: dict[Key, Leaf]) -> None:
+        self.leaves = leaves
+        self._bytes: dict[Key, np.ndarray] = {}
+
+    def row_bytes(self, key: Key) -> np.ndarray:
+        """A raw (not empty) leaf's rows as bytes, a view of its memory map."""
+        view = self._bytes.get(key)
+        if view is None:
+            leaf = cast(torch.Tensor, self.leaves[key])  # take_bytes asks for raw leaves only
+            view = self._bytes[key] = row_bytes_view(leaf.as_subclass(torch.Tensor), len(leaf))
+        return view
 
 
 class EpisodeInfo(dict):
@@ -95,7 +119,8 @@ class ShardReader:
         self.open_episodes = self.commit.open_episodes()
         self.num_episodes = self.num_closed + len(self.open_episodes)
         self.num_steps = self.commit.num_transitions
-        self._chunks: OrderedDict[tuple[int, int], dict[Key, Leaf]] = OrderedDict()
+        self._chunks: OrderedDict[tuple[int, int], _Chunk] = OrderedDict()
+        self._max_chunks = max(_MIN_CHUNKS, _MAPPED_COLUMNS // max(1, len(self.schema.entries)))
         self._blocks = BlockCache()  # decompressed blocks of compressed columns
 
     def _read_metadata(self, path: Path) -> dict[str, Any]:
@@ -253,17 +278,20 @@ class ShardReader:
         Raw columns are mapped copy-on-write (the store is never modified), compressed
         ones are :class:`~trlrec.storage.blocks.CompressedColumn` (blocks on demand).
         """
+        return self._chunk(stream, index).leaves
+
+    def _chunk(self, stream: int, index: int) -> _Chunk:
         key = (stream, index)
-        leaves = self._chunks.get(key)
-        if leaves is None:
+        found = self._chunks.get(key)
+        if found is None:
             directory = chunk_path(self.directory, stream, index)
-            leaves = {e.stored_key: self._leaf(directory, e) for e in self.schema.entries}
-            self._chunks[key] = leaves
-            if len(self._chunks) > _CACHE:
+            found = _Chunk({e.stored_key: self._leaf(directory, e) for e in self.schema.entries})
+            self._chunks[key] = found
+            if len(self._chunks) > self._max_chunks:
                 self._chunks.popitem(last=False)
         else:
             self._chunks.move_to_end(key)
-        return leaves
+        return found
 
     def _short(self, stream: int, index: int, key: Key, rows: int) -> CorruptStoreError:
         return CorruptStoreError(
@@ -272,22 +300,68 @@ class ShardReader:
             "episode index damaged"
         )
 
-    def take(self, stream: int, index: int, key: Key, offsets: torch.Tensor) -> torch.Tensor:
+    def take(
+        self,
+        stream: int,
+        index: int,
+        key: Key,
+        offsets: torch.Tensor,
+        out: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Rows ``offsets`` (int64, positions inside chunk ``index``) of one stored column.
 
         The one row gather of the read side: the replay buffer samples through it, so a
         column stored another way (compressed blocks) only has to answer here and in
-        :meth:`rows`. A compressed column decompresses only the blocks holding the rows.
+        :meth:`rows`. The rows are copied as bytes (numpy's ``take``, every dtype alike);
+        a compressed column decompresses only the blocks holding them.
+
+        Args:
+            stream: the chunk's stream.
+            index: the chunk's index in its stream.
+            key: the stored key of the column.
+            offsets: the rows, an int64 tensor of any shape.
+            out: where the rows go (contiguous, ``[*offsets.shape, *row shape]`` of the
+                column's dtype), or None for a new tensor.
 
         Raises:
             CorruptStoreError: a row lies past the rows the chunk file holds.
         """
-        leaf = self.chunk(stream, index)[key]
+        leaf = self._chunk(stream, index).leaves[key]
+        if out is None:
+            out = torch.empty((*offsets.shape, *leaf.shape[1:]), dtype=leaf.dtype)
+        n = offsets.numel()
+        if n:
+            flat = offsets.reshape(-1).numpy()
+            if flat.min() < 0:  # numpy would count them from the end
+                raise OutOfRangeError(
+                    f"row offsets must be >= 0, got {int(flat.min())}; a row of chunk {index} "
+                    f"of stream {stream} of {str(self.directory)!r} is its offset in the chunk"
+                )
+            if out.numel():
+                self.take_bytes(stream, index, key, flat, row_bytes_view(out, n))
+        return out
+
+    def take_bytes(
+        self, stream: int, index: int, key: Key, offsets: np.ndarray, out: np.ndarray
+    ) -> None:
+        """:meth:`take` on bytes: rows ``offsets`` (1-D int64, >= 0) into ``out`` ``[n, bytes]``.
+
+        The replay buffer's gather, which makes each output's byte view once for all the
+        chunks of a sample.
+
+        Raises:
+            CorruptStoreError: a row lies past the rows the chunk file holds.
+        """
+        chunk = self._chunk(stream, index)
+        leaf = chunk.leaves[key]
         if isinstance(leaf, CompressedColumn):
-            return leaf.take(offsets)
-        if leaf.shape[0] < self.chunk_rows and offsets.numel() and int(offsets.max()) >= len(leaf):
-            raise self._short(stream, index, key, len(leaf))
-        return leaf[offsets]
+            leaf.take_bytes(offsets, out)
+            return
+        src = chunk.row_bytes(key)
+        try:  # numpy checks the rows (cheaper than a max and a min first)
+            src.take(offsets, axis=0, out=out)
+        except IndexError:
+            raise self._short(stream, index, key, len(src)) from None
 
     def rows(
         self, stream: int, start: int, count: int, keys: Iterable[Key] | None = None
