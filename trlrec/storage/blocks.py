@@ -32,12 +32,22 @@ BLOCK_CACHE_BYTES = 64 * 2**20
 
 
 class BlockCache:
-    """Decompressed blocks, least recently used dropped first past ``capacity`` bytes."""
+    """Decompressed blocks, least recently used dropped first past ``capacity`` bytes.
+
+    A block is a 1-D uint8 buffer in an anonymous memory map of its own, which never
+    leaves the cache (readers copy rows out of it): a dropped block's buffer is reused
+    for the next block of its size, so blocks coming and going neither fault fresh pages
+    in nor fragment the heap (blocks from malloc grew a sampling reader by a GB). A few
+    spare buffers a size are kept; the others are unmapped.
+    """
+
+    _SPARE = 4  # dropped buffers kept for reuse, per size
 
     def __init__(self, capacity: int = BLOCK_CACHE_BYTES) -> None:
         self.capacity = capacity
         self.size = 0
         self._blocks: OrderedDict[tuple[str, int], torch.Tensor] = OrderedDict()
+        self._spare: dict[int, list[torch.Tensor]] = {}
 
     def get(self, key: tuple[str, int]) -> torch.Tensor | None:
         """The block at ``key`` (file, block), or None."""
@@ -46,13 +56,23 @@ class BlockCache:
             self._blocks.move_to_end(key)
         return value
 
+    def buffer(self, nbytes: int) -> torch.Tensor:
+        """A buffer of ``nbytes`` to decompress a block into: a dropped block's, or a new one."""
+        spare = self._spare.get(nbytes)
+        if spare:
+            return spare.pop()
+        return torch.frombuffer(mmap.mmap(-1, max(1, nbytes)), dtype=torch.uint8)[:nbytes]
+
     def put(self, key: tuple[str, int], value: torch.Tensor) -> None:
-        """Keep ``value``; drop the oldest blocks past the capacity (never the newest)."""
+        """Keep ``value`` (from :meth:`buffer`); drop the oldest blocks past the capacity."""
         self._blocks[key] = value
-        self.size += value.numel() * value.element_size()
+        self.size += value.numel()
         while self.size > self.capacity and len(self._blocks) > 1:
             _, old = self._blocks.popitem(last=False)
-            self.size -= old.numel() * old.element_size()
+            self.size -= old.numel()
+            spare = self._spare.setdefault(old.numel(), [])
+            if len(spare) < self._SPARE:
+                spare.append(old)
 
     def __len__(self) -> int:
         return len(self._blocks)
@@ -108,40 +128,34 @@ class CompressedColumn:
     def __len__(self) -> int:
         return self.rows
 
-    def block(self, index: int) -> torch.Tensor:
-        """Block ``index`` decompressed: its rows as a ``[n, *shape]`` tensor (cached)."""
+    def _block(self, index: int) -> torch.Tensor:
+        """Block ``index``'s rows, ``[n, *shape]``: a view of the cache's buffer, not to escape."""
         raw = self._raw(index)
         return raw.view(self.dtype).view(raw.shape[0], *self.row_shape)
 
-    def _decompress(self, index: int) -> mmap.mmap:
-        """Block ``index``'s frame decompressed (its checksum checked), or the damage named.
-
-        Into an anonymous memory map of its own: a dropped block's memory goes back to the
-        OS (blocks of ~256 KiB from malloc fragment its heap as they come and go: a
-        reader sampling a compressed store grew by a GB).
-        """
+    def _decompress(self, index: int, out: torch.Tensor) -> None:
+        """Decompress block ``index``'s frame into ``out`` (its checksum checked)."""
         if self._map is None:  # an empty file has no frame to read
             raise CorruptStoreError(
                 f"{str(self.path)!r} is empty; the compressed column is damaged"
             )
-        size = self.head.block_span(index)[1] * self.head.row_bytes
         start, end = self.head.frame(index)
-        out = mmap.mmap(-1, max(1, size))
-        with memoryview(out) as view, memoryview(self._map) as frames:
-            self.codec.decompress_into(frames[start:end], view[:size], self.path, index)
-        return out
+        with memoryview(self._map) as frames:
+            self.codec.decompress_into(frames[start:end], out.numpy().data, self.path, index)
 
     def _raw(self, index: int) -> torch.Tensor:
-        """Block ``index``'s rows as ``[n, row_bytes]`` uint8, from the cache or decompressed."""
+        """Block ``index``'s rows as ``[n, row_bytes]`` uint8, from the cache or decompressed.
+
+        A view of the cache's buffer: callers copy rows out, never hand it on.
+        """
         key = (self._name, index)
         value = self.cache.get(key)
-        if value is not None:
-            return value
-        n = self.head.block_span(index)[1]
-        value = torch.frombuffer(self._decompress(index), dtype=torch.uint8)
-        value = value[: n * self.head.row_bytes].view(n, self.head.row_bytes)
-        self.cache.put(key, value)
-        return value
+        if value is None:
+            n = self.head.block_span(index)[1]
+            value = self.cache.buffer(n * self.head.row_bytes)
+            self._decompress(index, value)
+            self.cache.put(key, value)
+        return value.view(-1, self.head.row_bytes)
 
     def _beyond(self, row: int) -> CorruptStoreError:
         return CorruptStoreError(
@@ -155,10 +169,10 @@ class CompressedColumn:
             raise self._beyond(start + count - 1)
         br = self.head.block_rows
         pieces = [
-            self.block(b)[offset : offset + n] for b, offset, n in chunk_spans(start, count, br)
+            self._block(b)[offset : offset + n] for b, offset, n in chunk_spans(start, count, br)
         ]
         if len(pieces) == 1:
-            return pieces[0]
+            return pieces[0].clone()  # the cache's buffers never escape: they are reused
         if not pieces:
             return torch.empty((0, *self.row_shape), dtype=self.dtype)
         return torch.cat(pieces)
@@ -215,4 +229,5 @@ class CompressedColumn:
     def check(self) -> None:
         """Decompress every block (each frame's checksum is checked); raise the first damage."""
         for b in range(self.head.blocks):
-            self._decompress(b)
+            out = self.cache.buffer(self.head.block_span(b)[1] * self.head.row_bytes)
+            self._decompress(b, out)
