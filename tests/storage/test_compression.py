@@ -146,6 +146,28 @@ def test_a_mapping_compresses_only_its_keys_and_reads_by_block(tmp_path):
     assert len(shard._blocks) == 1
 
 
+@pytest.mark.parametrize("capacity", [1, 100_000])
+def test_rows_spanning_more_blocks_than_the_cache_holds_are_exact(tmp_path, capacity):
+    # a 400-step episode of 128x128 rows spans 25 blocks of 16 rows: reading a block may
+    # drop an earlier one of the same span and lend its buffer to the next
+    rollout = _pixels_rollout(400, h=128)
+    rollout["next", "done"][:] = False
+    rollout["next", "done"][-1] = True
+    path = tmp_path / "s"
+    with TrajectoryWriter(path, compression="zstd", chunk_rows=512) as w:
+        w.extend(rollout)
+    r = TrajectoryReader(path)
+    shard = r.shards[0]
+    shard._blocks = BlockCache(capacity=capacity)
+    assert r.num_episodes == 1
+    episode = r.episodes[0]
+    assert torch.equal(episode["pixels"], rollout["pixels"])
+    assert torch.equal(episode["next", "pixels"], rollout["next", "pixels"])
+    rows = torch.arange(399, -1, -7)  # every block, in reverse
+    assert torch.equal(shard.take(0, 0, ("pixels",), rows), rollout["pixels"][rows])
+    assert shard._blocks.size <= max(capacity, 16 * 128 * 128)
+
+
 def test_a_damaged_block_is_an_error_naming_the_file(tmp_path):
     rollout = _pixels_rollout(200, h=64)
     path = tmp_path / "d"

@@ -128,11 +128,6 @@ class CompressedColumn:
     def __len__(self) -> int:
         return self.rows
 
-    def _block(self, index: int) -> torch.Tensor:
-        """Block ``index``'s rows, ``[n, *shape]``: a view of the cache's buffer, not to escape."""
-        raw = self._raw(index)
-        return raw.view(self.dtype).view(raw.shape[0], *self.row_shape)
-
     def _decompress(self, index: int, out: torch.Tensor) -> None:
         """Decompress block ``index``'s frame into ``out`` (its checksum checked)."""
         if self._map is None:  # an empty file has no frame to read
@@ -164,18 +159,22 @@ class CompressedColumn:
         )
 
     def span(self, start: int, count: int) -> torch.Tensor:
-        """Rows ``[start, start + count)``."""
+        """Rows ``[start, start + count)``.
+
+        Each block's rows are copied out as soon as it is read: reading the next block
+        may drop this one from the cache and reuse its buffer.
+        """
         if start + count > self.rows:
             raise self._beyond(start + count - 1)
-        br = self.head.block_rows
-        pieces = [
-            self._block(b)[offset : offset + n] for b, offset, n in chunk_spans(start, count, br)
-        ]
-        if len(pieces) == 1:
-            return pieces[0].clone()  # the cache's buffers never escape: they are reused
-        if not pieces:
-            return torch.empty((0, *self.row_shape), dtype=self.dtype)
-        return torch.cat(pieces)
+        out = torch.empty((count, *self.row_shape), dtype=self.dtype)
+        if count == 0 or self.head.row_bytes == 0:
+            return out
+        dst = row_bytes_view(out, count)
+        at = 0
+        for b, offset, n in chunk_spans(start, count, self.head.block_rows):
+            dst[at : at + n] = self._raw(b).numpy()[offset : offset + n]
+            at += n
+        return out
 
     def take(self, offsets: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """Rows ``offsets`` (an int64 tensor of any shape), into ``out`` when given.
