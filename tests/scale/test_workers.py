@@ -156,3 +156,26 @@ def test_video_recorders_in_workers_send_each_worker_video_once(tmp_path):
     assert rollout.shape == (2, 12)
     spool = tmp_path / "films" / "video_spool"
     assert not list(spool.glob("*.video.json"))  # nothing left to send again
+
+
+def test_a_recorder_in_a_collector_env_copies_steps_natively(tmp_path):
+    # every TorchRL collector adds ("collector", "traj_ids") to the steps its env takes: the
+    # recorder records the nested key, bit for bit, through the native capture
+    from torchrl.collectors import Collector
+
+    from trlrec import native
+
+    rec = TensorDictRecorder(tmp_path / "c")
+    env = TransformedEnv(StubEnv(episode_lengths=(7,)), rec)
+    collector = Collector(env, None, frames_per_batch=20, total_frames=40)
+    batches = [b.clone() for b in collector]
+    writer = rec._writer
+    assert writer is not None
+    assert writer._rec.staging.native == (native.extension("capture") is not None)
+    collector.shutdown()
+    rec.close()
+    reader = TrajectoryReader(tmp_path / "c")
+    got = torch.cat([reader.episodes[i] for i in range(reader.num_episodes)])
+    want = torch.cat(batches)
+    assert torch.equal(got["collector", "traj_ids"], want["collector", "traj_ids"])
+    assert torch.equal(got["next", "observation"], want["next", "observation"])
