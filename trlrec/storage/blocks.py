@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trlrec.errors import CorruptStoreError, OutOfRangeError
+from trlrec.errors import CorruptStoreError
 from trlrec.storage.compression import codec_by_id
-from trlrec.storage.dtypes import row_bytes_view
+from trlrec.storage.dtypes import row_bytes_view, take_rows
 from trlrec.storage.format import CompressedHeader, chunk_spans
 from trlrec.storage.jsonio import open_regular
 
@@ -184,17 +184,7 @@ class CompressedColumn:
         """
         if out is None:
             out = torch.empty((*offsets.shape, *self.row_shape), dtype=self.dtype)
-        n = offsets.numel()
-        if n:
-            flat = offsets.reshape(-1).numpy()
-            if flat.min() < 0:  # numpy would count them from the end
-                raise OutOfRangeError(
-                    f"row offsets must be >= 0, got {int(flat.min())}; a row of "
-                    f"{str(self.path)!r} is its offset in the chunk"
-                )
-            if self.head.row_bytes:
-                self.take_bytes(flat, row_bytes_view(out, n))
-        return out
+        return take_rows(self.take_bytes, offsets, out, repr(str(self.path)))
 
     def take_bytes(self, offsets: np.ndarray, out: np.ndarray) -> None:
         """:meth:`take` on bytes: rows ``offsets`` (1-D int64, >= 0) into ``out`` ``[n, bytes]``."""

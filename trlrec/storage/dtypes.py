@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
-from trlrec.errors import UnsupportedDataError
+from trlrec.errors import OutOfRangeError, UnsupportedDataError
 
-__all__ = ["DTYPES", "dtype_name", "dtype_from_name", "bits_view", "row_bytes_view"]
+__all__ = ["DTYPES", "dtype_name", "dtype_from_name", "bits_view", "row_bytes_view", "take_rows"]
 
 DTYPES: dict[str, torch.dtype] = {
     "bool": torch.bool,
@@ -66,3 +68,30 @@ def row_bytes_view(t: torch.Tensor, rows: int) -> np.ndarray:
         (3, 4)
     """
     return t.reshape(-1).view(torch.uint8).view(rows, -1).numpy()
+
+
+def take_rows(
+    take_bytes: Callable[[np.ndarray, np.ndarray], None],
+    offsets: torch.Tensor,
+    out: torch.Tensor,
+    where: str,
+) -> torch.Tensor:
+    """Rows ``offsets`` (an int64 tensor of any shape) into ``out``, by ``take_bytes``.
+
+    The tensor face of a byte gather: ``take_bytes(rows, dst)`` copies rows (1-D int64,
+    >= 0) into ``dst`` (``[n, bytes a row]`` uint8, a view of ``out``).
+
+    Raises:
+        OutOfRangeError: an offset is negative (``where`` says what it indexes).
+    """
+    n = offsets.numel()
+    if n:
+        flat = offsets.reshape(-1).numpy()
+        if flat.min() < 0:  # numpy would count them from the end
+            raise OutOfRangeError(
+                f"row offsets must be >= 0, got {int(flat.min())}; a row of {where} is its "
+                "offset in the chunk"
+            )
+        if out.numel():
+            take_bytes(flat, row_bytes_view(out, n))
+    return out

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from tensordict import MemoryMappedTensor, TensorDict
 
-from trlrec.errors import CorruptStoreError, OutOfRangeError
+from trlrec.errors import CorruptStoreError
 from trlrec.storage.blocks import BlockCache, CompressedColumn
-from trlrec.storage.dtypes import row_bytes_view
+from trlrec.storage.dtypes import row_bytes_view, take_rows
 from trlrec.storage.format import (
     COMMIT_FILE,
     EPISODE_META_FILE,
@@ -329,17 +329,10 @@ class ShardReader:
         leaf = self._chunk(stream, index).leaves[key]
         if out is None:
             out = torch.empty((*offsets.shape, *leaf.shape[1:]), dtype=leaf.dtype)
-        n = offsets.numel()
-        if n:
-            flat = offsets.reshape(-1).numpy()
-            if flat.min() < 0:  # numpy would count them from the end
-                raise OutOfRangeError(
-                    f"row offsets must be >= 0, got {int(flat.min())}; a row of chunk {index} "
-                    f"of stream {stream} of {str(self.directory)!r} is its offset in the chunk"
-                )
-            if out.numel():
-                self.take_bytes(stream, index, key, flat, row_bytes_view(out, n))
-        return out
+        where = f"chunk {index} of stream {stream} of {str(self.directory)!r}"
+        return take_rows(
+            lambda rows, dst: self.take_bytes(stream, index, key, rows, dst), offsets, out, where
+        )
 
     def take_bytes(
         self, stream: int, index: int, key: Key, offsets: np.ndarray, out: np.ndarray
