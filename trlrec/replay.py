@@ -88,10 +88,9 @@ class _Column:
     stored_key: Key
     shape: tuple[int, ...]
     dtype: torch.dtype
-    blocks: tuple[int, ...]
     targets: tuple[tuple[str, Key, int], ...]
     row_bytes: int
-    read: tuple[int, ...] = ()  # the blocks gathered: its own (big rows), else all
+    read: tuple[int, ...]  # the blocks gathered: its own (big rows), else all
 
     @functools.cached_property
     def strides(self) -> tuple[int, ...]:
@@ -250,7 +249,7 @@ class StoreStorage(Storage):
             )
             blocks = tuple(sorted({t[2] for t in targets}))
             read = blocks if e.nbytes >= _BIG_ROW else tuple(range(len(shifts)))
-            columns.append(_Column(e.stored_key, e.shape, e.dtype, blocks, targets, e.nbytes, read))
+            columns.append(_Column(e.stored_key, e.shape, e.dtype, targets, e.nbytes, read))
         self._columns = tuple(columns)
         self._dedup: dict[tuple[int, ...], bool] = {}
         for c in self._columns:
@@ -315,11 +314,12 @@ class StoreStorage(Storage):
                 arr = np.flatnonzero(arr)
             shape = arr.shape
             flat = arr.astype(np.int64, copy=False).reshape(-1)
-        if flat.size and (flat.min() < -n or flat.max() >= n):
+        low = int(flat.min()) if flat.size else 0
+        if low < -n or (flat.size and flat.max() >= n):
             raise OutOfRangeError(
                 f"transition index out of range: {str(self.reader.path)!r} has {n} transitions"
             )
-        return (np.where(flat < 0, flat + n, flat) if flat.size and flat.min() < 0 else flat), shape
+        return (np.where(flat < 0, flat + n, flat) if low < 0 else flat), shape
 
     # ------------------------------------------------------------ the gather
     def _gather(self, idx: np.ndarray) -> TensorDict:

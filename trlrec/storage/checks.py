@@ -59,14 +59,14 @@ def raise_mismatch(where: str, key: Key, shape: torch.Size, dtype: torch.dtype, 
     )
 
 
-Slot = tuple["str | None", Key, torch.Size, torch.dtype]
-"""A leaf to gather: its top-level name (None if nested), key, full shape and dtype."""
+Slot = tuple[Key, torch.Size, torch.dtype]
+"""A leaf to gather: its key, full shape and dtype."""
 
 
 def _nested_counts(slots: list[Slot]) -> list[tuple[Key, int]]:
     """Each nested sub-tensordict of the schema's keys and how many entries it holds."""
     children: dict[Key, set[str]] = {}
-    for _, key, _, _ in slots:
+    for key, _, _ in slots:
         for depth in range(1, len(key)):
             children.setdefault(key[:depth], set()).add(key[depth])
     return [(prefix, len(names)) for prefix, names in children.items()]
@@ -85,23 +85,15 @@ class StepChecker:
         self.batch_shape = torch.Size(schema.batch_shape)
 
         def slots(entries: list[Entry]) -> list[Slot]:
-            return [
-                (
-                    e.key[0] if len(e.key) == 1 else None,
-                    e.key,
-                    torch.Size((*self.batch_shape, *e.shape)),
-                    e.dtype,
-                )
-                for e in entries
-            ]
+            return [(e.key, torch.Size((*self.batch_shape, *e.shape)), e.dtype) for e in entries]
 
         self.root_slots = slots(root_entries)
         self.next_slots = slots(next_entries)
         num_state = sum(e.role == "state" for e in root_entries)
         self.root_state = self.root_slots[:num_state]  # the stager puts these first
         self.root_rest = self.root_slots[num_state:]
-        self.root_top = len({key[0] for _, key, _, _ in self.root_slots})
-        self.next_top = len({key[0] for _, key, _, _ in self.next_slots})
+        self.root_top = len({key[0] for key, _, _ in self.root_slots})
+        self.next_top = len({key[0] for key, _, _ in self.next_slots})
         # (side, prefix, entries): 0 root, 1 "next"; empty for a schema of top-level keys
         self.nested = [(0, p, n) for p, n in _nested_counts(self.root_slots)]
         self.nested += [(1, p, n) for p, n in _nested_counts(self.next_slots)]
@@ -147,7 +139,7 @@ class StepChecker:
             (batch, self.root_slots, "root"),
             (next_, self.next_slots, "next"),
         ):
-            for _, key, shape, dtype in slots:
+            for key, shape, dtype in slots:
                 feat = shape[nb:]
                 full = torch.Size((*self.batch_shape, T, *feat))
                 v = td.get(key, None)
@@ -161,9 +153,9 @@ class StepChecker:
     def check_keys(self, root: TensorDictBase, next_: TensorDictBase) -> None:
         """Refuse keys the schema does not have (a full key walk: ~10 us)."""
         have = {k for k in leaf_keys(root) if k[0] != "next"}
-        extra = have - {k for _, k, _, _ in self.root_slots}
+        extra = have - {k for k, _, _ in self.root_slots}
         nhave = set(leaf_keys(next_))
-        extra |= {("next", *k) for k in nhave - {k for _, k, _, _ in self.next_slots}}
+        extra |= {("next", *k) for k in nhave - {k for k, _, _ in self.next_slots}}
         if extra:
             names = sorted(key_str(k) for k in extra)
             raise SchemaError(

@@ -135,7 +135,7 @@ class StepStaging:
         nr = len(root)
         self.done_slots = [i for i, e in enumerate(self.entries) if e.is_done and i >= nr]
         # one-element done flags (an unbatched env's [1]) are read with .item(): 0.2 us, not 2
-        scalar = all(ck.next_slots[i - nr][2].numel() == 1 for i in self.done_slots)
+        scalar = all(ck.next_slots[i - nr][1].numel() == 1 for i in self.done_slots)
         self._done_scalar = scalar
         self._done_item = self.done_slots[0] if len(self.done_slots) == 1 and scalar else None
         self._next_state = [nr + i for i, e in enumerate(self.next_entries) if e.role == "state"]
@@ -235,7 +235,7 @@ class StepStaging:
         leaves: list[torch.Tensor] = []
         aliased = prev is not None
         if prev is not None:
-            for (_, key, _, _), (t, version) in zip(ck.root_state, prev, strict=True):
+            for (key, _, _), (t, version) in zip(ck.root_state, prev, strict=True):
                 v = fast_get(root, key)
                 if v is not t or v._version != version:
                     aliased = False
@@ -246,7 +246,7 @@ class StepStaging:
             (root, ck.root_rest if aliased else ck.root_slots, "root"),
             (next_, ck.next_slots, "next"),
         ):
-            for _, key, shape, dtype in slots:
+            for key, shape, dtype in slots:
                 v = fast_get(td, key)
                 if v is None:
                     raise_missing(where, key, shape, dtype)
@@ -283,26 +283,27 @@ class StepStaging:
     def _native_plan(self) -> Any:
         """The native capture of a step into the stagers' rows, or None where it does not apply.
 
-        It applies when no dtype is complex (a conjugate
-        view's bytes are not its values), each row's destination views are contiguous
-        and the done flags are bool. Stager ``k``'s row ``i`` is the plan's row
-        ``k * capacity + i``. ``plan.step(root, next, row, may_alias)`` returns 1/0
-        (done or not) or -1 (take the Python path); ``plan.append`` is :attr:`capture`'s.
+        It applies when no dtype is complex (a conjugate view's bytes are not its
+        values), each row's destination views are contiguous and the done flags are
+        bool; nested keys are found through their sub-TensorDicts. Stager ``k``'s row
+        ``i`` is the plan's row ``k * capacity + i``. ``plan.step(root, next, row,
+        may_alias)`` returns 1/0 (done or not) or -1 (take the Python path);
+        ``plan.append`` is :attr:`capture`'s.
         """
         native = extension("capture")
         ck = self.checker
         slots = ck.root_slots + ck.next_slots
         if native is None:
             return None
-        if any(dtype.is_complex for _, _, _, dtype in slots):
+        if any(dtype.is_complex for _, _, dtype in slots):
             return None
-        if any(slots[i][3] is not torch.bool for i in self.done_slots):
+        if any(slots[i][2] is not torch.bool for i in self.done_slots):
             return None
         rows = [row for st in self.stagers for row in st.rows]
         if not all(v.is_contiguous() for row in rows for v in row):
             return None
         nr = len(ck.root_slots)
-        next_index = {key: nr + j for j, (_, key, _, _) in enumerate(ck.next_slots)}
+        next_index = {key: nr + j for j, (key, _, _) in enumerate(ck.next_slots)}
         sides = [0] * nr + [1] * len(ck.next_slots)
         # nested keys: each sub-tensordict prefix once, after its parent (checker order)
         prefix_at = {(side, prefix): k for k, (side, prefix, _) in enumerate(ck.nested)}
@@ -310,18 +311,18 @@ class StepStaging:
             (side, prefix_at.get((side, prefix[:-1]), -1), prefix[-1], count)
             for side, prefix, count in ck.nested
         ]
-        keys = [key for _, key, _, _ in slots]
+        keys = [key for key, _, _ in slots]
         parents = [prefix_at.get((s, k[:-1]), -1) for s, k in zip(sides, keys, strict=True)]
         plan = native.Plan(
             torch.Tensor,
             [key[-1] for key in keys],
             sides,
-            [dtype for _, _, _, dtype in slots],
-            [shape for _, _, shape, _ in slots],
-            [shape.numel() * dtype.itemsize for _, _, shape, dtype in slots],
+            [dtype for _, _, dtype in slots],
+            [shape for _, shape, _ in slots],
+            [shape.numel() * dtype.itemsize for _, shape, dtype in slots],
             [[v.data_ptr() for v in row] for row in rows],
             self.done_slots,
-            [next_index[key] for _, key, _, _ in ck.root_state],
+            [next_index[key] for key, _, _ in ck.root_state],
             [st.alias for st in self.stagers],
             [st.buffers for st in self.stagers],
             parents,
