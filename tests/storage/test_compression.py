@@ -17,7 +17,7 @@ from tests.storage.strategies import rollouts
 from trlrec import TrajectoryReader, TrajectoryWriter
 from trlrec.cli import main
 from trlrec.errors import ConfigError, CorruptStoreError, MissingDependencyError, OutOfRangeError
-from trlrec.storage.blocks import BlockCache
+from trlrec.storage.blocks import BlockCache, CompressedColumn
 
 _counter = itertools.count()
 
@@ -129,8 +129,8 @@ def _pixels_rollout(T: int, h: int = 32) -> TensorDict:
     )
 
 
-def test_a_mapping_compresses_only_its_keys_and_reads_by_block(tmp_path):
-    rollout = _pixels_rollout(300)
+def test_a_mapping_compresses_only_its_keys_and_reads_by_block(tmp_path, monkeypatch):
+    rollout = _pixels_rollout(300, h=64)  # blocks of a few rows
     path = tmp_path / "m"
     with TrajectoryWriter(path, compression={"pixels": ("zstd", 5)}, chunk_rows=512) as w:
         w.extend(rollout)
@@ -139,9 +139,20 @@ def test_a_mapping_compresses_only_its_keys_and_reads_by_block(tmp_path):
     r = TrajectoryReader(path)
     shard = r.shards[0]
     shard._blocks = BlockCache(capacity=1)  # one block kept at a time: never the whole column
-    got = shard.take(0, 0, ("pixels",), torch.tensor([7]))
-    assert len(shard._blocks) == 1  # a random row decompresses only its block
-    assert torch.equal(got[0], rollout["pixels"][7])
+    decoded: list[list[int]] = []
+    decompress = CompressedColumn._decompress
+
+    def spy(self, blocks, out):
+        decoded.append(list(blocks))
+        decompress(self, blocks, out)
+
+    monkeypatch.setattr(CompressedColumn, "_decompress", spy)
+    column = shard.chunk(0, 0)[("pixels",)]
+    br = column.head.block_rows
+    got = shard.take(0, 0, ("pixels",), torch.tensor([br + 1, 2 * br + 3, br + 2, br + 1]))
+    assert decoded == [[1, 2]]  # a random sample decompresses its blocks, each once
+    assert torch.equal(got, rollout["pixels"][[br + 1, 2 * br + 3, br + 2, br + 1]])
+    assert len(shard._blocks) == 0  # and keeps none: the cache serves sequential reads
     assert_store_matches(r, rollout)
     assert len(shard._blocks) == 1
 
@@ -306,3 +317,111 @@ def test_the_replay_buffer_samples_compressed_and_raw_stores(tmp_path, compressi
         step = batch["pixels"][:, 0, 0].long()
         assert torch.equal(batch["pixels"], rollout["pixels"][step])
         assert torch.equal(batch["next", "pixels"], rollout["next", "pixels"][step])
+
+
+def _big_rows_store(tmp_path, T: int = 48):
+    """A store whose pixel rows (256x256 bytes) are blocks of one row each."""
+    rollout = _pixels_rollout(T, h=256)
+    path = tmp_path / "big"
+    with TrajectoryWriter(path, compression="zstd", chunk_rows=64) as w:
+        w.extend(rollout)
+    r = TrajectoryReader(path)
+    assert r.shards[0].chunk(0, 0)[("pixels",)].head.block_rows == 1
+    return rollout, r
+
+
+@pytest.fixture
+def split_decodes(monkeypatch):
+    """Every decompression of more than one frame split over 3 threads; their names."""
+    from trlrec.storage import compression
+
+    monkeypatch.setattr(compression, "_PART_BYTES", 1)
+    monkeypatch.setattr(compression, "DECODE_THREADS", 3)
+    names: set[str] = set()
+    decode = compression._decode
+
+    def spy(*args):
+        import threading
+
+        names.add(threading.current_thread().name)
+        decode(*args)
+
+    monkeypatch.setattr(compression, "_decode", spy)
+    return names
+
+
+@pytest.mark.parametrize(
+    "offsets", [[3, 9, 10, 40, 47], [47, 10, 3, 9], [5, 5, 30, 5]], ids=["rising", "any", "repeats"]
+)
+def test_a_take_decoded_on_threads_is_exact(tmp_path, split_decodes, offsets):
+    rollout, r = _big_rows_store(tmp_path)
+    got = r.shards[0].take(0, 0, ("pixels",), torch.tensor(offsets))
+    assert torch.equal(got, rollout["pixels"][offsets])
+    if len(set(offsets)) > 2:
+        assert any(n.startswith("trlrec-decode") for n in split_decodes), split_decodes
+
+
+def test_a_damaged_block_decoded_on_another_thread_is_an_error(tmp_path, split_decodes):
+    rollout, r = _big_rows_store(tmp_path)
+    r.close()
+    (zst,) = [p for p in _packed(tmp_path / "big") if p.name == "pixels.zst"]
+    data = bytearray(zst.read_bytes())
+    data[-3] ^= 0xFF  # the last block's checksum: the last part, another thread's
+    zst.write_bytes(bytes(data))
+    shard = TrajectoryReader(tmp_path / "big").shards[0]
+    rows = shard.chunk(0, 0)[("pixels",)].rows
+    with pytest.raises(CorruptStoreError, match=rf"pixels\.zst'.*block {rows - 1} cannot be"):
+        shard.take(0, 0, ("pixels",), torch.arange(rows))
+    assert torch.equal(shard.take(0, 0, ("pixels",), torch.arange(40)), rollout["pixels"][:40])
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX")
+def test_a_forked_child_decodes_on_threads_of_its_own(tmp_path, split_decodes):
+    import signal
+    import time
+
+    rollout, r = _big_rows_store(tmp_path)
+    shard = r.shards[0]
+    rows = torch.arange(0, 48, 3)
+    assert torch.equal(shard.take(0, 0, ("pixels",), rows), rollout["pixels"][rows])  # a pool
+    want = rollout["pixels"][rows + 1].numpy()
+    pid = os.fork()
+    if pid == 0:  # the child: the parent's decode threads are not here
+        code = 2
+        try:  # compared with numpy: torch's own thread pool may hang in a forked child
+            got = shard.take(0, 0, ("pixels",), rows + 1)
+            code = 0 if (got.numpy() == want).all() else 1
+        except BaseException as err:  # reported by the parent: the child only exits
+            (tmp_path / "child-error").write_text(repr(err))
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 60
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if done[0] == 0:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung on its parent's decode pool")
+    error = tmp_path / "child-error"
+    assert os.waitstatus_to_exitcode(done[1]) == 0, error.exists() and error.read_text()
+
+
+def test_a_small_column_is_decompressed_once_and_kept_whole(tmp_path, monkeypatch):
+    rollout = _pixels_rollout(300)
+    with TrajectoryWriter(tmp_path / "s", compression="zstd", chunk_rows=512) as w:
+        w.extend(rollout)
+    shard = TrajectoryReader(tmp_path / "s").shards[0]
+    decoded: list[int] = []
+    decompress = CompressedColumn._decompress
+
+    def spy(self, blocks, out):
+        decoded.append(len(blocks))
+        decompress(self, blocks, out)
+
+    monkeypatch.setattr(CompressedColumn, "_decompress", spy)
+    key = ("next", "done")
+    for rows in ([299, 0, 7], [1, 1, 150]):
+        got = shard.take(0, 0, key, torch.tensor(rows))
+        assert torch.equal(got, rollout["next", "done"][rows])
+    column = shard.chunk(0, 0)[key]
+    assert decoded == [column.head.blocks]  # every block once, on the first take only

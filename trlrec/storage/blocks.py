@@ -10,7 +10,6 @@ file, never wrong values.
 
 from __future__ import annotations
 
-import itertools
 import mmap
 import os
 from collections import OrderedDict
@@ -29,6 +28,8 @@ __all__ = ["BlockCache", "CompressedColumn"]
 
 BLOCK_CACHE_BYTES = 64 * 2**20
 """Decompressed bytes a shard reader keeps, by default."""
+WHOLE_BYTES = 2**20
+"""A compressed column of at most this many bytes a chunk is decompressed and kept whole."""
 
 
 class BlockCache:
@@ -48,6 +49,7 @@ class BlockCache:
         self.size = 0
         self._blocks: OrderedDict[tuple[str, int], torch.Tensor] = OrderedDict()
         self._spare: dict[int, list[torch.Tensor]] = {}
+        self._scratch = torch.empty(0, dtype=torch.uint8)
 
     def get(self, key: tuple[str, int]) -> torch.Tensor | None:
         """The block at ``key`` (file, block), or None."""
@@ -62,6 +64,16 @@ class BlockCache:
         if spare:
             return spare.pop()
         return torch.frombuffer(mmap.mmap(-1, max(1, nbytes)), dtype=torch.uint8)[:nbytes]
+
+    def scratch(self, nbytes: int) -> np.ndarray:
+        """A buffer of ``nbytes`` a gather decompresses its blocks into, reused call to call.
+
+        It grows to the largest gather asked for (a sample's blocks), in an anonymous map
+        as blocks are, and is never held past the call that asked for it.
+        """
+        if self._scratch.numel() < nbytes:
+            self._scratch = torch.frombuffer(mmap.mmap(-1, nbytes), dtype=torch.uint8)
+        return self._scratch.numpy()[:nbytes]
 
     def put(self, key: tuple[str, int], value: torch.Tensor) -> None:
         """Keep ``value`` (from :meth:`buffer`); drop the oldest blocks past the capacity."""
@@ -128,15 +140,17 @@ class CompressedColumn:
     def __len__(self) -> int:
         return self.rows
 
-    def _decompress(self, index: int, out: torch.Tensor) -> None:
-        """Decompress block ``index``'s frame into ``out`` (its checksum checked)."""
+    def _decompress(self, blocks: list[int], out: np.ndarray) -> None:
+        """Decompress ``blocks`` end to end into ``out`` (uint8), each frame's checksum checked."""
         if self._map is None:  # an empty file has no frame to read
             raise CorruptStoreError(
                 f"{str(self.path)!r} is empty; the compressed column is damaged"
             )
-        start, end = self.head.frame(index)
-        with memoryview(self._map) as frames:
-            self.codec.decompress_into(frames[start:end], out.numpy().data, self.path, index)
+        head = self.head
+        frames = [head.frame(b) for b in blocks]
+        sizes = [head.block_span(b)[1] * head.row_bytes for b in blocks]
+        with memoryview(self._map) as data:
+            self.codec.decompress_into(data, frames, out.data, sizes, self.path, blocks)
 
     def _raw(self, index: int) -> torch.Tensor:
         """Block ``index``'s rows as ``[n, row_bytes]`` uint8, from the cache or decompressed.
@@ -148,9 +162,19 @@ class CompressedColumn:
         if value is None:
             n = self.head.block_span(index)[1]
             value = self.cache.buffer(n * self.head.row_bytes)
-            self._decompress(index, value)
+            self._decompress([index], value.numpy())
             self.cache.put(key, value)
         return value.view(-1, self.head.row_bytes)
+
+    def _whole(self) -> np.ndarray:
+        """Every row, ``[rows, row_bytes]`` uint8, from the cache or decompressed (a view)."""
+        key = (self._name, -1)
+        value = self.cache.get(key)
+        if value is None:
+            value = self.cache.buffer(self.rows * self.head.row_bytes)
+            self._decompress(list(range(self.head.blocks)), value.numpy())
+            self.cache.put(key, value)
+        return value.numpy().reshape(self.rows, self.head.row_bytes)
 
     def _beyond(self, row: int) -> CorruptStoreError:
         return CorruptStoreError(
@@ -187,25 +211,34 @@ class CompressedColumn:
         return take_rows(self.take_bytes, offsets, out, repr(str(self.path)))
 
     def take_bytes(self, offsets: np.ndarray, out: np.ndarray) -> None:
-        """:meth:`take` on bytes: rows ``offsets`` (1-D int64, >= 0) into ``out`` ``[n, bytes]``."""
+        """:meth:`take` on bytes: rows ``offsets`` (1-D int64, >= 0) into ``out`` ``[n, bytes]``.
+
+        Each block holding a row is decompressed once, end to end with the others into
+        the cache's scratch buffer, then one gather puts the rows in order (rows that are
+        blocks of their own, asked for in increasing order, are decompressed in place).
+        A random sample rarely finds its blocks again, so it neither reads nor fills the
+        cache (whose upkeep costs as much a block as a small block's decompression),
+        except for a small column, kept whole (:data:`WHOLE_BYTES`): one gather, as raw.
+        """
         if not len(offsets):
             return
         top = int(offsets.max())
         if top >= self.rows:
             raise self._beyond(top)
-        br = self.head.block_rows
-        blocks: np.ndarray = offsets // br
-        first = int(blocks[0])
-        if (blocks == first).all():  # one block: one gather
-            self._raw(first).numpy().take(offsets - first * br, axis=0, out=out, mode="clip")
+        br, rb = self.head.block_rows, self.head.row_bytes
+        if self.rows * rb <= WHOLE_BYTES:  # a small column (flags, rewards): kept whole
+            self._whole().take(offsets, axis=0, out=out, mode="clip")
             return
-        # the rows grouped by block (one sort), then one numpy gather per block
-        order = np.argsort(blocks, kind="stable")
-        ordered = blocks[order]
-        local = offsets[order] - ordered * br
-        cuts = [0, *(np.flatnonzero(ordered[1:] != ordered[:-1]) + 1).tolist(), len(offsets)]
-        for a, b in itertools.pairwise(cuts):
-            out[order[a:b]] = self._raw(int(ordered[a])).numpy()[local[a:b]]
+        in_order = len(offsets) == 1 or bool((offsets[1:] > offsets[:-1]).all())
+        if br == 1 and in_order and out.flags.c_contiguous:  # each row its block: in place
+            self._decompress(offsets.tolist(), out.reshape(-1))
+            return
+        blocks, local = np.divmod(offsets, br)
+        wanted, where = np.unique(blocks, return_inverse=True)
+        scratch = self.cache.scratch(len(wanted) * br * rb)
+        self._decompress(wanted.tolist(), scratch)
+        rows = scratch.reshape(-1, rb)
+        rows.take(where.reshape(-1) * br + local, axis=0, out=out, mode="clip")
 
     def __getitem__(self, index: slice | torch.Tensor) -> torch.Tensor:
         if isinstance(index, slice):
@@ -218,5 +251,4 @@ class CompressedColumn:
     def check(self) -> None:
         """Decompress every block (each frame's checksum is checked); raise the first damage."""
         for b in range(self.head.blocks):
-            out = self.cache.buffer(self.head.block_span(b)[1] * self.head.row_bytes)
-            self._decompress(b, out)
+            self._decompress([b], self.cache.scratch(self.head.block_rows * self.head.row_bytes))

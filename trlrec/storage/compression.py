@@ -16,16 +16,19 @@ Example:
     >>> data = bytes(1000)
     >>> frame = codec.compress(data, 3)
     >>> out = bytearray(1000)
-    >>> codec.decompress_into(frame, memoryview(out), "x.zst", 0)
+    >>> codec.decompress_into(memoryview(frame), [(0, len(frame))], memoryview(out), [1000],
+    ...                       "x.zst", [0])
     >>> len(frame) < 50, out == data
     (True, True)
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,27 +84,57 @@ class Codec:
         return bytes(comp.compress(data))
 
     def decompress_into(
-        self, frame: bytes | memoryview, out: memoryview, path: str | os.PathLike[str], block: int
+        self,
+        data: memoryview,
+        frames: list[tuple[int, int]],
+        out: memoryview,
+        sizes: list[int],
+        path: str | os.PathLike[str],
+        blocks: list[int],
     ) -> None:
-        """Decompress a frame of block ``block`` of the file at ``path`` into ``out``.
+        """Decompress ``frames`` (``[start, end)`` spans of ``data``) end to end into ``out``.
 
-        The frame must hold exactly ``len(out)`` bytes. Decompressing into a buffer the
-        caller owns (the block cache's, returned to the OS when a block is dropped) keeps
-        a reader's memory from fragmenting as blocks come and go.
+        Frame ``k`` is block ``blocks[k]`` of the file at ``path`` and must hold exactly
+        ``sizes[k]`` bytes; ``out`` holds at least their sum. Decompressing into a buffer
+        the caller owns (a block cache's, a sample's scratch) allocates nothing a block.
 
         Raises:
-            CorruptStoreError: the frame is damaged (its checksum or size is wrong).
+            CorruptStoreError: a frame is damaged (its checksum or size is wrong).
         """
-        zstd = _zstd()
-        dec = getattr(_local, "zstd_d", None)
-        if dec is None:
-            dec = _local.zstd_d = zstd.ZstdDecompressor()
-        size = len(out)
-        got = 0
+        _zstd()
+        ats = list(itertools.accumulate(sizes, initial=0))[:-1]  # where each frame's bytes go
+        todo = list(zip(ats, frames, sizes, blocks, strict=True))
+        parts = _decode_parts(sum(sizes), len(todo))
+        if parts == 1:
+            _decode(data, todo, out, path)
+            return
+        pool = _decode_pool()
+        step = -(-len(todo) // parts)
+        futures = [
+            pool.submit(_decode, data, todo[i : i + step], out, path)
+            for i in range(step, len(todo), step)
+        ]
         try:
-            with dec.stream_reader(frame, read_across_frames=False) as reader:
-                while got < size:
-                    n = reader.readinto(out[got:])
+            _decode(data, todo[:step], out, path)  # the caller decodes a part too
+        finally:
+            for future in futures:
+                future.result()  # waits for each (out is the caller's), re-raises a damage
+
+
+def _decode(
+    data: memoryview, todo: list[tuple[int, tuple[int, int], int, int]], out: memoryview, path: Any
+) -> None:
+    """Decompress ``(at, (start, end), size, block)`` frames of ``data`` into ``out[at:]``."""
+    zstd = _zstd()
+    dec = getattr(_local, "zstd_d", None)
+    if dec is None:
+        dec = _local.zstd_d = zstd.ZstdDecompressor()
+    for at, (start, end), size, block in todo:
+        got = extra = 0
+        try:
+            with dec.stream_reader(data[start:end], read_across_frames=False) as reader:
+                while got < size:  # the GIL is released while a frame decodes
+                    n = reader.readinto(out[at + got : at + size])
                     if not n:
                         break
                     got += n
@@ -109,8 +142,8 @@ class Codec:
                 extra = len(reader.read(1)) if got == size else 0
         except zstd.ZstdError as err:
             raise CorruptStoreError(
-                f"{str(path)!r}: block {block} cannot be decompressed ({err}); the compressed "
-                "column is damaged, restore it from a copy"
+                f"{str(path)!r}: block {block} cannot be decompressed ({err}); the "
+                "compressed column is damaged, restore it from a copy"
             ) from None
         if got != size or extra:
             held = f"{got} bytes" if got != size else f"more than {size} bytes"
@@ -118,6 +151,34 @@ class Codec:
                 f"{str(path)!r}: block {block} holds {held}, expected {size}; the "
                 "compressed column is damaged, restore it from a copy"
             )
+
+
+DECODE_THREADS = min(4, os.cpu_count() or 1)
+"""Threads a large decompression is split over (the caller's among them)."""
+_PART_BYTES = 1 << 18  # a part decodes at least this much: below it, a thread's hand-off costs more
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _decode_parts(nbytes: int, frames: int) -> int:
+    """How many threads decode ``frames`` frames of ``nbytes`` bytes in all."""
+    return max(1, min(DECODE_THREADS, frames, nbytes // _PART_BYTES))
+
+
+def _decode_pool() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(DECODE_THREADS - 1, thread_name_prefix="trlrec-decode")
+        return _pool
+
+
+def _forget_pool() -> None:  # a forked child has none of its parent's threads
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pool)
 
 
 CODECS: Mapping[str, Codec] = {"zstd": Codec("zstd", 1, range(1, 23))}
