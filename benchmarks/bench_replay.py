@@ -12,8 +12,8 @@ and the budget is on the ratio of the medians, in one run:
 - the same small transitions stored in many chunks against few (a sample costs one
   ``take`` per chunk touched and column);
 - a pixel store recorded with ``compression="zstd"`` against the raw one, when this
-  tree's ``TrajectoryWriter`` has a ``compression`` parameter (frames with flat areas and
-  moving blocks, as a game's screen: noise does not compress);
+  tree's ``TrajectoryWriter`` has a ``compression`` parameter: real ALE Pong frames
+  (``ale-py``), 84x84x3 (noise does not compress);
 - the first samples right after recording a pixel store, with the writer's page drops
   (``POSIX_FADV_DONTNEED`` behind its writes, ``trlrec/io/backend.py``) on and off, and
   what the recording took in each case.
@@ -39,6 +39,7 @@ from benchmarks import interleaved, median, row
 from benchmarks.disk import scratch
 from benchmarks.synth import batch_cycle, transition
 from trlrec.replay import EPISODE_KEY
+from trlrec.storage.compression import DECODE_THREADS
 from trlrec.storage.reader import TrajectoryReader
 from trlrec.storage.writer import TrajectoryWriter
 
@@ -86,23 +87,22 @@ def _rate(rb: TensorDictReplayBuffer, calls: int) -> Callable[[], float]:
     return run
 
 
-def _game_frames(n: int, seed: int = 0) -> torch.Tensor:
-    """``n`` 84x84x3 frames a screen could show: a flat background, a few moving blocks."""
-    g = torch.Generator().manual_seed(seed)
-    frames = torch.zeros(n, 84, 84, 3, dtype=torch.uint8)
-    frames[:] = torch.tensor([144, 72, 17], dtype=torch.uint8)
-    t = torch.arange(n)
-    for _ in range(6):  # blocks
-        color = torch.randint(0, 256, (3,), dtype=torch.uint8, generator=g)
-        x0, y0, vx, vy = (int(v) for v in torch.randint(0, 80, (4,), generator=g))
-        xs, ys = (x0 + (vx % 7) * t) % 76, (y0 + (vy % 5) * t) % 76
-        for i in range(n):
-            frames[i, ys[i] : ys[i] + 8, xs[i] : xs[i] + 4] = color
-    return frames
+def _atari_frames(n: int) -> torch.Tensor:
+    """``n`` real ALE Pong screens (random policy), area-resized to 84x84x3 RGB.
+
+    What ``Resize(84, 84)`` of a pixel env's RGB frames gives a training loop.
+    """
+    from benchmarks.bench_compress import frames
+
+    screens, _ = frames("ALE/Pong-v5", n - 1, gray=False)
+    small = torch.nn.functional.interpolate(
+        screens.permute(0, 3, 1, 2).float(), (84, 84), mode="area"
+    )
+    return small.round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 
-def _game_batches(steps: int, count: int, episode_len: int) -> list:
-    pool = _game_frames(count * steps + 1)
+def _atari_batches(steps: int, count: int, episode_len: int) -> list:
+    pool = _atari_frames(count * steps + 1)
     out = []
     for c in range(count):
         t = torch.arange(c * steps, (c + 1) * steps)
@@ -204,7 +204,7 @@ def compressed_rows(base: Path, smoke: bool) -> list[dict[str, Any]]:
             )
         ]
     reps, calls, count = (1, 2, 2) if smoke else (5, 10, 20)
-    batches = _game_batches(250 if smoke else 1000, 2, 250 if smoke else 200)
+    batches = _atari_batches(250 if smoke else 1000, 2, 250 if smoke else 200)
     readers = {}
     for name, kw in (("raw", {}), ("zstd", {"compression": "zstd"})):
         _write(base / f"game-{name}", batches, count, **kw)
@@ -215,9 +215,10 @@ def compressed_rows(base: Path, smoke: bool) -> list[dict[str, Any]]:
         res = interleaved({name: _rate(rb, calls) for name, rb in bufs.items()}, reps)
         what = f"compressed pixels, {'slices 32x8' if sliced else 'uniform'}"
         note = (
-            f"the same {readers['raw'].num_steps:,} 84x84x3 game-like frames stored raw and "
-            f"with compression='zstd'; median of {reps} interleaved runs of {calls} sample() "
-            "calls, batch 256, warm page cache"
+            f"the same {readers['raw'].num_steps:,} transitions of real ALE Pong frames "
+            "(84x84x3, area-resized) stored raw and with compression='zstd' (every key); "
+            f"median of {reps} interleaved runs of {calls} sample() calls, batch 256, warm "
+            f"page cache; decoded on up to {DECODE_THREADS} threads"
         )
         out += _pair_rows(what, res["zstd"], res["raw"], COMPRESSED_BUDGET, "raw store", note)
     for r in readers.values():

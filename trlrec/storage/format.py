@@ -220,8 +220,14 @@ def chunk_rows_needed(next_row: int, index: int, chunk_rows: int) -> int:
     return max(0, min(chunk_rows, next_row - index * chunk_rows))
 
 
-BLOCK_BYTES = 256 * 2**10
-"""About this many raw bytes go in one compressed block (a random read decompresses one)."""
+BLOCK_BYTES = 64 * 2**10
+"""About this many raw bytes go in one compressed block (a random read decompresses one).
+
+A trade: a sampled row costs the decompression of its block, and a smaller block
+compresses less. At 64 KiB an 84x84x3 frame is a block of 3 rows, 84x84 grayscale one
+of 9 and a 210x160x3 screen a block of its own (benchmarks/bench_replay.py,
+bench_compress.py); 256 KiB compressed them ~2x smaller and sampled ~2x slower.
+"""
 _MAX_BLOCK_ROWS = 1024
 
 
