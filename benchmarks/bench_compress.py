@@ -7,8 +7,9 @@ recorded twice side by side, raw (``compression=None``) and ``compression="zstd"
 the ratio is the raw store's allocated bytes (``st_blocks``) over the compressed one's,
 the whole store (every key and file), chunks of 1024 rows (so that chunks fill,
 and are compressed on the writer's worker thread, during the step loop). The step
-cost is the median ``append`` time per step over alternating runs, raw vs zstd, on the
-same frames. The codec comparison
+cost is the median ``append`` time per step over interleaved runs, raw vs zstd, on the
+same frames, each run started settled (``benchmarks.settle``: the writeback of the
+last run's files and its garbage otherwise land in the next run). The codec comparison
 (zstandard vs blosc2, which chose zstd) compresses the same Pong frames in blocks of
 64 rows.
 
@@ -17,6 +18,7 @@ same frames. The codec comparison
 
 from __future__ import annotations
 
+import itertools
 import os
 import statistics
 import sys
@@ -28,6 +30,7 @@ from typing import Any
 import torch
 from tensordict import TensorDict
 
+from benchmarks import interleaved
 from trlrec import TrajectoryReader, TrajectoryWriter
 
 BUDGET_GRAY = 50.0
@@ -98,6 +101,12 @@ def _record(path: Path, steps: list[TensorDict], compression: Any) -> float:
     dt = time.perf_counter() - t0
     w.close()
     return dt / len(steps)
+
+
+def _recording(root: Path, name: str, steps: list[TensorDict], compression: Any) -> Any:
+    """A run of :func:`_record` into a new store ``root / name-<k>`` at each call (k = 0, 1...)."""
+    runs = itertools.count()
+    return lambda: _record(root / f"{name}-{next(runs)}", steps, compression)
 
 
 def _sizes(path: Path) -> tuple[int, int]:
@@ -174,7 +183,7 @@ def run(smoke: bool = False) -> list[dict[str, Any]]:
     Returns:
         Rows ``{"name", "value", "unit", "budget", "ok"}``.
     """
-    n_gray, n_rgb, reps = (60, 30, 1) if smoke else (6000, 1500, 5)
+    n_gray, n_rgb, reps = (60, 30, 1) if smoke else (6000, 1500, 9)
     rows: list[dict[str, Any]] = []
     verdict = (lambda ok: None) if smoke else (lambda ok: bool(ok))
     with tempfile.TemporaryDirectory(prefix="trlrec-bench-compress-") as tmp:
@@ -188,10 +197,13 @@ def run(smoke: bool = False) -> list[dict[str, Any]]:
                 steps = _steps(pix, dones)
                 kind = "84x84 gray" if gray else "210x160 RGB"
                 tag = f"{game}-{'gray' if gray else 'rgb'}"
-                costs: dict[str, list[float]] = {"raw": [], "zstd": []}
-                for rep in range(reps if gray and game == "Pong" else 1):
-                    for mode, comp in (("raw", None), ("zstd", "zstd")):
-                        costs[mode].append(_record(root / f"{tag}-{mode}-{rep}", steps, comp))
+                costs = interleaved(
+                    {
+                        mode: _recording(root, f"{tag}-{mode}", steps, comp)
+                        for mode, comp in (("raw", None), ("zstd", "zstd"))
+                    },
+                    reps if gray and game == "Pong" else 1,
+                )
                 raw_alloc, raw_apparent = _sizes(root / f"{tag}-raw-0")
                 z_alloc, z_apparent = _sizes(root / f"{tag}-zstd-0")
                 ratio = raw_alloc / max(1, z_alloc)
@@ -215,7 +227,7 @@ def run(smoke: bool = False) -> list[dict[str, Any]]:
                     rows.append(_row(
                         "Pong 84x84 gray append: zstd minus off", on - off, "us/step",
                         f"<= {BUDGET_STEP_US:g}", verdict(on - off <= BUDGET_STEP_US),
-                        f"medians of {reps} alternating runs of {len(steps)} steps",
+                        f"medians of {reps} interleaved, settled runs of {len(steps)} steps",
                     ))  # fmt: skip
                     for mode, (alloc, apparent) in (
                         ("raw", (raw_alloc, raw_apparent)),

@@ -3,15 +3,15 @@
 A chunk is *sealed* once no row of it will be written again: every chunk a commit has
 gone past (the stream's rows reach into the next one), and at ``close()`` the last
 chunk of each stream. Sealing a column of a compressed key
-(:func:`seal_column`) reads its committed raw rows back, compresses them in blocks
-on a worker thread (the codec releases the GIL), writes ``<key>.zst`` to a temporary
-file that is renamed into place once whole and fsync'ed, and only then removes the
-raw ``<key>.memmap``. A kill at any instant leaves either the raw file or the whole
-compressed one (or both, when killed between the rename and the removal): the
-reader takes ``.zst`` when present, and no half-written compressed file is ever
-read. Only committed rows are compressed, and a chunk is sealed only after the
-commit that went past it is written (its I/O job is done), so the rows in ``.zst``
-are the committed ones.
+(:func:`seal_column`) maps its committed raw rows, compresses them in blocks on a
+worker thread (one call into the codec a column, the GIL released throughout),
+writes ``<key>.zst`` to a temporary file that is renamed into place once whole and
+fsync'ed, and only then removes the raw ``<key>.memmap``. A kill at any instant
+leaves either the raw file or the whole compressed one (or both, when killed between
+the rename and the removal): the reader takes ``.zst`` when present, and no
+half-written compressed file is ever read. Only committed rows are compressed, and a
+chunk is sealed only after the commit that went past it is written (its I/O job is
+done), so the rows in ``.zst`` are the committed ones.
 
 Trimming (:func:`trim_column`) cuts a stream's last chunk files to the rows its
 commit counts, so a closed store's apparent size is its allocated size.
@@ -19,6 +19,8 @@ commit counts, so a closed store's apparent size is its allocated size.
 
 from __future__ import annotations
 
+import itertools
+import mmap
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -78,20 +80,18 @@ def seal_column(
         rows = min(rows, os.fstat(fd).st_size // row_bytes)
         block_rows = block_rows_for(row_bytes)
         blocks = -(-rows // block_rows)
-        start = CompressedHeader(codec.id, block_rows, rows, row_bytes, (0,) * blocks).size
-        ends: list[int] = []
+        size = block_rows * row_bytes
+        spans = [(b * size, min(size, rows * row_bytes - b * size)) for b in range(blocks)]
+        frames: list[bytes] = []
+        if spans:  # the raw rows mapped, every block compressed in one call
+            with mmap.mmap(fd, rows * row_bytes, access=mmap.ACCESS_READ) as data:
+                frames = codec.compress_blocks(data, spans, level)
+        ends = tuple(itertools.accumulate(map(len, frames)))
+        pos = ends[-1] if ends else 0
+        head = CompressedHeader(codec.id, block_rows, rows, row_bytes, ends)
         out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:
-            pos = 0
-            for b in range(blocks):
-                n = min(block_rows, rows - b * block_rows)
-                data = os.pread(fd, n * row_bytes, b * block_rows * row_bytes)
-                frame = codec.compress(data, level)
-                _write_all(out, frame, start + pos)
-                pos += len(frame)
-                ends.append(pos)
-            head = CompressedHeader(codec.id, block_rows, rows, row_bytes, tuple(ends))
-            _write_all(out, head.pack(), 0)
+            _write_all(out, head.pack() + b"".join(frames), 0)
             os.fsync(out)  # whole on disk before its name says it is there
         finally:
             os.close(out)
@@ -107,7 +107,7 @@ def seal_column(
     finally:
         os.close(fd)
     raw.unlink()  # a reader that mapped it keeps its pages until it lets them go
-    return start + pos
+    return head.size + pos
 
 
 def trim_column(raw: Path, size: int) -> None:
