@@ -425,3 +425,23 @@ def test_a_small_column_is_decompressed_once_and_kept_whole(tmp_path, monkeypatc
         assert torch.equal(got, rollout["next", "done"][rows])
     column = shard.chunk(0, 0)[key]
     assert decoded == [column.head.blocks]  # every block once, on the first take only
+
+
+def test_short_writes_of_a_compressed_column_are_finished(tmp_path, monkeypatch):
+    # the kernel may write less than asked (a signal, a full pipe of a FUSE disk): the
+    # sealer writes the rest, in order
+    pwritev = os.pwritev
+    calls = []
+
+    def short(fd, buffers, offset):
+        calls.append(len(buffers))
+        head = bytes(buffers[0])[:5]  # at most 5 bytes of the first buffer
+        return pwritev(fd, [head], offset)
+
+    monkeypatch.setattr(os, "pwritev", short)
+    rollout = _pixels_rollout(120, h=64)
+    with TrajectoryWriter(tmp_path / "w", compression="zstd", chunk_rows=64) as w:
+        w.extend(rollout)
+    monkeypatch.setattr(os, "pwritev", pwritev)
+    assert max(calls) > 1  # several frames asked for at once
+    assert_store_matches(TrajectoryReader(tmp_path / "w"), rollout)

@@ -15,6 +15,7 @@ Example:
     >>> codec = get_codec("zstd")
     >>> data = bytes(1000)
     >>> (frame,) = codec.compress_blocks(data, [(0, 1000)], 3)
+    >>> frame = bytes(frame)
     >>> out = bytearray(1000)
     >>> codec.decompress_into(memoryview(frame), [(0, len(frame))], memoryview(out), [1000],
     ...                       "x.zst", [0])
@@ -77,12 +78,13 @@ class Codec:
 
     def compress_blocks(
         self, data: bytes | memoryview | mmap.mmap, spans: list[tuple[int, int]], level: int
-    ) -> list[bytes]:
+    ) -> list[memoryview]:
         """Independent frames (size and checksum in each) of the ``(start, length)`` spans.
 
         One call into the codec's library for them all, the GIL released throughout: the
         sealing thread then takes the GIL back once a column, not once a block (each time
-        it does, the step loop waits).
+        it does, the step loop waits). The frames are views of the library's one output
+        buffer, held while any of them is.
         """
         zstd = _zstd()
         if not spans:
@@ -94,7 +96,7 @@ class Codec:
             _local.__dict__.setdefault("zstd", {})[key] = comp
         segments = struct.pack(f"<{2 * len(spans)}Q", *itertools.chain.from_iterable(spans))
         frames = comp.multi_compress_to_buffer(zstd.BufferWithSegments(data, segments), threads=1)
-        return [bytes(frames[i]) for i in range(len(frames))]
+        return [memoryview(frames[i]) for i in range(len(frames))]  # views, not copies
 
     def decompress_into(
         self,

@@ -44,11 +44,21 @@ from trlrec.storage.schema import Key, Schema
 __all__ = ["ChunkSealer", "seal_column", "trim_column", "retag_rows", "compression_plan"]
 
 
-def _write_all(fd: int, data: bytes | memoryview, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, offset)
-        view, offset = view[n:], offset + n
+_IOV_MAX = 1024  # buffers one pwritev takes (Linux's IOV_MAX)
+
+
+def _write_all(fd: int, parts: list[memoryview], offset: int) -> None:
+    """Write ``parts`` end to end from ``offset``: a ``pwritev`` a 1,024 of them."""
+    views = [v for v in parts if v.nbytes]
+    i = 0
+    while i < len(views):
+        n = os.pwritev(fd, views[i : i + _IOV_MAX], offset)
+        offset += n
+        while i < len(views) and n >= views[i].nbytes:  # past what was written
+            n -= views[i].nbytes
+            i += 1
+        if n:  # a buffer written in part: its rest next
+            views[i] = views[i][n:]
 
 
 def seal_column(
@@ -82,16 +92,16 @@ def seal_column(
         blocks = -(-rows // block_rows)
         size = block_rows * row_bytes
         spans = [(b * size, min(size, rows * row_bytes - b * size)) for b in range(blocks)]
-        frames: list[bytes] = []
+        frames: list[memoryview] = []
         if spans:  # the raw rows mapped, every block compressed in one call
             with mmap.mmap(fd, rows * row_bytes, access=mmap.ACCESS_READ) as data:
                 frames = codec.compress_blocks(data, spans, level)
-        ends = tuple(itertools.accumulate(map(len, frames)))
+        ends = tuple(itertools.accumulate(f.nbytes for f in frames))
         pos = ends[-1] if ends else 0
         head = CompressedHeader(codec.id, block_rows, rows, row_bytes, ends)
         out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:
-            _write_all(out, head.pack() + b"".join(frames), 0)
+            _write_all(out, [memoryview(head.pack()), *frames], 0)  # the frames uncopied
             os.fsync(out)  # whole on disk before its name says it is there
         finally:
             os.close(out)
