@@ -152,28 +152,27 @@ class CompressedColumn:
         with memoryview(self._map) as data:
             self.codec.decompress_into(data, frames, out.data, sizes, self.path, blocks)
 
-    def _raw(self, index: int) -> torch.Tensor:
-        """Block ``index``'s rows as ``[n, row_bytes]`` uint8, from the cache or decompressed.
+    def _cached(self, slot: int, blocks: list[int], rows: int) -> torch.Tensor:
+        """``blocks`` (holding ``rows`` rows) decompressed as one cache entry, or found there.
 
         A view of the cache's buffer: callers copy rows out, never hand it on.
         """
-        key = (self._name, index)
+        key = (self._name, slot)
         value = self.cache.get(key)
         if value is None:
-            n = self.head.block_span(index)[1]
-            value = self.cache.buffer(n * self.head.row_bytes)
-            self._decompress([index], value.numpy())
+            value = self.cache.buffer(rows * self.head.row_bytes)
+            self._decompress(blocks, value.numpy())
             self.cache.put(key, value)
-        return value.view(-1, self.head.row_bytes)
+        return value
+
+    def _raw(self, index: int) -> np.ndarray:
+        """Block ``index``'s rows as ``[n, row_bytes]`` uint8 (a cache entry of its own)."""
+        value = self._cached(index, [index], self.head.block_span(index)[1])
+        return value.numpy().reshape(-1, self.head.row_bytes)
 
     def _whole(self) -> np.ndarray:
-        """Every row, ``[rows, row_bytes]`` uint8, from the cache or decompressed (a view)."""
-        key = (self._name, -1)
-        value = self.cache.get(key)
-        if value is None:
-            value = self.cache.buffer(self.rows * self.head.row_bytes)
-            self._decompress(list(range(self.head.blocks)), value.numpy())
-            self.cache.put(key, value)
+        """Every row as ``[rows, row_bytes]`` uint8 (one cache entry: slot -1)."""
+        value = self._cached(-1, list(range(self.head.blocks)), self.rows)
         return value.numpy().reshape(self.rows, self.head.row_bytes)
 
     def _beyond(self, row: int) -> CorruptStoreError:
@@ -196,7 +195,7 @@ class CompressedColumn:
         dst = row_bytes_view(out, count)
         at = 0
         for b, offset, n in chunk_spans(start, count, self.head.block_rows):
-            dst[at : at + n] = self._raw(b).numpy()[offset : offset + n]
+            dst[at : at + n] = self._raw(b)[offset : offset + n]
             at += n
         return out
 
@@ -229,9 +228,8 @@ class CompressedColumn:
         if self.rows * rb <= WHOLE_BYTES:  # a small column (flags, rewards): kept whole
             self._whole().take(offsets, axis=0, out=out, mode="clip")
             return
-        in_order = len(offsets) == 1 or bool((offsets[1:] > offsets[:-1]).all())
-        if br == 1 and in_order and out.flags.c_contiguous:  # each row its block: in place
-            self._decompress(offsets.tolist(), out.reshape(-1))
+        if br == 1 and out.flags.c_contiguous and bool((offsets[1:] > offsets[:-1]).all()):
+            self._decompress(offsets.tolist(), out.reshape(-1))  # each row its block: in place
             return
         blocks, local = np.divmod(offsets, br)
         wanted, where = np.unique(blocks, return_inverse=True)

@@ -116,7 +116,6 @@ class Codec:
         Raises:
             CorruptStoreError: a frame is damaged (its checksum or size is wrong).
         """
-        _zstd()
         ats = list(itertools.accumulate(sizes, initial=0))[:-1]  # where each frame's bytes go
         todo = list(zip(ats, frames, sizes, blocks, strict=True))
         parts = _decode_parts(sum(sizes), len(todo))

@@ -35,6 +35,7 @@ from trlrec.storage.format import (
     chunk_count,
     chunk_path,
     chunk_rows_needed,
+    chunk_spans,
     column_file,
     compressed_file,
 )
@@ -89,9 +90,10 @@ def seal_column(
     try:
         rows = min(rows, os.fstat(fd).st_size // row_bytes)
         block_rows = block_rows_for(row_bytes)
-        blocks = -(-rows // block_rows)
-        size = block_rows * row_bytes
-        spans = [(b * size, min(size, rows * row_bytes - b * size)) for b in range(blocks)]
+        spans = [  # (start, length) of each block's raw bytes
+            (b * block_rows * row_bytes, n * row_bytes)
+            for b, _, n in chunk_spans(0, rows, block_rows)
+        ]
         frames: list[memoryview] = []
         if spans:  # the raw rows mapped, every block compressed in one call
             with mmap.mmap(fd, rows * row_bytes, access=mmap.ACCESS_READ) as data:
