@@ -705,7 +705,8 @@ class TensorDictRecorder(Transform, Closeable):
             >>> from torchrl.envs import GymEnv
             >>> from trlrec import TensorDictRecorder
             >>> rec = TensorDictRecorder(tempfile.mkdtemp() + "/run")
-            >>> _ = GymEnv("CartPole-v1").append_transform(rec).rollout(10)
+            >>> env = GymEnv("CartPole-v1").append_transform(rec)
+            >>> _ = env.rollout(10, break_when_any_done=False)  # 10 steps, across resets
             >>> rec.dump()
             >>> s = rec.stats()
             >>> s["steps_committed"], s["shards"], s["errors"]
