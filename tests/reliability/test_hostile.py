@@ -131,7 +131,7 @@ def _cases(outside: Path) -> list[tuple[str, Path, Callable[[Path], None], bool]
     commit, schema = SHARD / "COMMIT", SHARD / "schema.json"
     index = SHARD / "episodes.bin"
     cases += [
-        ("future-dataset", Path("dataset.json"), _json_edit(_set("version", 3)), True),
+        ("future-dataset", Path("dataset.json"), _json_edit(_set("version", 99)), True),
         ("future-commit", commit, _json_edit(_set("version", 99)), True),
         ("garbage-commit", commit, lambda p: p.write_bytes(os.urandom(300)), True),
         ("commit-list", commit, lambda p: p.write_text("[1, 2]"), True),

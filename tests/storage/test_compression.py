@@ -45,7 +45,7 @@ def test_compressed_round_trip(tmp_path, data, compression):
         raw = [p for p in path.rglob("*.memmap") if p.stat().st_size]
         assert not raw, f"raw columns left in a closed compressed store: {raw[:3]}"
         commit = json.loads((reader.shards[0].directory / "COMMIT").read_text())
-        assert commit["version"] == 2
+        assert commit["version"] == 3
     shard = reader.shards[0]
     gen = torch.Generator().manual_seed(len(rollout))
     for b, s in enumerate(shard.streams):  # take: rows in any order, across blocks
@@ -189,13 +189,37 @@ def test_a_damaged_block_is_an_error_naming_the_file(tmp_path):
     data[-20] ^= 0xFF  # inside the last block's frame
     zst.write_bytes(bytes(data))
     r = TrajectoryReader(path)
-    with pytest.raises(CorruptStoreError, match=r"pixels\.zst'.*block \d+ cannot be decompressed"):
+    with pytest.raises(CorruptStoreError, match=r"pixels\.zst'.*block \d+ fails its checksum"):
         r.episodes[0]
     assert main(["verify", str(path)]) == 1
     data[20] ^= 0xFF  # the header's checksum fails
     zst.write_bytes(bytes(data))
     with pytest.raises(CorruptStoreError, match=r"pixels\.zst'.*checksum"):
         TrajectoryReader(path).episodes[0]
+
+
+def test_a_damaged_frame_that_still_decodes_is_caught_by_its_crc(tmp_path):
+    """Noise is stored as raw zstd blocks: a flipped byte decodes, to a wrong value.
+
+    The index's CRC-32 of each frame catches it before it is decompressed.
+    """
+    gen = torch.Generator().manual_seed(3)
+    rollout = _pixels_rollout(20, h=64)
+    noise = torch.randint(0, 256, rollout["pixels"].shape, dtype=torch.uint8, generator=gen)
+    rollout["pixels"] = noise
+    rollout["next", "pixels"] = torch.cat([noise[1:], noise[-1:]])
+    path = tmp_path / "n"
+    with TrajectoryWriter(path, compression="zstd") as w:
+        w.extend(rollout)
+    (zst,) = [p for p in _packed(path) if p.name == "pixels.zst"]
+    data = bytearray(zst.read_bytes())
+    size = len(data)
+    assert size > 20 * 64 * 64  # incompressible: the frames hold the rows as they are
+    data[size - 64 * 64] ^= 0x01  # a row's byte in the last frame
+    zst.write_bytes(bytes(data))
+    with pytest.raises(CorruptStoreError, match=r"pixels\.zst'.*block \d+ fails its checksum"):
+        TrajectoryReader(path).episodes[0]
+    assert main(["verify", str(path)]) == 1
 
 
 def test_trimmed_chunks_resume_and_stay_exact_size(tmp_path):
@@ -276,21 +300,56 @@ def test_compact_cli(tmp_path, capsys):
     assert "held by another writer" in capsys.readouterr().err
 
 
-def test_the_pinned_compressed_store_reads_bit_for_bit(tmp_path):
-    """tests/data/store_v2: version 2 as written when compression came; it must keep reading."""
+@pytest.mark.parametrize("version", [2, 3])
+def test_the_pinned_compressed_stores_read_bit_for_bit(tmp_path, version):
+    """tests/data/store_v2 (frames checksum their content, layout 1) and store_v3 (the
+    index checksums each frame, layout 2) keep reading; a damaged block of either is an
+    error naming it."""
+    import shutil
+
+    from tests.storage.make_pinned_store import PINNED, pinned_rollout
+
+    path = tmp_path / f"v{version}"
+    shutil.copytree(PINNED.with_name(f"store_v{version}"), path)
+    commit = json.loads((path / "shards" / "s0" / "COMMIT").read_text())
+    assert commit["version"] == version
+    packed = _packed(path)
+    assert {p.read_bytes()[:8] for p in packed} == {f"TRLRECZ{version - 1}".encode()}
+    assert not [p for p in path.rglob("*.memmap") if p.stat().st_size]
+    r = TrajectoryReader(path)
+    assert_store_matches(r, pinned_rollout())
+    assert r.episode_metadata(0) == {"t": 2}
+    pixels = next(p for p in packed if p.name == "pixels.zst")
+    data = bytearray(pixels.read_bytes())
+    data[-6] ^= 0x10  # inside the last frame
+    pixels.write_bytes(bytes(data))
+    r = TrajectoryReader(path)
+    with pytest.raises(CorruptStoreError, match=r"pixels\.zst'.*block \d+"):
+        [r.episodes[i] for i in range(len(r.episodes))]
+    assert main(["verify", str(path)]) == 1
+
+
+def test_compacting_a_version_2_store_makes_it_version_3(tmp_path):
+    """A version 2 shard compacted further holds files of both layouts, each read by its own."""
     import shutil
 
     from tests.storage.make_pinned_store import PINNED_V2, pinned_rollout
 
     path = tmp_path / "v2"
     shutil.copytree(PINNED_V2, path)
-    commit = json.loads((path / "shards" / "s0" / "COMMIT").read_text())
-    assert commit["version"] == 2
-    assert _packed(path)
-    assert not [p for p in path.rglob("*.memmap") if p.stat().st_size]
+    chunk = path / "shards" / "s0" / "streams" / "0" / "chunk-000000"
     r = TrajectoryReader(path)
-    assert_store_matches(r, pinned_rollout())
-    assert r.episode_metadata(0) == {"t": 2}
+    raw = r.shards[0].chunk(0, 0)[("action",)]
+    want = raw[:].clone()
+    r.close()
+    (chunk / "action.zst").unlink()  # as if recorded raw: compact compresses it again
+    want.numpy().tofile(chunk / "action.memmap")
+    assert main(["compact", str(path)]) == 0
+    commit = json.loads((path / "shards" / "s0" / "COMMIT").read_text())
+    assert commit["version"] == 3
+    assert (chunk / "action.zst").read_bytes()[:8] == b"TRLRECZ2"
+    assert (chunk / "pixels.zst").read_bytes()[:8] == b"TRLRECZ1"
+    assert_store_matches(TrajectoryReader(path), pinned_rollout())
 
 
 def test_the_recorder_passes_compression_through(tmp_path, stub_env_cls):
@@ -366,11 +425,11 @@ def test_a_damaged_block_decoded_on_another_thread_is_an_error(tmp_path, split_d
     r.close()
     (zst,) = [p for p in _packed(tmp_path / "big") if p.name == "pixels.zst"]
     data = bytearray(zst.read_bytes())
-    data[-3] ^= 0xFF  # the last block's checksum: the last part, another thread's
+    data[-3] ^= 0xFF  # the last block's frame: the last part, another thread's
     zst.write_bytes(bytes(data))
     shard = TrajectoryReader(tmp_path / "big").shards[0]
     rows = shard.chunk(0, 0)[("pixels",)].rows
-    with pytest.raises(CorruptStoreError, match=rf"pixels\.zst'.*block {rows - 1} cannot be"):
+    with pytest.raises(CorruptStoreError, match=rf"pixels\.zst'.*block {rows - 1} fails its"):
         shard.take(0, 0, ("pixels",), torch.arange(rows))
     assert torch.equal(shard.take(0, 0, ("pixels",), torch.arange(40)), rollout["pixels"][:40])
 

@@ -108,8 +108,8 @@ def test_future_format_version(store):
 def test_a_shard_file_of_another_version_is_refused(store, name):
     path, _ = store
     f = path / "shards" / "shard-000000" / name
-    f.write_text(json.dumps({**json.loads(f.read_text()), "version": 3}))
-    with pytest.raises(FormatVersionError, match=rf"{name}' has format version 3.*reads versions"):
+    f.write_text(json.dumps({**json.loads(f.read_text()), "version": 7}))
+    with pytest.raises(FormatVersionError, match=rf"{name}' has format version 7.*reads versions"):
         TrajectoryReader(path)
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from trlrec.errors import CorruptStoreError
-from trlrec.storage.compression import codec_by_id
+from trlrec.storage.compression import FrameSource, codec_by_id
 from trlrec.storage.dtypes import row_bytes_view, take_rows
 from trlrec.storage.format import CompressedHeader, chunk_spans
 from trlrec.storage.jsonio import open_regular
@@ -149,8 +149,11 @@ class CompressedColumn:
         head = self.head
         frames = [head.frame(b) for b in blocks]
         sizes = [head.block_span(b)[1] * head.row_bytes for b in blocks]
+        crcs = None if head.frame_crcs is None else [head.frame_crcs[b] for b in blocks]
         with memoryview(self._map) as data:
-            self.codec.decompress_into(data, frames, out.data, sizes, self.path, blocks)
+            self.codec.decompress_into(
+                data, frames, out.data, sizes, FrameSource(self.path, blocks, crcs)
+            )
 
     def _cached(self, slot: int, blocks: list[int], rows: int) -> torch.Tensor:
         """``blocks`` (holding ``rows`` rows) decompressed as one cache entry, or found there.

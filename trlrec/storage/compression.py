@@ -18,7 +18,7 @@ Example:
     >>> frame = bytes(frame)
     >>> out = bytearray(1000)
     >>> codec.decompress_into(memoryview(frame), [(0, len(frame))], memoryview(out), [1000],
-    ...                       "x.zst", [0])
+    ...                       FrameSource("x.zst", [0]))
     >>> len(frame) < 50, out == data
     (True, True)
 """
@@ -36,9 +36,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from trlrec.errors import ConfigError, CorruptStoreError, MissingDependencyError
+from trlrec.storage.format import frame_crc
 
 __all__ = [
     "Codec",
+    "FrameSource",
     "CODECS",
     "DEFAULT_LEVEL",
     "get_codec",
@@ -79,7 +81,12 @@ class Codec:
     def compress_blocks(
         self, data: bytes | memoryview | mmap.mmap, spans: list[tuple[int, int]], level: int
     ) -> list[memoryview]:
-        """Independent frames (size and checksum in each) of the ``(start, length)`` spans.
+        """Independent frames (each with its size) of the ``(start, length)`` spans.
+
+        The frames carry no checksum of their content: the file's index holds a CRC-32
+        of each frame (:func:`~trlrec.storage.format.frame_crc`), checked before a frame
+        is decompressed, over its compressed bytes (XXH64 over the decompressed ones cost
+        a third of a block's decompression).
 
         One call into the codec's library for them all, the GIL released throughout: the
         sealing thread then takes the GIL back once a column, not once a block (each time
@@ -92,7 +99,7 @@ class Codec:
         key = ("c", level)
         comp = getattr(_local, "zstd", {}).get(key)
         if comp is None:
-            comp = zstd.ZstdCompressor(level=level, write_checksum=True, write_content_size=True)
+            comp = zstd.ZstdCompressor(level=level, write_checksum=False, write_content_size=True)
             _local.__dict__.setdefault("zstd", {})[key] = comp
         segments = struct.pack(f"<{2 * len(spans)}Q", *itertools.chain.from_iterable(spans))
         frames = comp.multi_compress_to_buffer(zstd.BufferWithSegments(data, segments), threads=1)
@@ -104,67 +111,86 @@ class Codec:
         frames: list[tuple[int, int]],
         out: memoryview,
         sizes: list[int],
-        path: str | os.PathLike[str],
-        blocks: list[int],
+        where: FrameSource,
     ) -> None:
         """Decompress ``frames`` (``[start, end)`` spans of ``data``) end to end into ``out``.
 
-        Frame ``k`` is block ``blocks[k]`` of the file at ``path`` and must hold exactly
-        ``sizes[k]`` bytes; ``out`` holds at least their sum. Decompressing into a buffer
-        the caller owns (a block cache's, a sample's scratch) allocates nothing a block.
+        Frame ``k`` is block ``where.blocks[k]`` of the file ``where.path`` and must hold
+        exactly ``sizes[k]`` bytes; ``out`` holds at least their sum. Each frame is
+        checked against its CRC-32 (``where.crcs[k]``) before it is decompressed, or by
+        its own content checksum (a file of layout 1: ``where.crcs`` is None).
+        Decompressing into a buffer the caller owns (a block cache's, a sample's scratch)
+        allocates nothing a block.
 
         Raises:
             CorruptStoreError: a frame is damaged (its checksum or size is wrong).
         """
-        ats = list(itertools.accumulate(sizes, initial=0))[:-1]  # where each frame's bytes go
-        todo = list(zip(ats, frames, sizes, blocks, strict=True))
+        ats = itertools.accumulate(sizes, initial=0)  # where each frame's bytes go
+        crcs = where.crcs if where.crcs is not None else itertools.repeat(None)
+        todo = list(zip(ats, frames, sizes, where.blocks, crcs, strict=False))
         parts = _decode_parts(sum(sizes), len(todo))
         if parts == 1:
-            _decode(data, todo, out, path)
+            _decode(data, todo, out, where.path)
             return
         pool = _decode_pool()
         step = -(-len(todo) // parts)
         futures = [
-            pool.submit(_decode, data, todo[i : i + step], out, path)
+            pool.submit(_decode, data, todo[i : i + step], out, where.path)
             for i in range(step, len(todo), step)
         ]
         try:
-            _decode(data, todo[:step], out, path)  # the caller decodes a part too
+            _decode(data, todo[:step], out, where.path)  # the caller decodes a part too
         finally:
             for future in futures:
                 future.result()  # waits for each (out is the caller's), re-raises a damage
 
 
+@dataclass(frozen=True)
+class FrameSource:
+    """Where frames come from, for their checks and errors: a file, its blocks, their CRCs."""
+
+    path: str | os.PathLike[str]
+    blocks: list[int]
+    crcs: list[int] | None = None  # each frame's CRC-32 (layout 2); None: frames checksummed
+
+
+def _damaged(path: Any, block: int, what: str) -> CorruptStoreError:
+    return CorruptStoreError(
+        f"{str(path)!r}: block {block} {what}; the compressed column is damaged, restore it "
+        "from a copy"
+    )
+
+
 def _decode(
-    data: memoryview, todo: list[tuple[int, tuple[int, int], int, int]], out: memoryview, path: Any
+    data: memoryview,
+    todo: list[tuple[int, tuple[int, int], int, int, int | None]],
+    out: memoryview,
+    path: Any,
 ) -> None:
-    """Decompress ``(at, (start, end), size, block)`` frames of ``data`` into ``out[at:]``."""
+    """Decompress ``(at, (start, end), size, block, crc)`` frames of ``data`` into ``out[at:]``."""
     zstd = _zstd()
     dec = getattr(_local, "zstd_d", None)
     if dec is None:
         dec = _local.zstd_d = zstd.ZstdDecompressor()
-    for at, (start, end), size, block in todo:
+    for at, (start, end), size, block, crc in todo:
+        frame = data[start:end]
+        if crc is not None and frame_crc(frame) != crc:
+            raise _damaged(path, block, "fails its checksum")
         got = extra = 0
         try:
-            with dec.stream_reader(data[start:end], read_across_frames=False) as reader:
+            with dec.stream_reader(frame, read_across_frames=False) as reader:
                 while got < size:  # the GIL is released while a frame decodes
                     n = reader.readinto(out[at + got : at + size])
                     if not n:
                         break
                     got += n
-                # reading on to the frame's end checks its checksum (and finds extra bytes)
+                # reading on to the frame's end checks a content checksum (and finds extra bytes)
                 extra = len(reader.read(1)) if got == size else 0
         except zstd.ZstdError as err:
-            raise CorruptStoreError(
-                f"{str(path)!r}: block {block} cannot be decompressed ({err}); the "
-                "compressed column is damaged, restore it from a copy"
-            ) from None
+            raise _damaged(path, block, f"cannot be decompressed ({err})") from None
         if got != size or extra:
             held = f"{got} bytes" if got != size else f"more than {size} bytes"
-            raise CorruptStoreError(
-                f"{str(path)!r}: block {block} holds {held}, expected {size}; the "
-                "compressed column is damaged, restore it from a copy"
-            )
+            raise _damaged(path, block, f"holds {held}, expected {size}")
 
 
 DECODE_THREADS = min(4, os.cpu_count() or 1)

@@ -27,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import os
 import struct
 import zlib
@@ -58,6 +59,7 @@ __all__ = [
     "COMPRESSED_VERSION",
     "BLOCK_BYTES",
     "CompressedHeader",
+    "frame_crc",
     "compressed_file",
     "block_rows_for",
     "chunk_rows_needed",
@@ -99,8 +101,14 @@ EPISODE_META_FILE = "episode_meta.jsonl"
 STREAMS_DIR = "streams"
 COLUMN_SUFFIX = ".memmap"  # a column's file in a chunk: <key>.memmap
 COMPRESSED_SUFFIX = ".zst"  # a compressed column's file in a chunk: <key>.zst
-COMPRESSED_VERSION = 2
-"""The version of a shard whose chunks may hold compressed columns (COMMIT's version)."""
+COMPRESSED_VERSION = 3
+"""The version of a shard whose chunks may hold compressed columns (COMMIT's version).
+
+Version 2 (read, no longer written) held only ``TRLRECZ1`` files, whose frames carry a
+checksum of their decompressed bytes; version 3 writes ``TRLRECZ2`` files, whose index
+holds a CRC-32 of each compressed frame (checked before it is decompressed, ~1000x
+fewer bytes for Atari frames) and may keep ``TRLRECZ1`` files of version 2.
+"""
 
 # episodes.bin: little-endian int64 records of these fields, in this order.
 EPISODE_FIELDS = (
@@ -241,11 +249,18 @@ def block_rows_for(row_bytes: int) -> int:
     return max(1, min(_MAX_BLOCK_ROWS, BLOCK_BYTES // max(1, row_bytes)))
 
 
+def frame_crc(frame: bytes | memoryview) -> int:
+    """The CRC-32 of a compressed frame's bytes, as a layout-2 index holds it."""
+    return zlib.crc32(frame)
+
+
 # A compressed column file: this header, the end offset of each block's frame (uint64,
-# from the end of the offsets), then the frames, each an independent codec frame of
-# ``block_rows`` rows (the last block: the rest). ``crc`` covers the header's other
-# fields and the offsets.
-_ZMAGIC = b"TRLRECZ1"
+# from the end of the index), the CRC-32 of each frame (uint32; layout 2 only), then the
+# frames, each an independent codec frame of ``block_rows`` rows (the last block: the
+# rest). ``crc`` covers the header's other fields and the index. The magic names the
+# layout: 1, whose frames carry a checksum of their content (COMMIT version 2), or 2,
+# whose index checksums each compressed frame (written since COMMIT version 3).
+_ZMAGICS = {b"TRLRECZ1": 1, b"TRLRECZ2": 2}
 _ZHEAD = struct.Struct("<8sIIQQQII")  # magic, codec, block_rows, rows, row_bytes, blocks, crc, 0
 
 
@@ -253,8 +268,12 @@ _ZHEAD = struct.Struct("<8sIIQQQII")  # magic, codec, block_rows, rows, row_byte
 class CompressedHeader:
     """The header and block index of a compressed column file (``<key>.zst``).
 
+    ``frame_crcs``: the CRC-32 of each block's compressed frame (layout 2), or None for a
+    file of layout 1, whose frames carry their own checksum.
+
     Example:
-        >>> h = CompressedHeader(codec=1, block_rows=4, rows=10, row_bytes=3, ends=(5, 9, 12))
+        >>> h = CompressedHeader(codec=1, block_rows=4, rows=10, row_bytes=3, ends=(5, 9, 12),
+        ...                      frame_crcs=(1, 2, 3))
         >>> data = h.pack() + b"x" * 12
         >>> CompressedHeader.parse(data[: h.size], len(data), "c.zst") == h
         True
@@ -267,11 +286,21 @@ class CompressedHeader:
     rows: int
     row_bytes: int
     ends: tuple[int, ...]  # end offset of each block's frame, after the index
+    frame_crcs: tuple[int, ...] | None = None
+
+    @property
+    def layout(self) -> int:
+        """1: frames checksum their content; 2: the index checksums each frame."""
+        return 1 if self.frame_crcs is None else 2
+
+    @staticmethod
+    def _entry_bytes(layout: int) -> int:
+        return 8 if layout == 1 else 12  # an end offset, and a frame's CRC-32 in layout 2
 
     @property
     def size(self) -> int:
         """Bytes of the header and the index: where the first frame starts."""
-        return _ZHEAD.size + 8 * len(self.ends)
+        return _ZHEAD.size + self._entry_bytes(self.layout) * len(self.ends)
 
     @property
     def blocks(self) -> int:
@@ -288,24 +317,39 @@ class CompressedHeader:
         start = self.ends[block - 1] if block else 0
         return self.size + start, self.size + self.ends[block]
 
+    @classmethod
+    def of_frames(
+        cls, codec: int, block_rows: int, rows: int, row_bytes: int, frames: list[memoryview]
+    ) -> CompressedHeader:
+        """The header (layout 2) of a file holding ``frames``, one a block, in block order."""
+        ends = tuple(itertools.accumulate(f.nbytes for f in frames))
+        return cls(codec, block_rows, rows, row_bytes, ends, tuple(map(frame_crc, frames)))
+
+    def _index(self) -> bytes:
+        n = len(self.ends)
+        index = struct.pack(f"<{n}Q", *self.ends)
+        return index if self.frame_crcs is None else index + struct.pack(f"<{n}I", *self.frame_crcs)
+
     def _crc(self) -> int:
         fields = struct.pack("<IIQQQ", self.codec, self.block_rows, self.rows, self.row_bytes,
                              len(self.ends))  # fmt: skip
-        return zlib.crc32(struct.pack(f"<{len(self.ends)}Q", *self.ends), zlib.crc32(fields))
+        return zlib.crc32(self._index(), zlib.crc32(fields))
 
     def pack(self) -> bytes:
         """The header and the index, as written before the frames."""
-        head = _ZHEAD.pack(_ZMAGIC, self.codec, self.block_rows, self.rows, self.row_bytes,
+        magic = next(m for m, layout in _ZMAGICS.items() if layout == self.layout)
+        head = _ZHEAD.pack(magic, self.codec, self.block_rows, self.rows, self.row_bytes,
                            len(self.ends), self._crc(), 0)  # fmt: skip
-        return head + struct.pack(f"<{len(self.ends)}Q", *self.ends)
+        return head + self._index()
 
     @staticmethod
     def head_size(data: bytes) -> int:
         """Bytes of header and index, from the file's first :data:`_ZHEAD` bytes (or 0)."""
-        if len(data) < _ZHEAD.size:
+        if len(data) < _ZHEAD.size or data[:8] not in _ZMAGICS:
             return 0
+        entry = CompressedHeader._entry_bytes(_ZMAGICS[data[:8]])
         blocks = _ZHEAD.unpack_from(data)[5]
-        return _ZHEAD.size + 8 * blocks if blocks < _COUNT_LIMIT // 8 else 0
+        return _ZHEAD.size + entry * blocks if blocks < _COUNT_LIMIT // entry else 0
 
     @classmethod
     def parse(cls, data: bytes, file_size: int, path: str | os.PathLike[str]) -> CompressedHeader:
@@ -315,13 +359,17 @@ class CompressedHeader:
             CorruptStoreError: the file is not a whole compressed column (names ``path``).
         """
         fix = "the compressed column is damaged; restore it from a copy"
-        if len(data) < _ZHEAD.size or data[:8] != _ZMAGIC:
+        if len(data) < _ZHEAD.size or data[:8] not in _ZMAGICS:
             raise _damaged(path, "not a trlrec compressed column (bad header)", fix)
+        layout = _ZMAGICS[data[:8]]
         _, codec, block_rows, rows, row_bytes, blocks, crc, _ = _ZHEAD.unpack_from(data)
-        if len(data) < _ZHEAD.size + 8 * blocks:
+        if len(data) < _ZHEAD.size + cls._entry_bytes(layout) * blocks:
             raise _damaged(path, f"its index of {blocks} blocks is cut short", fix)
         ends = struct.unpack_from(f"<{blocks}Q", data, _ZHEAD.size)
-        head = cls(codec, block_rows, rows, row_bytes, tuple(ends))
+        crcs = None
+        if layout == 2:
+            crcs = tuple(struct.unpack_from(f"<{blocks}I", data, _ZHEAD.size + 8 * blocks))
+        head = cls(codec, block_rows, rows, row_bytes, tuple(ends), crcs)
         if crc != head._crc():
             raise _damaged(path, "its header or block index fails its checksum", fix)
         if block_rows < 1 or blocks != -(-rows // block_rows):
@@ -658,7 +706,12 @@ def _parse_commit_v1(data: dict[str, Any], path: Path, version: int = 1) -> Comm
 
 def _parse_commit_v2(data: dict[str, Any], path: Path) -> CommitRecord:
     """Version 2 of COMMIT: version 1's fields; the shard's chunks may hold ``.zst`` columns."""
-    return _parse_commit_v1(data, path, COMPRESSED_VERSION)
+    return _parse_commit_v1(data, path, 2)
+
+
+def _parse_commit_v3(data: dict[str, Any], path: Path) -> CommitRecord:
+    """Version 3 of COMMIT: version 2's; its ``.zst`` columns may be of layout 2."""
+    return _parse_commit_v1(data, path, 3)
 
 
 # ---------------------------------------------------------------- versions
@@ -672,7 +725,8 @@ class StoreFormat:
 
 SUPPORTED_VERSIONS: Mapping[int, StoreFormat] = {
     1: StoreFormat(1, _parse_commit_v1),
-    COMPRESSED_VERSION: StoreFormat(COMPRESSED_VERSION, _parse_commit_v2),
+    2: StoreFormat(2, _parse_commit_v2),
+    3: StoreFormat(3, _parse_commit_v3),
 }
 """The versions this trlrec reads, each to its parsers (a new version is a new entry)."""
 

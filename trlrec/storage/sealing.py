@@ -19,7 +19,6 @@ commit counts, so a closed store's apparent size is its allocated size.
 
 from __future__ import annotations
 
-import itertools
 import mmap
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -98,9 +97,7 @@ def seal_column(
         if spans:  # the raw rows mapped, every block compressed in one call
             with mmap.mmap(fd, rows * row_bytes, access=mmap.ACCESS_READ) as data:
                 frames = codec.compress_blocks(data, spans, level)
-        ends = tuple(itertools.accumulate(f.nbytes for f in frames))
-        pos = ends[-1] if ends else 0
-        head = CompressedHeader(codec.id, block_rows, rows, row_bytes, ends)
+        head = CompressedHeader.of_frames(codec.id, block_rows, rows, row_bytes, frames)
         out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:
             _write_all(out, [memoryview(head.pack()), *frames], 0)  # the frames uncopied
@@ -119,7 +116,7 @@ def seal_column(
     finally:
         os.close(fd)
     raw.unlink()  # a reader that mapped it keeps its pages until it lets them go
-    return head.size + pos
+    return head.size + (head.ends[-1] if frames else 0)
 
 
 def trim_column(raw: Path, size: int) -> None:
