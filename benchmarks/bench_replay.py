@@ -39,7 +39,7 @@ from benchmarks import interleaved, median, row
 from benchmarks.disk import scratch
 from benchmarks.synth import batch_cycle, transition
 from trlrec.replay import EPISODE_KEY
-from trlrec.storage.compression import DECODE_THREADS
+from trlrec.storage.decode_threads import DECODE_THREADS
 from trlrec.storage.reader import TrajectoryReader
 from trlrec.storage.writer import TrajectoryWriter
 

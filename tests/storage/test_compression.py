@@ -391,13 +391,15 @@ def _big_rows_store(tmp_path, T: int = 48):
 
 @pytest.fixture
 def split_decodes(monkeypatch):
-    """Every decompression of more than one frame split over 3 threads; their names."""
-    from trlrec.storage import compression
+    """Every gather of more than one block split over 3 threads, a block a group; their names."""
+    from trlrec.storage import blocks, decode_threads
+    from trlrec.storage.compression import Codec
 
-    monkeypatch.setattr(compression, "_PART_BYTES", 1)
-    monkeypatch.setattr(compression, "DECODE_THREADS", 3)
+    monkeypatch.setattr(decode_threads, "PART_BYTES", 1)
+    monkeypatch.setattr(decode_threads, "DECODE_THREADS", 3)
+    monkeypatch.setattr(blocks, "GROUP_BYTES", 1)
     names: set[str] = set()
-    decode = compression._decode
+    decode = Codec.decompress_into
 
     def spy(*args):
         import threading
@@ -405,7 +407,7 @@ def split_decodes(monkeypatch):
         names.add(threading.current_thread().name)
         decode(*args)
 
-    monkeypatch.setattr(compression, "_decode", spy)
+    monkeypatch.setattr(Codec, "decompress_into", spy)
     return names
 
 

@@ -31,7 +31,6 @@ import os
 import struct
 import threading
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,22 +126,31 @@ class Codec:
         """
         ats = itertools.accumulate(sizes, initial=0)  # where each frame's bytes go
         crcs = where.crcs if where.crcs is not None else itertools.repeat(None)
-        todo = list(zip(ats, frames, sizes, where.blocks, crcs, strict=False))
-        parts = _decode_parts(sum(sizes), len(todo))
-        if parts == 1:
-            _decode(data, todo, out, where.path)
-            return
-        pool = _decode_pool()
-        step = -(-len(todo) // parts)
-        futures = [
-            pool.submit(_decode, data, todo[i : i + step], out, where.path)
-            for i in range(step, len(todo), step)
-        ]
-        try:
-            _decode(data, todo[:step], out, where.path)  # the caller decodes a part too
-        finally:
-            for future in futures:
-                future.result()  # waits for each (out is the caller's), re-raises a damage
+        zstd = _zstd()
+        dec = getattr(_local, "zstd_d", None)
+        if dec is None:
+            dec = _local.zstd_d = zstd.ZstdDecompressor()
+        for at, (start, end), size, block, crc in zip(
+            ats, frames, sizes, where.blocks, crcs, strict=False
+        ):  # ats holds one offset more than there are frames; crcs may repeat None
+            frame = data[start:end]
+            if crc is not None and frame_crc(frame) != crc:
+                raise _damaged(where.path, block, "fails its checksum")
+            got = extra = 0
+            try:
+                with dec.stream_reader(frame, read_across_frames=False) as reader:
+                    while got < size:  # the GIL is released while a frame decodes
+                        n = reader.readinto(out[at + got : at + size])
+                        if not n:
+                            break
+                        got += n
+                    # reading on to the frame's end checks a content checksum (layout 1)
+                    extra = len(reader.read(1)) if got == size and crc is None else 0
+            except zstd.ZstdError as err:
+                raise _damaged(where.path, block, f"cannot be decompressed ({err})") from None
+            if got != size or extra:
+                held = f"{got} bytes" if got != size else f"more than {size} bytes"
+                raise _damaged(where.path, block, f"holds {held}, expected {size}")
 
 
 @dataclass(frozen=True)
@@ -159,66 +167,6 @@ def _damaged(path: Any, block: int, what: str) -> CorruptStoreError:
         f"{str(path)!r}: block {block} {what}; the compressed column is damaged, restore it "
         "from a copy"
     )
-
-
-def _decode(
-    data: memoryview,
-    todo: list[tuple[int, tuple[int, int], int, int, int | None]],
-    out: memoryview,
-    path: Any,
-) -> None:
-    """Decompress ``(at, (start, end), size, block, crc)`` frames of ``data`` into ``out[at:]``."""
-    zstd = _zstd()
-    dec = getattr(_local, "zstd_d", None)
-    if dec is None:
-        dec = _local.zstd_d = zstd.ZstdDecompressor()
-    for at, (start, end), size, block, crc in todo:
-        frame = data[start:end]
-        if crc is not None and frame_crc(frame) != crc:
-            raise _damaged(path, block, "fails its checksum")
-        got = extra = 0
-        try:
-            with dec.stream_reader(frame, read_across_frames=False) as reader:
-                while got < size:  # the GIL is released while a frame decodes
-                    n = reader.readinto(out[at + got : at + size])
-                    if not n:
-                        break
-                    got += n
-                # reading on to the frame's end checks a content checksum (and finds extra bytes)
-                extra = len(reader.read(1)) if got == size else 0
-        except zstd.ZstdError as err:
-            raise _damaged(path, block, f"cannot be decompressed ({err})") from None
-        if got != size or extra:
-            held = f"{got} bytes" if got != size else f"more than {size} bytes"
-            raise _damaged(path, block, f"holds {held}, expected {size}")
-
-
-DECODE_THREADS = min(4, os.cpu_count() or 1)
-"""Threads a large decompression is split over (the caller's among them)."""
-_PART_BYTES = 1 << 18  # a part decodes at least this much: below it, a thread's hand-off costs more
-_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
-
-
-def _decode_parts(nbytes: int, frames: int) -> int:
-    """How many threads decode ``frames`` frames of ``nbytes`` bytes in all."""
-    return max(1, min(DECODE_THREADS, frames, nbytes // _PART_BYTES))
-
-
-def _decode_pool() -> ThreadPoolExecutor:
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(DECODE_THREADS - 1, thread_name_prefix="trlrec-decode")
-        return _pool
-
-
-def _forget_pool() -> None:  # a forked child has none of its parent's threads
-    global _pool, _pool_lock
-    _pool, _pool_lock = None, threading.Lock()
-
-
-os.register_at_fork(after_in_child=_forget_pool)
 
 
 CODECS: Mapping[str, Codec] = {"zstd": Codec("zstd", 1, range(1, 23))}

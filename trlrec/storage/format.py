@@ -27,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import struct
@@ -297,7 +298,7 @@ class CompressedHeader:
     def _entry_bytes(layout: int) -> int:
         return 8 if layout == 1 else 12  # an end offset, and a frame's CRC-32 in layout 2
 
-    @property
+    @functools.cached_property
     def size(self) -> int:
         """Bytes of the header and the index: where the first frame starts."""
         return _ZHEAD.size + self._entry_bytes(self.layout) * len(self.ends)
@@ -314,8 +315,8 @@ class CompressedHeader:
 
     def frame(self, block: int) -> tuple[int, int]:
         """The bytes ``[start, end)`` of ``block``'s frame in the file."""
-        start = self.ends[block - 1] if block else 0
-        return self.size + start, self.size + self.ends[block]
+        at = self.size
+        return at + (self.ends[block - 1] if block else 0), at + self.ends[block]
 
     @classmethod
     def of_frames(
