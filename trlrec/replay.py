@@ -112,6 +112,7 @@ class _Plan:
     sources: list[tuple[ShardReader, int, int]]
     rows: list[np.ndarray]
     inverse: np.ndarray | None
+    total: int  # the groups' rows, end to end
 
 
 def _take_all(plan: _Plan, key: Key, dst: np.ndarray) -> None:
@@ -330,9 +331,9 @@ class StoreStorage(Storage):
         rows = np.concatenate([row + s for s in self._shifts]) if k > 1 else row + self._shifts[0]
         base, chunk_rows = self._ep_base[ep], self._ep_rows
         if k > 1:
-            base = np.tile(base, k)
+            base = np.concatenate([base] * k)  # np.tile's Python upkeep: ~4x the copy
             if isinstance(chunk_rows, np.ndarray):
-                chunk_rows = np.tile(chunk_rows[ep], k)
+                chunk_rows = np.concatenate([chunk_rows[ep]] * k)
         elif isinstance(chunk_rows, np.ndarray):
             chunk_rows = chunk_rows[ep]
         chunk, offset = row_chunk(rows, chunk_rows)
@@ -386,13 +387,13 @@ class StoreStorage(Storage):
             code, offset = code[sel], offset[sel]
         if code.size == 0 or code.min() == code.max():
             source = self._sources[int(code[0]) if code.size else 0]
-            return _Plan([source], [offset], None)
+            return _Plan([source], [offset], None, offset.size)
         if dedup:  # each row once: a slice's consecutive transitions share their states
             unique, inverse = np.unique(code * self._stride + offset, return_inverse=True)
             codes = unique // self._stride
             offsets = unique - codes * self._stride
         else:  # small rows: reading one twice costs less than finding it
-            order = np.argsort(code, kind="stable")
+            order = np.argsort(code)  # any order within a chunk: inverse puts rows back
             codes, offsets = code[order], offset[order]
             inverse = np.empty_like(order)
             inverse[order] = np.arange(order.size)
@@ -402,6 +403,7 @@ class StoreStorage(Storage):
             [self._sources[c] for c in codes[[a for a, _ in bounds]].tolist()],
             [offsets[a:b] for a, b in bounds],
             inverse.reshape(-1),
+            codes.size,
         )
 
     def _read(self, plan: _Plan, col: _Column, out: np.ndarray) -> None:
@@ -416,10 +418,11 @@ class StoreStorage(Storage):
         if plan.inverse is None:
             _take_all(plan, col.stored_key, out)
             return
-        total = sum(len(rows) for rows in plan.rows)
         joined = self._scratch.get(col.stored_key)
-        if joined is None or joined.shape[0] < total:  # bounded by the batch
-            joined = self._scratch[col.stored_key] = np.empty((total, col.row_bytes), np.uint8)
+        if joined is None or joined.shape[0] < plan.total:  # bounded by the batch
+            joined = self._scratch[col.stored_key] = np.empty(
+                (plan.total, col.row_bytes), np.uint8
+            )
         _take_all(plan, col.stored_key, joined)
         joined.take(plan.inverse, axis=0, out=out, mode="clip")  # every position is a row
 

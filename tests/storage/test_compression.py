@@ -130,6 +130,9 @@ def _pixels_rollout(T: int, h: int = 32) -> TensorDict:
 
 
 def test_a_mapping_compresses_only_its_keys_and_reads_by_block(tmp_path, monkeypatch):
+    from trlrec.storage import blocks
+
+    monkeypatch.setattr(blocks, "WHOLE_BYTES", 2**16)  # the 1.2 MB column: read by block
     rollout = _pixels_rollout(300, h=64)  # blocks of a few rows
     path = tmp_path / "m"
     with TrajectoryWriter(path, compression={"pixels": ("zstd", 5)}, chunk_rows=512) as w:
@@ -398,6 +401,7 @@ def split_decodes(monkeypatch):
     monkeypatch.setattr(decode_threads, "PART_BYTES", 1)
     monkeypatch.setattr(decode_threads, "DECODE_THREADS", 3)
     monkeypatch.setattr(blocks, "GROUP_BYTES", 1)
+    monkeypatch.setattr(blocks, "WHOLE_BYTES", 0)  # every column read by block
     names: set[str] = set()
     decode = Codec.decompress_into
 

@@ -31,7 +31,7 @@ __all__ = ["BlockCache", "CompressedColumn"]
 
 BLOCK_CACHE_BYTES = 64 * 2**20
 """Decompressed bytes a shard reader keeps, by default."""
-WHOLE_BYTES = 2**20
+WHOLE_BYTES = 4 * 2**20
 """A compressed column of at most this many bytes a chunk is decompressed and kept whole."""
 GROUP_BYTES = 4 * 2**20
 """Decompressed bytes of the blocks a gather decodes before copying their rows out."""

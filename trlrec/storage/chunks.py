@@ -24,7 +24,7 @@ from trlrec.storage.schema import Key, Schema
 __all__ = ["ChunkSeries", "default_chunk_rows"]
 
 _CHUNK_BYTES = 128 * 2**20  # a chunk holds about this much data ...
-_MAX_CHUNK_ROWS = 2**16  # ... in at most this many rows, and at least 16
+_MAX_CHUNK_ROWS = 2**18  # ... in at most this many rows, and at least 16
 
 
 def default_chunk_rows(schema: Schema) -> int:

@@ -54,7 +54,7 @@ class TrajectoryWriter(Closeable):
         metadata: JSON-serialisable dict stored once with the recording.
         shard: the shard to write: ``None`` makes a new one; an existing one's name
             continues it after its last commit.
-        chunk_rows: rows per chunk (default: about 128 MiB of data, at most 65536).
+        chunk_rows: rows per chunk (default: about 128 MiB of data, at most 262144).
         stage_steps: steps staged in RAM between writes (default: up to 1024, ~8 MiB).
         commit_every_steps, commit_every_seconds: commit after this many transitions,
             or this long after the last commit.
