@@ -420,9 +420,7 @@ class StoreStorage(Storage):
             return
         joined = self._scratch.get(col.stored_key)
         if joined is None or joined.shape[0] < plan.total:  # bounded by the batch
-            joined = self._scratch[col.stored_key] = np.empty(
-                (plan.total, col.row_bytes), np.uint8
-            )
+            joined = self._scratch[col.stored_key] = np.empty((plan.total, col.row_bytes), np.uint8)
         _take_all(plan, col.stored_key, joined)
         joined.take(plan.inverse, axis=0, out=out, mode="clip")  # every position is a row
 
