@@ -510,3 +510,38 @@ def test_short_writes_of_a_compressed_column_are_finished(tmp_path, monkeypatch)
     monkeypatch.setattr(os, "pwritev", pwritev)
     assert max(calls) > 1  # several frames asked for at once
     assert_store_matches(TrajectoryReader(tmp_path / "w"), rollout)
+
+
+def test_chunks_are_compressed_while_recording_once_a_commit_goes_past_them(tmp_path):
+    """Each stream's full chunks are sealed as the step loop goes on, once each, and a
+    writer that goes on in a resumed shard seals the chunks it fills in turn."""
+    env_rollout = _pixels_rollout(60, h=8)
+    path = tmp_path / "s"
+
+    def sealed(shard, stream):
+        chunks = sorted((shard / "streams" / str(stream)).iterdir())
+        return [(c / "pixels.zst").exists() for c in chunks]
+
+    w = TrajectoryWriter(path, compression="zstd", chunk_rows=16)
+    for t in range(41):  # rows 0..41 of one stream: chunks 0 and 1 full, chunk 2 open
+        w.append(env_rollout[t])
+        if t in (20, 40):
+            w.flush()  # a commit past chunk 0 (then 1) ...
+            w.flush()  # ... whose writes are done at the next commit: it is sealed
+            w._rec.sealer.wait()
+            assert sealed(w.shard_path, 0)[:-1] == [True] * (t // 16)
+    assert sealed(w.shard_path, 0) == [True, True, False]
+    w.close()
+    shard = w.shard_path
+    assert sealed(shard, 0) == [True, True, True]
+    kw = {"compression": "zstd", "chunk_rows": 16, "shard": shard.name}
+    with TrajectoryWriter(path, **kw) as w2:
+        for t in range(41, 60):  # a fresh chunk (3) filled, then chunk 4
+            w2.append(env_rollout[t])
+        w2.flush()
+        w2.flush()
+        w2._rec.sealer.wait()
+        assert sealed(shard, 0) == [True, True, True, True, False]
+    r = TrajectoryReader(path)
+    assert r.num_steps == 60
+    assert torch.equal(r.episodes[0]["pixels"], env_rollout["pixels"][:41])

@@ -180,6 +180,7 @@ class ChunkSealer:
         self._nbytes: dict[Key, int] = {}
         self._chunk_rows = 1
         self._sealed: list[int] = []  # per stream: chunks below this one are queued
+        self._edge: list[int] = []  # per stream: past this many rows, one more chunk is full
         self._pending: list[tuple[int, int, int]] = []  # (commit token, stream, chunks)
         self._pool: ThreadPoolExecutor | None = None
         self._futures: list[Future[int]] = []
@@ -193,6 +194,7 @@ class ChunkSealer:
         self._chunk_rows = chunk_rows
         self.plan = compression_plan(self.compression, schema)
         self._sealed = [0] * schema.num_streams
+        self._edge = [chunk_rows] * schema.num_streams
         self._pending.clear()
 
     def _seal(self, stream: int, index: int, rows: int) -> None:
@@ -217,10 +219,11 @@ class ChunkSealer:
         """A commit was queued as job ``token``: seal the chunks it went past once written."""
         if not self.plan:
             return
-        for b, entry in enumerate(streams):
-            full = (entry[0] - 1) // self._chunk_rows if entry[0] else 0
-            if full > self._sealed[b]:
+        for b, entry in enumerate(streams):  # once a step: a comparison a stream
+            if entry[0] > self._edge[b]:
+                full = (entry[0] - 1) // self._chunk_rows  # the chunks the rows went past
                 self._pending.append((token, b, full))
+                self._edge[b] = (full + 1) * self._chunk_rows
         if self._pending and io.done() >= self._pending[0][0] and io.error(group) is None:
             done = io.done()
             ready = [p for p in self._pending if p[0] <= done]
@@ -269,6 +272,7 @@ class ChunkSealer:
                 if raw:
                     retag_rows(directory, need)
             self._sealed[b] = last
+            self._edge[b] = (last + 1) * C
 
     def _raise(self) -> None:
         for f in self._futures:
