@@ -545,3 +545,23 @@ def test_chunks_are_compressed_while_recording_once_a_commit_goes_past_them(tmp_
     r = TrajectoryReader(path)
     assert r.num_steps == 60
     assert torch.equal(r.episodes[0]["pixels"], env_rollout["pixels"][:41])
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX")
+def test_a_forked_childs_decompression_buffers_are_its_own():
+    """The block cache's buffers and the scratch buffers are private maps: a child
+    decompressing into them after a fork never changes what its parent holds."""
+    from trlrec.storage import blocks
+
+    mine = blocks.scratch(4096)
+    mine[:] = 1
+    block = BlockCache().buffer(4096).numpy()
+    block[:] = 1
+    pid = os.fork()
+    if pid == 0:
+        blocks.scratch(4096)[:] = 2
+        block[:] = 2
+        os._exit(0)
+    assert os.waitpid(pid, 0)[1] == 0
+    assert (mine == 1).all()
+    assert (block == 1).all()

@@ -37,6 +37,34 @@ GROUP_BYTES = 4 * 2**20
 """Decompressed bytes of the blocks a gather decodes before copying their rows out."""
 
 
+_threads = threading.local()
+
+
+def _anonymous(nbytes: int) -> torch.Tensor:
+    """``nbytes`` (at least one) of a private anonymous map, as uint8.
+
+    Private: a forked child's writes are its own (a shared map, mmap's default, would
+    let a child decompressing into a reused buffer change its parent's rows).
+    """
+    return torch.frombuffer(
+        mmap.mmap(-1, max(1, nbytes), flags=mmap.MAP_PRIVATE), dtype=torch.uint8
+    )
+
+
+def scratch(nbytes: int) -> np.ndarray:
+    """A buffer of ``nbytes`` this thread decompresses a group of blocks into.
+
+    One a thread, whatever the shard (the threads a read is split over each decode into
+    their own), reused call to call: it grows to the largest group asked for (about
+    :data:`GROUP_BYTES`), in an anonymous map as blocks are, and is never held past the
+    call that asked for it.
+    """
+    have = getattr(_threads, "scratch", None)
+    if have is None or have.numel() < nbytes:
+        have = _threads.scratch = _anonymous(nbytes)
+    return have.numpy()[:nbytes]
+
+
 class BlockCache:
     """Decompressed blocks, least recently used dropped first past ``capacity`` bytes.
 
@@ -54,7 +82,6 @@ class BlockCache:
         self.size = 0
         self._blocks: OrderedDict[tuple[str, int], torch.Tensor] = OrderedDict()
         self._spare: dict[int, list[torch.Tensor]] = {}
-        self._scratch = threading.local()  # each thread's decompression buffer
 
     def get(self, key: tuple[str, int]) -> torch.Tensor | None:
         """The block at ``key`` (file, block), or None."""
@@ -68,21 +95,7 @@ class BlockCache:
         spare = self._spare.get(nbytes)
         if spare:
             return spare.pop()
-        return torch.frombuffer(mmap.mmap(-1, max(1, nbytes)), dtype=torch.uint8)[:nbytes]
-
-    def scratch(self, nbytes: int) -> np.ndarray:
-        """A buffer of ``nbytes`` this thread decompresses a group of blocks into.
-
-        One a thread (the threads a read is split over each decode into their own),
-        reused call to call: it grows to the largest group asked for, in an anonymous map
-        as blocks are, and is never held past the call that asked for it.
-        """
-        have = getattr(self._scratch, "buffer", None)
-        if have is None or have.numel() < nbytes:
-            have = self._scratch.buffer = torch.frombuffer(
-                mmap.mmap(-1, max(1, nbytes)), dtype=torch.uint8
-            )
-        return have.numpy()[:nbytes]
+        return _anonymous(nbytes)[:nbytes]
 
     def put(self, key: tuple[str, int], value: torch.Tensor) -> None:
         """Keep ``value`` (from :meth:`buffer`); drop the oldest blocks past the capacity."""
@@ -257,10 +270,10 @@ class CompressedColumn:
         def work(group: tuple[int, int]) -> None:
             k, k_end = group  # the group's distinct blocks [k, k_end)
             a, b = bounds[k], bounds[k_end]
-            scratch = self.cache.scratch(per * br * rb)
-            self._decompress(distinct[k:k_end].tolist(), scratch)
+            buf = scratch(per * br * rb)
+            self._decompress(distinct[k:k_end].tolist(), buf)
             at = (np.searchsorted(distinct[k:k_end], blocks[a:b]) * br) + rows[a:b] % br
-            held = scratch[: (k_end - k) * br * rb].reshape(-1, rb)
+            held = buf[: (k_end - k) * br * rb].reshape(-1, rb)
             held.take(at, axis=0, out=dst[a:b], mode="clip")
 
         run_in_parts(work, list(itertools.pairwise(cuts)), len(first) * br * rb)
@@ -280,4 +293,4 @@ class CompressedColumn:
     def check(self) -> None:
         """Decompress every block (each frame's checksum is checked); raise the first damage."""
         for b in range(self.head.blocks):
-            self._decompress([b], self.cache.scratch(self.head.block_rows * self.head.row_bytes))
+            self._decompress([b], scratch(self.head.block_rows * self.head.row_bytes))
