@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from tensordict import TensorDict
 
 from tests.storage.helpers import assert_store_matches, record_rows
@@ -565,3 +566,45 @@ def test_a_forked_childs_decompression_buffers_are_its_own():
     assert os.waitpid(pid, 0)[1] == 0
     assert (mine == 1).all()
     assert (block == 1).all()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    rows=st.integers(1, 300),
+    row_bytes=st.sampled_from([1, 3, 700, 5000, 70_000]),
+    group_blocks=st.integers(1, 5),
+    threads=st.integers(1, 3),
+    picks=st.lists(st.integers(0, 10**6), min_size=1, max_size=40),
+)
+def test_a_gather_by_groups_is_a_take(tmp_path_factory, rows, row_bytes, group_blocks, threads,
+                                      picks):  # fmt: skip
+    """Any rows (any order, repeats, the short last block) of a column read by block,
+    in groups of any size on any number of threads, are numpy's take of the raw rows."""
+    import numpy as np
+
+    from trlrec.storage import blocks, decode_threads
+    from trlrec.storage.compression import get_codec
+    from trlrec.storage.format import block_rows_for, column_file, compressed_file
+    from trlrec.storage.sealing import seal_column
+
+    chunk = tmp_path_factory.mktemp("g")
+    gen = np.random.default_rng(rows * row_bytes)
+    raw = (gen.integers(0, 4, (rows, row_bytes)) * 60).astype(np.uint8)  # compressible
+    raw.tofile(column_file(chunk, ("x",)))
+    seal_column(chunk, ("x",), rows, row_bytes, get_codec("zstd"), 3)
+    offsets = np.array([p % rows for p in picks], dtype=np.int64)
+    out = np.empty((len(offsets), row_bytes), np.uint8)
+    saved = blocks.WHOLE_BYTES, blocks.GROUP_BYTES, decode_threads.PART_BYTES
+    saved_threads = decode_threads.DECODE_THREADS
+    try:
+        blocks.WHOLE_BYTES = 0
+        blocks.GROUP_BYTES = group_blocks * block_rows_for(row_bytes) * row_bytes
+        decode_threads.PART_BYTES, decode_threads.DECODE_THREADS = 1, threads
+        column = CompressedColumn(
+            compressed_file(chunk, ("x",)), (row_bytes,), torch.uint8, BlockCache()
+        )
+        column.take_bytes(offsets, out)
+    finally:
+        blocks.WHOLE_BYTES, blocks.GROUP_BYTES, decode_threads.PART_BYTES = saved
+        decode_threads.DECODE_THREADS = saved_threads
+    assert (out == raw[offsets]).all()
