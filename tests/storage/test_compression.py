@@ -408,9 +408,11 @@ def split_decodes(monkeypatch):
 
     def spy(*args):
         import threading
+        import time
 
         names.add(threading.current_thread().name)
-        decode(*args)
+        time.sleep(0.01)  # long enough for the pool's threads to take groups too: each
+        decode(*args)  # thread takes the next group when done, the caller first
 
     monkeypatch.setattr(Codec, "decompress_into", spy)
     return names
