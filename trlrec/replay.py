@@ -112,7 +112,11 @@ class _Plan:
     sources: list[tuple[ShardReader, int, int]]
     rows: list[np.ndarray]
     inverse: np.ndarray | None
-    total: int  # the groups' rows, end to end
+
+    @functools.cached_property
+    def total(self) -> int:
+        """The groups' rows, end to end (counted once a plan, not once a column)."""
+        return sum(len(rows) for rows in self.rows)
 
 
 def _take_all(plan: _Plan, key: Key, dst: np.ndarray) -> None:
@@ -387,7 +391,7 @@ class StoreStorage(Storage):
             code, offset = code[sel], offset[sel]
         if code.size == 0 or code.min() == code.max():
             source = self._sources[int(code[0]) if code.size else 0]
-            return _Plan([source], [offset], None, offset.size)
+            return _Plan([source], [offset], None)
         if dedup:  # each row once: a slice's consecutive transitions share their states
             unique, inverse = np.unique(code * self._stride + offset, return_inverse=True)
             codes = unique // self._stride
@@ -403,7 +407,6 @@ class StoreStorage(Storage):
             [self._sources[c] for c in codes[[a for a, _ in bounds]].tolist()],
             [offsets[a:b] for a, b in bounds],
             inverse.reshape(-1),
-            codes.size,
         )
 
     def _read(self, plan: _Plan, col: _Column, out: np.ndarray) -> None:
