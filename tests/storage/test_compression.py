@@ -610,3 +610,53 @@ def test_a_gather_by_groups_is_a_take(tmp_path_factory, rows, row_bytes, group_b
         blocks.WHOLE_BYTES, blocks.GROUP_BYTES, decode_threads.PART_BYTES = saved
         decode_threads.DECODE_THREADS = saved_threads
     assert (out == raw[offsets]).all()
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
+def test_chunks_are_sealed_at_idle_priority_off_the_step_loop(tmp_path, monkeypatch):
+    """The sealing thread takes only CPU time the step loop does not want."""
+    from trlrec.storage import sealing
+
+    seal, seen = sealing.seal_column, []
+
+    def spy(*args):
+        seen.append(os.sched_getscheduler(0))
+        return seal(*args)
+
+    monkeypatch.setattr(sealing, "seal_column", spy)
+    rollout = _pixels_rollout(40, h=8)
+    with TrajectoryWriter(tmp_path / "s", compression="zstd", chunk_rows=8) as w:
+        for t in range(40):
+            w.append(rollout[t])
+            w.flush()
+    assert len(seen) > 4
+    assert set(seen) == {os.SCHED_IDLE}
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the caller's own is untouched
+    assert_store_matches(TrajectoryReader(tmp_path / "s"), rollout)
+
+
+def test_a_slow_sealer_holds_the_step_loop_to_a_bounded_backlog(tmp_path, monkeypatch):
+    """A worker kept off the CPUs makes the step loop wait: the queue never grows."""
+    import time
+
+    from trlrec.storage import sealing
+
+    seal = sealing.seal_column
+
+    def slow(*args):
+        time.sleep(0.01)
+        return seal(*args)
+
+    monkeypatch.setattr(sealing, "seal_column", slow)
+    monkeypatch.setattr(sealing, "BACKLOG_CHUNKS", 2)
+    rollout = _pixels_rollout(120, h=8)
+    queued = []
+    with TrajectoryWriter(tmp_path / "s", compression={"pixels": "zstd"}, chunk_rows=2) as w:
+        for t in range(120):
+            w.append(rollout[t])
+            w.flush()
+            queued.append(sum(not f.done() for f in w._rec.sealer._futures))
+    assert max(queued) == 2  # 2 chunks of the one compressed column, one stream
+    assert len(_packed(tmp_path / "s")) >= 60  # every chunk sealed in the end
+    assert not list((tmp_path / "s").rglob("pixels.memmap"))
+    assert_store_matches(TrajectoryReader(tmp_path / "s"), rollout)

@@ -13,12 +13,19 @@ half-written compressed file is ever read. Only committed rows are compressed, a
 chunk is sealed only after the commit that went past it is written (its I/O job is
 done), so the rows in ``.zst`` are the committed ones.
 
+The worker thread runs at the lowest priority the OS has (Linux: ``SCHED_IDLE``), on
+CPU time no other thread wants: it otherwise takes its turns on the step loop's core
+(measured: the step loop preempted for milliseconds a chunk). So that a worker kept
+off the CPUs by a busy machine cannot fall behind without end, the step loop waits
+for it once more than :data:`BACKLOG_CHUNKS` chunks a stream are queued.
+
 Trimming (:func:`trim_column`) cuts a stream's last chunk files to the rows its
 commit counts, so a closed store's apparent size is its allocated size.
 """
 
 from __future__ import annotations
 
+import logging
 import mmap
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -45,6 +52,21 @@ __all__ = ["ChunkSealer", "seal_column", "trim_column", "retag_rows", "compressi
 
 
 _IOV_MAX = 1024  # buffers one pwritev takes (Linux's IOV_MAX)
+BACKLOG_CHUNKS = 4
+"""Chunks a stream may have queued for sealing before the step loop waits for the worker."""
+_log = logging.getLogger(__name__)
+
+
+def _background() -> None:
+    """Run the calling thread only on CPU time no other thread wants (Linux ``SCHED_IDLE``).
+
+    Elsewhere, or where the OS refuses, the thread keeps its priority: sealing is then
+    as fast, and the step loop shares its core with it as before.
+    """
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # 0: this thread
+    except (AttributeError, OSError) as err:
+        _log.debug("the sealing thread keeps its priority: %s", err)
 
 
 def _write_all(fd: int, parts: list[memoryview], offset: int) -> None:
@@ -201,7 +223,9 @@ class ChunkSealer:
         if not self.plan:
             return
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(1, thread_name_prefix="trlrec-seal")
+            self._pool = ThreadPoolExecutor(
+                1, thread_name_prefix="trlrec-seal", initializer=_background
+            )
         directory = chunk_path(self.shard_path, stream, index)
         for key, (codec, level) in self.plan.items():
             job = (directory, key, rows, self._nbytes[key], codec, level)
@@ -214,6 +238,14 @@ class ChunkSealer:
                 except BaseException as err:
                     done.set_exception(err)
                 self._futures.append(done)
+        self._bound()
+
+    def _bound(self) -> None:
+        """Wait until at most :data:`BACKLOG_CHUNKS` chunks a stream are left to seal."""
+        limit = BACKLOG_CHUNKS * len(self.plan) * max(1, len(self._sealed))
+        queued = [f for f in self._futures if not f.done()]
+        if len(queued) > limit:  # one worker: they finish in order
+            queued[-limit - 1].exception()
 
     def committed(self, io: IOBackend, group: int, token: int, streams: list[list[int]]) -> None:
         """A commit was queued as job ``token``: seal the chunks it went past once written."""
