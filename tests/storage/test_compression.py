@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tensordict import TensorDict
 
-from tests.storage.helpers import assert_store_matches, record_rows
+from tests.storage.helpers import assert_store_matches, io_kinds, record_rows
 from tests.storage.strategies import rollouts
 from trlrec import TrajectoryReader, TrajectoryWriter
 from trlrec.cli import main
@@ -659,4 +659,24 @@ def test_a_slow_sealer_holds_the_step_loop_to_a_bounded_backlog(tmp_path, monkey
     assert max(queued) == 2  # 2 chunks of the one compressed column, one stream
     assert len(_packed(tmp_path / "s")) >= 60  # every chunk sealed in the end
     assert not list((tmp_path / "s").rglob("pixels.memmap"))
+    assert_store_matches(TrajectoryReader(tmp_path / "s"), rollout)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/io"), reason="Linux's per-process I/O counts")
+@pytest.mark.parametrize("io", io_kinds())
+def test_the_raw_rows_of_a_compressed_column_need_not_reach_the_disk(tmp_path, io):
+    """Their pages stay cached until the chunk is sealed; removed, they are never written."""
+
+    def cancelled() -> int:  # bytes of dirty pages dropped unwritten (a file removed)
+        with open("/proc/self/io") as f:
+            stats = dict(line.split(": ") for line in f.read().splitlines())
+        return int(stats["cancelled_write_bytes"])
+
+    rollout = _pixels_rollout(600, h=64)  # 4 KiB rows, writes of 64 rows: 256 KiB
+    before = cancelled()
+    with TrajectoryWriter(tmp_path / "s", compression={"pixels": "zstd"}, chunk_rows=128, io=io,
+                          stage_steps=64) as w:  # fmt: skip
+        w.extend(rollout)
+    raw = rollout["pixels"].numel()  # bytes of the compressed column
+    assert cancelled() - before >= raw // 2
     assert_store_matches(TrajectoryReader(tmp_path / "s"), rollout)

@@ -419,8 +419,9 @@ def test_io_write_error_rolls_back_to_the_last_commit(tmp_path, stub_env_cls, mo
     unwritable.mkdir(parents=True)
     real_write = w._rec.io.write
 
-    def write(file, data, offset, group):
-        return real_write(str(unwritable) if "pixels" in file else file, data, offset, group)
+    def write(file, data, offset, group, keep=False):
+        where = str(unwritable) if "pixels" in file else file
+        return real_write(where, data, offset, group, keep)
 
     monkeypatch.setattr(w._rec.io, "write", write)
 

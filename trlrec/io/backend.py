@@ -28,13 +28,16 @@ _DROP_BEHIND = 1 << 16  # writes of at least this many bytes are dropped from th
 _DROP_LAG = 4  # ... together with the ~4 writes before them (written back meanwhile)
 
 
-def drop_from(offset: int, size: int) -> int:
-    """Where a write's drop from the page cache starts, or -1 (a small write is kept).
+def drop_from(offset: int, size: int, keep: bool = False) -> int:
+    """Where a write's drop from the page cache starts, or -1 (the pages are kept).
 
     Dropping the pages of big writes behind the write position lets the next writes
-    reuse them rather than take fresh ones (see docs/PERFORMANCE.md).
+    reuse them rather than take fresh ones (see docs/PERFORMANCE.md). Small writes are
+    kept, and so is a write with ``keep``: a file read back soon and then removed (a
+    column compressed when its chunk is sealed), whose pages, never written back, then
+    need not reach the disk at all.
     """
-    return max(0, offset - _DROP_LAG * size) if size >= _DROP_BEHIND else -1
+    return max(0, offset - _DROP_LAG * size) if size >= _DROP_BEHIND and not keep else -1
 
 
 def write_fix(code: int | None) -> str:
@@ -94,8 +97,11 @@ class IOBackend(abc.ABC):
         return next(self._groups)
 
     @abc.abstractmethod
-    def write(self, path: str, data: Buffer, offset: int, group: int) -> int:
-        """Queue writing ``data`` at ``offset`` of the existing file ``path``; its token."""
+    def write(self, path: str, data: Buffer, offset: int, group: int, keep: bool = False) -> int:
+        """Queue writing ``data`` at ``offset`` of the existing file ``path``; its token.
+
+        ``keep``: leave the written pages in the page cache (see :func:`drop_from`).
+        """
 
     @abc.abstractmethod
     def replace(self, path: str, data: bytes, group: int, durable: bool = False) -> int:

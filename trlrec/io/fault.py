@@ -73,7 +73,7 @@ class FaultBackend(InlineBackend):
         self.failures += 1
         raise OSError(self.code, "injected by FaultBackend")
 
-    def _do_write(self, path: str, data: Buffer, offset: int) -> None:
+    def _do_write(self, path: str, data: Buffer, offset: int, keep: bool) -> None:
         self.writes += 1
         rule = self._fail_write
         if callable(rule):
@@ -81,7 +81,7 @@ class FaultBackend(InlineBackend):
                 self._fail()
         elif rule is not None and (self.writes == rule or (self.sticky and self.writes > rule)):
             self._fail()
-        super()._do_write(path, data, offset)
+        super()._do_write(path, data, offset, keep)
 
     def _do_replace(self, path: str, data: bytes, durable: bool) -> None:
         if self._fail_replace is not None and self._fail_replace(path):

@@ -11,11 +11,11 @@ from trlrec.io.fdcache import FdCache
 __all__ = ["InlineBackend"]
 
 
-def pwrite_all(fd: int, data: Buffer, offset: int) -> None:
+def pwrite_all(fd: int, data: Buffer, offset: int, keep: bool = False) -> None:
     """``pwrite`` all of ``data`` at ``offset``; a big write also drops older pages."""
     view = memoryview(data).cast("B")
     end = offset + len(view)
-    behind = drop_from(offset, len(view))
+    behind = drop_from(offset, len(view), keep)
     while view:
         n = os.pwrite(fd, view, offset)
         view, offset = view[n:], offset + n
@@ -43,23 +43,23 @@ class InlineBackend(IOBackend):
         if group not in self._errors:
             try:
                 if job[0] == "write":
-                    self._do_write(path, job[1], job[2])
+                    self._do_write(path, job[1], job[2], job[3])
                 else:
                     self._do_replace(path, job[1], job[2])
             except OSError as err:
                 self._errors[group] = write_error(path, err.errno)
         self._done += 1
 
-    def _do_write(self, path: str, data: Buffer, offset: int) -> None:
-        pwrite_all(self._fds.get(path), data, offset)
+    def _do_write(self, path: str, data: Buffer, offset: int, keep: bool) -> None:
+        pwrite_all(self._fds.get(path), data, offset, keep)
 
     def _do_replace(self, path: str, data: bytes, durable: bool) -> None:
         replace_file(path, data, durable)
 
-    def write(self, path: str, data: Buffer, offset: int, group: int) -> int:
+    def write(self, path: str, data: Buffer, offset: int, group: int, keep: bool = False) -> int:
         """Write ``data`` at ``offset`` of ``path`` now; its token."""
         self.submitted += 1
-        self._run(group, path, ("write", data, offset))
+        self._run(group, path, ("write", data, offset, keep))
         return self.submitted
 
     def replace(self, path: str, data: bytes, group: int, durable: bool = False) -> int:

@@ -54,11 +54,11 @@ class NativeBackend(IOBackend):
                 self._errors[group] = write_error(path, code)
             self._done = max(self._done, token)
 
-    def write(self, path: str, data: Buffer, offset: int, group: int) -> int:
+    def write(self, path: str, data: Buffer, offset: int, group: int, keep: bool = False) -> int:
         """Queue a write (the thread opens ``path`` and keeps it open); its token."""
         token = self._token(path, group)
-        size = memoryview(data).nbytes
-        self._writer.submit_path(path, data, offset, drop_from(offset, size), group, token)
+        behind = drop_from(offset, memoryview(data).nbytes, keep)
+        self._writer.submit_path(path, data, offset, behind, group, token)
         return token
 
     def replace(self, path: str, data: bytes, group: int, durable: bool = False) -> int:

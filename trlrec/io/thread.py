@@ -61,9 +61,9 @@ class ThreadBackend(InlineBackend):
         self._jobs.put(item)
         return self.submitted
 
-    def write(self, path: str, data: Buffer, offset: int, group: int) -> int:
+    def write(self, path: str, data: Buffer, offset: int, group: int, keep: bool = False) -> int:
         """Queue a write; its token."""
-        return self._submit((group, path, ("write", data, offset)))
+        return self._submit((group, path, ("write", data, offset, keep)))
 
     def replace(self, path: str, data: bytes, group: int, durable: bool = False) -> int:
         """Queue a replacement; its token."""

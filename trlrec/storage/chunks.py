@@ -40,15 +40,25 @@ class ChunkSeries:
         schema: the recording's schema.
         capacity: rows per chunk.
         io: the writer's I/O backend, and ``group`` its group for these writes.
+        compressed: the keys compressed when a chunk is sealed: their raw files are
+            read back and removed soon, so their written pages stay in the page cache
+            (and need never reach the disk).
     """
 
     def __init__(
-        self, directory: Path, schema: Schema, capacity: int, io: IOBackend, group: int
+        self,
+        directory: Path,
+        schema: Schema,
+        capacity: int,
+        io: IOBackend,
+        group: int,
+        compressed: frozenset[Key] = frozenset(),
     ) -> None:
         self.directory = directory
         self.capacity = capacity
         self.io = io
         self.group = group
+        self.compressed = compressed
         self._template = schema.row_template()
         self._row_bytes = {e.stored_key: e.nbytes for e in schema.entries}
         self._created: set[int] = set()
@@ -122,7 +132,8 @@ class ChunkSeries:
                 if flat.stride(0) != 1:  # non-contiguous, or one element with an odd stride
                     flat = torch.empty(flat.shape, dtype=flat.dtype).copy_(flat)
                 data = memoryview(flat.view(torch.uint8).numpy()).cast("B")
-                self.io.write(self._file(index, key), data, offset * size, self.group)
+                keep = key in self.compressed
+                self.io.write(self._file(index, key), data, offset * size, self.group, keep)
             self.touched.add(index)
             done += n
 

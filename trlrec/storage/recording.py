@@ -101,9 +101,11 @@ class Recording:
         self.staging = StepStaging(schema, self._stage_steps, buffers)
         self.capture = self.staging.capture
         self.clock.attach(self.capture)  # it counts the steps it stages
-        sizes = (self._chunk_rows, self.io, self.group, self._episode_key)
-        self.streams = StreamSet(self.shard_path, self.staging, *sizes)
         self.sealer.setup(schema, self._chunk_rows)
+        sizes = (self._chunk_rows, self.io, self.group, self._episode_key)
+        self.streams = StreamSet(
+            self.shard_path, self.staging, *sizes, compressed=frozenset(self.sealer.plan)
+        )
 
     def init_schema(self, root: TensorDictBase, next_: TensorDictBase) -> None:
         """Set the recording up from its first transition (its schema is written)."""

@@ -36,6 +36,8 @@ class StreamSet:
         chunk_rows: rows per chunk.
         io: the writer's I/O backend, and ``group`` its group.
         episode_key: a root key whose change starts a new episode, or None.
+        compressed: the keys compressed when their chunk is sealed (their pages are
+            kept in the page cache until then).
     """
 
     def __init__(
@@ -46,12 +48,13 @@ class StreamSet:
         io: IOBackend,
         group: int,
         episode_key: Key | None,
+        compressed: frozenset[Key] = frozenset(),
     ) -> None:
         schema = staging.schema
         root = shard_path / STREAMS_DIR
         self.staging = staging
         self.streams = [
-            Stream(b, ChunkSeries(root / str(b), schema, chunk_rows, io, group), schema)
+            Stream(b, ChunkSeries(root / str(b), schema, chunk_rows, io, group, compressed), schema)
             for b in range(schema.num_streams)
         ]
         self._id_slot = next(
