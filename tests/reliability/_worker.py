@@ -250,10 +250,10 @@ def install_crashpoint(target: str, nth: int, when: str) -> None:
         real = inline.InlineBackend._do_write
         counted = wrap(real)
 
-        def index_write(self, path, data, offset):
+        def index_write(self, path, data, offset, keep):
             if path.endswith(("episodes.bin", "episode_meta.jsonl")):
-                return counted(self, path, data, offset)
-            return real(self, path, data, offset)
+                return counted(self, path, data, offset, keep)
+            return real(self, path, data, offset, keep)
 
         inline.InlineBackend._do_write = index_write
     elif target == "replace":
