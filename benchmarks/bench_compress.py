@@ -24,6 +24,7 @@ from __future__ import annotations
 import itertools
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -95,27 +96,64 @@ def _steps(pix: torch.Tensor, dones: torch.Tensor) -> list[TensorDict]:
 CHUNK_ROWS = 1024  # chunks fill (and are compressed) during the step loop
 
 
-def _record(path: Path, steps: list[TensorDict], compression: Any, cpu: list[float]) -> float:
+CpuTimes = list[tuple[float, float]]
+
+
+def _record(path: Path, steps: list[TensorDict], compression: Any, cpu: CpuTimes) -> float:
     """Record ``steps`` with ``append``; the step loop's seconds per step (close excluded).
 
-    The step loop's own CPU seconds per step (its thread's) are appended to ``cpu``.
+    Appended to ``cpu``: the step loop's own CPU seconds per step (its thread's), and
+    the process's, ``close()`` included (so every chunk's sealing).
     """
     w = TrajectoryWriter(path, compression=compression, chunk_rows=CHUNK_ROWS)
-    t0, c0 = time.perf_counter(), time.thread_time()
+    t0, c0, p0 = time.perf_counter(), time.thread_time(), time.process_time()
     for s in steps:
         w.append(s)
     dt, dc = time.perf_counter() - t0, time.thread_time() - c0
     w.close()
-    cpu.append(dc / len(steps))
+    cpu.append((dc / len(steps), (time.process_time() - p0) / len(steps)))
     return dt / len(steps)
 
 
 def _recording(
-    root: Path, name: str, steps: list[TensorDict], compression: Any, cpu: list[float]
+    root: Path, name: str, steps: list[TensorDict], compression: Any, cpu: CpuTimes
 ) -> Any:
     """A run of :func:`_record` into a new store ``root / name-<k>`` at each call (k = 0, 1...)."""
     runs = itertools.count()
     return lambda: _record(root / f"{name}-{next(runs)}", steps, compression, cpu)
+
+
+_SPIN = (
+    "import os, sys\n"
+    "try:\n"
+    "    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))\n"
+    "except (AttributeError, OSError):\n"
+    "    os.nice(19)\n"
+    "print('ready', flush=True)\n"
+    "while True:\n"
+    "    sum(range(1000))\n"
+)
+
+
+def _busy_core(run: Any) -> Any:
+    """``run`` with another process spinning at the lowest priority (as the sealer runs).
+
+    What a busy second core costs the raw step loop on this machine, by itself: the
+    spin loop touches no memory and takes no lock, so what it adds is the machine's
+    (on a VM, a vCPU kept busy slows its sibling), not trlrec's.
+    """
+
+    def busy() -> float:
+        spin = subprocess.Popen([sys.executable, "-c", _SPIN], stdout=subprocess.PIPE, text=True)
+        try:
+            if spin.stdout is None or spin.stdout.readline().strip() != "ready":
+                raise RuntimeError("the spin loop of the busy-core case did not start")
+            return float(run())
+        finally:
+            spin.kill()
+            spin.wait()
+
+    return busy
 
 
 def _sizes(path: Path) -> tuple[int, int]:
@@ -207,14 +245,17 @@ def run(smoke: bool = False) -> list[dict[str, Any]]:
                 steps = _steps(pix, dones)
                 kind = "84x84 gray" if gray else "210x160 RGB"
                 tag = f"{game}-{'gray' if gray else 'rgb'}"
-                cpu: dict[str, list[float]] = {"raw": [], "zstd": []}
-                costs = interleaved(
-                    {
-                        mode: _recording(root, f"{tag}-{mode}", steps, comp, cpu[mode])
-                        for mode, comp in (("raw", None), ("zstd", "zstd"))
-                    },
-                    reps if gray and game == "Pong" else 1,
-                )
+                cpu: dict[str, CpuTimes] = {"raw": [], "zstd": [], "busy": []}
+                cases = {
+                    mode: _recording(root, f"{tag}-{mode}", steps, comp, cpu[mode])
+                    for mode, comp in (("raw", None), ("zstd", "zstd"))
+                }
+                timed_here = gray and game == "Pong"
+                if timed_here:
+                    cases["busy"] = _busy_core(
+                        _recording(root, f"{tag}-busy", steps, None, cpu["busy"])
+                    )
+                costs = interleaved(cases, reps if timed_here else 1)
                 raw_alloc, raw_apparent = _sizes(root / f"{tag}-raw-0")
                 z_alloc, z_apparent = _sizes(root / f"{tag}-zstd-0")
                 ratio = raw_alloc / max(1, z_alloc)
@@ -228,7 +269,7 @@ def run(smoke: bool = False) -> list[dict[str, Any]]:
                 exact = _exact(root / f"{tag}-zstd-0", pix)
                 rows.append(_row(f"{game} {kind} zstd: frames read back bit-exact", float(exact),
                                  "bool", "== 1", verdict(exact)))  # fmt: skip
-                if gray and game == "Pong":
+                if timed_here:
                     off = statistics.median(costs["raw"]) * 1e6
                     on = statistics.median(costs["zstd"]) * 1e6
                     pairs = zip(costs["raw"], costs["zstd"], strict=True)
@@ -246,7 +287,25 @@ def run(smoke: bool = False) -> list[dict[str, Any]]:
                         f"runs of {len(steps)} steps (quartiles {q1:+.2f} and {q3:+.2f}; the "
                         f"difference of the medians {on - off:+.2f})",
                     ))  # fmt: skip
-                    cpu_delta = statistics.median(cpu["zstd"]) - statistics.median(cpu["raw"])
+                    busy = statistics.median(
+                        (b - r) * 1e6 for r, b in zip(costs["raw"], costs["busy"], strict=True)
+                    )
+                    work = statistics.median(c[1] for c in cpu["zstd"]) - statistics.median(
+                        c[1] for c in cpu["raw"]
+                    )
+                    rows.append(_row(
+                        "Pong 84x84 gray append: compression off, other core busy, minus idle",
+                        busy, "us/step", None, None,
+                        "the raw step loop with another process spinning at the lowest "
+                        "priority (SCHED_IDLE, as the sealing thread runs) on the other core, "
+                        "minus the same runs without it: what a busy second core costs the "
+                        f"step loop on this machine by itself; zstd's sealing keeps that core "
+                        f"busy {work / (on * 1e-6):.0%} of the time ({work * 1e6:.2f} us of "
+                        f"CPU a step, the process's CPU time zstd minus off)",
+                    ))  # fmt: skip
+                    cpu_delta = statistics.median(c[0] for c in cpu["zstd"]) - statistics.median(
+                        c[0] for c in cpu["raw"]
+                    )
                     rows.append(_row(
                         "Pong 84x84 gray append: zstd minus off, step loop's CPU time",
                         cpu_delta * 1e6, "us/step", None, None,
