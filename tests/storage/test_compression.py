@@ -680,3 +680,30 @@ def test_the_raw_rows_of_a_compressed_column_need_not_reach_the_disk(tmp_path, i
     raw = rollout["pixels"].numel()  # bytes of the compressed column
     assert cancelled() - before >= raw // 2
     assert_store_matches(TrajectoryReader(tmp_path / "s"), rollout)
+
+
+@pytest.mark.parametrize("durable", [False, True])
+def test_sealed_files_are_fsynced_only_for_a_durable_writer(tmp_path, monkeypatch, durable):
+    """A durable writer's sealed files are on disk before their raw ones go; others skip it."""
+    import threading
+
+    real, on_sealer = os.fsync, []
+
+    def spy(fd):
+        on_sealer.append(threading.current_thread().name.startswith("trlrec-seal"))
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    rollout = _pixels_rollout(40, h=8)
+    path = tmp_path / "s"
+    with TrajectoryWriter(path, compression="zstd", chunk_rows=8, durable=durable) as w:
+        for t in range(40):
+            w.append(rollout[t])
+            w.flush()
+    sealed = len(_packed(path))
+    assert sealed >= 5
+    if durable:  # each compressed file and its directory, at least
+        assert sum(on_sealer) >= 2 * sealed
+    else:
+        assert not any(on_sealer)
+    assert_store_matches(TrajectoryReader(path), rollout)

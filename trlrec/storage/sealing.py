@@ -1,17 +1,21 @@
 """Sealing chunks: compress their columns off the step path, trim the last ones.
 
 A chunk is *sealed* once no row of it will be written again: every chunk a commit has
-gone past (the stream's rows reach into the next one), and at ``close()`` the last
-chunk of each stream. Sealing a column of a compressed key
-(:func:`seal_column`) maps its committed raw rows, compresses them in blocks on a
-worker thread (one call into the codec a column, the GIL released throughout),
-writes ``<key>.zst`` to a temporary file that is renamed into place once whole and
-fsync'ed, and only then removes the raw ``<key>.memmap``. A kill at any instant
-leaves either the raw file or the whole compressed one (or both, when killed between
-the rename and the removal): the reader takes ``.zst`` when present, and no
-half-written compressed file is ever read. Only committed rows are compressed, and a
-chunk is sealed only after the commit that went past it is written (its I/O job is
-done), so the rows in ``.zst`` are the committed ones.
+gone past (the stream's rows reach into the next one), and at ``close()`` the last chunk
+of each stream. Sealing a column of a compressed key (:func:`seal_column`) maps its
+committed raw rows, compresses them in blocks on a worker thread (one call into the
+codec a column, the GIL released throughout), writes ``<key>.zst`` to a temporary file
+that is renamed into place once whole (and, for a durable writer, fsync'ed), and only
+then removes the raw ``<key>.memmap``. A kill at any instant leaves either the raw file
+or the whole compressed one (or both, when killed between the rename and the removal):
+the reader takes ``.zst`` when present, and no half-written compressed file is ever
+read. A writer that is not durable does not fsync them: its raw rows are not fsync'ed
+either, so a power cut may lose its last rows whether raw or sealed (a compressed file
+it cut short is refused by its checks, never read as garbage), and the fsyncs and the
+journal commits they force had cost the sealing thread about a tenth of its CPU time.
+Only committed rows are compressed, and a chunk is sealed only after the commit that
+went past it is written (its I/O job is done), so the rows in ``.zst`` are the committed
+ones.
 
 The worker thread runs at the lowest priority the OS has (Linux: ``SCHED_IDLE``), on
 CPU time no other thread wants: it otherwise takes its turns on the step loop's core
@@ -84,9 +88,18 @@ def _write_all(fd: int, parts: list[memoryview], offset: int) -> None:
 
 
 def seal_column(
-    directory: Path, key: Key, rows: int, row_bytes: int, codec: Codec, level: int
+    directory: Path,
+    key: Key,
+    rows: int,
+    row_bytes: int,
+    codec: Codec,
+    level: int,
+    durable: bool = True,
 ) -> int:
     """Compress the first ``rows`` rows of column ``key`` of a chunk into its ``.zst`` file.
+
+    ``durable``: the compressed file, and its name, are on disk (fsync'ed) before the
+    raw file is removed, so a power cut cannot lose rows the raw file held on disk.
 
     ``rows`` is cut to the whole rows the file holds (a chunk trimmed when a writer
     closed or rolled back holds its written rows only; the commit of a writer that
@@ -123,11 +136,13 @@ def seal_column(
         out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:
             _write_all(out, [memoryview(head.pack()), *frames], 0)  # the frames uncopied
-            os.fsync(out)  # whole on disk before its name says it is there
+            if durable:
+                os.fsync(out)  # whole on disk before its name says it is there
         finally:
             os.close(out)
         os.replace(tmp, dest)
-        fsync_path(dest.parent)
+        if durable:
+            fsync_path(dest.parent)
     except OSError as err:
         tmp.unlink(missing_ok=True)
         raise StoreWriteError(
@@ -193,11 +208,13 @@ class ChunkSealer:
     Args:
         shard_path: the shard directory.
         compression: the writer's ``compression`` argument.
+        durable: the writer's ``durable``: whether sealed files are fsync'ed.
     """
 
-    def __init__(self, shard_path: Path, compression: Any) -> None:
+    def __init__(self, shard_path: Path, compression: Any, durable: bool = False) -> None:
         self.shard_path = shard_path
         self.compression = compression
+        self.durable = durable
         self.plan: dict[Key, tuple[Codec, int]] = {}
         self._nbytes: dict[Key, int] = {}
         self._chunk_rows = 1
@@ -228,7 +245,7 @@ class ChunkSealer:
             )
         directory = chunk_path(self.shard_path, stream, index)
         for key, (codec, level) in self.plan.items():
-            job = (directory, key, rows, self._nbytes[key], codec, level)
+            job = (directory, key, rows, self._nbytes[key], codec, level, self.durable)
             try:
                 self._futures.append(self._pool.submit(seal_column, *job))
             except RuntimeError:  # the interpreter is exiting (a writer closed at exit)
