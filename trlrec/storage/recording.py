@@ -71,7 +71,7 @@ class Recording:
         self._stage_steps = stage_steps
         self._episode_key = episode_key
         self.files = ShardFiles(shard_path, durable=durable, compressed=compression is not None)
-        self.sealer = ChunkSealer(shard_path, compression, durable)
+        self.sealer = ChunkSealer(shard_path, compression, durable=durable)
         self.schema: Schema | None = None
         # what the last commit holds, and the I/O errors met (read by TrajectoryWriter.stats)
         self.committed_steps = 0

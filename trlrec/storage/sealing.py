@@ -211,7 +211,7 @@ class ChunkSealer:
         durable: the writer's ``durable``: whether sealed files are fsync'ed.
     """
 
-    def __init__(self, shard_path: Path, compression: Any, durable: bool = False) -> None:
+    def __init__(self, shard_path: Path, compression: Any, *, durable: bool) -> None:
         self.shard_path = shard_path
         self.compression = compression
         self.durable = durable
