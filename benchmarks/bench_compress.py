@@ -8,11 +8,15 @@ the ratio is the raw store's allocated bytes (``st_blocks``) over the compressed
 the whole store (every key and file), chunks of 1024 rows (so that chunks fill,
 and are compressed on the writer's worker thread, during the step loop). The step
 cost is the ``append`` time per step over interleaved runs, raw vs zstd, on the same
-frames; what zstd adds is the median of the repetitions' differences (each repetition
-runs raw, then zstd, back to back: a slow phase of the shared machine, seconds long,
-falls on both runs of a pair rather than on one case's median). Each run starts
-settled (``benchmarks.settle``: the writeback of the last run's files and its garbage
-otherwise land in the next run). The codec comparison
+frames, in chunks of the default size (~19,000 rows of these frames: 60,000 steps,
+the 6,000 frames cycled, fill three during the step loop, each compressed while the
+loop goes on), and again in chunks of 1024 rows (a stress case without a budget:
+what a chunk costs (its files created, each of its columns sealed) falls on 1024
+rows instead of ~19,000); what zstd adds is the median of the repetitions'
+differences (each repetition runs raw, then zstd, back to back: a slow phase of the
+shared machine, seconds long, falls on both runs of a pair rather than on one case's
+median). Each run starts settled (``benchmarks.settle``: the writeback of the last
+run's files and its garbage otherwise land in the next run). The codec comparison
 (zstandard vs blosc2, which chose zstd) compresses the same Pong frames in blocks of
 64 rows.
 
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -99,28 +104,63 @@ CHUNK_ROWS = 1024  # chunks fill (and are compressed) during the step loop
 CpuTimes = list[tuple[float, float]]
 
 
-def _record(path: Path, steps: list[TensorDict], compression: Any, cpu: CpuTimes) -> float:
-    """Record ``steps`` with ``append``; the step loop's seconds per step (close excluded).
+def _record(
+    path: Path,
+    steps: list[TensorDict],
+    compression: Any,
+    cpu: CpuTimes,
+    chunk_rows: int | None = CHUNK_ROWS,
+    n: int | None = None,
+) -> float:
+    """Record ``n`` steps (``steps`` cycled; all by default) with ``append``.
 
-    Appended to ``cpu``: the step loop's own CPU seconds per step (its thread's), and
-    the process's, ``close()`` included (so every chunk's sealing).
+    Returns the step loop's seconds per step (close excluded). Appended to ``cpu``:
+    the step loop's own CPU seconds per step (its thread's), and the process's,
+    ``close()`` included (so every chunk's sealing).
     """
-    w = TrajectoryWriter(path, compression=compression, chunk_rows=CHUNK_ROWS)
+    n = len(steps) if n is None else n
+    k = len(steps)
+    w = TrajectoryWriter(path, compression=compression, chunk_rows=chunk_rows)
     t0, c0, p0 = time.perf_counter(), time.thread_time(), time.process_time()
-    for s in steps:
-        w.append(s)
+    for i in range(n):
+        w.append(steps[i % k])
     dt, dc = time.perf_counter() - t0, time.thread_time() - c0
     w.close()
-    cpu.append((dc / len(steps), (time.process_time() - p0) / len(steps)))
-    return dt / len(steps)
+    cpu.append((dc / n, (time.process_time() - p0) / n))
+    return dt / n
 
 
 def _recording(
-    root: Path, name: str, steps: list[TensorDict], compression: Any, cpu: CpuTimes
+    root: Path,
+    name: str,
+    steps: list[TensorDict],
+    compression: Any,
+    cpu: CpuTimes,
+    chunk_rows: int | None = CHUNK_ROWS,
+    n: int | None = None,
+    keep: bool = True,
 ) -> Any:
-    """A run of :func:`_record` into a new store ``root / name-<k>`` at each call (k = 0, 1...)."""
+    """A run of :func:`_record` into a new store ``root / name-<k>`` at each call (k = 0, 1...).
+
+    ``keep=False``: each store is removed once timed (untimed), and its chunk count
+    kept in ``chunks[name]``.
+    """
     runs = itertools.count()
-    return lambda: _record(root / f"{name}-{next(runs)}", steps, compression, cpu)
+
+    def run() -> float:
+        path = root / f"{name}-{next(runs)}"
+        dt = _record(path, steps, compression, cpu, chunk_rows, n)
+        if not keep:
+            CHUNKS[name] = len(list(path.glob("**/chunk-*")))
+            shutil.rmtree(path)
+        return dt
+
+    return run
+
+
+CHUNKS: dict[str, int] = {}
+"""Chunks of the last store of each removed recording (see :func:`_recording`)."""
+FULL_STEPS = 60_000  # three chunks of the default size (~19,000 rows of 84x84 frames)
 
 
 _SPIN = (
@@ -216,6 +256,34 @@ def _codecs(pix: torch.Tensor) -> list[dict[str, Any]]:
     return rows
 
 
+def _step_cost_rows(
+    label: str,
+    raw: list[float],
+    zstd: list[float],
+    budgeted: bool,
+    verdict: Any,
+    reps: int,
+) -> list[dict[str, Any]]:
+    """Step cost off, on, and the median of the paired differences (the budget's figure)."""
+    off, on = statistics.median(raw) * 1e6, statistics.median(zstd) * 1e6
+    diffs = [(z - r) * 1e6 for r, z in zip(raw, zstd, strict=True)]
+    added = statistics.median(diffs)
+    q1, _, q3 = statistics.quantiles(diffs, n=4) if len(diffs) > 1 else [added] * 3
+    name = f"Pong 84x84 gray append, {label}"
+    return [
+        _row(f"{name}: step cost, compression off", off, "us/step", None, None),
+        _row(f"{name}: step cost, zstd on", on, "us/step", None, None),
+        _row(
+            f"{name}: zstd minus off", added, "us/step",
+            f"<= {BUDGET_STEP_US:g}" if budgeted else None,
+            verdict(added <= BUDGET_STEP_US) if budgeted else None,
+            f"median of the differences of {reps} interleaved pairs of settled runs "
+            f"(quartiles {q1:+.2f} and {q3:+.2f}; the difference of the medians "
+            f"{on - off:+.2f})",
+        ),
+    ]  # fmt: skip
+
+
 def _row(name: str, value: float, unit: str, budget: str | None, ok: bool | None,
          note: str = "") -> dict[str, Any]:  # fmt: skip
     return {"name": name, "value": round(value, 2), "unit": unit, "budget": budget, "ok": ok,
@@ -232,6 +300,7 @@ def run(smoke: bool = False) -> list[dict[str, Any]]:
         Rows ``{"name", "value", "unit", "budget", "ok"}``.
     """
     n_gray, n_rgb, reps = (60, 30, 1) if smoke else (6000, 1500, 21)
+    full = 120 if smoke else FULL_STEPS
     rows: list[dict[str, Any]] = []
     verdict = (lambda ok: None) if smoke else (lambda ok: bool(ok))
     with tempfile.TemporaryDirectory(prefix="trlrec-bench-compress-") as tmp:
@@ -245,15 +314,22 @@ def run(smoke: bool = False) -> list[dict[str, Any]]:
                 steps = _steps(pix, dones)
                 kind = "84x84 gray" if gray else "210x160 RGB"
                 tag = f"{game}-{'gray' if gray else 'rgb'}"
-                cpu: dict[str, CpuTimes] = {"raw": [], "zstd": [], "busy": []}
+                cpu: dict[str, CpuTimes] = {
+                    m: [] for m in ("raw", "zstd", "raw-full", "zstd-full", "busy")
+                }
                 cases = {
                     mode: _recording(root, f"{tag}-{mode}", steps, comp, cpu[mode])
                     for mode, comp in (("raw", None), ("zstd", "zstd"))
                 }
                 timed_here = gray and game == "Pong"
-                if timed_here:
+                if timed_here:  # chunks of the default size, the stores removed as timed
+                    for mode, comp in (("raw-full", None), ("zstd-full", "zstd")):
+                        cases[mode] = _recording(root, f"{tag}-{mode}", steps, comp,
+                                                 cpu[mode], None, full, keep=False)  # fmt: skip
                     cases["busy"] = _busy_core(
-                        _recording(root, f"{tag}-busy", steps, None, cpu["busy"])
+                        _recording(
+                            root, f"{tag}-busy", steps, None, cpu["busy"], None, full, keep=False
+                        )
                     )
                 costs = interleaved(cases, reps if timed_here else 1)
                 raw_alloc, raw_apparent = _sizes(root / f"{tag}-raw-0")
@@ -270,48 +346,41 @@ def run(smoke: bool = False) -> list[dict[str, Any]]:
                 rows.append(_row(f"{game} {kind} zstd: frames read back bit-exact", float(exact),
                                  "bool", "== 1", verdict(exact)))  # fmt: skip
                 if timed_here:
-                    off = statistics.median(costs["raw"]) * 1e6
-                    on = statistics.median(costs["zstd"]) * 1e6
-                    pairs = zip(costs["raw"], costs["zstd"], strict=True)
-                    diffs = [(z - r) * 1e6 for r, z in pairs]
-                    added = statistics.median(diffs)
-                    q1, _, q3 = statistics.quantiles(diffs, n=4) if len(diffs) > 1 else [added] * 3
-                    rows.append(_row("Pong 84x84 gray append: step cost, compression off", off,
-                                     "us/step", None, None))  # fmt: skip
-                    rows.append(_row("Pong 84x84 gray append: step cost, zstd on", on,
-                                     "us/step", None, None))  # fmt: skip
-                    rows.append(_row(
-                        "Pong 84x84 gray append: zstd minus off", added, "us/step",
-                        f"<= {BUDGET_STEP_US:g}", verdict(added <= BUDGET_STEP_US),
-                        f"median of the differences of {reps} interleaved pairs of settled "
-                        f"runs of {len(steps)} steps (quartiles {q1:+.2f} and {q3:+.2f}; the "
-                        f"difference of the medians {on - off:+.2f})",
-                    ))  # fmt: skip
+                    for label, raw_case, z_case, budgeted in (
+                        (f"default chunks ({CHUNKS.get(f'{tag}-zstd-full', 0)} in {full:,} "
+                         "steps)", "raw-full", "zstd-full", True),
+                        (f"1024-row chunks ({len(steps):,} steps; stress case, no budget)",
+                         "raw", "zstd", False),
+                    ):  # fmt: skip
+                        rows += _step_cost_rows(label, costs[raw_case], costs[z_case], budgeted,
+                                                verdict, reps)  # fmt: skip
                     busy = statistics.median(
-                        (b - r) * 1e6 for r, b in zip(costs["raw"], costs["busy"], strict=True)
+                        (b - r) * 1e6 for r, b in zip(costs["raw-full"], costs["busy"], strict=True)
                     )
-                    work = statistics.median(c[1] for c in cpu["zstd"]) - statistics.median(
-                        c[1] for c in cpu["raw"]
+                    on = statistics.median(costs["zstd-full"]) * 1e6
+                    work = statistics.median(c[1] for c in cpu["zstd-full"]) - statistics.median(
+                        c[1] for c in cpu["raw-full"]
                     )
                     rows.append(_row(
                         "Pong 84x84 gray append: compression off, other core busy, minus idle",
                         busy, "us/step", None, None,
-                        "the raw step loop with another process spinning at the lowest "
-                        "priority (SCHED_IDLE, as the sealing thread runs) on the other core, "
-                        "minus the same runs without it: what a busy second core costs the "
-                        f"step loop on this machine by itself; zstd's sealing keeps that core "
-                        f"busy {work / (on * 1e-6):.0%} of the time ({work * 1e6:.2f} us of "
-                        f"CPU a step, the process's CPU time zstd minus off)",
+                        "default chunks: the raw step loop with another process spinning at "
+                        "the lowest priority (SCHED_IDLE, as the sealing thread runs) on the "
+                        "other core, minus the same runs without it: what a busy second core "
+                        "costs the step loop on this machine by itself; zstd's sealing keeps "
+                        f"that core busy {work / (on * 1e-6):.0%} of the time ({work * 1e6:.2f} "
+                        "us of CPU a step, the process's CPU time zstd minus off)",
                     ))  # fmt: skip
-                    cpu_delta = statistics.median(c[0] for c in cpu["zstd"]) - statistics.median(
-                        c[0] for c in cpu["raw"]
-                    )
+                    cpu_delta = statistics.median(
+                        c[0] for c in cpu["zstd-full"]
+                    ) - statistics.median(c[0] for c in cpu["raw-full"])
                     rows.append(_row(
                         "Pong 84x84 gray append: zstd minus off, step loop's CPU time",
                         cpu_delta * 1e6, "us/step", None, None,
-                        "the step loop's thread only (time.thread_time), same runs: what "
-                        "compression adds to its own work; the rest of the wall-time "
-                        "difference is the sealing thread's compression on the other core",
+                        "default chunks, the step loop's thread only (time.thread_time), same "
+                        "runs: what compression adds to its own work; the rest of the "
+                        "wall-time difference is the sealing thread's compression on the other "
+                        "core",
                     ))  # fmt: skip
                     for mode, (alloc, apparent) in (
                         ("raw", (raw_alloc, raw_apparent)),
