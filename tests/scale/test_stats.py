@@ -33,7 +33,8 @@ def test_logger_monitor_polls_a_recording_cartpole(tmp_path):
     logged = monitor.step()
     got = logged["rec"]
     assert got["rec/steps"] == 25.0
-    assert got["rec/steps_committed"] >= 20.0  # every 10 steps, and at episode ends
+    # a commit every 10 steps since the last one, and at episode ends: at most 9 wait
+    assert got["rec/steps_pending"] <= 9.0
     assert got["rec/steps_committed"] + got["rec/steps_pending"] == 25.0
     assert got["rec/seconds_since_commit"] < 60.0
     assert got["rec/errors"] == 0.0
