@@ -478,6 +478,55 @@ def test_a_full_disk_at_any_write_keeps_every_commit_and_names_the_file(
         assert_td_identical(ep, rollout[s : s + len(ep)])
 
 
+@pytest.mark.parametrize("kind", IO_KINDS)
+def test_a_forked_child_cannot_write_its_parents_shard(tmp_path, kind):
+    # With the Python backends the child's copy used to write and commit the parent's
+    # rows (the native one raised a RuntimeError): now every call is a ClosedError
+    # saying whose shard it is, close() leaves it, and the parent goes on bit for bit.
+    script = f"""
+import os, sys, torch
+from tests.conftest import StubEnv
+from trlrec import TrajectoryWriter
+from trlrec.errors import ClosedError
+env = StubEnv(episode_lengths=(100,))
+rollout = env.rollout(40, break_when_any_done=False)
+w = TrajectoryWriter({str(tmp_path / "s")!r}, io={kind!r}, stage_steps=4)
+empty = TrajectoryWriter({str(tmp_path / "e")!r}, io={kind!r})  # nothing appended yet
+for t in range(20):
+    w.append(rollout[t])
+pid = os.fork()
+if pid == 0:
+    code = 0
+    for call in (lambda: w.append(rollout[20]), w.flush, lambda: empty.append(rollout[0])):
+        try:
+            call()
+            code = 3
+        except ClosedError as err:
+            if f"belongs to process {{os.getppid()}}" not in str(err):
+                code = 4
+    w.close()
+    empty.close()  # must not remove the parent's (empty) shard
+    os._exit(code)
+_, status = os.waitpid(pid, 0)
+assert empty.shard_path.is_dir()
+for t in range(20, 40):
+    w.append(rollout[t])
+w.close()
+empty.close()
+torch.save(rollout, {str(tmp_path / "rollout.pt")!r})
+print("exit", os.waitstatus_to_exitcode(status))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert done.returncode == 0, done.stderr
+    assert "exit 0" in done.stdout
+    rollout = torch.load(tmp_path / "rollout.pt", weights_only=False)
+    r = TrajectoryReader(tmp_path / "s")
+    assert len(r.shards) == 1
+    assert_store_matches(r, rollout)
+
+
 def test_a_forked_child_exiting_leaves_the_parents_writer_alone(tmp_path):
     script = f"""
 import os, sys, torch

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import copy
 import pickle
+import subprocess
+import sys
 import warnings
 from functools import partial
+from pathlib import Path
 
 import pytest
 import torch
@@ -545,6 +548,51 @@ def test_clone_and_pickle_do_not_share_the_writer(tmp_path, env_factory):
     twin.close()
     rec.close()
     assert TrajectoryReader(tmp_path / "run").num_steps == 3
+
+
+def test_a_worker_forked_after_recording_writes_a_shard_of_its_own(tmp_path):
+    # A recorder that recorded in the parent and then reaches a forked worker (a
+    # multiprocessing "fork" Process, as collectors and ParallelEnv start them) does what
+    # a pickled one does: the worker writes a new shard, committed at its end without a
+    # close(), and the parent's shard goes on with nothing of the worker's in it.
+    root = Path(__file__).resolve().parents[2]
+    script = f"""
+import multiprocessing, os, torch
+from tests.conftest import StubEnv
+from trlrec import TensorDictRecorder
+out = {str(tmp_path)!r}
+rec = TensorDictRecorder(out + "/run", commit_every_steps=3)
+env = StubEnv(episode_lengths=(5,)).append_transform(rec)
+rollouts = [env.rollout(10, break_when_any_done=False)]
+
+def work():
+    torch.save(env.rollout(5, break_when_any_done=False), out + "/child.pt")
+
+p = multiprocessing.get_context("fork").Process(target=work)
+p.start()
+p.join()
+rollouts.append(env.rollout(10, break_when_any_done=False))
+rec.close()
+torch.save(torch.cat(rollouts), out + "/parent.pt")
+print("pids", os.getpid(), p.pid, p.exitcode)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=root
+    )
+    assert done.returncode == 0, done.stderr
+    parent, child, code = (int(v) for v in done.stdout.split()[-3:])
+    assert code == 0
+    reader = TrajectoryReader(tmp_path / "run")
+    assert len(reader.shards) == 2
+    by_pid: dict[int, list[TensorDictBase]] = {}
+    for i in range(reader.num_episodes):
+        by_pid.setdefault(reader.shard_of(i)[0].written_by["pid"], []).append(reader.episodes[i])
+    assert sorted(by_pid) == sorted([parent, child])
+    for pid, name in ((parent, "parent.pt"), (child, "child.pt")):
+        want = split_episodes(torch.load(tmp_path / name, weights_only=False))
+        assert len(by_pid[pid]) == len(want)
+        for got, rows in zip(by_pid[pid], want, strict=True):
+            assert_same(got, rows)
 
 
 def test_close_commits_and_refuses_more(tmp_path, env_factory):

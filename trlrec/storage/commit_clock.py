@@ -1,7 +1,8 @@
 """The commit rule, in one place: when what a writer appended must be committed.
 
-And the writer's life outside of its calls: the commits while it is idle, and its
-close at interpreter exit (a forgotten ``close()``).
+And the writer's life outside of its calls: the commits while it is idle, its close
+at interpreter exit (a forgotten ``close()``), and a fork (the child's copy leaves the
+shard to the parent).
 
 A commit is due every ``every_steps`` transitions, ``every_seconds`` after the last
 commit, and ``min_interval`` after it once an episode has ended (with ``on_done``).
@@ -175,6 +176,8 @@ class _Committing(Protocol):
 
     def close(self) -> None: ...
 
+    def forked(self) -> None: ...
+
 
 class IdleCommitter:
     """One daemon thread per process committing writers whose deadline passed while idle.
@@ -259,7 +262,13 @@ def _close_at_exit() -> None:
 
 
 def _after_fork_in_child() -> None:
-    """A forked child has no committer thread (and must not close the parent's writers)."""
+    """A forked child has no committer thread, and its parent's writers are not its own.
+
+    Each writer open in the parent is told it was forked (it refuses to write, commit
+    or close the parent's shard); the child's own writers start a committer of their own.
+    """
+    for writer in open_writers():
+        writer.forked()
     IdleCommitter._instance = None
     IdleCommitter._lock = threading.Lock()
 

@@ -130,6 +130,7 @@ class TrajectoryWriter(Closeable):
         self._error: BaseException | None = None  # an idle commit's failure, raised next call
         self._pending_force: torch.Tensor | None = None  # streams reset before the next step
         self._closed = False
+        self._owner = os.getpid()  # a forked child's copy is not its to write (forked())
         create_dataset(self.path, self.metadata, durable=durable)
         if specs is not None:  # the env's specs (env.specs), see trlrec.specs
             from trlrec.specs import write_specs
@@ -193,6 +194,13 @@ class TrajectoryWriter(Closeable):
 
     def _check_open(self) -> None:
         if self._closed:
+            if self._owner != os.getpid():
+                raise ClosedError(
+                    f"the writer of {str(self.shard_path)!r} belongs to process "
+                    f"{self._owner}, which this process (pid {os.getpid()}) was forked from: "
+                    "its shard stays the parent's. Open a TrajectoryWriter in this process "
+                    "(it writes a shard of its own); a TensorDictRecorder does so itself"
+                )
             raise ClosedError(f"the writer of {str(self.shard_path)!r} is closed; open a new one")
         if self._error is not None:
             err, self._error = self._error, None
@@ -364,6 +372,21 @@ class TrajectoryWriter(Closeable):
             if self._rec.schema is not None:
                 self._rec.submit(True)
                 self._rec.drain()
+
+    def forked(self) -> None:
+        """This process was just forked from the writer's: leave the shard to its owner.
+
+        The copy in the child neither writes, commits nor removes anything (its staged
+        steps are the parent's, which goes on with them); each call raises a
+        :class:`~trlrec.errors.ClosedError` saying so, and ``close()`` does nothing.
+        Called by the fork hook of :mod:`~trlrec.storage.commit_clock`, in the child,
+        where no other thread exists (the lock is not taken: a thread of the parent
+        may have held it).
+        """
+        self._closed = True
+        self._error = None
+        self._pending_force = None
+        self._gate()
 
     def close(self) -> None:
         """Commit, end the open episodes (flagged as cut) and release the shard."""

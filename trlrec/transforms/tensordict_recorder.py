@@ -7,6 +7,7 @@ import logging
 import numbers
 import os
 import warnings
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -105,9 +106,11 @@ class TensorDictRecorder(Transform, Closeable):
     its own of one dataset (shards are named ``<host>[-r<rank>]-p<pid>-NNNNNN``, so
     they never collide across processes or machines). A worker's recorder does not
     need ``close()`` (TorchRL's workers do not call it on a plain ``EnvBase``): its
-    writer commits on its own clock and at the worker's normal exit. See
-    ``docs/SCALING.md``. Every step is copied when it is recorded, so shared buffers
-    (``ParallelEnv``) may be reused. Steps and :meth:`extend` batches on a GPU are
+    writer commits on its own clock and at the worker's normal exit. A recorder that
+    recorded in the parent before a worker was forked from it writes a new shard in
+    the worker too; the parent's stays the parent's. See ``docs/SCALING.md``. Every
+    step is copied when it is recorded, so shared buffers (``ParallelEnv``) may be
+    reused. Steps and :meth:`extend` batches on a GPU are
     copied to pinned host memory on a side stream (:mod:`trlrec.device_copy`) and handed
     to the store one step (or batch) later (at once by :meth:`dump` and :meth:`close`),
     so the env's stream never waits and the step loop waits for no copy.
@@ -250,7 +253,8 @@ class TensorDictRecorder(Transform, Closeable):
         return Path(directory) / safe_name(self.tag)
 
     def _new_runtime(self) -> None:
-        """State that belongs to one recording process (never shared by clones/pickles)."""
+        """State that belongs to one recording process (never shared by clones/pickles/forks)."""
+        _RECORDERS.add(self)
         self._writer: TrajectoryWriter | None = None
         self._lanes: Lanes | None = None  # extend()'s writers, one per interleaved worker
         self._direct: TrajectoryWriter | None = None  # the writer, when _record passes steps as-is
@@ -736,6 +740,24 @@ class TensorDictRecorder(Transform, Closeable):
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+_RECORDERS: weakref.WeakSet[TensorDictRecorder] = weakref.WeakSet()
+"""The recorders of this process: a forked child starts their runtime state afresh."""
+
+
+def _after_fork_in_child() -> None:
+    """A forked child records into shards of its own, as a pickled recorder does.
+
+    Its recorders forget the parent's writers (left to the parent, see
+    :meth:`TrajectoryWriter.forked <trlrec.TrajectoryWriter.forked>`) and open their
+    own where they next record.
+    """
+    for rec in list(_RECORDERS):
+        rec._new_runtime()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _storable_specs(env: EnvBase) -> Any:
