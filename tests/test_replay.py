@@ -17,8 +17,9 @@ import torch
 from tensordict import TensorDict
 
 from trlrec import TrajectoryReader, TrajectoryWriter, as_replay_buffer
-from trlrec.errors import ConfigError, ReadOnlyError, SchemaError, StoreError
+from trlrec.errors import ConfigError, CorruptStoreError, ReadOnlyError, SchemaError, StoreError
 from trlrec.replay import StoreStorage
+from trlrec.storage.format import EPISODE_FIELDS, FLAG_OPEN
 
 
 def _record(path, env, steps, **kw):
@@ -213,6 +214,38 @@ def test_several_shards_are_the_recorded_rollouts(tmp_path, stub_env_cls):
     _assert_is_rollout(reader, [first, second], s)
     sliced = reader.as_replay_buffer(batch_size=6, slice_len=3).sample()
     _assert_is_rollout(reader, [first, second], sliced, sliced=True)
+
+
+def test_a_store_being_recorded_samples_its_open_episodes_too(tmp_path, stub_env_cls):
+    env = stub_env_cls(episode_lengths=(4, 6), batch_size=(2,))
+    rollout = env.rollout(9, break_when_any_done=False)
+    w = TrajectoryWriter(tmp_path / "s", chunk_rows=8)
+    w.extend(rollout)
+    w.flush()  # committed, the episodes after the last done of each stream still open
+    reader = TrajectoryReader(tmp_path / "s")
+    opened = [reader.episode_info(i)["flags"] for i in range(reader.num_episodes)]
+    assert sum(1 for f in opened if f & FLAG_OPEN) == 2
+    table = reader.shards[0].episode_table()  # what the buffer is built from
+    assert table.tolist() == [
+        tuple(reader.episode_info(i)[f] for f in EPISODE_FIELDS) for i in range(len(opened))
+    ]
+    rb = reader.as_replay_buffer(batch_size=reader.num_steps, replacement=False)
+    s = rb.sample()
+    assert sorted(s["index"].tolist()) == list(range(18))
+    _assert_is_rollout(reader, [rollout], s)
+    w.close()
+
+
+def test_a_damaged_episode_record_is_an_error_naming_it(tmp_path, stub_env_cls):
+    _record(tmp_path / "s", stub_env_cls(episode_lengths=(3,)), 12)
+    index = next((tmp_path / "s" / "shards").iterdir()) / "episodes.bin"
+    data = bytearray(index.read_bytes())
+    data[2 * 64 + 16 : 2 * 64 + 24] = (2**62).to_bytes(8, "little")  # episode 2's num_steps
+    index.write_bytes(bytes(data))
+    reader = TrajectoryReader(tmp_path / "s")
+    assert reader.episode_info(1)["num_steps"] == 3  # the others still read
+    with pytest.raises(CorruptStoreError, match=r"episodes.bin'.*episode 2 ends at row"):
+        reader.as_replay_buffer(batch_size=4)
 
 
 def test_big_rows_and_columns_only_in_the_root_or_in_next(tmp_path, stub_env_cls):

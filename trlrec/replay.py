@@ -225,22 +225,25 @@ class StoreStorage(Storage):
                 # stays inside the lane whatever the rounding
                 chunks = chunk_count(st.next_row, shard.chunk_rows) + 1
                 self._sources += [(shard, b, c) for c in range(chunks)]
-        rows_of = {s.name: s.chunk_rows for s in shards}
-        infos = [reader.episode_info(i) for i in range(reader.num_episodes)]
-        self._ep_start = np.array([i["start_row"] for i in infos], dtype=np.int64)
-        self._ep_base = np.array(
-            [lane_base[(i["shard"], i["stream"])] for i in infos], dtype=np.int64
-        )
-        lengths = np.array([i["num_steps"] for i in infos], dtype=np.int64)
-        self.episode_lengths = torch.from_numpy(lengths)
-        self._offsets: np.ndarray = np.zeros(len(infos) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=self._offsets[1:])
+        # the reader's episodes, in its order: shard by shard, each shard's table (checked)
+        starts, bases, lengths, rows = [], [], [], []
+        for shard in shards:
+            table = shard.episode_table()
+            lanes = np.array([lane_base[(shard.name, b)] for b in range(len(shard.streams))])
+            starts.append(table["start_row"])
+            bases.append(lanes[table["stream"]])  # the streams were checked
+            lengths.append(table["num_steps"])
+            rows.append(np.full(len(table), shard.chunk_rows))
+        self._ep_start = np.concatenate(starts).astype(np.int64)
+        self._ep_base = np.concatenate(bases).astype(np.int64)
+        lengths_all = np.concatenate(lengths).astype(np.int64)
+        self.episode_lengths = torch.from_numpy(lengths_all)
+        self._offsets: np.ndarray = np.zeros(len(lengths_all) + 1, dtype=np.int64)
+        np.cumsum(lengths_all, out=self._offsets[1:])
         chunk_rows = {s.chunk_rows for s in shards}
         # one chunk size (the usual case) is a scalar; else one per episode
         self._ep_rows: int | np.ndarray = (
-            chunk_rows.pop()
-            if len(chunk_rows) == 1
-            else np.array([rows_of[i["shard"]] for i in infos], dtype=np.int64)
+            chunk_rows.pop() if len(chunk_rows) == 1 else np.concatenate(rows).astype(np.int64)
         )
         self._stride = max(s.chunk_rows for s in shards)
 

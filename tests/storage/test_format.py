@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given
@@ -67,8 +68,9 @@ def test_pinned_index_decodes(tmp_path):
     data = (PINNED / "shards" / "s0" / "episodes.bin").read_bytes()
     records = EpisodeRecord.unpack_many(data)
     assert len(records) == commit.episodes == 6
-    for i, rec in enumerate(records):
-        assert commit.check_episode(rec, i, "episodes.bin") is rec
+    table = np.frombuffer(data, fmt.EPISODE_DTYPE)
+    assert table.tolist() == [tuple(r.as_dict().values()) for r in records]
+    assert not commit.episode_faults(table).any()
     assert sum(r.num_steps for r in records) == commit.num_transitions == 18
 
 
@@ -284,10 +286,34 @@ def _commit():
     ],
 )
 def test_an_episode_outside_its_commit_is_refused(rec, what):
-    with pytest.raises(CorruptStoreError, match=rf"^'ix/episodes.bin': .*{what}.*index is damaged"):
-        _commit().check_episode(rec, 4, "ix/episodes.bin")
     fine = EpisodeRecord(1, 0, 4, 1, 0)
-    assert _commit().check_episode(fine, 0, "x") is fine
+    table = np.frombuffer(fine.pack() + rec.pack(), fmt.EPISODE_DTYPE)
+    faults = _commit().episode_faults(table)
+    assert faults[0] == 0
+    err = _commit().episode_error(rec, 4, int(faults[1]), "ix/episodes.bin")
+    assert isinstance(err, CorruptStoreError)
+    assert re.match(rf"^'ix/episodes.bin': .*{what}.*index is damaged", str(err))
+
+
+_INT64 = st.one_of(st.integers(-2, 14), st.integers(-(2**63), 2**63 - 1))  # fits, or anything
+
+
+@given(st.lists(st.tuples(_INT64, _INT64, _INT64), max_size=20))
+def test_episode_faults_follow_the_rule_for_any_int64_fields(fields):
+    # The rule in plain Python ints (which never overflow): the vectorised check must
+    # agree for any record a damaged file may hold, sums past 2**63 included.
+    commit = _commit()
+    recs = [EpisodeRecord(b, start, steps, 1, 0) for b, start, steps in fields]
+    table = np.frombuffer(b"".join(r.pack() for r in recs), fmt.EPISODE_DTYPE)
+    want = []
+    for r in recs:
+        if not (0 <= r.stream < len(commit.streams)) or r.start_row < 0 or r.num_steps < 1:
+            want.append(fmt.FAULT_FIELDS)
+        elif r.start_row + r.num_steps >= commit.streams[r.stream].next_row:
+            want.append(fmt.FAULT_PAST_END)
+        else:
+            want.append(0)
+    assert commit.episode_faults(table).tolist() == want
 
 
 def test_meta_span():

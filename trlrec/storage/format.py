@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, overload
 
+import numpy as np
+
 from trlrec.errors import CorruptStoreError, FormatVersionError
 from trlrec.storage.jsonio import read_json
 
@@ -66,6 +68,9 @@ __all__ = [
     "chunk_rows_needed",
     "EPISODE_FIELDS",
     "EPISODE_RECORD_BYTES",
+    "EPISODE_DTYPE",
+    "FAULT_FIELDS",
+    "FAULT_PAST_END",
     "MAX_EPISODE_META_BYTES",
     "commit_max_bytes",
     "FLAG_DONE",
@@ -124,6 +129,8 @@ EPISODE_FIELDS = (
 )
 _RECORD = struct.Struct("<" + "q" * len(EPISODE_FIELDS))
 EPISODE_RECORD_BYTES = _RECORD.size
+EPISODE_DTYPE = np.dtype([(name, "<i8") for name in EPISODE_FIELDS])
+"""A record of ``episodes.bin`` as a numpy structured dtype: the same 64 bytes."""
 
 MAX_EPISODE_META_BYTES = 2**20
 """The most one episode's metadata may take as JSON: writers refuse more, readers call more
@@ -470,6 +477,10 @@ class EpisodeRecord:
             )
         return [cls(*fields) for fields in _RECORD.iter_unpack(data)]
 
+    def as_dict(self) -> dict[str, int]:
+        """The record's fields by name, in the order of :data:`EPISODE_FIELDS`."""
+        return {name: getattr(self, name) for name in EPISODE_FIELDS}
+
     @property
     def rows(self) -> range:
         """The episode's rows in its stream: ``T + 1`` timesteps."""
@@ -646,29 +657,43 @@ class CommitRecord:
         """The metadata attached so far to the open episode of ``stream`` (``{}`` if none)."""
         return dict(self.open_meta.get(str(stream), {}))
 
-    def check_episode(
-        self, rec: EpisodeRecord, index: int, path: str | os.PathLike[str]
-    ) -> EpisodeRecord:
-        """``rec`` (episode ``index`` of the index file at ``path``) if it fits this commit.
+    def episode_faults(self, records: np.ndarray) -> np.ndarray:
+        """Which of ``records`` (:data:`EPISODE_DTYPE`) do not fit this commit, and why.
 
-        Raises:
-            CorruptStoreError: it names a stream that does not exist, is empty, or lies
-                past its stream's committed rows.
+        The one rule a reader checks each episode record by (all of a shard's at once).
+
+        Returns:
+            One ``uint8`` a record: 0 fits; :data:`FAULT_FIELDS` names a stream that
+            does not exist, starts before row 0 or is empty; :data:`FAULT_PAST_END`
+            lies past its stream's committed rows.
         """
-        b, start, steps = rec.stream, rec.start_row, rec.num_steps
+        b, start, steps = records["stream"], records["start_row"], records["num_steps"]
+        bad = (b < 0) | (b >= len(self.streams)) | (start < 0) | (steps < 1)
+        next_rows = np.array([s.next_row for s in self.streams] or [0], dtype=np.int64)
+        # end_row >= next_row, written so that no int64 overflows (start, steps < 2**63)
+        past = ~bad & (start >= next_rows[np.where(bad, 0, b)] - np.where(bad, 0, steps))
+        return np.where(bad, FAULT_FIELDS, np.where(past, FAULT_PAST_END, 0)).astype(np.uint8)
+
+    def episode_error(
+        self, rec: EpisodeRecord, index: int, fault: int, path: str | os.PathLike[str]
+    ) -> CorruptStoreError:
+        """The error of episode ``index`` (of the index file at ``path``) with ``fault``."""
         fix = "the episode index is damaged"
-        if not (0 <= b < len(self.streams)) or start < 0 or steps < 1:
-            raise _damaged(
-                path, f"episode {index} has stream {b}, start {start}, {steps} steps", fix
+        if fault == FAULT_FIELDS:
+            what = f"has stream {rec.stream}, start {rec.start_row}, {rec.num_steps} steps"
+        else:
+            committed = self.streams[rec.stream].next_row
+            what = (
+                f"ends at row {rec.end_row}, past the {committed} committed rows of stream "
+                f"{rec.stream}"
             )
-        if rec.end_row >= self.streams[b].next_row:
-            raise _damaged(
-                path,
-                f"episode {index} ends at row {rec.end_row}, past the "
-                f"{self.streams[b].next_row} committed rows of stream {b}",
-                fix,
-            )
-        return rec
+        return _damaged(path, f"episode {index} {what}", fix)
+
+
+FAULT_FIELDS = 1
+"""An episode record's fault: a stream that does not exist, a negative start, no step."""
+FAULT_PAST_END = 2
+"""An episode record's fault: it ends past its stream's committed rows."""
 
 
 def _parse_commit_v1(data: dict[str, Any], path: Path, version: int = 1) -> CommitRecord:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import math
 import os
 import stat
@@ -20,6 +20,7 @@ from trlrec.storage.blocks import BlockCache, CompressedColumn
 from trlrec.storage.dtypes import row_bytes_view, take_rows
 from trlrec.storage.format import (
     COMMIT_FILE,
+    EPISODE_DTYPE,
     EPISODE_META_FILE,
     EPISODE_RECORD_BYTES,
     EPISODES_FILE,
@@ -186,17 +187,45 @@ class ShardReader:
             )
         return data
 
+    @functools.cached_property
+    def _records(self) -> np.ndarray:
+        """Every episode's record (finished ones, then the open ones), unchecked."""
+        opened = b"".join(rec.pack() for rec in self.open_episodes)
+        return np.frombuffer(self._index + opened if opened else self._index, EPISODE_DTYPE)
+
+    @functools.cached_property
+    def _faults(self) -> np.ndarray:
+        """Per episode, whether its record fits the commit (0) or its fault, all checked at once."""
+        return self.commit.episode_faults(self._records)
+
     def record(self, i: int) -> EpisodeRecord:
         """Episode ``i`` of this shard (finished ones, then the open ones), checked."""
         if i < self.num_closed:
             rec = EpisodeRecord.unpack_from(self._index, i)
         else:
             rec = self.open_episodes[i - self.num_closed]
-        return self.commit.check_episode(rec, i, self.directory / EPISODES_FILE)
+        fault = int(self._faults[i])
+        if fault:
+            raise self.commit.episode_error(rec, i, fault, self.directory / EPISODES_FILE)
+        return rec
+
+    def episode_table(self) -> np.ndarray:
+        """Every episode's record, as :meth:`record` gives them one by one: a read-only array.
+
+        Of dtype :data:`~trlrec.storage.format.EPISODE_DTYPE` (a field per record
+        field), finished episodes then the open ones, each checked.
+
+        Raises:
+            CorruptStoreError: a record does not fit the commit (the first such is named).
+        """
+        bad = np.flatnonzero(self._faults)
+        if bad.size:
+            self.record(int(bad[0]))  # raises its error
+        return self._records
 
     def info(self, i: int) -> EpisodeInfo:
         """Where episode ``i`` of this shard lives, checked against the commit record."""
-        return EpisodeInfo(shard=self.name, index=i, **dataclasses.asdict(self.record(i)))
+        return EpisodeInfo(shard=self.name, index=i, **self.record(i).as_dict())
 
     def episode_metadata(self, i: int) -> dict[str, Any]:
         """The metadata attached to episode ``i`` (``{}`` when none)."""
