@@ -38,7 +38,10 @@ from trlrec.ray import (  # noqa: E402
     read_transitions,
 )
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # RayCollector's weight notes
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::UserWarning"),  # RayCollector's weight notes
+    pytest.mark.xdist_group("ray"),  # one worker, one cluster: not two on two cores
+]
 
 OBJECT_STORE = 128 * 2**20
 WORKER = 10_000  # worker w's observations are offset by w * WORKER
