@@ -2,7 +2,9 @@
 
 No env: the data is synthetic (``benchmarks.synth``) and already in RAM, so the
 figures are the store's cost alone. Stores live in a scratch directory on the
-repository's disk (page cache, then the disk), deleted afterwards.
+repository's disk (page cache, then the disk), deleted afterwards. First, what the
+machine itself does now (a Python loop, a copy into fresh and reused memory), so that a
+budget missed on a slow day can be told from a slow change.
 """
 
 from __future__ import annotations
@@ -167,9 +169,73 @@ def extend_rows(base: Path, smoke: bool) -> list[dict[str, Any]]:
     return out
 
 
+def _python_loop(n: int) -> float:
+    """Nanoseconds an iteration of a fixed loop of dict, attribute and int work."""
+
+    class Box:
+        value = 0
+
+    box = Box()
+    t0 = time.perf_counter()
+    for i in range(n):
+        d = {"a": i, "b": box}
+        d["b"].value = d["a"] + 1
+    return (time.perf_counter() - t0) / n * 1e9
+
+
+def _copy(src: torch.Tensor, fresh: bool, out: torch.Tensor) -> float:
+    """GB/s of copying ``src`` into fresh memory (page faults included) or into ``out``."""
+    t0 = time.perf_counter()
+    if fresh:
+        torch.empty_like(src).copy_(src)
+    else:
+        out.copy_(src)
+    return src.nbytes / (time.perf_counter() - t0) / 1e9
+
+
+def machine_rows(smoke: bool) -> list[dict[str, Any]]:
+    """What this machine does now, beside the budgets: no trlrec code, no budget.
+
+    A shared VM's speed moves by 2x between days: a budget miss with these rows slow is
+    the machine, one with them as before is the code.
+    """
+    reps, n = (1, 20_000) if smoke else (7, 500_000)
+    src = torch.randint(0, 256, (16, 64, 84, 84, 3), dtype=torch.uint8)  # a [16, 64] batch
+    out = torch.empty_like(src)
+    res = interleaved(
+        {
+            "loop": lambda: _python_loop(n),
+            "fresh": lambda: _copy(src, True, out),
+            "reused": lambda: _copy(src, False, out),
+        },
+        reps,
+    )
+    note = (
+        f"median of {reps} interleaved runs. For telling a slow machine from slow code: on "
+        "2026-12-07 the tree of 27b4fe8, whose BENCHMARKS.md had 14.1 µs/step for 'append: "
+        "small step' on 2026-12-02, measured 32-38 µs/step, and the main tree 26-31"
+    )
+    mb = src.nbytes / 2**20
+    return [
+        row("machine: a Python loop iteration (dicts, attributes)", median(res["loop"]), "ns"),
+        row(f"machine: copy {mb:.0f} MiB into fresh memory", median(res["fresh"]), "GB/s"),
+        row(
+            f"machine: copy {mb:.0f} MiB into memory reused",
+            median(res["reused"]),
+            "GB/s",
+            note=note,
+        ),
+    ]
+
+
 def run(smoke: bool = False) -> list[dict[str, Any]]:
     with scratch() as base:
-        return [*append_rows(base, smoke), *extend_rows(base, smoke), *read_rows(base, smoke)]
+        return [
+            *machine_rows(smoke),
+            *append_rows(base, smoke),
+            *extend_rows(base, smoke),
+            *read_rows(base, smoke),
+        ]
 
 
 __all__ = ["run"]
