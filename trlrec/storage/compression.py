@@ -139,7 +139,7 @@ class Codec:
             got = extra = 0
             try:
                 with dec.stream_reader(frame, read_across_frames=False) as reader:
-                    while got < size:  # the GIL is released while a frame decodes
+                    while got < size:  # measured not to run side by side (PERFORMANCE.md)
                         n = reader.readinto(out[at + got : at + size])
                         if not n:
                             break

@@ -1,7 +1,8 @@
 """The threads a large compressed read is split over, the caller's among them.
 
-Decompression releases the GIL, so a read of many blocks (a sample's) runs in parts
-on a small pool of threads. The pool is made on first use and forgotten in a forked
+A read of many blocks (a sample's) runs in parts on a small pool of threads, for the
+decompression to run side by side (on this project's 2-vCPU VM it was measured not to,
+in stop 31: see docs/PERFORMANCE.md). The pool is made on first use and forgotten in a forked
 child (which has none of its parent's threads).
 """
 
