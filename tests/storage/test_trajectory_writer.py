@@ -478,6 +478,20 @@ def test_a_full_disk_at_any_write_keeps_every_commit_and_names_the_file(
         assert_td_identical(ep, rollout[s : s + len(ep)])
 
 
+def _run_forking_script(script: str, tmp_path: Path) -> tuple[TensorDict, TrajectoryReader]:
+    """Run ``script`` (which forks, then saves its rollout); its rollout and a reader of ``s``.
+
+    The child's exit code must be 0: the script prints it as "exit N".
+    """
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert done.returncode == 0, done.stderr
+    assert "exit 0" in done.stdout
+    rollout = torch.load(tmp_path / "rollout.pt", weights_only=False)
+    return rollout, TrajectoryReader(tmp_path / "s")
+
+
 @pytest.mark.parametrize("kind", IO_KINDS)
 def test_a_forked_child_cannot_write_its_parents_shard(tmp_path, kind):
     # With the Python backends the child's copy used to write and commit the parent's
@@ -516,13 +530,7 @@ empty.close()
 torch.save(rollout, {str(tmp_path / "rollout.pt")!r})
 print("exit", os.waitstatus_to_exitcode(status))
 """
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT
-    )
-    assert done.returncode == 0, done.stderr
-    assert "exit 0" in done.stdout
-    rollout = torch.load(tmp_path / "rollout.pt", weights_only=False)
-    r = TrajectoryReader(tmp_path / "s")
+    rollout, r = _run_forking_script(script, tmp_path)
     assert len(r.shards) == 1
     assert_store_matches(r, rollout)
 
@@ -547,12 +555,6 @@ w.close()
 torch.save(rollout, {str(tmp_path / "rollout.pt")!r})
 print("exit", os.waitstatus_to_exitcode(status))
 """
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT
-    )
-    assert done.returncode == 0, done.stderr
-    assert "exit 0" in done.stdout
-    rollout = torch.load(tmp_path / "rollout.pt", weights_only=False)
-    r = TrajectoryReader(tmp_path / "s")
+    rollout, r = _run_forking_script(script, tmp_path)
     assert r.num_episodes == 1
     assert_td_identical(r.episodes[0], rollout)
