@@ -38,10 +38,7 @@ from trlrec.ray import (  # noqa: E402
     read_transitions,
 )
 
-pytestmark = [
-    pytest.mark.filterwarnings("ignore::UserWarning"),  # RayCollector's weight notes
-    pytest.mark.xdist_group("ray"),  # one worker, one cluster: not two on two cores
-]
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # RayCollector's weight notes
 
 OBJECT_STORE = 128 * 2**20
 WORKER = 10_000  # worker w's observations are offset by w * WORKER

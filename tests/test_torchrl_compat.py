@@ -192,7 +192,6 @@ def test_process_logger_runs_a_trlrec_logger_and_takes_recorder_videos(tmp_path:
     assert json.loads(record)["path"] == str((exp / "transitions").resolve())
 
 
-@pytest.mark.xdist_group("ray")  # on test_ray.py's worker: never two clusters at once
 def test_ray_logger_service_runs_a_trlrec_logger(tmp_path: Path) -> None:
     import ray  # trlrec[ray], in dev
     from torchrl.record.loggers import RayLogger
