@@ -226,24 +226,28 @@ class StoreStorage(Storage):
                 chunks = chunk_count(st.next_row, shard.chunk_rows) + 1
                 self._sources += [(shard, b, c) for c in range(chunks)]
         # the reader's episodes, in its order: shard by shard, each shard's table (checked)
-        starts, bases, lengths, rows = [], [], [], []
+        starts: list[np.ndarray] = []
+        bases: list[np.ndarray] = []
+        lengths: list[np.ndarray] = []
+        rows: list[np.ndarray] = []
         for shard in shards:
             table = shard.episode_table()
             lanes = np.array([lane_base[(shard.name, b)] for b in range(len(shard.streams))])
             starts.append(table["start_row"])
             bases.append(lanes[table["stream"]])  # the streams were checked
             lengths.append(table["num_steps"])
-            rows.append(np.full(len(table), shard.chunk_rows))
-        self._ep_start = np.concatenate(starts).astype(np.int64)
-        self._ep_base = np.concatenate(bases).astype(np.int64)
-        lengths_all = np.concatenate(lengths).astype(np.int64)
+            rows.append(np.full(len(table), shard.chunk_rows, dtype=np.int64))
+        # the tables' fields are little-endian int64: native here, so no second copy
+        self._ep_start = np.concatenate(starts).astype(np.int64, copy=False)
+        self._ep_base = np.concatenate(bases).astype(np.int64, copy=False)
+        lengths_all = np.concatenate(lengths).astype(np.int64, copy=False)
         self.episode_lengths = torch.from_numpy(lengths_all)
         self._offsets: np.ndarray = np.zeros(len(lengths_all) + 1, dtype=np.int64)
         np.cumsum(lengths_all, out=self._offsets[1:])
         chunk_rows = {s.chunk_rows for s in shards}
         # one chunk size (the usual case) is a scalar; else one per episode
         self._ep_rows: int | np.ndarray = (
-            chunk_rows.pop() if len(chunk_rows) == 1 else np.concatenate(rows).astype(np.int64)
+            chunk_rows.pop() if len(chunk_rows) == 1 else np.concatenate(rows)
         )
         self._stride = max(s.chunk_rows for s in shards)
 
