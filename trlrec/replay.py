@@ -48,6 +48,7 @@ from torchrl.data import (
 from torchrl.data.replay_buffers.storages import Storage
 
 from trlrec.errors import ConfigError, OutOfRangeError, ReadOnlyError, SchemaError, StoreError
+from trlrec.storage.blocks import CompressedColumn, gather
 from trlrec.storage.format import ROOT, chunk_count, placements, row_chunk
 from trlrec.storage.schema import Entry, Key
 from trlrec.storage.shard_reader import ShardReader
@@ -424,10 +425,20 @@ class StoreStorage(Storage):
         one ``take`` puts the rows in position order (a gather copies rows whole; placing
         rows by index costs per element: ~10x slower for uint8 pixels). Rows are copied as
         bytes (numpy's ``take``: every dtype alike, ~2 us a call against ~5 for torch's).
+        Compressed chunks (but small columns, kept whole): the blocks of every chunk are
+        decompressed into one buffer, and one ``take`` puts the rows in position order
+        (:func:`~trlrec.storage.blocks.gather`).
         """
         if plan.inverse is None:
             _take_all(plan, col.stored_key, out)
             return
+        shard, stream, c = plan.sources[0]
+        first = shard.chunk(stream, c)[col.stored_key]
+        if isinstance(first, CompressedColumn) and not first.kept_whole:
+            leaves = [s.chunk(b, c)[col.stored_key] for s, b, c in plan.sources]
+            if all(isinstance(leaf, CompressedColumn) and not leaf.kept_whole for leaf in leaves):
+                gather(list(zip(leaves, plan.rows, strict=True)), out, plan.inverse)
+                return
         joined = self._scratch.get(col.stored_key)
         if joined is None or joined.shape[0] < plan.total:  # bounded by the batch
             joined = self._scratch[col.stored_key] = np.empty((plan.total, col.row_bytes), np.uint8)

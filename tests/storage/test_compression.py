@@ -226,6 +226,33 @@ def test_a_damaged_frame_that_still_decodes_is_caught_by_its_crc(tmp_path):
     assert main(["verify", str(path)]) == 1
 
 
+def test_a_frame_that_cannot_be_decoded_is_named_among_the_frames_read_with_it(tmp_path):
+    """A frame whose CRC-32 was rewritten to match its damage passes the check and fails
+    to decompress: a gather reading it with others names its block, not the first."""
+    import dataclasses
+
+    from trlrec.storage.format import CompressedHeader, frame_crc
+
+    rollout, r = _big_rows_store(tmp_path)
+    r.close()
+    (zst,) = [p for p in _packed(tmp_path / "big") if p.name == "pixels.zst"]
+    data = bytearray(zst.read_bytes())
+    head = CompressedHeader.parse(bytes(data[: CompressedHeader.head_size(bytes(data[:64]))]),
+                                  len(data), zst)  # fmt: skip
+    bad = head.blocks // 2
+    start, end = head.frame(bad)
+    data[start + 4 : end] = bytes(end - start - 4)  # the frame's magic kept, its header gone
+    crcs = list(head.frame_crcs)
+    crcs[bad] = frame_crc(bytes(data[start:end]))
+    packed = dataclasses.replace(head, frame_crcs=tuple(crcs)).pack()
+    assert len(packed) == head.size
+    zst.write_bytes(packed + bytes(data[head.size :]))
+    shard = TrajectoryReader(tmp_path / "big").shards[0]
+    with pytest.raises(CorruptStoreError, match=rf"pixels\.zst'.*block {bad} (holds|cannot)"):
+        shard.take(0, 0, ("pixels",), torch.arange(head.rows))
+    assert torch.equal(shard.chunk(0, 0)[("pixels",)][:bad], rollout["pixels"][:bad])  # by block
+
+
 def test_trimmed_chunks_resume_and_stay_exact_size(tmp_path):
     rollout = _pixels_rollout(150, h=84)
     path = tmp_path / "t"
@@ -263,6 +290,8 @@ def test_reading_past_a_truncated_chunk_is_an_error(tmp_path):
         r.episodes[0]
     with pytest.raises(CorruptStoreError, match=r"pixels\.memmap' holds 10 rows"):
         r.shards[0].take(0, 0, ("pixels",), torch.tensor([3, 20]))
+    with pytest.raises(CorruptStoreError, match=r"pixels\.memmap' holds 10 rows"):
+        r.shards[0].take(0, 0, ("pixels",), torch.tensor([3, 20] * 40))  # a gather of 240 KB
 
 
 def test_bad_compression_arguments(tmp_path, monkeypatch):
@@ -328,8 +357,16 @@ def test_the_pinned_compressed_stores_read_bit_for_bit(tmp_path, version):
     data[-6] ^= 0x10  # inside the last frame
     pixels.write_bytes(bytes(data))
     r = TrajectoryReader(path)
-    with pytest.raises(CorruptStoreError, match=r"pixels\.zst'.*block \d+"):
+    from trlrec.storage.format import CompressedHeader
+
+    head = bytes(data[: CompressedHeader.head_size(bytes(data[:64]))])
+    last = CompressedHeader.parse(head, len(data), pixels).blocks - 1
+    with pytest.raises(CorruptStoreError, match=rf"pixels\.zst'.*block {last} "):
         [r.episodes[i] for i in range(len(r.episodes))]
+    stream, chunk = int(pixels.parent.parent.name), int(pixels.parent.name.split("-")[1])
+    rows = r.shards[0].chunk(stream, chunk)[("pixels",)].rows
+    with pytest.raises(CorruptStoreError, match=rf"pixels\.zst'.*block {last} "):
+        r.shards[0].take(stream, chunk, ("pixels",), torch.arange(rows))  # every frame at once
     assert main(["verify", str(path)]) == 1
 
 
@@ -572,16 +609,19 @@ def test_a_forked_childs_decompression_buffers_are_its_own():
 
 @settings(max_examples=40, deadline=None)
 @given(
-    rows=st.integers(1, 300),
+    rows=st.lists(st.integers(1, 300), min_size=1, max_size=3),
     row_bytes=st.sampled_from([1, 3, 700, 5000, 70_000]),
     group_blocks=st.integers(1, 5),
+    piece_blocks=st.integers(1, 12),
     threads=st.integers(1, 3),
     picks=st.lists(st.integers(0, 10**6), min_size=1, max_size=40),
+    shuffle=st.booleans(),
 )
-def test_a_gather_by_groups_is_a_take(tmp_path_factory, rows, row_bytes, group_blocks, threads,
-                                      picks):  # fmt: skip
-    """Any rows (any order, repeats, the short last block) of a column read by block,
-    in groups of any size on any number of threads, are numpy's take of the raw rows."""
+def test_a_gather_is_a_take(tmp_path_factory, rows, row_bytes, group_blocks, piece_blocks,
+                            threads, picks, shuffle):  # fmt: skip
+    """Any rows (any order, repeats, the short last block) of one or more columns read by
+    block, end to end or put in any order, in groups and pieces of any size on any
+    number of threads, are numpy's take of the raw rows."""
     import numpy as np
 
     from trlrec.storage import blocks, decode_threads
@@ -589,27 +629,31 @@ def test_a_gather_by_groups_is_a_take(tmp_path_factory, rows, row_bytes, group_b
     from trlrec.storage.format import block_rows_for, column_file, compressed_file
     from trlrec.storage.sealing import seal_column
 
-    chunk = tmp_path_factory.mktemp("g")
-    gen = np.random.default_rng(rows * row_bytes)
-    raw = (gen.integers(0, 4, (rows, row_bytes)) * 60).astype(np.uint8)  # compressible
-    raw.tofile(column_file(chunk, ("x",)))
-    seal_column(chunk, ("x",), rows, row_bytes, get_codec("zstd"), 3)
-    offsets = np.array([p % rows for p in picks], dtype=np.int64)
-    out = np.empty((len(offsets), row_bytes), np.uint8)
-    saved = blocks.WHOLE_BYTES, blocks.GROUP_BYTES, decode_threads.PART_BYTES
-    saved_threads = decode_threads.DECODE_THREADS
-    try:
-        blocks.WHOLE_BYTES = 0
-        blocks.GROUP_BYTES = group_blocks * block_rows_for(row_bytes) * row_bytes
-        decode_threads.PART_BYTES, decode_threads.DECODE_THREADS = 1, threads
+    gen = np.random.default_rng(sum(rows) * row_bytes)
+    raws, parts = [], []
+    for n in rows:
+        chunk = tmp_path_factory.mktemp("g")
+        raw = (gen.integers(0, 4, (n, row_bytes)) * 60).astype(np.uint8)  # compressible
+        raw.tofile(column_file(chunk, ("x",)))
+        seal_column(chunk, ("x",), n, row_bytes, get_codec("zstd"), 3)
         column = CompressedColumn(
             compressed_file(chunk, ("x",)), (row_bytes,), torch.uint8, BlockCache()
         )
-        column.take_bytes(offsets, out)
-    finally:
-        blocks.WHOLE_BYTES, blocks.GROUP_BYTES, decode_threads.PART_BYTES = saved
-        decode_threads.DECODE_THREADS = saved_threads
-    assert (out == raw[offsets]).all()
+        offsets = np.array([p % n for p in picks[len(raws) :]] or [0], dtype=np.int64)
+        raws.append(raw[offsets])
+        parts.append((column, offsets))
+    want = np.concatenate(raws)
+    order = gen.permutation(len(want)) if shuffle else None
+    out = np.empty((len(want), row_bytes), np.uint8)
+    group = group_blocks * block_rows_for(row_bytes) * row_bytes
+    piece = piece_blocks * block_rows_for(row_bytes) * row_bytes
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(blocks, "GROUP_BYTES", group)
+        mp.setattr(blocks, "SAMPLE_BYTES", piece)
+        mp.setattr(decode_threads, "PART_BYTES", 1)
+        mp.setattr(decode_threads, "DECODE_THREADS", threads)
+        blocks.gather(parts, out, order)
+    assert (out == (want if order is None else want[order])).all()
 
 
 @pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")

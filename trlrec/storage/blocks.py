@@ -10,11 +10,12 @@ file, never wrong values.
 
 from __future__ import annotations
 
-import itertools
+import functools
 import mmap
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,14 +28,16 @@ from trlrec.storage.dtypes import row_bytes_view, take_rows
 from trlrec.storage.format import CompressedHeader, chunk_spans
 from trlrec.storage.jsonio import open_regular
 
-__all__ = ["BlockCache", "CompressedColumn"]
+__all__ = ["BlockCache", "CompressedColumn", "gather"]
 
 BLOCK_CACHE_BYTES = 64 * 2**20
 """Decompressed bytes a shard reader keeps, by default."""
 WHOLE_BYTES = 4 * 2**20
 """A compressed column of at most this many bytes a chunk is decompressed and kept whole."""
 GROUP_BYTES = 4 * 2**20
-"""Decompressed bytes of the blocks a gather decodes before copying their rows out."""
+"""Decompressed bytes of the blocks a gather hands to a thread at once."""
+SAMPLE_BYTES = 64 * 2**20
+"""Decompressed bytes a gather holds at once: a larger one runs in pieces."""
 
 
 _threads = threading.local()
@@ -52,12 +55,12 @@ def _anonymous(nbytes: int) -> torch.Tensor:
 
 
 def scratch(nbytes: int) -> np.ndarray:
-    """A buffer of ``nbytes`` this thread decompresses a group of blocks into.
+    """A buffer of ``nbytes`` this thread's gathers decompress their blocks into.
 
-    One a thread, whatever the shard (the threads a read is split over each decode into
-    their own), reused call to call: it grows to the largest group asked for (about
-    :data:`GROUP_BYTES`), in an anonymous map as blocks are, and is never held past the
-    call that asked for it.
+    One a thread, whatever the shard (the threads a gather is split over decode into
+    its caller's), reused call to call: it grows to the largest gather asked for (at
+    most about :data:`SAMPLE_BYTES`), in an anonymous map as blocks are, and is never
+    held past the call that asked for it.
     """
     have = getattr(_threads, "scratch", None)
     if have is None or have.numel() < nbytes:
@@ -162,20 +165,34 @@ class CompressedColumn:
     def __len__(self) -> int:
         return self.rows
 
-    def _decompress(self, blocks: list[int], out: np.ndarray) -> None:
+    @functools.cached_property
+    def _frames(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """Each block's frame ``[start, end)`` in the file (``[blocks, 2]``), and its CRC-32."""
+        head = self.head
+        ends = np.asarray(head.ends, dtype=np.int64) + head.size
+        spans = np.stack([np.r_[head.size, ends[:-1]], ends], axis=1) if len(ends) else ends
+        crcs = None if head.frame_crcs is None else np.asarray(head.frame_crcs, dtype=np.int64)
+        return spans.reshape(-1, 2), crcs
+
+    def _decompress(self, blocks: np.ndarray | list[int], out: np.ndarray) -> None:
         """Decompress ``blocks`` end to end into ``out`` (uint8), each frame's checksum checked."""
         if self._map is None:  # an empty file has no frame to read
             raise CorruptStoreError(
                 f"{str(self.path)!r} is empty; the compressed column is damaged"
             )
         head = self.head
-        frames = [head.frame(b) for b in blocks]
-        sizes = [head.block_span(b)[1] * head.row_bytes for b in blocks]
-        crcs = None if head.frame_crcs is None else [head.frame_crcs[b] for b in blocks]
-        with memoryview(self._map) as data:
-            self.codec.decompress_into(
-                data, frames, out.data, sizes, FrameSource(self.path, blocks, crcs)
-            )
+        picked = np.asarray(blocks, dtype=np.int64)
+        spans, crcs = self._frames
+        rows = np.minimum(head.block_rows, head.rows - picked * head.block_rows)
+        checks = None if crcs is None else crcs[picked].tolist()
+        where = FrameSource(self.path, picked.tolist(), checks)
+        self.codec.decompress_into(
+            self._map,
+            spans[picked],
+            out,
+            rows * head.row_bytes,
+            where,
+        )
 
     def _cached(self, slot: int, blocks: list[int], rows: int) -> torch.Tensor:
         """``blocks`` (holding ``rows`` rows) decompressed as one cache entry, or found there.
@@ -234,53 +251,27 @@ class CompressedColumn:
             out = torch.empty((*offsets.shape, *self.row_shape), dtype=self.dtype)
         return take_rows(self.take_bytes, offsets, out, repr(str(self.path)))
 
+    @property
+    def kept_whole(self) -> bool:
+        """Whether the column is small enough to be decompressed whole (:data:`WHOLE_BYTES`)."""
+        return self.rows * self.head.row_bytes <= WHOLE_BYTES
+
     def take_bytes(self, offsets: np.ndarray, out: np.ndarray) -> None:
         """:meth:`take` on bytes: rows ``offsets`` (1-D int64, >= 0) into ``out`` ``[n, bytes]``.
 
-        The rows are read in increasing order, in groups of blocks of about
-        :data:`GROUP_BYTES`: each block holding a row is decompressed once, with the
-        others of its group, into a small buffer of its thread that stays in the CPU's
-        cache, and one gather copies the group's rows out (decompressing a whole sample
-        into one buffer first wrote and read it back from memory: a third of a sample's
-        time). The groups are split over threads (:mod:`~trlrec.storage.decode_threads`).
-        A random sample rarely finds its blocks again, so it neither reads nor fills the
-        cache, except for a small column, kept whole (:data:`WHOLE_BYTES`): one gather,
-        as raw.
+        A small column (:attr:`kept_whole`: flags, rewards) is decompressed once and kept
+        whole: one gather, as raw. A bigger one decompresses the blocks holding the rows
+        (:func:`gather`).
         """
         if not len(offsets):
             return
-        top = int(offsets.max())
-        if top >= self.rows:
-            raise self._beyond(top)
-        br, rb = self.head.block_rows, self.head.row_bytes
-        if self.rows * rb <= WHOLE_BYTES:  # a small column (flags, rewards): kept whole
+        if self.kept_whole:
+            top = int(offsets.max())
+            if top >= self.rows:
+                raise self._beyond(top)
             self._whole().take(offsets, axis=0, out=out, mode="clip")
             return
-        rising = bool((offsets[1:] >= offsets[:-1]).all())
-        order = None if rising else np.argsort(offsets, kind="stable")
-        rows = offsets if order is None else offsets[order]
-        dst = out if order is None else np.empty_like(out)  # the rows in increasing order
-        blocks: np.ndarray = rows // br
-        first = np.flatnonzero(np.r_[True, blocks[1:] != blocks[:-1]])  # each block's 1st row
-        distinct = blocks[first]
-        per = max(1, GROUP_BYTES // (br * rb))  # blocks a group
-        cuts = [*range(0, len(first), per), len(first)]  # the groups' first blocks
-        bounds = [*first.tolist(), len(rows)]  # the groups' first rows: bounds[cuts[g]]
-
-        def work(group: tuple[int, int]) -> None:
-            k, k_end = group  # the group's distinct blocks [k, k_end)
-            a, b = bounds[k], bounds[k_end]
-            buf = scratch(per * br * rb)
-            self._decompress(distinct[k:k_end].tolist(), buf)
-            at = (np.searchsorted(distinct[k:k_end], blocks[a:b]) * br) + rows[a:b] % br
-            held = buf[: (k_end - k) * br * rb].reshape(-1, rb)
-            held.take(at, axis=0, out=dst[a:b], mode="clip")
-
-        run_in_parts(work, list(itertools.pairwise(cuts)), len(first) * br * rb)
-        if order is not None:  # back to the order asked for: one more gather
-            back = np.empty_like(order)
-            back[order] = np.arange(len(order))
-            dst.take(back, axis=0, out=out)
+        gather([(self, offsets)], out)
 
     def __getitem__(self, index: slice | torch.Tensor) -> torch.Tensor:
         if isinstance(index, slice):
@@ -294,3 +285,83 @@ class CompressedColumn:
         """Decompress every block (each frame's checksum is checked); raise the first damage."""
         for b in range(self.head.blocks):
             self._decompress([b], scratch(self.head.block_rows * self.head.row_bytes))
+
+
+def gather(
+    parts: Sequence[tuple[CompressedColumn, np.ndarray]],
+    out: np.ndarray,
+    order: np.ndarray | None = None,
+) -> None:
+    """Rows of compressed columns of one row size into ``out`` (``[n, bytes a row]`` uint8).
+
+    ``parts``: ``(column, rows)`` pairs (rows: 1-D int64, >= 0, any order, repeats); their
+    rows end to end go to ``out``, or, given ``order``, position ``p`` of ``out`` takes row
+    ``order[p]`` of them (a replay sample's chunks, put back in its order).
+
+    Each block holding a row is decompressed once, into one buffer of the calling thread
+    (:func:`scratch`), and one ``take`` copies every row from it to its place in ``out``
+    (decompressing by groups of blocks and copying each group's rows out, then putting
+    them in order, copied each row once more: a tenth of a sample's time). The blocks are
+    decompressed in groups of about :data:`GROUP_BYTES`, on threads
+    (:mod:`~trlrec.storage.decode_threads`). A gather of more than :data:`SAMPLE_BYTES`
+    of blocks runs in pieces of at most that, so memory stays bounded.
+
+    A random sample rarely finds its blocks again, so it neither reads nor fills the
+    block cache.
+
+    Raises:
+        CorruptStoreError: a row lies past a column's rows, or a block is damaged.
+    """
+    rb = out.shape[1]
+    tasks: list[tuple[CompressedColumn, np.ndarray, int]] = []  # blocks from a decoded row
+    where: list[np.ndarray] = []  # each row's place among the decoded rows
+    at = 0
+    for column, rows in parts:
+        if not len(rows):
+            continue
+        top = int(rows.max())
+        if top >= column.rows:
+            raise column._beyond(top)
+        br = column.head.block_rows
+        distinct, which = np.unique(rows // br, return_inverse=True)
+        where.append(at + which.reshape(-1) * br + rows % br)
+        per = max(1, GROUP_BYTES // (br * rb))  # blocks a group
+        starts = range(0, len(distinct), per)
+        tasks += [(column, distinct[k : k + per], at + k * br) for k in starts]
+        at += len(distinct) * br
+    if not where:
+        return
+    place = np.concatenate(where) if len(where) > 1 else where[0]
+    if order is not None:
+        place = place[order]
+    pieces = _pieces([len(b) * c.head.block_rows * rb for c, b, _ in tasks], SAMPLE_BYTES)
+    for first, end in pieces:
+        low = tasks[first][2]
+        column, blocks, start = tasks[end - 1]
+        high = start + len(blocks) * column.head.block_rows
+        held = scratch((high - low) * rb).reshape(-1, rb)
+
+        def work(task: tuple[CompressedColumn, np.ndarray, int], low: int = low,
+                 held: np.ndarray = held) -> None:  # fmt: skip
+            column, blocks, start = task
+            rows = len(blocks) * column.head.block_rows
+            column._decompress(blocks, held[start - low : start - low + rows].reshape(-1))
+
+        run_in_parts(work, tasks[first:end], (high - low) * rb)
+        if len(pieces) == 1:
+            held.take(place - low, axis=0, out=out, mode="clip")
+        else:
+            mine = np.flatnonzero((place >= low) & (place < high))
+            out[mine] = held.take(place[mine] - low, axis=0)
+
+
+def _pieces(sizes: list[int], limit: int) -> list[tuple[int, int]]:
+    """``[first, end)`` runs of ``sizes``, each of at most ``limit`` in all (or one item)."""
+    out, first, total = [], 0, 0
+    for k, size in enumerate(sizes):
+        if k > first and total + size > limit:
+            out.append((first, k))
+            first, total = k, 0
+        total += size
+    out.append((first, len(sizes)))
+    return out

@@ -34,6 +34,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from trlrec.errors import ConfigError, CorruptStoreError, MissingDependencyError
 from trlrec.storage.format import frame_crc
 
@@ -106,51 +108,81 @@ class Codec:
 
     def decompress_into(
         self,
-        data: memoryview,
-        frames: list[tuple[int, int]],
-        out: memoryview,
-        sizes: list[int],
+        data: Any,
+        frames: Any,
+        out: Any,
+        sizes: Any,
         where: FrameSource,
     ) -> None:
         """Decompress ``frames`` (``[start, end)`` spans of ``data``) end to end into ``out``.
 
         Frame ``k`` is block ``where.blocks[k]`` of the file ``where.path`` and must hold
-        exactly ``sizes[k]`` bytes; ``out`` holds at least their sum. Each frame is
-        checked against its CRC-32 (``where.crcs[k]``) before it is decompressed, or by
-        its own content checksum (a file of layout 1: ``where.crcs`` is None).
-        Decompressing into a buffer the caller owns (a block cache's, a sample's scratch)
-        allocates nothing a block.
+        exactly ``sizes[k]`` bytes; ``out`` (a writable buffer) holds at least their sum.
+        ``frames`` is ``[[start, end], ...]`` (a list or an int array), ``sizes`` a list
+        or an int array. Each frame is checked against its CRC-32 (``where.crcs[k]``)
+        before it is decompressed, or by its own content checksum (a file of layout 1:
+        ``where.crcs`` is None).
+
+        The frames are put end to end (their compressed bytes: small) and one stream
+        reader decompresses them straight into ``out``, in one call: decompressing frame
+        by frame cost a reader and a return to Python a frame, and threads decompressing
+        side by side waited on each other for the GIL (docs/PERFORMANCE.md).
 
         Raises:
             CorruptStoreError: a frame is damaged (its checksum or size is wrong).
         """
-        ats = itertools.accumulate(sizes, initial=0)  # where each frame's bytes go
+        spans = np.asarray(frames, dtype=np.int64).reshape(-1, 2).tolist()
+        if not spans:
+            return
+        want = np.asarray(sizes, dtype=np.int64).tolist()
         crcs = where.crcs if where.crcs is not None else itertools.repeat(None)
-        zstd = _zstd()
-        dec = getattr(_local, "zstd_d", None)
-        if dec is None:
-            dec = _local.zstd_d = zstd.ZstdDecompressor()
-        for at, (start, end), size, block, crc in zip(
-            ats, frames, sizes, where.blocks, crcs, strict=False
-        ):  # ats holds one offset more than there are frames; crcs may repeat None
-            frame = data[start:end]
+        parts = []
+        for (start, end), block, crc in zip(spans, where.blocks, crcs, strict=False):
+            frame = data[start:end]  # crcs may repeat None
             if crc is not None and frame_crc(frame) != crc:
                 raise _damaged(where.path, block, "fails its checksum")
-            got = extra = 0
-            try:
-                with dec.stream_reader(frame, read_across_frames=False) as reader:
-                    while got < size:  # measured not to run side by side (PERFORMANCE.md)
-                        n = reader.readinto(out[at + got : at + size])
-                        if not n:
-                            break
-                        got += n
-                    # reading on to the frame's end checks a content checksum (layout 1)
-                    extra = len(reader.read(1)) if got == size and crc is None else 0
-            except zstd.ZstdError as err:
-                raise _damaged(where.path, block, f"cannot be decompressed ({err})") from None
-            if got != size or extra:
-                held = f"{got} bytes" if got != size else f"more than {size} bytes"
-                raise _damaged(where.path, block, f"holds {held}, expected {size}")
+            parts.append(frame)
+        total = sum(want)
+        dst = memoryview(np.frombuffer(out, dtype=np.uint8)[:total])
+        if _decode(b"".join(parts), dst) == (total, 0):
+            return
+        at = 0  # a frame is damaged: decompressed one by one, the first that fails is named
+        for part, block, size in zip(parts, where.blocks, want, strict=True):
+            _check(_decode(part, dst[at : at + size]), size, where.path, block)
+            at += size
+        raise _damaged(where.path, where.blocks[0], "and the next cannot be decompressed together")
+
+
+def _decode(frames: bytes | memoryview, dst: memoryview) -> tuple[int, int] | str:
+    """Decompress ``frames`` (whole frames, end to end) into ``dst``.
+
+    Returns ``(bytes written, bytes past dst)`` (reading on to the frames' end checks the
+    last one's content checksum), or the library's error.
+    """
+    zstd = _zstd()
+    dec = getattr(_local, "zstd_d", None)
+    if dec is None:
+        dec = _local.zstd_d = zstd.ZstdDecompressor()
+    got = 0
+    try:
+        with dec.stream_reader(frames, read_across_frames=True) as reader:
+            while got < len(dst):
+                n = reader.readinto(dst[got:])
+                if not n:
+                    break
+                got += n
+            return got, len(reader.read(1))
+    except zstd.ZstdError as err:
+        return str(err)
+
+
+def _check(result: tuple[int, int] | str, size: int, path: Any, block: int) -> None:
+    if isinstance(result, str):
+        raise _damaged(path, block, f"cannot be decompressed ({result})")
+    got, extra = result
+    if got != size or extra:
+        held = f"{got} bytes" if got != size else f"more than {size} bytes"
+        raise _damaged(path, block, f"holds {held}, expected {size}")
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,12 @@
 """The threads a large compressed read is split over, the caller's among them.
 
-A read of many blocks (a sample's) runs in parts on a small pool of threads, for the
-decompression to run side by side (on this project's 2-vCPU VM it was measured not to,
-in stop 31: see docs/PERFORMANCE.md). The pool is made on first use and forgotten in a forked
-child (which has none of its parent's threads).
+A read of many blocks (a sample's) runs in parts on a small pool of threads, each part
+one call into the codec's library for its frames (which releases the GIL as it decodes
+and does not come back to Python between frames): a Pong sample takes about 1.2x less
+time on two threads than on one on this project's 2-vCPU VM. With a reader a frame,
+each return to Python between frames made the threads wait on each other
+(docs/PERFORMANCE.md). The pool is made on first use and forgotten in a forked child
+(which has none of its parent's threads).
 """
 
 from __future__ import annotations
