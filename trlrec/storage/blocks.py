@@ -23,7 +23,7 @@ import torch
 
 from trlrec.errors import CorruptStoreError
 from trlrec.storage.compression import FrameSource, codec_by_id
-from trlrec.storage.decode_threads import run_in_parts
+from trlrec.storage.decode_threads import even_parts, run_in_parts
 from trlrec.storage.dtypes import row_bytes_view, take_rows
 from trlrec.storage.format import CompressedHeader, chunk_spans
 from trlrec.storage.jsonio import open_regular
@@ -304,7 +304,8 @@ def gather(
     them in order, copied each row once more: a tenth of a sample's time). The blocks are
     decompressed in groups of about :data:`GROUP_BYTES`, on threads
     (:mod:`~trlrec.storage.decode_threads`). A gather of more than :data:`SAMPLE_BYTES`
-    of blocks runs in pieces of at most that, so memory stays bounded.
+    of blocks runs in pieces of at most that, so memory stays bounded. The rows are put in
+    place on the threads too (numpy's ``take`` releases the GIL): a sample 8.7 -> 8.3 ms.
 
     A random sample rarely finds its blocks again, so it neither reads nor fills the
     block cache.
@@ -348,8 +349,13 @@ def gather(
             column._decompress(blocks, held[start - low : start - low + rows].reshape(-1))
 
         run_in_parts(work, tasks[first:end], (high - low) * rb)
-        if len(pieces) == 1:
-            held.take(place - low, axis=0, out=out, mode="clip")
+        if len(pieces) == 1:  # every row to its place, in parts on the threads too
+            spot: np.ndarray = place - low
+
+            def put(part: slice, spot: np.ndarray = spot, held: np.ndarray = held) -> None:
+                held.take(spot[part], axis=0, out=out[part], mode="clip")
+
+            run_in_parts(put, even_parts(len(spot)), out.nbytes)
         else:
             mine = np.flatnonzero((place >= low) & (place < high))
             out[mine] = held.take(place[mine] - low, axis=0)

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-__all__ = ["DECODE_THREADS", "PART_BYTES", "run_in_parts"]
+__all__ = ["DECODE_THREADS", "PART_BYTES", "even_parts", "run_in_parts"]
 
 T = TypeVar("T")
 
@@ -64,6 +64,12 @@ def run_in_parts(work: Callable[[T], None], tasks: Sequence[T], nbytes: int) -> 
 
 
 _DONE = object()
+
+
+def even_parts(n: int) -> list[slice]:
+    """``[0, n)`` in :data:`DECODE_THREADS` slices of equal length (the last shorter)."""
+    step = max(1, -(-n // DECODE_THREADS))
+    return [slice(k, k + step) for k in range(0, n, step)]
 
 
 def _decode_pool() -> ThreadPoolExecutor:
