@@ -432,10 +432,10 @@ class StoreStorage(Storage):
         if plan.inverse is None:
             _take_all(plan, col.stored_key, out)
             return
-        shard, stream, c = plan.sources[0]
-        first = shard.chunk(stream, c)[col.stored_key]
+        shard, stream, chunk = plan.sources[0]
+        first = shard.chunk(stream, chunk)[col.stored_key]
         if isinstance(first, CompressedColumn) and not first.kept_whole:
-            leaves = [s.chunk(b, c)[col.stored_key] for s, b, c in plan.sources]
+            leaves = [sh.chunk(st, ch)[col.stored_key] for sh, st, ch in plan.sources]
             if all(isinstance(leaf, CompressedColumn) and not leaf.kept_whole for leaf in leaves):
                 gather(list(zip(leaves, plan.rows, strict=True)), out, plan.inverse)
                 return

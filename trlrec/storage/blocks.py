@@ -186,13 +186,7 @@ class CompressedColumn:
         rows = np.minimum(head.block_rows, head.rows - picked * head.block_rows)
         checks = None if crcs is None else crcs[picked].tolist()
         where = FrameSource(self.path, picked.tolist(), checks)
-        self.codec.decompress_into(
-            self._map,
-            spans[picked],
-            out,
-            rows * head.row_bytes,
-            where,
-        )
+        self.codec.decompress_into(self._map, spans[picked], out, rows * head.row_bytes, where)
 
     def _cached(self, slot: int, blocks: list[int], rows: int) -> torch.Tensor:
         """``blocks`` (holding ``rows`` rows) decompressed as one cache entry, or found there.

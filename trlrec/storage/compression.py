@@ -108,10 +108,10 @@ class Codec:
 
     def decompress_into(
         self,
-        data: Any,
-        frames: Any,
-        out: Any,
-        sizes: Any,
+        data: bytes | memoryview | mmap.mmap,
+        frames: np.ndarray | list[tuple[int, int]],
+        out: np.ndarray | memoryview | bytearray,
+        sizes: np.ndarray | list[int],
         where: FrameSource,
     ) -> None:
         """Decompress ``frames`` (``[start, end)`` spans of ``data``) end to end into ``out``.
