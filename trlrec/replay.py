@@ -129,6 +129,11 @@ def _take_all(plan: _Plan, key: Key, dst: np.ndarray) -> None:
         start = end
 
 
+def _by_block(leaf: object) -> bool:
+    """Whether a chunk's column is read by block (compressed, and not kept whole)."""
+    return isinstance(leaf, CompressedColumn) and not leaf.kept_whole
+
+
 _READ_ONLY = (
     "{what} is read-only: it samples a store on disk. Record new transitions with a "
     "TrajectoryWriter (or a TensorDictRecorder) into the store, then open a new buffer, or "
@@ -432,11 +437,10 @@ class StoreStorage(Storage):
         if plan.inverse is None:
             _take_all(plan, col.stored_key, out)
             return
-        shard, stream, chunk = plan.sources[0]
-        first = shard.chunk(stream, chunk)[col.stored_key]
-        if isinstance(first, CompressedColumn) and not first.kept_whole:
-            leaves = [sh.chunk(st, ch)[col.stored_key] for sh, st, ch in plan.sources]
-            if all(isinstance(leaf, CompressedColumn) and not leaf.kept_whole for leaf in leaves):
+        leaves = [sh.chunk(st, ch)[col.stored_key] for sh, st, ch in plan.sources[:1]]
+        if _by_block(leaves[0]):  # the first chunk says whether to look at the others
+            leaves += [sh.chunk(st, ch)[col.stored_key] for sh, st, ch in plan.sources[1:]]
+            if all(map(_by_block, leaves)):
                 gather(list(zip(leaves, plan.rows, strict=True)), out, plan.inverse)
                 return
         joined = self._scratch.get(col.stored_key)
