@@ -1,11 +1,12 @@
-"""Regenerate tests/data/store_v1 or store_v3 (run only when the format version changes).
+"""Regenerate tests/data/store_v1 or store_v4 (run only when the format version changes).
 
-python -m tests.storage.make_pinned_store [--v3]
+python -m tests.storage.make_pinned_store [--v4]
 
-store_v3 holds the same rollout with every column compressed (COMMIT version 3: layout 2
-files, whose index checksums each frame). store_v2 (layout 1 files, frames checksumming
-their content) was written by the trlrec of version 2 and can no longer be regenerated:
-it is kept as written.
+store_v4 holds the same rollout with every column compressed (COMMIT version 4: layout 3
+files, whose blocks are compressed against a dictionary of the chunk's rows and whose
+index checksums each frame). store_v2 (layout 1 files, frames checksumming their
+content) and store_v3 (layout 2 files: no dictionary) were written by the trlrec of
+versions 2 and 3 and can no longer be regenerated: they are kept as written.
 """
 
 from __future__ import annotations
@@ -19,8 +20,7 @@ from tests.conftest import StubEnv
 from trlrec import TrajectoryWriter
 
 PINNED = Path(__file__).resolve().parent.parent / "data" / "store_v1"
-PINNED_V2 = PINNED.with_name("store_v2")
-PINNED_V3 = PINNED.with_name("store_v3")
+PINNED_V4 = PINNED.with_name("store_v4")
 
 
 def pinned_rollout() -> torch.Tensor:
@@ -31,7 +31,7 @@ def pinned_rollout() -> torch.Tensor:
 
 
 def main(compressed: bool = False) -> None:
-    path = PINNED_V3 if compressed else PINNED
+    path = PINNED_V4 if compressed else PINNED
     shutil.rmtree(path, ignore_errors=True)
     rollout = pinned_rollout()
     kw = {"compression": "zstd"} if compressed else {}
@@ -45,4 +45,4 @@ def main(compressed: bool = False) -> None:
 if __name__ == "__main__":
     import sys
 
-    main(compressed="--v3" in sys.argv)
+    main(compressed="--v4" in sys.argv)

@@ -46,7 +46,7 @@ def test_compressed_round_trip(tmp_path, data, compression):
         raw = [p for p in path.rglob("*.memmap") if p.stat().st_size]
         assert not raw, f"raw columns left in a closed compressed store: {raw[:3]}"
         commit = json.loads((reader.shards[0].directory / "COMMIT").read_text())
-        assert commit["version"] == 3
+        assert commit["version"] == 4
     shard = reader.shards[0]
     gen = torch.Generator().manual_seed(len(rollout))
     for b, s in enumerate(shard.streams):  # take: rows in any order, across blocks
@@ -231,26 +231,78 @@ def test_a_frame_that_cannot_be_decoded_is_named_among_the_frames_read_with_it(t
     to decompress: a gather reading it with others names its block, not the first."""
     import dataclasses
 
-    from trlrec.storage.format import CompressedHeader, frame_crc
+    from trlrec.storage.format import frame_crc
 
     rollout, r = _big_rows_store(tmp_path)
     r.close()
     (zst,) = [p for p in _packed(tmp_path / "big") if p.name == "pixels.zst"]
-    data = bytearray(zst.read_bytes())
-    head = CompressedHeader.parse(bytes(data[: CompressedHeader.head_size(bytes(data[:64]))]),
-                                  len(data), zst)  # fmt: skip
+    head, raw = _header(zst)
+    data = bytearray(raw)
     bad = head.blocks // 2
     start, end = head.frame(bad)
     data[start + 4 : end] = bytes(end - start - 4)  # the frame's magic kept, its header gone
     crcs = list(head.frame_crcs)
     crcs[bad] = frame_crc(bytes(data[start:end]))
     packed = dataclasses.replace(head, frame_crcs=tuple(crcs)).pack()
-    assert len(packed) == head.size
-    zst.write_bytes(packed + bytes(data[head.size :]))
+    assert len(packed) == len(head.pack())
+    zst.write_bytes(packed + bytes(data[len(packed) :]))  # the dictionary and frames kept
     shard = TrajectoryReader(tmp_path / "big").shards[0]
     with pytest.raises(CorruptStoreError, match=rf"pixels\.zst'.*block {bad} (holds|cannot)"):
         shard.take(0, 0, ("pixels",), torch.arange(head.rows))
     assert torch.equal(shard.chunk(0, 0)[("pixels",)][:bad], rollout["pixels"][:bad])  # by block
+
+
+def _header(path):
+    from trlrec.storage.format import ZHEAD_PREFIX, CompressedHeader
+
+    data = path.read_bytes()
+    return CompressedHeader.parse(
+        data[: CompressedHeader.head_size(data[:ZHEAD_PREFIX])], len(data), path
+    ), data
+
+
+def test_blocks_are_compressed_against_the_chunks_own_rows(tmp_path):
+    """Rows of noise that repeat: a block holds none the dictionary (layout 3) lacks, so
+    each is a few bytes, where a frame from nothing would hold its noise (4 KiB)."""
+    gen = torch.Generator().manual_seed(0)
+    noise = torch.randint(0, 256, (4096,), dtype=torch.uint8, generator=gen)
+    obs = noise.expand(201, 4096).clone()
+    done = torch.zeros(200, 1, dtype=torch.bool)
+    td = TensorDict({"obs": obs[:-1], "next": {"obs": obs[1:], "done": done}}, [200])
+    path = tmp_path / "noise"
+    with TrajectoryWriter(path, compression="zstd") as w:
+        w.extend(td)
+    (zst,) = [p for p in _packed(path) if p.name == "obs.zst"]
+    head, _ = _header(zst)
+    assert (head.layout, head.rows, head.dict_rows, head.block_rows) == (3, 201, 4, 8)
+    sizes = [b - a for a, b in itertools.pairwise((0, *head.ends))]
+    assert len(sizes) == 26
+    assert max(sizes) < 100, sizes
+    assert head.dictionary[0] < 4096 + 100  # the dictionary's 4 rows: 1 of noise
+    r = TrajectoryReader(path)
+    assert torch.equal(r.shards[0].chunk(0, 0)[("obs",)][:], obs)
+
+
+def test_a_damaged_dictionary_is_named(tmp_path):
+    """The dictionary's frame fails its CRC-32: every read of the column, and verify, say so."""
+    rollout, r = _big_rows_store(tmp_path)
+    r.close()
+    (zst,) = [p for p in _packed(tmp_path / "big") if p.name == "pixels.zst"]
+    head, data = _header(zst)
+    start, end = head.dictionary_frame()
+    assert head.dict_rows == 1
+    assert end - start == head.dictionary[0] > 0
+    damaged = bytearray(data)
+    damaged[end - 2] ^= 0x01
+    zst.write_bytes(bytes(damaged))
+    shard = TrajectoryReader(tmp_path / "big").shards[0]
+    with pytest.raises(CorruptStoreError, match=r"pixels\.zst'.*its dictionary fails its checksum"):
+        shard.chunk(0, 0)[("pixels",)][:1]
+    with pytest.raises(CorruptStoreError, match=r"pixels\.zst'.*its dictionary"):
+        shard.take(0, 0, ("pixels",), torch.arange(3))
+    assert main(["verify", str(tmp_path / "big")]) == 1
+    zst.write_bytes(data)  # restored: read exactly again
+    assert_store_matches(TrajectoryReader(tmp_path / "big"), rollout)
 
 
 def test_trimmed_chunks_resume_and_stay_exact_size(tmp_path):
@@ -333,11 +385,11 @@ def test_compact_cli(tmp_path, capsys):
     assert "held by another writer" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("version", [2, 3])
+@pytest.mark.parametrize("version", [2, 3, 4])
 def test_the_pinned_compressed_stores_read_bit_for_bit(tmp_path, version):
-    """tests/data/store_v2 (frames checksum their content, layout 1) and store_v3 (the
-    index checksums each frame, layout 2) keep reading; a damaged block of either is an
-    error naming it."""
+    """tests/data/store_v2 (frames checksum their content, layout 1), store_v3 (the index
+    checksums each frame, layout 2) and store_v4 (and the blocks are compressed against
+    a dictionary, layout 3) keep reading; a damaged block of any is an error naming it."""
     import shutil
 
     from tests.storage.make_pinned_store import PINNED, pinned_rollout
@@ -357,9 +409,9 @@ def test_the_pinned_compressed_stores_read_bit_for_bit(tmp_path, version):
     data[-6] ^= 0x10  # inside the last frame
     pixels.write_bytes(bytes(data))
     r = TrajectoryReader(path)
-    from trlrec.storage.format import CompressedHeader
+    from trlrec.storage.format import ZHEAD_PREFIX, CompressedHeader
 
-    head = bytes(data[: CompressedHeader.head_size(bytes(data[:64]))])
+    head = bytes(data[: CompressedHeader.head_size(bytes(data[:ZHEAD_PREFIX]))])
     last = CompressedHeader.parse(head, len(data), pixels).blocks - 1
     with pytest.raises(CorruptStoreError, match=rf"pixels\.zst'.*block {last} "):
         [r.episodes[i] for i in range(len(r.episodes))]
@@ -370,14 +422,16 @@ def test_the_pinned_compressed_stores_read_bit_for_bit(tmp_path, version):
     assert main(["verify", str(path)]) == 1
 
 
-def test_compacting_a_version_2_store_makes_it_version_3(tmp_path):
-    """A version 2 shard compacted further holds files of both layouts, each read by its own."""
+@pytest.mark.parametrize("version", [2, 3])
+def test_compacting_an_older_store_makes_it_version_4(tmp_path, version):
+    """A version 2 or 3 shard compacted further holds files of two layouts, each read by
+    its own."""
     import shutil
 
-    from tests.storage.make_pinned_store import PINNED_V2, pinned_rollout
+    from tests.storage.make_pinned_store import PINNED, pinned_rollout
 
-    path = tmp_path / "v2"
-    shutil.copytree(PINNED_V2, path)
+    path = tmp_path / f"v{version}"
+    shutil.copytree(PINNED.with_name(f"store_v{version}"), path)
     chunk = path / "shards" / "s0" / "streams" / "0" / "chunk-000000"
     r = TrajectoryReader(path)
     raw = r.shards[0].chunk(0, 0)[("action",)]
@@ -387,9 +441,9 @@ def test_compacting_a_version_2_store_makes_it_version_3(tmp_path):
     want.numpy().tofile(chunk / "action.memmap")
     assert main(["compact", str(path)]) == 0
     commit = json.loads((path / "shards" / "s0" / "COMMIT").read_text())
-    assert commit["version"] == 3
-    assert (chunk / "action.zst").read_bytes()[:8] == b"TRLRECZ2"
-    assert (chunk / "pixels.zst").read_bytes()[:8] == b"TRLRECZ1"
+    assert commit["version"] == 4
+    assert (chunk / "action.zst").read_bytes()[:8] == b"TRLRECZ3"
+    assert (chunk / "pixels.zst").read_bytes()[:8] == f"TRLRECZ{version - 1}".encode()
     assert_store_matches(TrajectoryReader(path), pinned_rollout())
 
 

@@ -186,19 +186,19 @@ def test_missing_commit(tmp_path):
 
 
 # ---------------------------------------------------------------- versions
-@pytest.mark.parametrize("version", [99, 4, 0, -1, "1", 1.0, True, None, [1]])
+@pytest.mark.parametrize("version", [99, 5, 0, -1, "1", 1.0, True, None, [1]])
 def test_an_unknown_version_is_refused(tmp_path, version):
     path = _write(tmp_path, _with(version=version))
     match = re.escape(
-        f"'{path}' has format version {version!r}; this trlrec reads versions [1, 2, 3]"
+        f"'{path}' has format version {version!r}; this trlrec reads versions [1, 2, 3, 4]"
     )
     with pytest.raises(FormatVersionError, match="^" + match) as info:
         CommitRecord.parse(path)
-    assert ("Upgrade trlrec" in str(info.value)) == (type(version) is int and version > 3)
+    assert ("Upgrade trlrec" in str(info.value)) == (type(version) is int and version > 4)
 
 
-@pytest.mark.parametrize("version", [2, 3])
-def test_versions_2_and_3_are_version_1_with_compressed_columns(tmp_path, version):
+@pytest.mark.parametrize("version", [2, 3, 4])
+def test_versions_2_to_4_are_version_1_with_compressed_columns(tmp_path, version):
     path = _write(tmp_path, _with(version=version))
     assert CommitRecord.parse(path).version == version
     assert CommitRecord.parse(_write(tmp_path, _with(version=1))).version == 1

@@ -17,6 +17,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,7 +26,7 @@ from trlrec.errors import CorruptStoreError
 from trlrec.storage.compression import FrameSource, codec_by_id
 from trlrec.storage.decode_threads import even_parts, run_in_parts
 from trlrec.storage.dtypes import row_bytes_view, take_rows
-from trlrec.storage.format import CompressedHeader, chunk_spans
+from trlrec.storage.format import ZHEAD_PREFIX, CompressedHeader, chunk_spans
 from trlrec.storage.jsonio import open_regular
 
 __all__ = ["BlockCache", "CompressedColumn", "gather"]
@@ -138,7 +139,7 @@ class CompressedColumn:
         try:
             with open_regular(path) as f:
                 size = os.fstat(f.fileno()).st_size
-                first = f.read(64)
+                first = f.read(ZHEAD_PREFIX)
                 want = CompressedHeader.head_size(first)
                 data = first + f.read(max(0, min(want, size) - len(first)))
                 head = CompressedHeader.parse(data, size, path)
@@ -185,8 +186,20 @@ class CompressedColumn:
         spans, crcs = self._frames
         rows = np.minimum(head.block_rows, head.rows - picked * head.block_rows)
         checks = None if crcs is None else crcs[picked].tolist()
-        where = FrameSource(self.path, picked.tolist(), checks)
+        where = FrameSource(self.path, picked.tolist(), checks, self._dictionary)
         self.codec.decompress_into(self._map, spans[picked], out, rows * head.row_bytes, where)
+
+    @functools.cached_property
+    def _dictionary(self) -> Any:
+        """What the blocks were compressed against (layout 3), decompressed once; or None."""
+        head = self.head
+        if head.dictionary is None or not head.dict_rows or self._map is None:
+            return None
+        content: np.ndarray = np.empty(head.dict_rows * head.row_bytes, dtype=np.uint8)
+        where = FrameSource(self.path, [-1], [head.dictionary[1]])
+        frame = [head.dictionary_frame()]
+        self.codec.decompress_into(self._map, frame, content, [content.nbytes], where)
+        return self.codec.dictionary(content.tobytes())
 
     def _cached(self, slot: int, blocks: list[int], rows: int) -> torch.Tensor:
         """``blocks`` (holding ``rows`` rows) decompressed as one cache entry, or found there.

@@ -30,6 +30,7 @@ import mmap
 import os
 import struct
 import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -80,9 +81,17 @@ class Codec:
         _zstd()
 
     def compress_blocks(
-        self, data: bytes | memoryview | mmap.mmap, spans: list[tuple[int, int]], level: int
+        self,
+        data: bytes | memoryview | mmap.mmap,
+        spans: list[tuple[int, int]],
+        level: int,
+        dictionary: bytes = b"",
     ) -> list[memoryview]:
         """Independent frames (each with its size) of the ``(start, length)`` spans.
+
+        ``dictionary``: raw bytes every frame is compressed against (zstd's raw-content
+        dictionary, also given to :meth:`decompress_into` through
+        :meth:`dictionary`); none if empty.
 
         The frames carry no checksum of their content: the file's index holds a CRC-32
         of each frame (:func:`~trlrec.storage.format.frame_crc`), checked before a frame
@@ -97,14 +106,24 @@ class Codec:
         zstd = _zstd()
         if not spans:
             return []
-        key = ("c", level)
-        comp = getattr(_local, "zstd", {}).get(key)
-        if comp is None:
-            comp = zstd.ZstdCompressor(level=level, write_checksum=False, write_content_size=True)
-            _local.__dict__.setdefault("zstd", {})[key] = comp
+        if dictionary:  # one a column: a chunk's own rows
+            comp = zstd.ZstdCompressor(level=level, dict_data=self.dictionary(dictionary),
+                                       write_checksum=False, write_content_size=True,
+                                       write_dict_id=False)  # fmt: skip
+        else:
+            comp = getattr(_local, "zstd", {}).get(level)
+            if comp is None:
+                comp = zstd.ZstdCompressor(level=level, write_checksum=False,
+                                           write_content_size=True)  # fmt: skip
+                _local.__dict__.setdefault("zstd", {})[level] = comp
         segments = struct.pack(f"<{2 * len(spans)}Q", *itertools.chain.from_iterable(spans))
         frames = comp.multi_compress_to_buffer(zstd.BufferWithSegments(data, segments), threads=1)
         return [memoryview(frames[i]) for i in range(len(frames))]  # views, not copies
+
+    def dictionary(self, content: bytes) -> Any:
+        """The library's dictionary of the raw bytes ``content``, for :class:`FrameSource`."""
+        zstd = _zstd()
+        return zstd.ZstdCompressionDict(content, dict_type=zstd.DICT_TYPE_RAWCONTENT)
 
     def decompress_into(
         self,
@@ -144,25 +163,49 @@ class Codec:
             parts.append(frame)
         total = sum(want)
         dst = memoryview(np.frombuffer(out, dtype=np.uint8)[:total])
-        if _decode(b"".join(parts), dst) == (total, 0):
+        dec = _decompressor(where.dictionary)
+        if _decode(dec, b"".join(parts), dst) == (total, 0):
             return
         at = 0  # a frame is damaged: decompressed one by one, the first that fails is named
         for part, block, size in zip(parts, where.blocks, want, strict=True):
-            _check(_decode(part, dst[at : at + size]), size, where.path, block)
+            _check(_decode(dec, part, dst[at : at + size]), size, where.path, block)
             at += size
         raise _damaged(where.path, where.blocks[0], "and the next cannot be decompressed together")
 
 
-def _decode(frames: bytes | memoryview, dst: memoryview) -> tuple[int, int] | str:
-    """Decompress ``frames`` (whole frames, end to end) into ``dst``.
+_DECOMPRESSORS = 8
+"""Decompressors a thread keeps, one a dictionary (each holds ~100 KiB and its dictionary)."""
+
+
+def _decompressor(dictionary: Any) -> Any:
+    """This thread's decompressor of frames compressed against ``dictionary`` (or none).
+
+    Made once a dictionary and thread (a decompressor is used by one thread at a time),
+    the :data:`_DECOMPRESSORS` used last kept: a sample reads a few chunks' columns over
+    and over. Keyed by the dictionary object itself, held while it is kept.
+    """
+    kept = getattr(_local, "zstd_d", None)
+    if kept is None:
+        kept = _local.zstd_d = OrderedDict()
+    dec = kept.get(dictionary)
+    if dec is not None:
+        kept.move_to_end(dictionary)
+        return dec
+    zstd = _zstd()
+    dec = zstd.ZstdDecompressor() if dictionary is None else zstd.ZstdDecompressor(dictionary)
+    kept[dictionary] = dec
+    if len(kept) > _DECOMPRESSORS:
+        kept.popitem(last=False)
+    return dec
+
+
+def _decode(dec: Any, frames: bytes | memoryview, dst: memoryview) -> tuple[int, int] | str:
+    """Decompress ``frames`` (whole frames, end to end) into ``dst`` with ``dec``.
 
     Returns ``(bytes written, bytes past dst)`` (reading on to the frames' end checks the
     last one's content checksum), or the library's error.
     """
     zstd = _zstd()
-    dec = getattr(_local, "zstd_d", None)
-    if dec is None:
-        dec = _local.zstd_d = zstd.ZstdDecompressor()
     got = 0
     try:
         with dec.stream_reader(frames, read_across_frames=True) as reader:
@@ -187,17 +230,22 @@ def _check(result: tuple[int, int] | str, size: int, path: Any, block: int) -> N
 
 @dataclass(frozen=True)
 class FrameSource:
-    """Where frames come from, for their checks and errors: a file, its blocks, their CRCs."""
+    """Where frames come from, for their checks and errors: a file, its blocks, their CRCs.
+
+    ``blocks``: each frame's block; -1 names the file's dictionary. ``dictionary``: what
+    the frames were compressed against (:meth:`Codec.dictionary`; None: nothing).
+    """
 
     path: str | os.PathLike[str]
     blocks: list[int]
-    crcs: list[int] | None = None  # each frame's CRC-32 (layout 2); None: frames checksummed
+    crcs: list[int] | None = None  # each frame's CRC-32 (layouts 2, 3); None: frames checksummed
+    dictionary: Any = None
 
 
 def _damaged(path: Any, block: int, what: str) -> CorruptStoreError:
+    frame = f"block {block}" if block >= 0 else "its dictionary"
     return CorruptStoreError(
-        f"{str(path)!r}: block {block} {what}; the compressed column is damaged, restore it "
-        "from a copy"
+        f"{str(path)!r}: {frame} {what}; the compressed column is damaged, restore it from a copy"
     )
 
 

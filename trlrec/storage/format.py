@@ -65,6 +65,9 @@ __all__ = [
     "frame_crc",
     "compressed_file",
     "block_rows_for",
+    "DICTIONARY_BYTES",
+    "dictionary_rows",
+    "ZHEAD_PREFIX",
     "chunk_rows_needed",
     "EPISODE_FIELDS",
     "EPISODE_RECORD_BYTES",
@@ -107,13 +110,15 @@ EPISODE_META_FILE = "episode_meta.jsonl"
 STREAMS_DIR = "streams"
 COLUMN_SUFFIX = ".memmap"  # a column's file in a chunk: <key>.memmap
 COMPRESSED_SUFFIX = ".zst"  # a compressed column's file in a chunk: <key>.zst
-COMPRESSED_VERSION = 3
+COMPRESSED_VERSION = 4
 """The version of a shard whose chunks may hold compressed columns (COMMIT's version).
 
 Version 2 (read, no longer written) held only ``TRLRECZ1`` files, whose frames carry a
-checksum of their decompressed bytes; version 3 writes ``TRLRECZ2`` files, whose index
-holds a CRC-32 of each compressed frame (checked before it is decompressed, ~1000x
-fewer bytes for Atari frames) and may keep ``TRLRECZ1`` files of version 2.
+checksum of their decompressed bytes; version 3 (read, no longer written) ``TRLRECZ2``
+files, whose index holds a CRC-32 of each compressed frame (checked before it is
+decompressed, ~1000x fewer bytes for Atari frames). Version 4 writes ``TRLRECZ3``
+files, whose blocks are compressed against a dictionary of a few of the chunk's own
+rows (:func:`dictionary_rows`), and may keep the files of versions 2 and 3.
 """
 
 # episodes.bin: little-endian int64 records of these fields, in this order.
@@ -236,13 +241,18 @@ def chunk_rows_needed(next_row: int, index: int, chunk_rows: int) -> int:
     return max(0, min(chunk_rows, next_row - index * chunk_rows))
 
 
-BLOCK_BYTES = 64 * 2**10
+BLOCK_BYTES = 32 * 2**10
 """About this many raw bytes go in one compressed block (a random read decompresses one).
 
 A trade: a sampled row costs the decompression of its block, and a smaller block
-compresses less. At 64 KiB an 84x84x3 frame is a block of 3 rows, 84x84 grayscale one
-of 9 and a 210x160x3 screen a block of its own (benchmarks/bench_replay.py,
-bench_compress.py); 256 KiB compressed them ~2x smaller and sampled ~2x slower.
+compresses less. At 32 KiB an 84x84x3 frame is a block of its own, 84x84 grayscale a
+block of 4 rows and a 210x160x3 screen a block of its own (benchmarks/bench_replay.py,
+bench_compress.py). Against a dictionary of the chunk's rows (layout 3,
+:func:`dictionary_rows`), 84x84x3 Pong frames compress ~145x in blocks of one and
+~260x in blocks of 3 (64 KiB), and a replay sample decompressing one-row blocks took
+7.0 ms where 3-row blocks took 9.6 (a sample needs a row and the next: whole blocks of
+rows it does not need were most of the work). 256 KiB compressed ~2x smaller and
+sampled ~2x slower.
 """
 _MAX_BLOCK_ROWS = 1024
 
@@ -257,58 +267,109 @@ def block_rows_for(row_bytes: int) -> int:
     return max(1, min(_MAX_BLOCK_ROWS, BLOCK_BYTES // max(1, row_bytes)))
 
 
+DICTIONARY_BYTES = 64 * 2**10
+"""At most this many raw bytes of a chunk's rows make its column's dictionary (layout 3)."""
+_DICTIONARY_ROWS = 4
+
+
+def dictionary_rows(rows: int, row_bytes: int) -> list[int]:
+    """The rows of a chunk of ``rows`` rows whose raw bytes make its column's dictionary.
+
+    Every block of a layout-3 file is compressed against the same few rows of its chunk,
+    end to end: the centres of equal parts of the chunk, up to 4 and at most
+    :data:`DICTIONARY_BYTES` in all (none for rows bigger than that). A block of rows
+    like them is then a few long matches into the dictionary rather than a frame
+    encoded from nothing, which is most of a small block's decompression: 84x84x3 Atari
+    frames decompressed 1.7x faster and compressed 1.8x smaller
+    (docs/PERFORMANCE.md). Which rows does not matter to a reader: the file holds the
+    dictionary.
+
+    Example:
+        >>> dictionary_rows(1000, 21168), dictionary_rows(1000, 7056), dictionary_rows(2, 8)
+        ([166, 500, 833], [125, 375, 625, 875], [0, 1])
+        >>> dictionary_rows(1000, 100800), dictionary_rows(0, 8)
+        ([], [])
+    """
+    count = min(_DICTIONARY_ROWS, rows, DICTIONARY_BYTES // max(1, row_bytes))
+    return [(2 * k + 1) * rows // (2 * count) for k in range(count)]
+
+
 def frame_crc(frame: bytes | memoryview) -> int:
     """The CRC-32 of a compressed frame's bytes, as a layout-2 index holds it."""
     return zlib.crc32(frame)
 
 
-# A compressed column file: this header, the end offset of each block's frame (uint64,
-# from the end of the index), the CRC-32 of each frame (uint32; layout 2 only), then the
-# frames, each an independent codec frame of ``block_rows`` rows (the last block: the
-# rest). ``crc`` covers the header's other fields and the index. The magic names the
-# layout: 1, whose frames carry a checksum of their content (COMMIT version 2), or 2,
-# whose index checksums each compressed frame (written since COMMIT version 3).
-_ZMAGICS = {b"TRLRECZ1": 1, b"TRLRECZ2": 2}
-_ZHEAD = struct.Struct("<8sIIQQQII")  # magic, codec, block_rows, rows, row_bytes, blocks, crc, 0
+# A compressed column file: this header, (layout 3) the dictionary's frame length and
+# CRC-32, the end offset of each block's frame (uint64, from the end of the index and
+# the dictionary), the CRC-32 of each frame (uint32; layouts 2 and 3), (layout 3) the
+# dictionary's frame, then the frames, each an independent codec frame of
+# ``block_rows`` rows (the last block: the rest). ``crc`` covers the header's other
+# fields, the dictionary's and the index. The magic names the layout: 1, whose frames
+# carry a checksum of their content (COMMIT version 2), 2, whose index checksums each
+# compressed frame (COMMIT version 3), or 3, whose blocks are compressed against a
+# dictionary of ``dict_rows`` of the chunk's rows (the last header field; 0 in layouts
+# 1 and 2), written since COMMIT version 4.
+_ZMAGICS = {b"TRLRECZ1": 1, b"TRLRECZ2": 2, b"TRLRECZ3": 3}
+_ZHEAD = struct.Struct("<8sIIQQQII")  # magic, codec, block_rows, rows, row_bytes, blocks, crc,
+# dict_rows
+_ZDICT = struct.Struct("<II")  # layout 3: the dictionary's frame length and its CRC-32
+ZHEAD_PREFIX = _ZHEAD.size + _ZDICT.size
+"""How many first bytes of a compressed file :meth:`CompressedHeader.head_size` reads."""
 
 
 @dataclass(frozen=True)
 class CompressedHeader:
     """The header and block index of a compressed column file (``<key>.zst``).
 
-    ``frame_crcs``: the CRC-32 of each block's compressed frame (layout 2), or None for a
-    file of layout 1, whose frames carry their own checksum.
+    ``frame_crcs``: the CRC-32 of each block's compressed frame (layouts 2 and 3), or None
+    for a file of layout 1, whose frames carry their own checksum. ``dictionary``: the
+    length and CRC-32 of the dictionary's frame (layout 3), whose ``dict_rows`` rows
+    every block was compressed against; None in layouts 1 and 2.
 
     Example:
         >>> h = CompressedHeader(codec=1, block_rows=4, rows=10, row_bytes=3, ends=(5, 9, 12),
-        ...                      frame_crcs=(1, 2, 3))
-        >>> data = h.pack() + b"x" * 12
+        ...                      frame_crcs=(1, 2, 3), dictionary=(7, 4), dict_rows=2)
+        >>> data = h.pack() + b"d" * 7 + b"x" * 12
         >>> CompressedHeader.parse(data[: h.size], len(data), "c.zst") == h
         True
-        >>> h.frame(2) == (h.size + 9, h.size + 12), h.block_span(2)
-        (True, (8, 2))
+        >>> CompressedHeader.head_size(data[:ZHEAD_PREFIX]) == h.size, h.layout
+        (True, 3)
+        >>> h.frame(2) == (h.size + 9, h.size + 12), h.block_span(2), h.dictionary_frame()
+        (True, (8, 2), (92, 99))
     """
 
     codec: int
     block_rows: int
     rows: int
     row_bytes: int
-    ends: tuple[int, ...]  # end offset of each block's frame, after the index
+    ends: tuple[int, ...]  # end offset of each block's frame, after the index (and dictionary)
     frame_crcs: tuple[int, ...] | None = None
+    dictionary: tuple[int, int] | None = None  # (frame length, CRC-32): layout 3
+    dict_rows: int = 0
 
     @property
     def layout(self) -> int:
-        """1: frames checksum their content; 2: the index checksums each frame."""
-        return 1 if self.frame_crcs is None else 2
+        """1: frames checksum their content; 2: the index checksums each frame; 3: and more.
+
+        Layout 3 adds a dictionary the blocks were compressed against.
+        """
+        if self.frame_crcs is None:
+            return 1
+        return 2 if self.dictionary is None else 3
+
+    @staticmethod
+    def _fixed_bytes(layout: int) -> int:
+        return _ZHEAD.size + (_ZDICT.size if layout == 3 else 0)
 
     @staticmethod
     def _entry_bytes(layout: int) -> int:
-        return 8 if layout == 1 else 12  # an end offset, and a frame's CRC-32 in layout 2
+        return 8 if layout == 1 else 12  # an end offset, and a frame's CRC-32 in layouts 2, 3
 
     @functools.cached_property
     def size(self) -> int:
-        """Bytes of the header and the index: where the first frame starts."""
-        return _ZHEAD.size + self._entry_bytes(self.layout) * len(self.ends)
+        """Bytes of the header, the index and the dictionary: where the first block starts."""
+        fixed = self._fixed_bytes(self.layout) + self._entry_bytes(self.layout) * len(self.ends)
+        return fixed + (self.dictionary[0] if self.dictionary is not None else 0)
 
     @property
     def blocks(self) -> int:
@@ -325,13 +386,29 @@ class CompressedHeader:
         at = self.size
         return at + (self.ends[block - 1] if block else 0), at + self.ends[block]
 
+    def dictionary_frame(self) -> tuple[int, int]:
+        """The bytes ``[start, end)`` of the dictionary's frame in the file (empty if none)."""
+        return self.size - (self.dictionary[0] if self.dictionary is not None else 0), self.size
+
     @classmethod
     def of_frames(
-        cls, codec: int, block_rows: int, rows: int, row_bytes: int, frames: list[memoryview]
+        cls,
+        codec: int,
+        block_rows: int,
+        rows: int,
+        row_bytes: int,
+        frames: list[memoryview],
+        dictionary: memoryview,
+        dict_rows: int,
     ) -> CompressedHeader:
-        """The header (layout 2) of a file holding ``frames``, one a block, in block order."""
+        """The header (layout 3) of a file holding ``frames``, one a block, in block order.
+
+        The frames were compressed against the dictionary of ``dict_rows`` rows whose frame
+        is ``dictionary`` (empty when there is none).
+        """
         ends = tuple(itertools.accumulate(f.nbytes for f in frames))
-        return cls(codec, block_rows, rows, row_bytes, ends, tuple(map(frame_crc, frames)))
+        return cls(codec, block_rows, rows, row_bytes, ends, tuple(map(frame_crc, frames)),
+                   (dictionary.nbytes, frame_crc(dictionary)), dict_rows)  # fmt: skip
 
     def _index(self) -> bytes:
         n = len(self.ends)
@@ -341,27 +418,42 @@ class CompressedHeader:
     def _crc(self) -> int:
         fields = struct.pack("<IIQQQ", self.codec, self.block_rows, self.rows, self.row_bytes,
                              len(self.ends))  # fmt: skip
-        return zlib.crc32(self._index(), zlib.crc32(fields))
+        crc = zlib.crc32(self._index(), zlib.crc32(fields))
+        if self.dictionary is None:
+            return crc
+        return zlib.crc32(struct.pack("<I", self.dict_rows) + _ZDICT.pack(*self.dictionary), crc)
 
     def pack(self) -> bytes:
-        """The header and the index, as written before the frames."""
+        """The header and the index, as written before the dictionary and the frames."""
         magic = next(m for m, layout in _ZMAGICS.items() if layout == self.layout)
         head = _ZHEAD.pack(magic, self.codec, self.block_rows, self.rows, self.row_bytes,
-                           len(self.ends), self._crc(), 0)  # fmt: skip
+                           len(self.ends), self._crc(), self.dict_rows)  # fmt: skip
+        if self.dictionary is not None:
+            head += _ZDICT.pack(*self.dictionary)
         return head + self._index()
 
     @staticmethod
     def head_size(data: bytes) -> int:
-        """Bytes of header and index, from the file's first :data:`_ZHEAD` bytes (or 0)."""
+        """Bytes of header, index and dictionary, from the file's first bytes (or 0).
+
+        ``data``: at least the first :data:`ZHEAD_PREFIX` bytes.
+        """
         if len(data) < _ZHEAD.size or data[:8] not in _ZMAGICS:
             return 0
-        entry = CompressedHeader._entry_bytes(_ZMAGICS[data[:8]])
+        layout = _ZMAGICS[data[:8]]
+        entry, fixed = CompressedHeader._entry_bytes(layout), CompressedHeader._fixed_bytes(layout)
         blocks = _ZHEAD.unpack_from(data)[5]
-        return _ZHEAD.size + entry * blocks if blocks < _COUNT_LIMIT // entry else 0
+        if blocks >= _COUNT_LIMIT // entry or len(data) < fixed:
+            return 0
+        extra = _ZDICT.unpack_from(data, _ZHEAD.size)[0] if layout == 3 else 0
+        return fixed + entry * blocks + extra
 
     @classmethod
     def parse(cls, data: bytes, file_size: int, path: str | os.PathLike[str]) -> CompressedHeader:
         """Check and decode the header and index ``data`` of a file of ``file_size`` bytes.
+
+        ``data``: the file's first :meth:`head_size` bytes (those of the dictionary's frame
+        may be left off).
 
         Raises:
             CorruptStoreError: the file is not a whole compressed column (names ``path``).
@@ -370,15 +462,19 @@ class CompressedHeader:
         if len(data) < _ZHEAD.size or data[:8] not in _ZMAGICS:
             raise _damaged(path, "not a trlrec compressed column (bad header)", fix)
         layout = _ZMAGICS[data[:8]]
-        _, codec, block_rows, rows, row_bytes, blocks, crc, _ = _ZHEAD.unpack_from(data)
-        if len(data) < _ZHEAD.size + cls._entry_bytes(layout) * blocks:
+        _, codec, block_rows, rows, row_bytes, blocks, crc, dict_rows = _ZHEAD.unpack_from(data)
+        at = cls._fixed_bytes(layout)
+        if len(data) < at + cls._entry_bytes(layout) * blocks:
             raise _damaged(path, f"its index of {blocks} blocks is cut short", fix)
-        ends = struct.unpack_from(f"<{blocks}Q", data, _ZHEAD.size)
-        crcs = None
-        if layout == 2:
-            crcs = tuple(struct.unpack_from(f"<{blocks}I", data, _ZHEAD.size + 8 * blocks))
-        head = cls(codec, block_rows, rows, row_bytes, tuple(ends), crcs)
-        if crc != head._crc():
+        ends = struct.unpack_from(f"<{blocks}Q", data, at)
+        crcs = dictionary = None
+        if layout >= 2:
+            crcs = tuple(struct.unpack_from(f"<{blocks}I", data, at + 8 * blocks))
+        if layout == 3:
+            dictionary = _ZDICT.unpack_from(data, _ZHEAD.size)
+        head = cls(codec, block_rows, rows, row_bytes, tuple(ends), crcs, dictionary,
+                   dict_rows if layout == 3 else 0)  # fmt: skip
+        if crc != head._crc() or (layout < 3 and dict_rows):
             raise _damaged(path, "its header or block index fails its checksum", fix)
         if block_rows < 1 or blocks != -(-rows // block_rows):
             raise _damaged(path, f"{blocks} blocks of {block_rows} rows cannot hold {rows}", fix)
@@ -740,6 +836,11 @@ def _parse_commit_v3(data: dict[str, Any], path: Path) -> CommitRecord:
     return _parse_commit_v1(data, path, 3)
 
 
+def _parse_commit_v4(data: dict[str, Any], path: Path) -> CommitRecord:
+    """Version 4 of COMMIT: version 3's; its ``.zst`` columns may be of layout 3."""
+    return _parse_commit_v1(data, path, 4)
+
+
 # ---------------------------------------------------------------- versions
 @dataclass(frozen=True)
 class StoreFormat:
@@ -753,6 +854,7 @@ SUPPORTED_VERSIONS: Mapping[int, StoreFormat] = {
     1: StoreFormat(1, _parse_commit_v1),
     2: StoreFormat(2, _parse_commit_v2),
     3: StoreFormat(3, _parse_commit_v3),
+    4: StoreFormat(4, _parse_commit_v4),
 }
 """The versions this trlrec reads, each to its parsers (a new version is a new entry)."""
 

@@ -48,6 +48,7 @@ from trlrec.storage.format import (
     chunk_spans,
     column_file,
     compressed_file,
+    dictionary_rows,
 )
 from trlrec.storage.jsonio import atomic_tmp, fsync_path, read_json, write_json_atomic
 from trlrec.storage.schema import Key, Schema
@@ -129,13 +130,19 @@ def seal_column(
             for b, _, n in chunk_spans(0, rows, block_rows)
         ]
         frames: list[memoryview] = []
+        picked = dictionary_rows(rows, row_bytes)  # the rows every block is compressed against
+        content, dictionary = b"", memoryview(b"")
         if spans:  # the raw rows mapped, every block compressed in one call
             with mmap.mmap(fd, rows * row_bytes, access=mmap.ACCESS_READ) as data:
-                frames = codec.compress_blocks(data, spans, level)
-        head = CompressedHeader.of_frames(codec.id, block_rows, rows, row_bytes, frames)
+                content = b"".join(data[r * row_bytes : (r + 1) * row_bytes] for r in picked)
+                frames = codec.compress_blocks(data, spans, level, content)
+            if content:
+                (dictionary,) = codec.compress_blocks(content, [(0, len(content))], level)
+        head = CompressedHeader.of_frames(codec.id, block_rows, rows, row_bytes, frames,
+                                          dictionary, len(picked))  # fmt: skip
         out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:
-            _write_all(out, [memoryview(head.pack()), *frames], 0)  # the frames uncopied
+            _write_all(out, [memoryview(head.pack()), dictionary, *frames], 0)  # uncopied
             if durable:
                 os.fsync(out)  # whole on disk before its name says it is there
         finally:
