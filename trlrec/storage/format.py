@@ -250,9 +250,9 @@ block of 4 rows and a 210x160x3 screen a block of its own (benchmarks/bench_repl
 bench_compress.py). Against a dictionary of the chunk's rows (layout 3,
 :func:`dictionary_rows`), 84x84x3 Pong frames compress ~145x in blocks of one and
 ~260x in blocks of 3 (64 KiB), and a replay sample decompressing one-row blocks took
-7.0 ms where 3-row blocks took 9.6 (a sample needs a row and the next: whole blocks of
-rows it does not need were most of the work). 256 KiB compressed ~2x smaller and
-sampled ~2x slower.
+7.5 ms on one thread where 3-row blocks took 9.6 (a noisy VM; a sample needs a row and
+the next: whole blocks of rows it does not need were much of the work). 256 KiB
+compressed ~2x smaller and sampled ~2x slower.
 """
 _MAX_BLOCK_ROWS = 1024
 
@@ -280,7 +280,7 @@ def dictionary_rows(rows: int, row_bytes: int) -> list[int]:
     :data:`DICTIONARY_BYTES` in all (none for rows bigger than that). A block of rows
     like them is then a few long matches into the dictionary rather than a frame
     encoded from nothing, which is most of a small block's decompression: 84x84x3 Atari
-    frames decompressed 1.7x faster and compressed 1.8x smaller
+    frames decompressed 1.6x faster and compressed 1.8x smaller
     (docs/PERFORMANCE.md). Which rows does not matter to a reader: the file holds the
     dictionary.
 
@@ -295,7 +295,7 @@ def dictionary_rows(rows: int, row_bytes: int) -> list[int]:
 
 
 def frame_crc(frame: bytes | memoryview) -> int:
-    """The CRC-32 of a compressed frame's bytes, as a layout-2 index holds it."""
+    """The CRC-32 of a compressed frame's bytes, as a layout-2 or 3 index holds it."""
     return zlib.crc32(frame)
 
 
@@ -369,7 +369,7 @@ class CompressedHeader:
     def size(self) -> int:
         """Bytes of the header, the index and the dictionary: where the first block starts."""
         fixed = self._fixed_bytes(self.layout) + self._entry_bytes(self.layout) * len(self.ends)
-        return fixed + (self.dictionary[0] if self.dictionary is not None else 0)
+        return fixed + self._dictionary_bytes
 
     @property
     def blocks(self) -> int:
@@ -386,9 +386,13 @@ class CompressedHeader:
         at = self.size
         return at + (self.ends[block - 1] if block else 0), at + self.ends[block]
 
+    @property
+    def _dictionary_bytes(self) -> int:
+        return self.dictionary[0] if self.dictionary is not None else 0
+
     def dictionary_frame(self) -> tuple[int, int]:
         """The bytes ``[start, end)`` of the dictionary's frame in the file (empty if none)."""
-        return self.size - (self.dictionary[0] if self.dictionary is not None else 0), self.size
+        return self.size - self._dictionary_bytes, self.size
 
     @classmethod
     def of_frames(
